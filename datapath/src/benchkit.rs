@@ -1,0 +1,259 @@
+//! Benchmark scenarios shared by the `datapath-bench` binary and the criterion benches:
+//! pipelines, traffic and the Open vSwitch classifier workload, built deterministically
+//! from a seed so that every run measures the same thing.
+
+use crate::datapath::{Datapath, DatapathConfig, Packet};
+use crate::exec::OutputSink;
+use crate::flow::{Action, Flow, FlowMod, Match};
+use crate::key::{Field, FlowKey, eth_type, ip_proto};
+use crate::packet;
+
+/// A small deterministic PRNG (xorshift64*), so scenarios need no dependencies.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeds the generator (0 is replaced by a fixed non-zero seed).
+    pub fn new(seed: u64) -> Self {
+        Rng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// A sink that only counts, as a port with no cost would.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CountSink {
+    /// Frames output.
+    pub packets: u64,
+    /// Bytes output.
+    pub bytes: u64,
+}
+
+impl OutputSink for CountSink {
+    #[inline]
+    fn output(&mut self, _packet: usize, _port: u32, frame: &[u8]) {
+        self.packets += 1;
+        self.bytes += frame.len() as u64;
+    }
+}
+
+/// A 64-byte UDP/IPv4 frame (60 bytes + 4 of FCS the wire would add).
+pub fn udp64(src: u32, dst: u32, sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[0..6].copy_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+    f[6..12].copy_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
+    f[12..14].copy_from_slice(&eth_type::IPV4.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&46u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = ip_proto::UDP;
+    f[26..30].copy_from_slice(&src.to_be_bytes());
+    f[30..34].copy_from_slice(&dst.to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[38..40].copy_from_slice(&26u16.to_be_bytes());
+    packet::fill_checksums(&mut f);
+    f
+}
+
+fn add(table: u8, priority: u16, matches: Match, actions: Vec<Action>) -> FlowMod {
+    FlowMod::AddFlow(Flow { table, priority, matches, cookie: 0, actions })
+}
+
+/// One flow forwarding everything from port 1 to port 2; a batch of 32 packets of 32
+/// different UDP flows.
+pub fn forwarding_scenario(config: DatapathConfig) -> (Datapath, Vec<Packet>) {
+    let dp = Datapath::new(config);
+    dp.apply(&[add(0, 100, Match::ANY.with(Field::InPort, 1).with(Field::EthType, 0x0800), vec![Action::Output(2)])])
+        .expect("valid flow");
+    let batch = (0..32).map(|i| Packet { data: udp64(0x0af4_0105, 0x0af4_0206, 10_000 + i, 80), in_port: 1 }).collect();
+    (dp, batch)
+}
+
+/// A pipeline whose traffic produces exactly `masks` distinct megaflow masks, with the
+/// 32 packets of the batch spread evenly over them. Flow `j` matches one bit of the L4
+/// ports and outranks flow `j + 1`, so a packet for flow `j` consults the masks of flows
+/// `0..=j`: `masks` different unions.
+pub fn megaflow_masks_scenario(masks: usize, config: DatapathConfig) -> (Datapath, Vec<Packet>) {
+    let masks = masks.clamp(1, 32);
+    let dp = Datapath::new(config);
+    let bit =
+        |j: usize| -> (Field, u128) { if j < 16 { (Field::TpSrc, 1 << j) } else { (Field::TpDst, 1 << (j - 16)) } };
+    let mods: Vec<FlowMod> = (0..masks)
+        .map(|j| {
+            let (f, b) = bit(j);
+            add(0, 1000 - j as u16, Match::ANY.with_masked(f, b, b), vec![Action::Output(2 + j as u32)])
+        })
+        .collect();
+    dp.apply(&mods).expect("valid flows");
+    let batch = (0..32)
+        .map(|i| {
+            let j = i % masks;
+            let (f, b) = bit(j);
+            let (sport, dport) = if f == Field::TpSrc { (b as u16, 0) } else { (0, b as u16) };
+            Packet { data: udp64(0x0af4_0100 | i as u32, 0x0af4_0200, sport, dport), in_port: 1 }
+        })
+        .collect();
+    (dp, batch)
+}
+
+/// A 10-table pipeline of 10,000 flows (1,000 per table) shaped like a logical network: port security on
+/// source addresses (table 0), eight tables of destination lookups with /32, /24 and /16
+/// masks (routes, ACLs, load balancers), and an egress table on the destination port.
+/// Returns the datapath and a generator of packets that are (almost always) new flows.
+pub fn ten_table_scenario(config: DatapathConfig) -> (Datapath, impl FnMut() -> Packet) {
+    let dp = Datapath::new(config);
+    let mut rng = Rng::new(10);
+    let mut mods = Vec::with_capacity(10_000);
+    for i in 0..1000u32 {
+        mods.push(add(
+            0,
+            100,
+            Match::ANY.with(Field::InPort, 1).with(Field::Ipv4Src, (0x0a00_0000 | i) as u128),
+            vec![Action::SetField { field: Field::Reg0, value: i as u128, mask: u128::MAX }, Action::GotoTable(1)],
+        ));
+    }
+    for t in 1..9u8 {
+        let mut seen = std::collections::HashSet::new();
+        let mut i = 0u32;
+        while i < 999 {
+            let (prefix, priority) = match i % 10 {
+                0..=6 => (32, 300),
+                7 | 8 => (24, 200),
+                _ => (16, 100),
+            };
+            let mask = u32::MAX << (32 - prefix);
+            let dst = (0x0b00_0000 | (rng.below(1 << 24) as u32)) & mask;
+            let priority = priority + (i % 7) as u16;
+            if !seen.insert((dst, prefix, priority)) {
+                continue;
+            }
+            i += 1;
+            mods.push(add(
+                t,
+                priority,
+                Match::ANY.with_masked(Field::Ipv4Dst, dst as u128, mask as u128),
+                vec![
+                    Action::SetField {
+                        field: Field::reg(t as usize % 8).unwrap_or(Field::Reg1),
+                        value: i as u128,
+                        mask: u128::MAX,
+                    },
+                    Action::GotoTable(t + 1),
+                ],
+            ));
+        }
+        // Everything else goes on too.
+        mods.push(add(t, 0, Match::ANY, vec![Action::GotoTable(t + 1)]));
+    }
+    for i in 0..1000u32 {
+        mods.push(add(
+            9,
+            100,
+            Match::ANY.with(Field::TpDst, (1000 + i) as u128),
+            vec![Action::DecTtl, Action::Output(2 + i % 4)],
+        ));
+    }
+    dp.apply(&mods).expect("valid flows");
+    let mut rng = Rng::new(11);
+    let next_packet = move || {
+        let src = 0x0a00_0000 | rng.below(1000) as u32;
+        let dst = 0x0b00_0000 | rng.below(1 << 24) as u32;
+        let dport = 1000 + rng.below(1000) as u16;
+        Packet { data: udp64(src, dst, 5000, dport), in_port: 1 }
+    };
+    (dp, next_packet)
+}
+
+/// The Open vSwitch `test-classifier benchmark` workload: 13 fields with two values
+/// each, `n_subtables` distinct random wildcard patterns, `n_rules` rules with random
+/// priorities below `n_priorities`, random patterns and random values (a rule equal to
+/// an existing one in match and priority is skipped, as OVS does); and `n_lookups`
+/// random flows drawn from the same values.
+pub struct ClassifierWorkload {
+    /// (match, priority) of each distinct rule.
+    pub rules: Vec<(Match, u16)>,
+    /// Lookup keys.
+    pub lookups: Vec<FlowKey>,
+}
+
+const CLS_FIELDS: [(Field, [u128; 2]); 13] = [
+    (Field::TunId, [0, 0xffff_0000]),
+    (Field::Metadata, [0, 0xfedc_ba98_7654_3210]),
+    (Field::Ipv4Src, [0xc0a8_0001, 0xc0a0_4455]),
+    (Field::Ipv4Dst, [0xc0a8_0002, 0xc0a0_4455]),
+    (Field::InPort, [1, 0xffff_fffe]),
+    (Field::VlanTci, [0x1000 | 101, 0]),
+    (Field::EthType, [0x0800, 0x0806]),
+    (Field::TpSrc, [49362, 80]),
+    (Field::TpDst, [6667, 22]),
+    (Field::EthSrc, [0x0002_e30f_80a4, 0x5e33_7f5f_1e99]),
+    (Field::EthDst, [0x4a27_71ae_64c1, 0xffff_ffff_ffff]),
+    (Field::NwProto, [6, 1]),
+    (Field::IpDscp, [48 >> 2, 0]),
+];
+
+impl ClassifierWorkload {
+    /// Builds the workload.
+    pub fn new(n_rules: usize, n_priorities: u16, n_subtables: usize, n_lookups: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let all = (1u32 << CLS_FIELDS.len()) - 1;
+        let mut patterns: Vec<u32> = Vec::new();
+        while patterns.len() < n_subtables.min(all as usize) {
+            let p = rng.next_u64() as u32 & all;
+            if !patterns.contains(&p) {
+                patterns.push(p);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut rules = Vec::new();
+        for _ in 0..n_rules {
+            let priority = rng.below(n_priorities as u64) as u16;
+            let wildcards = patterns[rng.below(patterns.len() as u64) as usize];
+            let values = rng.next_u64() as u32;
+            let mut m = Match::ANY;
+            for (i, (f, v)) in CLS_FIELDS.iter().enumerate() {
+                if wildcards & (1 << i) == 0 {
+                    m = m.with(*f, v[(values >> i) as usize & 1]);
+                }
+            }
+            if seen.insert((m, priority)) {
+                rules.push((m, priority));
+            }
+        }
+        let lookups = (0..n_lookups)
+            .map(|_| {
+                let values = rng.next_u64() as u32;
+                let mut k = FlowKey::ZERO;
+                for (i, (f, v)) in CLS_FIELDS.iter().enumerate() {
+                    k.set(*f, v[(values >> i) as usize & 1]);
+                }
+                k
+            })
+            .collect();
+        ClassifierWorkload { rules, lookups }
+    }
+
+    /// A classifier holding the workload's rules.
+    pub fn classifier(&self) -> crate::classifier::Classifier<u32> {
+        let mut c = crate::classifier::Classifier::new();
+        for (i, (m, p)) in self.rules.iter().enumerate() {
+            c.insert(m, *p, i as u32);
+        }
+        c
+    }
+}

@@ -1,0 +1,177 @@
+//! Prints the datapath's figures, one `name=value` per line, measured on one thread with
+//! 64-byte packets in batches of 32:
+//!
+//! - `microflow_hit_ns`: parse + exact-match hit + execute, per packet;
+//! - `megaflow_hit_ns_{1mask,8masks,32masks}`: the same with the microflow cache off and
+//!   traffic spread over that many megaflow masks;
+//! - `upcalls_per_sec`: flow setups through a 10-table pipeline of 10,000 flows;
+//! - `megaflow_entry_bytes`: heap bytes per megaflow installed by that run (entry, key,
+//!   actions, hash table and index share);
+//! - `classifier_lookups_per_sec` / `classifier_wc_lookups_per_sec`: the Open vSwitch
+//!   `test-classifier benchmark 10000 100 10 1 1000000` workload, without and with
+//!   wildcard tracking.
+//!
+//! `--quick` runs each measurement briefly (for smoke tests); the default takes about a
+//! minute.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use skein_datapath::benchkit::{self, ClassifierWorkload, CountSink};
+use skein_datapath::datapath::{DatapathConfig, Packet};
+use skein_datapath::key::FlowKey;
+
+/// Counts live heap bytes, to measure what cache entries cost.
+struct CountingAlloc;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter is only
+// bookkeeping and never affects the returned memory.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from this allocator with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn report(name: &str, value: impl std::fmt::Display) {
+    println!("{name}={value}");
+}
+
+/// Runs `batch` through `dp` for about `secs` and returns ns per packet (best of 3 runs).
+fn per_packet_ns(dp: &skein_datapath::Datapath, batch: &mut [Packet], secs: f64) -> f64 {
+    let mut worker = dp.worker();
+    let mut sink = CountSink::default();
+    // Warm up: fill the caches and rank megaflow subtables.
+    for i in 0..2000 {
+        dp.process_batch(&mut worker, batch, i, &mut sink);
+    }
+    dp.maintain(2000);
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs / 3.0 {
+            for _ in 0..256 {
+                dp.process_batch(&mut worker, batch, 3000, &mut sink);
+            }
+            n += 256 * batch.len() as u64;
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    black_box(sink);
+    best
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "datapath-bench [--quick]\n\nMeasures Skein's datapath on one thread and prints name=value lines:\n\
+             microflow_hit_ns, megaflow_hit_ns_1mask, megaflow_hit_ns_8masks, megaflow_hit_ns_32masks,\n\
+             upcalls_per_sec, megaflow_entry_bytes, classifier_lookups_per_sec, classifier_wc_lookups_per_sec.\n\
+             --quick          short runs, for smoke tests (figures are noisy)\n\
+             --only SECTION   run one of: microflow, megaflow, upcall, classifier"
+        );
+        return;
+    }
+    let secs = if quick { 0.05 } else { 3.0 };
+    // `--only SECTION` (microflow, megaflow, upcall, classifier) runs one section, for profiling.
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
+
+    // (a) microflow hit.
+    if run("microflow") {
+        let (dp, mut batch) = benchkit::forwarding_scenario(DatapathConfig::default());
+        let ns = per_packet_ns(&dp, &mut batch, secs);
+        report("microflow_hit_ns", format!("{ns:.1}"));
+        report("microflow_hit_mpps", format!("{:.2}", 1e3 / ns));
+    }
+
+    // (b) megaflow hit, microflow cache off.
+    if run("megaflow") {
+        let no_micro = DatapathConfig { microflow_entries: 0, ..DatapathConfig::default() };
+        for (masks, name) in [(1, "1mask"), (8, "8masks"), (32, "32masks")] {
+            let (dp, mut batch) = benchkit::megaflow_masks_scenario(masks, no_micro);
+            let ns = per_packet_ns(&dp, &mut batch, secs);
+            let s = dp.stats();
+            assert_eq!(s.megaflow_masks, masks, "scenario must produce {masks} masks");
+            report(&format!("megaflow_hit_ns_{name}"), format!("{ns:.1}"));
+            report(&format!("megaflow_hit_mpps_{name}"), format!("{:.2}", 1e3 / ns));
+            report(&format!("megaflow_avg_subtables_probed_{name}"), format!("{:.2}", s.avg_subtables_per_hit));
+        }
+    }
+
+    // (c) upcalls through the 10-table pipeline, (d) bytes per megaflow.
+    if run("upcall") {
+        let n_packets: usize = if quick { 5_000 } else { 100_000 };
+        let (dp, mut next_packet) =
+            benchkit::ten_table_scenario(DatapathConfig { microflow_entries: 0, ..DatapathConfig::default() });
+        let mut batches: Vec<Vec<Packet>> =
+            (0..n_packets / 32).map(|_| (0..32).map(|_| next_packet()).collect()).collect();
+        let mut worker = dp.worker();
+        let mut sink = CountSink::default();
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let start = Instant::now();
+        for (i, b) in batches.iter_mut().enumerate() {
+            dp.process_batch(&mut worker, b, i as u64, &mut sink);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        let s = dp.stats();
+        report("upcalls_per_sec", format!("{:.0}", s.upcalls as f64 / elapsed));
+        report("upcall_ns", format!("{:.0}", elapsed * 1e9 / s.upcalls.max(1) as f64));
+        report("upcall_pipeline_flows", s.flows);
+        report("upcall_megaflows", s.megaflows);
+        report("megaflow_entry_bytes", (after.saturating_sub(before)) / s.megaflows.max(1));
+        drop(batches);
+    }
+
+    // (e) the Open vSwitch classifier workload.
+    if run("classifier") {
+        let n_lookups = if quick { 100_000 } else { 1_000_000 };
+        let w = ClassifierWorkload::new(10_000, 100, 10, n_lookups, 42);
+        let cls = w.classifier();
+        report("classifier_rules", cls.len());
+        report("classifier_subtables", cls.subtable_count());
+        let rounds = if quick { 1 } else { 5 };
+        let mut best_plain = f64::MAX;
+        let mut best_wc = f64::MAX;
+        let mut found = 0usize;
+        for _ in 0..rounds {
+            let start = Instant::now();
+            for k in &w.lookups {
+                found += cls.lookup(black_box(k), None).is_some() as usize;
+            }
+            best_plain = best_plain.min(start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            for k in &w.lookups {
+                let mut wc = FlowKey::ZERO;
+                found += cls.lookup(black_box(k), Some(&mut wc)).is_some() as usize;
+                black_box(&wc);
+            }
+            best_wc = best_wc.min(start.elapsed().as_secs_f64());
+        }
+        report("classifier_lookups_per_sec", format!("{:.0}", n_lookups as f64 / best_plain));
+        report("classifier_wc_lookups_per_sec", format!("{:.0}", n_lookups as f64 / best_wc));
+        report("classifier_hit_ratio", format!("{:.3}", found as f64 / (2 * rounds * n_lookups) as f64));
+    }
+}

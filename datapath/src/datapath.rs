@@ -1,0 +1,589 @@
+//! The datapath: the pipeline plus the caches in front of it, the per-batch fast path,
+//! flow modifications with revalidation, and counters.
+//!
+//! Locking: the pipeline and the megaflow cache each sit behind a reader-writer lock.
+//! Workers hold the megaflow read lock for a batch; an upcall releases it, takes the
+//! pipeline read lock, translates, then takes the megaflow write lock to install. Flow
+//! modifications take the pipeline write lock, then the megaflow write lock. The
+//! pipeline lock is never requested while a megaflow lock is held, so there is no cycle.
+//!
+//! Revalidation: every megaflow records (as Bloom bits) the tables and groups its
+//! translation consulted. After a modification, each megaflow whose bits intersect the
+//! touched ones is re-translated from its masked key; it survives only if the new
+//! translation has the same actions, rules and drop reason and needs no key bit the
+//! entry does not match on. Every other entry is removed (and, being marked dead, stops
+//! being used by the microflow caches at once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{RwLock, RwLockReadGuard};
+
+use crate::exec;
+pub use crate::exec::OutputSink;
+use crate::flow::{Flow, FlowMod};
+use crate::key::{Field, FlowKey};
+use crate::megaflow::{Megaflow, MegaflowCache};
+use crate::microflow::{self, MicroflowCache};
+use crate::parse::parse_frame;
+use crate::pipeline::{DropReason, Pipeline, PipelineError, Rule, TraceStep, Translation};
+
+/// Tunables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Microflow slots per worker (0 disables the microflow cache).
+    pub microflow_entries: usize,
+    /// Maximum megaflows; installing beyond evicts the least recently used of a sample.
+    pub max_megaflows: usize,
+    /// Megaflows idle this long are removed by [`Datapath::maintain`].
+    pub idle_timeout_ns: u64,
+    /// Entries examined per [`Datapath::maintain`] call.
+    pub expire_budget: usize,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            microflow_entries: microflow::DEFAULT_ENTRIES,
+            max_megaflows: 200_000,
+            idle_timeout_ns: 10_000_000_000,
+            expire_budget: 4096,
+        }
+    }
+}
+
+/// A frame in a batch, with the metadata it arrived with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Packet {
+    /// The frame, starting at the Ethernet header. Actions rewrite it in place.
+    pub data: Vec<u8>,
+    /// Port it arrived on.
+    pub in_port: u32,
+}
+
+/// Counters of the whole datapath, readable while forwarding.
+#[derive(Debug, Default)]
+pub struct DatapathCounters {
+    /// Packets processed.
+    pub packets: AtomicU64,
+    /// Microflow cache hits.
+    pub microflow_hits: AtomicU64,
+    /// Megaflow cache hits (after a microflow miss).
+    pub megaflow_hits: AtomicU64,
+    /// Subtables probed over all megaflow hits.
+    pub megaflow_probes: AtomicU64,
+    /// Upcalls (pipeline translations for cache misses).
+    pub upcalls: AtomicU64,
+    /// Megaflows evicted (cache full or idle).
+    pub evictions: AtomicU64,
+    /// Megaflows invalidated by flow/group modifications.
+    pub invalidations: AtomicU64,
+    /// Megaflows re-checked and kept after modifications.
+    pub revalidated: AtomicU64,
+    /// Drops by [`DropReason`] (indexed by discriminant).
+    pub drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// A snapshot of [`DatapathCounters`] plus cache sizes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DatapathStats {
+    /// Packets processed.
+    pub packets: u64,
+    /// Microflow hits.
+    pub microflow_hits: u64,
+    /// Megaflow hits.
+    pub megaflow_hits: u64,
+    /// Average subtables probed per megaflow hit.
+    pub avg_subtables_per_hit: f64,
+    /// Upcalls.
+    pub upcalls: u64,
+    /// Evictions.
+    pub evictions: u64,
+    /// Invalidations.
+    pub invalidations: u64,
+    /// Entries kept by revalidation.
+    pub revalidated: u64,
+    /// Megaflows installed now.
+    pub megaflows: usize,
+    /// Distinct megaflow masks now.
+    pub megaflow_masks: usize,
+    /// Flows installed.
+    pub flows: usize,
+    /// Drops by reason.
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+/// What a batch of flow modifications did to the caches.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowModReport {
+    /// Megaflows re-translated.
+    pub checked: usize,
+    /// Megaflows removed as stale.
+    pub invalidated: usize,
+    /// Megaflows kept.
+    pub kept: usize,
+}
+
+/// Live counters of one flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowStats {
+    /// The flow.
+    pub flow: Flow,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Last use (caller's clock, ns; 0 = never).
+    pub last_used: u64,
+}
+
+/// Per-thread state: the microflow cache and batch-local counters.
+#[derive(Debug)]
+pub struct Worker {
+    microflow: MicroflowCache,
+    local: LocalCounters,
+}
+
+#[derive(Debug, Default)]
+struct LocalCounters {
+    packets: u64,
+    microflow_hits: u64,
+    megaflow_hits: u64,
+    megaflow_probes: u64,
+    upcalls: u64,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl Worker {
+    /// Forgets every cached decision of this worker.
+    pub fn clear(&mut self) {
+        self.microflow.clear();
+    }
+}
+
+/// The datapath.
+#[derive(Debug)]
+pub struct Datapath {
+    config: DatapathConfig,
+    pipeline: RwLock<Pipeline>,
+    megaflows: RwLock<MegaflowCache>,
+    counters: DatapathCounters,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Datapath::new(DatapathConfig::default())
+    }
+}
+
+impl Datapath {
+    /// A datapath with an empty pipeline.
+    pub fn new(config: DatapathConfig) -> Self {
+        Datapath {
+            config,
+            pipeline: RwLock::new(Pipeline::new()),
+            megaflows: RwLock::new(MegaflowCache::new(config.max_megaflows)),
+            counters: DatapathCounters::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DatapathConfig {
+        &self.config
+    }
+
+    /// A new worker (one per forwarding thread).
+    pub fn worker(&self) -> Worker {
+        Worker { microflow: MicroflowCache::new(self.config.microflow_entries), local: LocalCounters::default() }
+    }
+
+    /// Read access to the pipeline (for dumps and traces).
+    pub fn pipeline(&self) -> parking_lot::RwLockReadGuard<'_, Pipeline> {
+        self.pipeline.read()
+    }
+
+    /// Applies modifications in order, then revalidates the caches once. Stops at the
+    /// first invalid modification: those before it stay applied (and revalidated), it
+    /// and those after it are not applied.
+    pub fn apply(&self, mods: &[FlowMod]) -> Result<FlowModReport, (usize, PipelineError, FlowModReport)> {
+        let mut pipeline = self.pipeline.write();
+        let mut bloom = 0;
+        let mut failed = None;
+        for (i, m) in mods.iter().enumerate() {
+            match pipeline.apply(m) {
+                Ok(t) => bloom |= t.bloom,
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let report = self.revalidate(&pipeline, bloom);
+        pipeline.release_removed();
+        match failed {
+            None => Ok(report),
+            Some((i, e)) => Err((i, e, report)),
+        }
+    }
+
+    fn revalidate(&self, pipeline: &Pipeline, bloom: u64) -> FlowModReport {
+        let mut report = FlowModReport::default();
+        if bloom == 0 {
+            return report;
+        }
+        let mut cache = self.megaflows.write();
+        let candidates: Vec<Arc<Megaflow>> = cache.entries().iter().filter(|m| m.bloom & bloom != 0).cloned().collect();
+        for mf in candidates {
+            report.checked += 1;
+            let key = cache.key_of(&mf);
+            let mask = cache.mask_of(&mf);
+            let t = pipeline.translate(&key);
+            if still_valid(&mf, &mask, &t) {
+                report.kept += 1;
+            } else {
+                settle(pipeline, &mf);
+                cache.remove(&mf);
+                report.invalidated += 1;
+            }
+        }
+        self.counters.invalidations.fetch_add(report.invalidated as u64, Ordering::Relaxed);
+        self.counters.revalidated.fetch_add(report.kept as u64, Ordering::Relaxed);
+        report
+    }
+
+    /// Periodic housekeeping: re-ranks megaflow subtables by hits and removes idle
+    /// megaflows (bounded by `expire_budget`). Returns how many were removed.
+    pub fn maintain(&self, now: u64) -> usize {
+        let pipeline = self.pipeline.read();
+        let mut cache = self.megaflows.write();
+        cache.rerank();
+        let gone = cache.expire(now, self.config.idle_timeout_ns, self.config.expire_budget);
+        for mf in &gone {
+            settle(&pipeline, mf);
+        }
+        self.counters.evictions.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        gone.len()
+    }
+
+    /// Processes a batch: every packet is parsed, looked up (microflow, megaflow, then
+    /// upcall) and its actions executed, in order. `now` is the caller's clock in ns.
+    pub fn process_batch(&self, worker: &mut Worker, packets: &mut [Packet], now: u64, sink: &mut impl OutputSink) {
+        let mut cache = self.megaflows.read();
+        for (i, p) in packets.iter_mut().enumerate() {
+            let mut key = FlowKey::ZERO;
+            key.set(Field::InPort, p.in_port as u128);
+            let mut offs = parse_frame(&p.data, &mut key);
+            let h = microflow::flow_hash(&key);
+            let local = &mut worker.local;
+            local.packets += 1;
+            if let Some(mf) = worker.microflow.lookup(h, &key) {
+                local.microflow_hits += 1;
+                run_megaflow(mf, p, &mut offs, i, now, local, sink);
+            } else if let Some(hit) = cache.lookup(&key) {
+                local.megaflow_hits += 1;
+                local.megaflow_probes += hit.probed as u64;
+                worker.microflow.insert(h, &key, hit.megaflow);
+                run_megaflow(hit.megaflow, p, &mut offs, i, now, local, sink);
+            } else {
+                local.upcalls += 1;
+                let mf = RwLockReadGuard::unlocked(&mut cache, || self.upcall(&key, now));
+                worker.microflow.insert(h, &key, &mf);
+                run_megaflow(&mf, p, &mut offs, i, now, local, sink);
+            }
+        }
+        drop(cache);
+        self.flush_local(worker);
+    }
+
+    fn upcall(&self, key: &FlowKey, now: u64) -> Arc<Megaflow> {
+        let pipeline = self.pipeline.read();
+        let t = pipeline.translate(key);
+        let mut cache = self.megaflows.write();
+        let (mf, evicted) = cache.install(key, &t, now);
+        for e in &evicted {
+            settle(&pipeline, e);
+        }
+        if !evicted.is_empty() {
+            self.counters.evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        }
+        mf
+    }
+
+    fn flush_local(&self, worker: &mut Worker) {
+        let l = std::mem::take(&mut worker.local);
+        let c = &self.counters;
+        c.packets.fetch_add(l.packets, Ordering::Relaxed);
+        c.microflow_hits.fetch_add(l.microflow_hits, Ordering::Relaxed);
+        c.megaflow_hits.fetch_add(l.megaflow_hits, Ordering::Relaxed);
+        c.megaflow_probes.fetch_add(l.megaflow_probes, Ordering::Relaxed);
+        c.upcalls.fetch_add(l.upcalls, Ordering::Relaxed);
+        for (i, n) in l.drops.iter().enumerate() {
+            if *n != 0 {
+                c.drops[i].fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> DatapathStats {
+        let c = &self.counters;
+        let (megaflows, megaflow_masks) = {
+            let cache = self.megaflows.read();
+            (cache.len(), cache.subtable_count())
+        };
+        let hits = c.megaflow_hits.load(Ordering::Relaxed);
+        DatapathStats {
+            packets: c.packets.load(Ordering::Relaxed),
+            microflow_hits: c.microflow_hits.load(Ordering::Relaxed),
+            megaflow_hits: hits,
+            avg_subtables_per_hit: if hits == 0 {
+                0.0
+            } else {
+                c.megaflow_probes.load(Ordering::Relaxed) as f64 / hits as f64
+            },
+            upcalls: c.upcalls.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            revalidated: c.revalidated.load(Ordering::Relaxed),
+            megaflows,
+            megaflow_masks,
+            flows: self.pipeline.read().flow_count(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|d| (*d, c.drops[*d as usize].load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n != 0)
+                .collect(),
+        }
+    }
+
+    /// Live counters of every flow: what has been settled into the flow plus what its
+    /// current megaflows have counted.
+    pub fn flow_stats(&self) -> Vec<FlowStats> {
+        let pipeline = self.pipeline.read();
+        let cache = self.megaflows.read();
+        let mut live: HashMap<u32, (u64, u64, u64)> = HashMap::new();
+        for mf in cache.entries() {
+            let (p, b, t) = (
+                mf.packets.load(Ordering::Relaxed),
+                mf.bytes.load(Ordering::Relaxed),
+                mf.last_used.load(Ordering::Relaxed),
+            );
+            if p == 0 {
+                continue;
+            }
+            for id in mf.rule_ids() {
+                let e = live.entry(id).or_default();
+                e.0 += p;
+                e.1 += b;
+                e.2 = e.2.max(t);
+            }
+        }
+        pipeline
+            .rules()
+            .map(|r| {
+                let (p, b, t) = live.get(&r.id).copied().unwrap_or_default();
+                FlowStats {
+                    flow: r.flow.clone(),
+                    packets: r.counters.packets.load(Ordering::Relaxed) + p,
+                    bytes: r.counters.bytes.load(Ordering::Relaxed) + b,
+                    last_used: r.counters.last_used.load(Ordering::Relaxed).max(t),
+                }
+            })
+            .collect()
+    }
+
+    /// Translates a key without caching anything, recording every step.
+    pub fn trace(&self, key: &FlowKey) -> (Translation, Vec<TraceStep>) {
+        self.pipeline.read().trace(key)
+    }
+
+    /// Number of megaflows.
+    pub fn megaflow_count(&self) -> usize {
+        self.megaflows.read().len()
+    }
+
+    /// Every megaflow as (masked key, mask, decoded actions, packets, bytes).
+    pub fn dump_megaflows(&self) -> Vec<(FlowKey, FlowKey, Vec<exec::DpAction>, u64, u64)> {
+        let cache = self.megaflows.read();
+        cache
+            .entries()
+            .iter()
+            .map(|m| {
+                (
+                    cache.key_of(m),
+                    cache.mask_of(m),
+                    exec::decode(m.actions()),
+                    m.packets.load(Ordering::Relaxed),
+                    m.bytes.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+#[inline(always)]
+fn run_megaflow(
+    mf: &Megaflow,
+    p: &mut Packet,
+    offs: &mut crate::parse::HeaderOffsets,
+    i: usize,
+    now: u64,
+    local: &mut LocalCounters,
+    sink: &mut impl OutputSink,
+) {
+    mf.hit(p.data.len(), now);
+    if let Some(d) = mf.drop_reason() {
+        local.drops[d as usize] += 1;
+    }
+    exec::execute(mf.actions(), &mut p.data, offs, i, sink);
+}
+
+/// True if a fresh translation of a megaflow's key still yields what it caches.
+fn still_valid(mf: &Megaflow, mask: &FlowKey, t: &Translation) -> bool {
+    if !t.wc.is_subset_of(mask) || t.drop != mf.drop_reason() || t.rules.len() != mf.rule_ids().count() {
+        return false;
+    }
+    if !t.rules.iter().copied().eq(mf.rule_ids()) {
+        return false;
+    }
+    let mut words = Vec::with_capacity(mf.actions().len());
+    exec::encode(&t.actions, &mut words);
+    words == mf.actions()
+}
+
+/// Moves a megaflow's counters into the rules it used, before it goes away.
+fn settle(pipeline: &Pipeline, mf: &Megaflow) {
+    let p = mf.packets.swap(0, Ordering::Relaxed);
+    let b = mf.bytes.swap(0, Ordering::Relaxed);
+    if p == 0 {
+        return;
+    }
+    let t = mf.last_used.load(Ordering::Relaxed);
+    for id in mf.rule_ids() {
+        if let Some(r) = pipeline.rule(id) {
+            settle_rule(r, p, b, t);
+        }
+    }
+}
+
+fn settle_rule(r: &Rule, packets: u64, bytes: u64, t: u64) {
+    r.counters.packets.fetch_add(packets, Ordering::Relaxed);
+    r.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+    r.counters.last_used.fetch_max(t, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::CollectSink;
+    use crate::flow::{Action, Match};
+    use crate::key::ip_proto;
+    use crate::parse::tests::ipv4_frame;
+
+    fn flow(table: u8, priority: u16, matches: Match, actions: Vec<Action>) -> FlowMod {
+        FlowMod::AddFlow(Flow { table, priority, matches, cookie: table as u64, actions })
+    }
+
+    fn packet(dst: u32, dport: u16) -> Packet {
+        Packet { data: ipv4_frame(ip_proto::UDP, 0x0a00_0001, dst, 999, dport, b"x"), in_port: 1 }
+    }
+
+    fn setup() -> Datapath {
+        let dp = Datapath::default();
+        dp.apply(&[
+            flow(0, 10, Match::ANY.with(Field::Ipv4Dst, 2), vec![Action::Resubmit(1)]),
+            flow(0, 10, Match::ANY.with(Field::Ipv4Dst, 3), vec![Action::Output(9)]),
+            flow(1, 10, Match::ANY.with(Field::TpDst, 53), vec![Action::Output(5)]),
+            flow(1, 5, Match::ANY, vec![Action::Output(6)]),
+        ])
+        .unwrap();
+        dp
+    }
+
+    #[test]
+    fn caches_fill_then_hit() {
+        let dp = setup();
+        let mut w = dp.worker();
+        let mut sink = CollectSink::default();
+        let mut batch = vec![packet(2, 53), packet(2, 53), packet(2, 54), packet(3, 1)];
+        dp.process_batch(&mut w, &mut batch, 1, &mut sink);
+        let ports: Vec<u32> = sink.outputs.iter().map(|o| o.1).collect();
+        assert_eq!(ports, vec![5, 5, 6, 9]);
+        let s = dp.stats();
+        assert_eq!((s.upcalls, s.microflow_hits, s.megaflow_hits), (3, 1, 0));
+        // Packet 3 differs from packet 1 only in a field no flow for it looks at.
+        let mut batch = vec![packet(3, 2)];
+        dp.process_batch(&mut w, &mut batch, 2, &mut sink);
+        let s = dp.stats();
+        assert_eq!((s.upcalls, s.megaflow_hits), (3, 1));
+        assert_eq!(s.megaflows, 3);
+    }
+
+    #[test]
+    fn modification_invalidates_only_what_it_must() {
+        let dp = setup();
+        let mut w = dp.worker();
+        let mut sink = CollectSink::default();
+        let mut batch = vec![packet(2, 53), packet(2, 54), packet(3, 1)];
+        dp.process_batch(&mut w, &mut batch, 1, &mut sink);
+        assert_eq!(dp.megaflow_count(), 3);
+        // A new port-80 flow in table 1 changes nothing any cached packet saw...
+        let r = dp.apply(&[flow(1, 10, Match::ANY.with(Field::TpDst, 80), vec![Action::Output(7)])]).unwrap();
+        assert_eq!((r.checked, r.invalidated, r.kept), (2, 0, 2));
+        // ...while one for port 54 takes over the catch-all's megaflow for that port.
+        let r = dp.apply(&[flow(1, 10, Match::ANY.with(Field::TpDst, 54), vec![Action::Output(8)])]).unwrap();
+        assert_eq!((r.checked, r.invalidated, r.kept), (2, 1, 1));
+        sink.outputs.clear();
+        let mut batch = vec![packet(2, 54)];
+        dp.process_batch(&mut w, &mut batch, 2, &mut sink);
+        assert_eq!(sink.outputs[0].1, 8, "the microflow entry went stale with its megaflow");
+        assert_eq!(dp.stats().invalidations, 1);
+    }
+
+    #[test]
+    fn flow_counters_survive_megaflow_removal() {
+        let dp = setup();
+        let mut w = dp.worker();
+        let mut sink = CollectSink::default();
+        let mut batch = vec![packet(2, 53), packet(2, 53), packet(2, 53)];
+        let len = batch[0].data.len() as u64;
+        dp.process_batch(&mut w, &mut batch, 7, &mut sink);
+        let count = |dp: &Datapath| {
+            dp.flow_stats()
+                .into_iter()
+                .find(|s| s.flow.table == 1 && s.flow.priority == 10)
+                .map(|s| (s.packets, s.bytes, s.last_used))
+                .unwrap()
+        };
+        assert_eq!(count(&dp), (3, 3 * len, 7));
+        // Removing the table-0 flow invalidates the megaflow; the table-1 flow keeps its count.
+        dp.apply(&[FlowMod::DeleteFlowStrict { table: 0, priority: 10, matches: Match::ANY.with(Field::Ipv4Dst, 2) }])
+            .unwrap();
+        assert_eq!(dp.megaflow_count(), 0);
+        assert_eq!(count(&dp), (3, 3 * len, 7));
+    }
+
+    #[test]
+    fn invalid_modification_keeps_earlier_ones_and_reports_index() {
+        let dp = Datapath::default();
+        let bad = flow(0, 1, Match::ANY, vec![Action::SetField { field: Field::CtState, value: 1, mask: u128::MAX }]);
+        let good = flow(0, 1, Match::ANY, vec![Action::Output(1)]);
+        let (i, e, _) = dp.apply(&[good, bad]).unwrap_err();
+        assert_eq!(i, 1);
+        assert!(e.to_string().contains("ct_state"));
+        assert_eq!(dp.stats().flows, 1);
+    }
+
+    #[test]
+    fn idle_megaflows_expire() {
+        let dp = Datapath::new(DatapathConfig { idle_timeout_ns: 100, ..DatapathConfig::default() });
+        dp.apply(&[flow(0, 1, Match::ANY, vec![Action::Output(1)])]).unwrap();
+        let mut w = dp.worker();
+        dp.process_batch(&mut w, &mut [packet(2, 53)], 0, &mut CollectSink::default());
+        assert_eq!(dp.maintain(50), 0);
+        assert_eq!(dp.maintain(500), 1);
+        assert_eq!(dp.stats().evictions, 1);
+        assert_eq!(dp.flow_stats()[0].packets, 1);
+    }
+}

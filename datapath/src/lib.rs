@@ -1,0 +1,28 @@
+//! Skein's userspace datapath, modelled on Open vSwitch's: frames are parsed into a
+//! fixed-size [`FlowKey`], looked up in a per-thread microflow (exact-match) cache, then in
+//! a shared megaflow cache (tuple space search); a miss is an *upcall* that runs the frame
+//! through the OpenFlow-style [`Pipeline`], records every key bit it consulted, installs
+//! the resulting megaflow and executes its actions.
+//!
+//! Everything here is pure code over byte buffers: no sockets, no clock (callers pass
+//! `now` in nanoseconds), no async runtime. Port I/O lives elsewhere.
+#![forbid(unsafe_code)]
+
+pub mod benchkit;
+pub mod classifier;
+pub mod datapath;
+pub mod exec;
+pub mod flow;
+pub mod hash;
+pub mod key;
+pub mod megaflow;
+pub mod microflow;
+pub mod packet;
+pub mod parse;
+pub mod pipeline;
+
+pub use datapath::{Datapath, DatapathConfig, DatapathStats, FlowModReport, OutputSink, Worker};
+pub use flow::{Action, Bucket, Flow, FlowMod, Group, GroupKind, Match};
+pub use key::{Field, FlowKey};
+pub use parse::{HeaderOffsets, parse_frame};
+pub use pipeline::{DropReason, Pipeline, PipelineError};

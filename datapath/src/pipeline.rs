@@ -1,0 +1,772 @@
+//! The OpenFlow-style pipeline: numbered tables of prioritised flows, groups, and the
+//! *translation* of a flow key through them (the slow path, or upcall).
+//!
+//! Translation walks the tables like Open vSwitch's `ofproto-dpif-xlate`: it runs
+//! actions against a working copy of the key, accumulates the wildcard mask of every
+//! key bit a decision looked at, and compiles the result into datapath actions. Header
+//! writes are committed lazily, just before the packet leaves or changes shape, as
+//! absolute values — so the compiled actions depend only on bits in the wildcard mask and
+//! are valid for every packet the resulting megaflow matches.
+//!
+//! Semantics worth knowing (the property test's reference implements the same):
+//! - highest priority wins; equal priorities: the flow installed first wins;
+//! - a table miss ends that lookup: the caller's remaining actions continue;
+//! - `drop`, TTL expiry, pushing a second VLAN tag, a missing group and the resubmit
+//!   limits end the packet's processing (outputs already made stand), except inside an
+//!   `all` group bucket, where they end only that bucket;
+//! - `all` buckets each run on a copy of the packet and key; `select` picks one bucket by
+//!   a hash of the group's fields ([`select_bucket`]) and runs it inline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use thiserror::Error;
+
+use crate::classifier::Classifier;
+use crate::exec::DpAction;
+use crate::flow::{Action, Flow, FlowMod, Group, GroupKind, Match};
+use crate::hash;
+use crate::key::{Field, FlowKey, VLAN_PRESENT, eth_type};
+
+/// Maximum nesting of resubmit / goto_table / group buckets.
+pub const MAX_DEPTH: u32 = 64;
+/// Maximum table lookups one packet may cause.
+pub const MAX_LOOKUPS: u32 = 4096;
+
+/// Why a packet produced no (further) output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DropReason {
+    /// A table had no matching flow and nothing was output.
+    TableMiss = 0,
+    /// Flows ran but none output the packet.
+    NoOutput = 1,
+    /// An explicit `drop` action.
+    Explicit = 2,
+    /// `dec_ttl` on a packet whose TTL was 0 or 1.
+    TtlExpired = 3,
+    /// Resubmit/goto nesting or the lookup budget was exceeded (a loop in the tables).
+    ResubmitLimit = 4,
+    /// `push_vlan` on a packet that already carries a tag (one tag is supported).
+    VlanTagPresent = 5,
+    /// A flow referred to a group that does not exist.
+    GroupMissing = 6,
+}
+
+impl DropReason {
+    /// Every reason, indexed by its discriminant.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::TableMiss,
+        DropReason::NoOutput,
+        DropReason::Explicit,
+        DropReason::TtlExpired,
+        DropReason::ResubmitLimit,
+        DropReason::VlanTagPresent,
+        DropReason::GroupMissing,
+    ];
+
+    /// Name used in stats output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::TableMiss => "table_miss",
+            DropReason::NoOutput => "no_output",
+            DropReason::Explicit => "explicit",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::ResubmitLimit => "resubmit_limit",
+            DropReason::VlanTagPresent => "vlan_tag_present",
+            DropReason::GroupMissing => "group_missing",
+        }
+    }
+}
+
+/// A flow or group the pipeline refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PipelineError {
+    /// set_field on a field that flows may not write.
+    #[error("table {table}: set_field on {field}: field is not writable")]
+    FieldNotWritable {
+        /// Table of the offending flow.
+        table: u8,
+        /// Field name.
+        field: &'static str,
+    },
+    /// set_field with a value wider than the field.
+    #[error("table {table}: set_field {field}={value:#x}: value does not fit in {bits} bits")]
+    ValueTooWide {
+        /// Table of the offending flow.
+        table: u8,
+        /// Field name.
+        field: &'static str,
+        /// The value.
+        value: u128,
+        /// Field width.
+        bits: u32,
+    },
+    /// A masked set_field on a packet header field (only metadata may be set partially).
+    #[error("table {table}: set_field on {field} with a mask: header fields are written whole")]
+    MaskedHeaderWrite {
+        /// Table of the offending flow.
+        table: u8,
+        /// Field name.
+        field: &'static str,
+    },
+    /// goto_table that is not the last action or does not go forward.
+    #[error("table {table}: goto_table:{target} must be the flow's last action and name a later table")]
+    BadGoto {
+        /// Table of the offending flow.
+        table: u8,
+        /// Target table.
+        target: u8,
+    },
+    /// goto_table inside a group bucket.
+    #[error("group {group}: goto_table is not allowed in a bucket (use resubmit)")]
+    GotoInBucket {
+        /// The group.
+        group: u32,
+    },
+}
+
+/// Per-flow counters, readable while forwarding.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Packets (from megaflows that have been evicted or invalidated, plus upcalls).
+    pub packets: AtomicU64,
+    /// Bytes, likewise.
+    pub bytes: AtomicU64,
+    /// Last time (caller's clock, ns) the flow was used.
+    pub last_used: AtomicU64,
+}
+
+/// An installed flow.
+#[derive(Debug)]
+pub struct Rule {
+    /// Stable id (index in the pipeline's rule slab) while installed.
+    pub id: u32,
+    /// The flow as installed.
+    pub flow: Flow,
+    /// Counters settled so far (see [`crate::Datapath::flow_stats`] for live totals).
+    pub counters: FlowCounters,
+}
+
+/// The result of translating one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// Datapath actions.
+    pub actions: Vec<DpAction>,
+    /// Every key bit the result depends on.
+    pub wc: FlowKey,
+    /// Ids of the rules that matched, in order.
+    pub rules: Vec<u32>,
+    /// Bloom bits of the tables consulted and groups used (see [`table_bloom`]).
+    pub bloom: u64,
+    /// Set if the packet ends without any output, or stops early.
+    pub drop: Option<DropReason>,
+}
+
+/// Bloom bit of a table (low 48 bits).
+pub fn table_bloom(table: u8) -> u64 {
+    1 << (table as u64 % 48)
+}
+
+/// Bloom bit of a group (high 16 bits).
+pub fn group_bloom(group: u32) -> u64 {
+    1 << (48 + group as u64 % 16)
+}
+
+/// Header fields in the order pending writes are committed. Same-width aliases (ARP
+/// addresses over IPv4 addresses) share a slot: the frame has one or the other.
+const COMMIT_SLOTS: [Field; 16] = [
+    Field::EthDst,
+    Field::EthSrc,
+    Field::VlanTci,
+    Field::Ipv4Src,
+    Field::Ipv4Dst,
+    Field::ArpOp,
+    Field::ArpSha,
+    Field::ArpTha,
+    Field::IpDscp,
+    Field::IpEcn,
+    Field::NwTtl,
+    Field::Ipv6Label,
+    Field::Ipv6Src,
+    Field::Ipv6Dst,
+    Field::TpSrc,
+    Field::TpDst,
+];
+
+fn commit_slot(f: Field) -> Option<usize> {
+    let f = match f {
+        Field::ArpSpa => Field::Ipv4Src,
+        Field::ArpTpa => Field::Ipv4Dst,
+        other => other,
+    };
+    COMMIT_SLOTS.iter().position(|s| *s == f).or(match f {
+        Field::IcmpType => Some(16),
+        Field::IcmpCode => Some(17),
+        _ => None,
+    })
+}
+
+fn slot_field(slot: usize) -> Field {
+    match slot {
+        16 => Field::IcmpType,
+        17 => Field::IcmpCode,
+        s => COMMIT_SLOTS[s],
+    }
+}
+
+/// Picks the bucket of a select group for a key: FNV-style hash of the group's field
+/// values (each as two 64-bit words, high first) through [`hash::hash_words`] with basis
+/// = group id, reduced modulo the total weight and walked over the bucket weights.
+pub fn select_bucket(group: &Group, fields: &[Field], key: &FlowKey) -> Option<usize> {
+    let total: u64 = group.buckets.iter().map(|b| b.weight as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut words = [0u64; 2 * Field::ALL.len()];
+    for (i, f) in fields.iter().enumerate().take(Field::ALL.len()) {
+        let v = key.get(*f);
+        words[2 * i] = (v >> 64) as u64;
+        words[2 * i + 1] = v as u64;
+    }
+    let n = 2 * fields.len().min(Field::ALL.len());
+    let mut pick = hash::hash_words(group.id as u64, &words[..n]) % total;
+    for (i, b) in group.buckets.iter().enumerate() {
+        if pick < b.weight as u64 {
+            return Some(i);
+        }
+        pick -= b.weight as u64;
+    }
+    None
+}
+
+/// The pipeline: up to 256 tables and any number of groups.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    tables: Vec<Classifier<Arc<Rule>>>,
+    groups: HashMap<u32, Arc<Group>>,
+    rules: Vec<Option<Arc<Rule>>>,
+    free_ids: Vec<u32>,
+    /// Rule ids removed since the last [`Pipeline::release_removed`].
+    removed: Vec<u32>,
+}
+
+/// What one modification touched, for revalidation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Touched {
+    /// Bloom bits of touched tables and groups.
+    pub bloom: u64,
+}
+
+impl Pipeline {
+    /// An empty pipeline (every packet misses table 0).
+    pub fn new() -> Self {
+        Pipeline { tables: (0..256).map(|_| Classifier::new()).collect(), ..Default::default() }
+    }
+
+    /// Number of installed flows.
+    pub fn flow_count(&self) -> usize {
+        self.tables.iter().map(|t| t.len()).sum()
+    }
+
+    /// The rule with this id, if installed (or removed but not yet released).
+    pub fn rule(&self, id: u32) -> Option<&Arc<Rule>> {
+        self.rules.get(id as usize).and_then(|r| r.as_ref())
+    }
+
+    /// Every installed rule, table by table.
+    pub fn rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.tables.iter().flat_map(|t| t.iter().map(|(_, _, r)| r))
+    }
+
+    /// A group by id.
+    pub fn group(&self, id: u32) -> Option<&Arc<Group>> {
+        self.groups.get(&id)
+    }
+
+    /// The classifier of one table (for benchmarks and tools).
+    pub fn table(&self, table: u8) -> &Classifier<Arc<Rule>> {
+        &self.tables[table as usize]
+    }
+
+    fn validate_actions(table: u8, actions: &[Action], group: Option<u32>) -> Result<(), PipelineError> {
+        for (i, a) in actions.iter().enumerate() {
+            match a {
+                Action::SetField { field, value, mask } => {
+                    let f = *field;
+                    if !f.writable() {
+                        return Err(PipelineError::FieldNotWritable { table, field: f.name() });
+                    }
+                    if value & mask & !f.max_value() != 0 {
+                        return Err(PipelineError::ValueTooWide {
+                            table,
+                            field: f.name(),
+                            value: *value,
+                            bits: f.bits(),
+                        });
+                    }
+                    if commit_slot(f).is_some() && mask & f.max_value() != f.max_value() {
+                        return Err(PipelineError::MaskedHeaderWrite { table, field: f.name() });
+                    }
+                }
+                Action::GotoTable(t) => {
+                    if let Some(g) = group {
+                        return Err(PipelineError::GotoInBucket { group: g });
+                    }
+                    if *t <= table || i + 1 != actions.len() {
+                        return Err(PipelineError::BadGoto { table, target: *t });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one modification. On error nothing changed.
+    pub fn apply(&mut self, m: &FlowMod) -> Result<Touched, PipelineError> {
+        match m {
+            FlowMod::AddFlow(flow) => {
+                Self::validate_actions(flow.table, &flow.actions, None)?;
+                let mut flow = flow.clone();
+                flow.matches = flow.matches.normalized();
+                let id = self.free_ids.pop().unwrap_or(self.rules.len() as u32);
+                let rule = Arc::new(Rule { id, flow, counters: FlowCounters::default() });
+                if id as usize == self.rules.len() {
+                    self.rules.push(Some(rule.clone()));
+                } else {
+                    self.rules[id as usize] = Some(rule.clone());
+                }
+                let t = rule.flow.table;
+                if let Some(old) = self.tables[t as usize].insert(&rule.flow.matches, rule.flow.priority, rule.clone())
+                {
+                    self.removed.push(old.id);
+                }
+                Ok(Touched { bloom: table_bloom(t) })
+            }
+            FlowMod::DeleteFlowStrict { table, priority, matches } => {
+                if let Some(old) = self.tables[*table as usize].remove(matches, *priority) {
+                    self.removed.push(old.id);
+                }
+                Ok(Touched { bloom: table_bloom(*table) })
+            }
+            FlowMod::DeleteFlowsByCookie { table, cookie, cookie_mask } => {
+                let mut bloom = 0;
+                let tables: Vec<u8> = match table {
+                    Some(t) => vec![*t],
+                    None => (0..=255).collect(),
+                };
+                for t in tables {
+                    let victims: Vec<(Match, u16)> = self.tables[t as usize]
+                        .iter()
+                        .filter(|(_, _, r)| r.flow.cookie & cookie_mask == cookie & cookie_mask)
+                        .map(|(m, p, _)| (m, p))
+                        .collect();
+                    for (m, p) in victims {
+                        if let Some(old) = self.tables[t as usize].remove(&m, p) {
+                            self.removed.push(old.id);
+                            bloom |= table_bloom(t);
+                        }
+                    }
+                }
+                Ok(Touched { bloom })
+            }
+            FlowMod::AddGroup(g) => {
+                for b in &g.buckets {
+                    Self::validate_actions(0, &b.actions, Some(g.id))?;
+                }
+                self.groups.insert(g.id, Arc::new(g.clone()));
+                Ok(Touched { bloom: group_bloom(g.id) })
+            }
+            FlowMod::DeleteGroup(id) => {
+                self.groups.remove(id);
+                Ok(Touched { bloom: group_bloom(*id) })
+            }
+        }
+    }
+
+    /// Frees the ids of rules removed since the last call. Call after revalidation, so
+    /// that no cached entry still names a freed id.
+    pub fn release_removed(&mut self) -> Vec<Arc<Rule>> {
+        let mut out = Vec::new();
+        for id in self.removed.drain(..) {
+            if let Some(r) = self.rules[id as usize].take() {
+                out.push(r);
+            }
+            self.free_ids.push(id);
+        }
+        out
+    }
+
+    /// Translates a key through the pipeline from table 0.
+    pub fn translate(&self, key: &FlowKey) -> Translation {
+        let mut x = Xlate::new(self, *key, None);
+        x.table(0, 0);
+        x.finish()
+    }
+
+    /// Translates a key and records every step, like `ofproto/trace`.
+    pub fn trace(&self, key: &FlowKey) -> (Translation, Vec<TraceStep>) {
+        let mut steps = Vec::new();
+        let mut x = Xlate::new(self, *key, Some(&mut steps));
+        x.table(0, 0);
+        let t = x.finish();
+        (t, steps)
+    }
+}
+
+/// One step of a trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceStep {
+    /// A table lookup and the flow it found (`None`: miss).
+    Lookup {
+        /// Nesting depth.
+        depth: u32,
+        /// Table.
+        table: u8,
+        /// Matching flow, if any.
+        flow: Option<Box<Flow>>,
+    },
+    /// An action being run.
+    Action {
+        /// Nesting depth.
+        depth: u32,
+        /// The action.
+        action: Action,
+    },
+    /// Processing stopped.
+    Stop(DropReason),
+}
+
+struct Xlate<'a> {
+    p: &'a Pipeline,
+    key: FlowKey,
+    wc: FlowKey,
+    dirty: u32,
+    out: Vec<DpAction>,
+    rules: Vec<u32>,
+    bloom: u64,
+    lookups: u32,
+    outputs: u32,
+    missed: bool,
+    exit: Option<DropReason>,
+    trace: Option<&'a mut Vec<TraceStep>>,
+}
+
+impl<'a> Xlate<'a> {
+    fn new(p: &'a Pipeline, key: FlowKey, trace: Option<&'a mut Vec<TraceStep>>) -> Self {
+        Xlate {
+            p,
+            key,
+            wc: FlowKey::ZERO,
+            dirty: 0,
+            out: Vec::new(),
+            rules: Vec::new(),
+            bloom: 0,
+            lookups: 0,
+            outputs: 0,
+            missed: false,
+            exit: None,
+            trace,
+        }
+    }
+
+    fn finish(self) -> Translation {
+        let drop = self.exit.or(if self.outputs == 0 {
+            Some(if self.missed { DropReason::TableMiss } else { DropReason::NoOutput })
+        } else {
+            None
+        });
+        if let (Some(t), Some(d)) = (self.trace, self.exit) {
+            t.push(TraceStep::Stop(d));
+        }
+        Translation { actions: self.out, wc: self.wc, rules: self.rules, bloom: self.bloom, drop }
+    }
+
+    fn table(&mut self, table: u8, depth: u32) {
+        if depth >= MAX_DEPTH || self.lookups >= MAX_LOOKUPS {
+            self.exit = Some(DropReason::ResubmitLimit);
+            return;
+        }
+        self.lookups += 1;
+        self.bloom |= table_bloom(table);
+        let found = self.p.tables[table as usize].lookup(&self.key, Some(&mut self.wc));
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.push(TraceStep::Lookup { depth, table, flow: found.map(|r| Box::new(r.flow.clone())) });
+        }
+        match found {
+            Some(rule) => {
+                let rule = rule.clone();
+                self.rules.push(rule.id);
+                self.actions(&rule.flow.actions, depth);
+            }
+            None => self.missed = true,
+        }
+    }
+
+    fn commit(&mut self) {
+        let mut d = self.dirty;
+        while d != 0 {
+            let slot = d.trailing_zeros() as usize;
+            d &= d - 1;
+            let f = slot_field(slot);
+            self.out.push(DpAction::Set(f, self.key.get(f)));
+        }
+        self.dirty = 0;
+    }
+
+    fn actions(&mut self, actions: &[Action], depth: u32) {
+        for a in actions {
+            if self.exit.is_some() {
+                return;
+            }
+            if let Some(t) = self.trace.as_deref_mut() {
+                t.push(TraceStep::Action { depth, action: a.clone() });
+            }
+            match a {
+                Action::Output(port) => {
+                    self.commit();
+                    self.out.push(DpAction::Output(*port));
+                    self.outputs += 1;
+                }
+                Action::Drop => self.exit = Some(DropReason::Explicit),
+                Action::SetField { field, value, mask } => {
+                    self.key.set_masked(*field, *value, *mask);
+                    if let Some(s) = commit_slot(*field) {
+                        self.dirty |= 1 << s;
+                    }
+                }
+                Action::DecTtl => {
+                    self.wc.unwildcard(Field::EthType);
+                    let ty = self.key.get(Field::EthType) as u16;
+                    if ty == eth_type::IPV4 || ty == eth_type::IPV6 {
+                        self.wc.unwildcard(Field::NwTtl);
+                        let ttl = self.key.get(Field::NwTtl);
+                        if ttl <= 1 {
+                            self.exit = Some(DropReason::TtlExpired);
+                        } else {
+                            self.key.set(Field::NwTtl, ttl - 1);
+                            self.dirty |= 1 << commit_slot(Field::NwTtl).unwrap_or(0);
+                        }
+                    }
+                }
+                Action::PushVlan(tci) => {
+                    self.wc.set_masked(Field::VlanTci, VLAN_PRESENT as u128, VLAN_PRESENT as u128);
+                    if self.key.get(Field::VlanTci) as u16 & VLAN_PRESENT != 0 {
+                        self.exit = Some(DropReason::VlanTagPresent);
+                    } else {
+                        self.commit();
+                        let tci = *tci | VLAN_PRESENT;
+                        self.key.set(Field::VlanTci, tci as u128);
+                        self.out.push(DpAction::PushVlan(tci));
+                    }
+                }
+                Action::PopVlan => {
+                    self.wc.set_masked(Field::VlanTci, VLAN_PRESENT as u128, VLAN_PRESENT as u128);
+                    if self.key.get(Field::VlanTci) as u16 & VLAN_PRESENT != 0 {
+                        self.commit();
+                        self.key.set(Field::VlanTci, 0);
+                        self.out.push(DpAction::PopVlan);
+                    }
+                }
+                Action::Resubmit(t) => self.table(*t, depth + 1),
+                Action::GotoTable(t) => self.table(*t, depth + 1),
+                Action::Group(id) => self.group(*id, depth + 1),
+            }
+        }
+    }
+
+    fn group(&mut self, id: u32, depth: u32) {
+        self.bloom |= group_bloom(id);
+        if depth >= MAX_DEPTH {
+            self.exit = Some(DropReason::ResubmitLimit);
+            return;
+        }
+        let Some(g) = self.p.groups.get(&id).cloned() else {
+            self.exit = Some(DropReason::GroupMissing);
+            return;
+        };
+        match &g.kind {
+            GroupKind::Select { fields } => {
+                for f in fields {
+                    self.wc.unwildcard(*f);
+                }
+                if let Some(b) = select_bucket(&g, fields, &self.key) {
+                    self.actions(&g.buckets[b].actions, depth);
+                }
+            }
+            GroupKind::All => {
+                for b in &g.buckets {
+                    if self.exit.is_some() {
+                        return;
+                    }
+                    // Each bucket works on a copy: pending writes go to the shared
+                    // packet first, the bucket's own effects stay inside a clone.
+                    self.commit();
+                    let saved_key = self.key;
+                    let saved_out = std::mem::take(&mut self.out);
+                    self.actions(&b.actions, depth);
+                    self.commit();
+                    let inner = std::mem::replace(&mut self.out, saved_out);
+                    if !inner.is_empty() {
+                        self.out.push(DpAction::Clone(inner));
+                    }
+                    self.key = saved_key;
+                    if self.exit != Some(DropReason::ResubmitLimit) {
+                        self.exit = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Bucket;
+
+    fn add(p: &mut Pipeline, table: u8, priority: u16, m: Match, actions: Vec<Action>) {
+        p.apply(&FlowMod::AddFlow(Flow { table, priority, matches: m, cookie: 0, actions })).unwrap();
+    }
+
+    fn key_to(dst: u32) -> FlowKey {
+        let mut k = FlowKey::ZERO;
+        k.set(Field::EthType, 0x0800);
+        k.set(Field::Ipv4Dst, dst as u128);
+        k.set(Field::NwTtl, 64);
+        k
+    }
+
+    #[test]
+    fn resubmit_set_field_output() {
+        let mut p = Pipeline::new();
+        add(
+            &mut p,
+            0,
+            10,
+            Match::ANY.with(Field::Ipv4Dst, 2),
+            vec![Action::SetField { field: Field::Reg0, value: 7, mask: u128::MAX }, Action::Resubmit(1)],
+        );
+        add(
+            &mut p,
+            1,
+            10,
+            Match::ANY.with(Field::Reg0, 7),
+            vec![
+                Action::SetField { field: Field::EthDst, value: 0xaa, mask: u128::MAX },
+                Action::DecTtl,
+                Action::Output(3),
+            ],
+        );
+        let t = p.translate(&key_to(2));
+        assert_eq!(
+            t.actions,
+            vec![DpAction::Set(Field::EthDst, 0xaa), DpAction::Set(Field::NwTtl, 63), DpAction::Output(3)]
+        );
+        assert_eq!(t.drop, None);
+        let mut want = FlowKey::field_mask(Field::Ipv4Dst);
+        want.or_assign(&FlowKey::field_mask(Field::Reg0));
+        want.or_assign(&FlowKey::field_mask(Field::EthType));
+        want.or_assign(&FlowKey::field_mask(Field::NwTtl));
+        assert_eq!(t.wc, want);
+        let t = p.translate(&key_to(3));
+        assert_eq!(t.drop, Some(DropReason::TableMiss));
+    }
+
+    #[test]
+    fn ttl_expiry_drops_with_reason() {
+        let mut p = Pipeline::new();
+        add(&mut p, 0, 1, Match::ANY, vec![Action::DecTtl, Action::Output(1)]);
+        let mut k = key_to(1);
+        k.set(Field::NwTtl, 1);
+        assert_eq!(p.translate(&k).drop, Some(DropReason::TtlExpired));
+        assert!(p.translate(&k).actions.is_empty());
+    }
+
+    #[test]
+    fn resubmit_loop_is_bounded() {
+        let mut p = Pipeline::new();
+        add(&mut p, 0, 1, Match::ANY, vec![Action::Resubmit(0), Action::Resubmit(0)]);
+        assert_eq!(p.translate(&key_to(1)).drop, Some(DropReason::ResubmitLimit));
+    }
+
+    #[test]
+    fn invalid_flows_are_rejected_and_change_nothing() {
+        let mut p = Pipeline::new();
+        let bad = [
+            vec![Action::SetField { field: Field::EthType, value: 1, mask: u128::MAX }],
+            vec![Action::SetField { field: Field::NwTtl, value: 300, mask: u128::MAX }],
+            vec![Action::SetField { field: Field::Ipv4Src, value: 1, mask: 0xff }],
+            vec![Action::GotoTable(0)],
+            vec![Action::GotoTable(2), Action::Output(1)],
+        ];
+        for actions in bad {
+            let r = p.apply(&FlowMod::AddFlow(Flow { table: 1, priority: 1, matches: Match::ANY, cookie: 0, actions }));
+            assert!(r.is_err());
+        }
+        assert_eq!(p.flow_count(), 0);
+        let e = p
+            .apply(&FlowMod::AddFlow(Flow {
+                table: 0,
+                priority: 1,
+                matches: Match::ANY,
+                cookie: 0,
+                actions: vec![Action::SetField { field: Field::NwProto, value: 1, mask: u128::MAX }],
+            }))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "table 0: set_field on nw_proto: field is not writable");
+    }
+
+    #[test]
+    fn select_group_unwildcards_hash_fields_and_all_group_clones() {
+        let mut p = Pipeline::new();
+        p.apply(&FlowMod::AddGroup(Group {
+            id: 1,
+            kind: GroupKind::Select { fields: vec![Field::Ipv4Src] },
+            buckets: vec![
+                Bucket { weight: 1, actions: vec![Action::Output(1)] },
+                Bucket { weight: 1, actions: vec![Action::Output(2)] },
+            ],
+        }))
+        .unwrap();
+        p.apply(&FlowMod::AddGroup(Group {
+            id: 2,
+            kind: GroupKind::All,
+            buckets: vec![
+                Bucket {
+                    weight: 0,
+                    actions: vec![
+                        Action::SetField { field: Field::Ipv4Dst, value: 9, mask: u128::MAX },
+                        Action::Output(5),
+                    ],
+                },
+                Bucket { weight: 0, actions: vec![Action::Output(6)] },
+            ],
+        }))
+        .unwrap();
+        add(&mut p, 0, 1, Match::ANY.with(Field::Ipv4Dst, 1), vec![Action::Group(1)]);
+        add(&mut p, 0, 1, Match::ANY.with(Field::Ipv4Dst, 2), vec![Action::Group(2), Action::Output(7)]);
+        let mut seen = std::collections::HashSet::new();
+        for src in 0..64u32 {
+            let mut k = key_to(1);
+            k.set(Field::Ipv4Src, src as u128);
+            let t = p.translate(&k);
+            assert!(FlowKey::field_mask(Field::Ipv4Src).is_subset_of(&t.wc));
+            seen.insert(t.actions.clone());
+        }
+        assert_eq!(seen.len(), 2, "both buckets get traffic");
+        let t = p.translate(&key_to(2));
+        assert_eq!(
+            t.actions,
+            vec![
+                DpAction::Clone(vec![DpAction::Set(Field::Ipv4Dst, 9), DpAction::Output(5)]),
+                DpAction::Clone(vec![DpAction::Output(6)]),
+                DpAction::Output(7),
+            ]
+        );
+        p.apply(&FlowMod::DeleteGroup(1)).unwrap();
+        assert_eq!(p.translate(&key_to(1)).drop, Some(DropReason::GroupMissing));
+    }
+}

@@ -1,0 +1,359 @@
+//! Test support: a plain linear-scan implementation of the pipeline's semantics (no
+//! caches, no translation, eager writes to the frame) and a frame builder. The cached
+//! datapath must give exactly the same outputs as this reference.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use skein_datapath::flow::{Action, Flow, FlowMod, Group, GroupKind, Match};
+use skein_datapath::hash;
+use skein_datapath::key::{Field, FlowKey, VLAN_PRESENT, eth_type, ip_proto};
+use skein_datapath::packet;
+use skein_datapath::parse::{HeaderOffsets, parse_frame};
+use skein_datapath::pipeline::{DropReason, MAX_DEPTH, MAX_LOOKUPS};
+
+/// The reference pipeline: flows in a list, scanned linearly.
+#[derive(Default, Debug, Clone)]
+pub struct Reference {
+    /// (sequence number, flow).
+    flows: Vec<(u64, Flow)>,
+    groups: HashMap<u32, Group>,
+    seq: u64,
+}
+
+/// What the reference did with one packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefResult {
+    /// (port, frame) per output.
+    pub outputs: Vec<(u32, Vec<u8>)>,
+    /// Drop reason, as the datapath reports it.
+    pub drop: Option<DropReason>,
+}
+
+fn header_field(f: Field) -> bool {
+    matches!(
+        f,
+        Field::EthDst
+            | Field::EthSrc
+            | Field::VlanTci
+            | Field::Ipv4Src
+            | Field::Ipv4Dst
+            | Field::ArpSpa
+            | Field::ArpTpa
+            | Field::ArpOp
+            | Field::ArpSha
+            | Field::ArpTha
+            | Field::IpDscp
+            | Field::IpEcn
+            | Field::NwTtl
+            | Field::Ipv6Label
+            | Field::Ipv6Src
+            | Field::Ipv6Dst
+            | Field::TpSrc
+            | Field::TpDst
+            | Field::IcmpType
+            | Field::IcmpCode
+    )
+}
+
+impl Reference {
+    /// Applies a modification with the documented semantics.
+    pub fn apply(&mut self, m: &FlowMod) {
+        match m {
+            FlowMod::AddFlow(f) => {
+                let mut f = f.clone();
+                f.matches = f.matches.normalized();
+                self.flows.retain(|(_, g)| !(g.table == f.table && g.priority == f.priority && g.matches == f.matches));
+                self.seq += 1;
+                self.flows.push((self.seq, f));
+            }
+            FlowMod::DeleteFlowStrict { table, priority, matches } => {
+                let m = matches.normalized();
+                self.flows.retain(|(_, g)| !(g.table == *table && g.priority == *priority && g.matches == m));
+            }
+            FlowMod::DeleteFlowsByCookie { table, cookie, cookie_mask } => {
+                self.flows.retain(|(_, g)| {
+                    !(table.is_none_or(|t| t == g.table) && g.cookie & cookie_mask == cookie & cookie_mask)
+                });
+            }
+            FlowMod::AddGroup(g) => {
+                self.groups.insert(g.id, g.clone());
+            }
+            FlowMod::DeleteGroup(id) => {
+                self.groups.remove(id);
+            }
+        }
+    }
+
+    /// Runs one frame through the tables.
+    pub fn process(&self, frame: &[u8], in_port: u32) -> RefResult {
+        let mut key = FlowKey::ZERO;
+        key.set(Field::InPort, in_port as u128);
+        let offs = parse_frame(frame, &mut key);
+        let mut st = State {
+            r: self,
+            pkt: Pkt { key, frame: frame.to_vec(), offs },
+            outputs: Vec::new(),
+            exit: None,
+            lookups: 0,
+            missed: false,
+        };
+        st.table(0, 0);
+        let drop = st.exit.or(if st.outputs.is_empty() {
+            Some(if st.missed { DropReason::TableMiss } else { DropReason::NoOutput })
+        } else {
+            None
+        });
+        RefResult { outputs: st.outputs, drop }
+    }
+}
+
+#[derive(Clone)]
+struct Pkt {
+    key: FlowKey,
+    frame: Vec<u8>,
+    offs: HeaderOffsets,
+}
+
+struct State<'a> {
+    r: &'a Reference,
+    pkt: Pkt,
+    outputs: Vec<(u32, Vec<u8>)>,
+    exit: Option<DropReason>,
+    lookups: u32,
+    missed: bool,
+}
+
+impl State<'_> {
+    fn table(&mut self, table: u8, depth: u32) {
+        if depth >= MAX_DEPTH || self.lookups >= MAX_LOOKUPS {
+            self.exit = Some(DropReason::ResubmitLimit);
+            return;
+        }
+        self.lookups += 1;
+        let best = self
+            .r
+            .flows
+            .iter()
+            .filter(|(_, f)| f.table == table && f.matches.matches(&self.pkt.key))
+            .max_by(|(sa, a), (sb, b)| a.priority.cmp(&b.priority).then(sb.cmp(sa)));
+        match best {
+            Some((_, f)) => {
+                let actions = f.actions.clone();
+                self.actions(&actions, depth);
+            }
+            None => self.missed = true,
+        }
+    }
+
+    fn set(&mut self, field: Field, value: u128, mask: u128) {
+        self.pkt.key.set_masked(field, value, mask);
+        if header_field(field) {
+            let v = self.pkt.key.get(field);
+            packet::write_field(&mut self.pkt.frame, &self.pkt.offs, field, v);
+        }
+    }
+
+    fn actions(&mut self, actions: &[Action], depth: u32) {
+        for a in actions {
+            if self.exit.is_some() {
+                return;
+            }
+            match a {
+                Action::Output(p) => self.outputs.push((*p, self.pkt.frame.clone())),
+                Action::Drop => self.exit = Some(DropReason::Explicit),
+                Action::SetField { field, value, mask } => self.set(*field, *value, *mask),
+                Action::DecTtl => {
+                    let ty = self.pkt.key.get(Field::EthType) as u16;
+                    if ty == eth_type::IPV4 || ty == eth_type::IPV6 {
+                        let ttl = self.pkt.key.get(Field::NwTtl);
+                        if ttl <= 1 {
+                            self.exit = Some(DropReason::TtlExpired);
+                        } else {
+                            self.set(Field::NwTtl, ttl - 1, u128::MAX);
+                        }
+                    }
+                }
+                Action::PushVlan(tci) => {
+                    if self.pkt.key.get(Field::VlanTci) as u16 & VLAN_PRESENT != 0 {
+                        self.exit = Some(DropReason::VlanTagPresent);
+                    } else {
+                        let tci = *tci | VLAN_PRESENT;
+                        self.pkt.key.set(Field::VlanTci, tci as u128);
+                        packet::push_vlan(&mut self.pkt.frame, &mut self.pkt.offs, tci);
+                    }
+                }
+                Action::PopVlan => {
+                    if self.pkt.key.get(Field::VlanTci) as u16 & VLAN_PRESENT != 0 {
+                        self.pkt.key.set(Field::VlanTci, 0);
+                        packet::pop_vlan(&mut self.pkt.frame, &mut self.pkt.offs);
+                    }
+                }
+                Action::Resubmit(t) | Action::GotoTable(t) => self.table(*t, depth + 1),
+                Action::Group(id) => self.group(*id, depth + 1),
+            }
+        }
+    }
+
+    fn group(&mut self, id: u32, depth: u32) {
+        if depth >= MAX_DEPTH {
+            self.exit = Some(DropReason::ResubmitLimit);
+            return;
+        }
+        let Some(g) = self.r.groups.get(&id).cloned() else {
+            self.exit = Some(DropReason::GroupMissing);
+            return;
+        };
+        match &g.kind {
+            GroupKind::Select { fields } => {
+                // Hash of the field values, each as (high, low) 64-bit words.
+                let words: Vec<u64> = fields
+                    .iter()
+                    .flat_map(|f| {
+                        let v = self.pkt.key.get(*f);
+                        [(v >> 64) as u64, v as u64]
+                    })
+                    .collect();
+                let total: u64 = g.buckets.iter().map(|b| b.weight as u64).sum();
+                if total == 0 {
+                    return;
+                }
+                let mut pick = hash::hash_words(g.id as u64, &words) % total;
+                for b in &g.buckets {
+                    if pick < b.weight as u64 {
+                        let actions = b.actions.clone();
+                        self.actions(&actions, depth);
+                        return;
+                    }
+                    pick -= b.weight as u64;
+                }
+            }
+            GroupKind::All => {
+                for b in &g.buckets {
+                    if self.exit.is_some() {
+                        return;
+                    }
+                    let saved = self.pkt.clone();
+                    self.actions(&b.actions, depth);
+                    self.pkt = saved;
+                    if self.exit != Some(DropReason::ResubmitLimit) {
+                        self.exit = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Describes a frame to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSpec {
+    /// 0 TCP/IPv4, 1 UDP/IPv4, 2 ICMP/IPv4, 3 ARP, 4 TCP/IPv6, 5 ICMPv6, 6 raw (unknown type).
+    pub kind: u8,
+    /// VLAN TCI to tag with (none if 0).
+    pub vlan: u16,
+    /// Source address selector.
+    pub src: u32,
+    /// Destination address selector.
+    pub dst: u32,
+    /// L4 source port / ICMP type.
+    pub sport: u16,
+    /// L4 destination port / ICMP code.
+    pub dport: u16,
+    /// IP TTL.
+    pub ttl: u8,
+    /// Payload length.
+    pub payload: u16,
+}
+
+/// Builds the frame a [`FrameSpec`] describes, with valid checksums.
+pub fn build_frame(s: &FrameSpec) -> Vec<u8> {
+    let mut f = Vec::with_capacity(128);
+    f.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0, (s.dst & 0xff) as u8]);
+    f.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0, (s.src & 0xff) as u8]);
+    if s.vlan != 0 {
+        f.extend_from_slice(&[0x81, 0x00]);
+        f.extend_from_slice(&(s.vlan & 0xefff).to_be_bytes());
+    }
+    let payload: Vec<u8> = (0..s.payload).map(|i| (i as u8).wrapping_mul(31)).collect();
+    let src4 = 0x0af4_0000 | (s.src & 0xffff);
+    let dst4 = 0x0af4_0000 | (s.dst & 0xffff);
+    match s.kind {
+        0..=2 => {
+            f.extend_from_slice(&eth_type::IPV4.to_be_bytes());
+            let proto = [ip_proto::TCP, ip_proto::UDP, ip_proto::ICMP][s.kind as usize];
+            let l4len = if proto == ip_proto::TCP { 20 } else { 8 };
+            let total = 20 + l4len + payload.len();
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[1] = 0x10;
+            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip[8] = s.ttl;
+            ip[9] = proto;
+            ip[12..16].copy_from_slice(&src4.to_be_bytes());
+            ip[16..20].copy_from_slice(&dst4.to_be_bytes());
+            f.extend_from_slice(&ip);
+            push_l4(&mut f, proto, s, &payload);
+        }
+        3 => {
+            f.extend_from_slice(&eth_type::ARP.to_be_bytes());
+            f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1 + (s.sport & 1) as u8]);
+            f.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0, (s.src & 0xff) as u8]);
+            f.extend_from_slice(&src4.to_be_bytes());
+            f.extend_from_slice(&[0; 6]);
+            f.extend_from_slice(&dst4.to_be_bytes());
+        }
+        4 | 5 => {
+            f.extend_from_slice(&eth_type::IPV6.to_be_bytes());
+            let proto = if s.kind == 4 { ip_proto::TCP } else { ip_proto::ICMPV6 };
+            let l4len = if proto == ip_proto::TCP { 20 } else { 8 };
+            let mut ip = [0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&((l4len + payload.len()) as u16).to_be_bytes());
+            ip[6] = proto;
+            ip[7] = s.ttl;
+            ip[8..12].copy_from_slice(&[0xfd, 0, 0x10, 0xf4]);
+            ip[20..24].copy_from_slice(&s.src.to_be_bytes());
+            ip[24..28].copy_from_slice(&[0xfd, 0, 0x10, 0xf4]);
+            ip[36..40].copy_from_slice(&s.dst.to_be_bytes());
+            f.extend_from_slice(&ip);
+            push_l4(&mut f, proto, s, &payload);
+        }
+        _ => {
+            f.extend_from_slice(&0x88b5u16.to_be_bytes());
+            f.extend_from_slice(&payload);
+        }
+    }
+    packet::fill_checksums(&mut f);
+    f
+}
+
+fn push_l4(f: &mut Vec<u8>, proto: u8, s: &FrameSpec, payload: &[u8]) {
+    match proto {
+        ip_proto::TCP => {
+            let mut h = [0u8; 20];
+            h[0..2].copy_from_slice(&s.sport.to_be_bytes());
+            h[2..4].copy_from_slice(&s.dport.to_be_bytes());
+            h[12] = 0x50;
+            h[13] = 0x02;
+            f.extend_from_slice(&h);
+        }
+        ip_proto::UDP => {
+            let mut h = [0u8; 8];
+            h[0..2].copy_from_slice(&s.sport.to_be_bytes());
+            h[2..4].copy_from_slice(&s.dport.to_be_bytes());
+            h[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&h);
+        }
+        _ => {
+            f.extend_from_slice(&[s.sport as u8, s.dport as u8, 0, 0, 0, 1, 0, 1]);
+        }
+    }
+    f.extend_from_slice(payload);
+}
+
+/// A match with several fields for tests.
+pub fn exact(fields: &[(Field, u128)]) -> Match {
+    fields.iter().fold(Match::ANY, |m, (f, v)| m.with(*f, *v))
+}
