@@ -80,7 +80,7 @@ pub fn forwarding_scenario(config: DatapathConfig) -> (Datapath, Vec<Packet>) {
     let dp = Datapath::new(config);
     dp.apply(&[add(0, 100, Match::ANY.with(Field::InPort, 1).with(Field::EthType, 0x0800), vec![Action::Output(2)])])
         .expect("valid flow");
-    let batch = (0..32).map(|i| Packet { data: udp64(0x0af4_0105, 0x0af4_0206, 10_000 + i, 80), in_port: 1 }).collect();
+    let batch = (0..32).map(|i| Packet::new(udp64(0x0af4_0105, 0x0af4_0206, 10_000 + i, 80), 1)).collect();
     (dp, batch)
 }
 
@@ -105,7 +105,7 @@ pub fn megaflow_masks_scenario(masks: usize, config: DatapathConfig) -> (Datapat
             let j = i % masks;
             let (f, b) = bit(j);
             let (sport, dport) = if f == Field::TpSrc { (b as u16, 0) } else { (0, b as u16) };
-            Packet { data: udp64(0x0af4_0100 | i as u32, 0x0af4_0200, sport, dport), in_port: 1 }
+            Packet::new(udp64(0x0af4_0100 | i as u32, 0x0af4_0200, sport, dport), 1)
         })
         .collect();
     (dp, batch)
@@ -174,7 +174,7 @@ pub fn ten_table_scenario(config: DatapathConfig) -> (Datapath, impl FnMut() -> 
         let src = 0x0a00_0000 | rng.below(1000) as u32;
         let dst = 0x0b00_0000 | rng.below(1 << 24) as u32;
         let dport = 1000 + rng.below(1000) as u16;
-        Packet { data: udp64(src, dst, 5000, dport), in_port: 1 }
+        Packet::new(udp64(src, dst, 5000, dport), 1)
     };
     (dp, next_packet)
 }
@@ -256,4 +256,135 @@ impl ClassifierWorkload {
         }
         c
     }
+}
+
+/// Node address used for SNAT scenarios.
+pub const NODE_IP: u32 = 0xc000_020b;
+/// Service VIP of the load-balancing scenarios.
+pub const VIP: u32 = 0x0a60_000a;
+
+/// A TCP/IPv4 frame of 64 bytes with the given flags.
+pub fn tcp64(src: u32, dst: u32, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = udp64(src, dst, sport, dport);
+    // Turn the UDP frame into TCP: 20-byte header, same total length.
+    f[23] = ip_proto::TCP;
+    for b in &mut f[34..60] {
+        *b = 0;
+    }
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = flags;
+    packet::fill_checksums(&mut f);
+    f
+}
+
+/// A Service: `ct_lb` to `n_backends` backends on port 8080 in zone 1, forwarding on
+/// ct_state (table 1), and `ct(nat)` for replies. Returns the datapath, 32 client→VIP
+/// packet templates of 32 established connections (handshake done), and the time to
+/// use next.
+pub fn service_scenario(config: DatapathConfig, n_backends: u32) -> (Datapath, Vec<Packet>, u64) {
+    use crate::conntrack::NatAction;
+    use crate::flow::{CtSpec, CtZone};
+    use crate::key::ct_state;
+    use crate::lb::{Backend, LoadBalancer};
+    let dp = Datapath::new(config);
+    let backends = (0..n_backends).map(|i| Backend::v4(0x0af4_0200 + i, 8080)).collect();
+    let trk_est = (ct_state::TRK | ct_state::EST) as u128;
+    dp.apply(&[
+        FlowMod::AddLoadBalancer(LoadBalancer { id: 1, backends, affinity_timeout_ns: None }),
+        add(
+            0,
+            20,
+            Match::ANY.with(Field::InPort, 1).with(Field::EthType, 0x0800).with(Field::Ipv4Dst, VIP as u128),
+            vec![Action::CtLb { lb: 1, zone: CtZone::Const(1), table: Some(1) }],
+        ),
+        add(
+            0,
+            10,
+            Match::ANY.with(Field::EthType, 0x0800),
+            vec![Action::Ct(Box::new(CtSpec {
+                zone: CtZone::Const(1),
+                commit: false,
+                nat: Some(NatAction::Stored),
+                table: Some(1),
+                set_mark: None,
+                set_label: None,
+            }))],
+        ),
+        add(
+            1,
+            10,
+            Match::ANY.with(Field::InPort, 1).with_masked(Field::CtState, ct_state::TRK as u128, ct_state::TRK as u128),
+            vec![Action::Output(2)],
+        ),
+        add(
+            1,
+            10,
+            Match::ANY.with(Field::InPort, 2).with_masked(Field::CtState, trk_est, trk_est),
+            vec![Action::Output(1)],
+        ),
+    ])
+    .expect("valid flows");
+    // Handshakes, so that the measured packets are established.
+    let mut w = dp.worker();
+    let mut sink = crate::exec::CollectSink::default();
+    let mut now = 1;
+    let clients: Vec<(u32, u16)> = (0..32).map(|i| (0x0af4_0100 + i, 40000 + i as u16)).collect();
+    for (c, p) in &clients {
+        let mut syn = [Packet::new(tcp64(*c, VIP, *p, 80, 0x02), 1)];
+        sink.outputs.clear();
+        dp.process_batch(&mut w, &mut syn, now, &mut sink);
+        let (_, _, out) = sink.outputs.pop().expect("SYN forwarded");
+        let mut k = FlowKey::ZERO;
+        crate::parse::parse_frame(&out, &mut k);
+        let backend = k.get(Field::Ipv4Dst) as u32;
+        let mut synack = [Packet::new(tcp64(backend, *c, 8080, *p, 0x12), 2)];
+        dp.process_batch(&mut w, &mut synack, now, &mut sink);
+        let mut ack = [Packet::new(tcp64(*c, VIP, *p, 80, 0x10), 1)];
+        dp.process_batch(&mut w, &mut ack, now, &mut sink);
+        now += 1;
+    }
+    let batch = clients.iter().map(|(c, p)| Packet::new(tcp64(*c, VIP, *p, 80, 0x10), 1)).collect();
+    (dp, batch, now)
+}
+
+/// Every packet a new connection: `ct(commit, nat(src=NODE_IP:1024-65535), table=1)`,
+/// then out. Returns the datapath and a generator of SYNs with distinct 5-tuples.
+pub fn snat_scenario(config: DatapathConfig) -> (Datapath, impl FnMut() -> Packet) {
+    use crate::conntrack::{NatAction, NatRange};
+    use crate::flow::{CtSpec, CtZone};
+    let dp = Datapath::new(config);
+    let range = NatRange {
+        addr_min: crate::conntrack::v4(NODE_IP),
+        addr_max: crate::conntrack::v4(NODE_IP),
+        port_min: 1024,
+        port_max: 65535,
+    };
+    dp.apply(&[
+        add(
+            0,
+            10,
+            Match::ANY.with(Field::EthType, 0x0800),
+            vec![Action::Ct(Box::new(CtSpec {
+                zone: CtZone::Const(2),
+                commit: true,
+                nat: Some(NatAction::Src(range)),
+                table: Some(1),
+                set_mark: None,
+                set_label: None,
+            }))],
+        ),
+        add(1, 10, Match::ANY, vec![Action::Output(3)]),
+    ])
+    .expect("valid flows");
+    let mut n = 0u64;
+    let next = move || {
+        n += 1;
+        // 4096 pods × many destinations: distinct 5-tuples.
+        let src = 0x0af4_0000 | (n % 4096) as u32;
+        let dst = 0x0808_0000 | ((n / 4096) % 65536) as u32;
+        Packet::new(tcp64(src, dst, 33000 + (n % 7) as u16, 443, 0x02), 1)
+    };
+    (dp, next)
 }

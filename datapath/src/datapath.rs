@@ -18,16 +18,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::exec;
+use crate::conntrack::{Conntrack, CtConfig};
 pub use crate::exec::OutputSink;
+use crate::exec::{self, ExecCtx, Outcome};
 use crate::flow::{Flow, FlowMod};
 use crate::key::{Field, FlowKey};
+use crate::lb::LbState;
 use crate::megaflow::{Megaflow, MegaflowCache};
 use crate::microflow::{self, MicroflowCache};
 use crate::parse::parse_frame;
-use crate::pipeline::{DropReason, Pipeline, PipelineError, Rule, TraceStep, Translation};
+use crate::pipeline::{DropReason, MAX_RECIRC, Pipeline, PipelineError, Rule, TraceStep, Translation};
 
 /// Tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct DatapathConfig {
     pub idle_timeout_ns: u64,
     /// Entries examined per [`Datapath::maintain`] call.
     pub expire_budget: usize,
+    /// Connection tracking.
+    pub conntrack: CtConfig,
 }
 
 impl Default for DatapathConfig {
@@ -49,6 +53,7 @@ impl Default for DatapathConfig {
             max_megaflows: 200_000,
             idle_timeout_ns: 10_000_000_000,
             expire_budget: 4096,
+            conntrack: CtConfig::default(),
         }
     }
 }
@@ -60,6 +65,23 @@ pub struct Packet {
     pub data: Vec<u8>,
     /// Port it arrived on.
     pub in_port: u32,
+    /// Tunnel metadata, for a frame that arrived through a Geneve tunnel (decapsulated
+    /// by [`Packet::from_geneve`] or by the tunnel port's socket).
+    pub tunnel: Option<crate::geneve::TunnelMeta>,
+}
+
+impl Packet {
+    /// A frame that arrived on `in_port`.
+    pub fn new(data: Vec<u8>, in_port: u32) -> Packet {
+        Packet { data, in_port, tunnel: None }
+    }
+
+    /// Decapsulates a Geneve frame (outer Ethernet/IPv4/UDP/Geneve) that arrived on the
+    /// underlay into the inner frame plus tunnel metadata, as input on `tunnel_port`.
+    pub fn from_geneve(frame: &[u8], tunnel_port: u32) -> Result<Packet, crate::geneve::GeneveError> {
+        let (meta, inner) = crate::geneve::decap(frame)?;
+        Ok(Packet { data: frame[inner..].to_vec(), in_port: tunnel_port, tunnel: Some(meta) })
+    }
 }
 
 /// Counters of the whole datapath, readable while forwarding.
@@ -75,6 +97,8 @@ pub struct DatapathCounters {
     pub megaflow_probes: AtomicU64,
     /// Upcalls (pipeline translations for cache misses).
     pub upcalls: AtomicU64,
+    /// Recirculations.
+    pub recirculations: AtomicU64,
     /// Megaflows evicted (cache full or idle).
     pub evictions: AtomicU64,
     /// Megaflows invalidated by flow/group modifications.
@@ -108,6 +132,10 @@ pub struct DatapathStats {
     pub megaflows: usize,
     /// Distinct megaflow masks now.
     pub megaflow_masks: usize,
+    /// Tracked connections now (including expired ones not yet swept).
+    pub connections: usize,
+    /// Packets that went through the pipeline again after conntrack.
+    pub recirculations: u64,
     /// Flows installed.
     pub flows: usize,
     /// Drops by reason.
@@ -123,6 +151,8 @@ pub struct FlowModReport {
     pub invalidated: usize,
     /// Megaflows kept.
     pub kept: usize,
+    /// UDP connections removed because their load-balancer backend went away.
+    pub conntrack_flushed: usize,
 }
 
 /// Live counters of one flow.
@@ -152,6 +182,7 @@ struct LocalCounters {
     megaflow_hits: u64,
     megaflow_probes: u64,
     upcalls: u64,
+    recirculations: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 
@@ -168,6 +199,8 @@ pub struct Datapath {
     config: DatapathConfig,
     pipeline: RwLock<Pipeline>,
     megaflows: RwLock<MegaflowCache>,
+    conntrack: Mutex<Conntrack>,
+    lbs: Mutex<HashMap<u32, LbState>>,
     counters: DatapathCounters,
 }
 
@@ -184,6 +217,8 @@ impl Datapath {
             config,
             pipeline: RwLock::new(Pipeline::new()),
             megaflows: RwLock::new(MegaflowCache::new(config.max_megaflows)),
+            conntrack: Mutex::new(Conntrack::new(config.conntrack)),
+            lbs: Mutex::new(HashMap::new()),
             counters: DatapathCounters::default(),
         }
     }
@@ -210,7 +245,19 @@ impl Datapath {
         let mut pipeline = self.pipeline.write();
         let mut bloom = 0;
         let mut failed = None;
+        let mut flushed = 0;
         for (i, m) in mods.iter().enumerate() {
+            match m {
+                FlowMod::AddLoadBalancer(lb) => {
+                    flushed += self.set_load_balancer(lb.clone());
+                    continue;
+                }
+                FlowMod::DeleteLoadBalancer(id) => {
+                    self.lbs.lock().remove(id);
+                    continue;
+                }
+                _ => {}
+            }
             match pipeline.apply(m) {
                 Ok(t) => bloom |= t.bloom,
                 Err(e) => {
@@ -219,12 +266,36 @@ impl Datapath {
                 }
             }
         }
-        let report = self.revalidate(&pipeline, bloom);
+        let mut report = self.revalidate(&pipeline, bloom);
+        report.conntrack_flushed = flushed;
         pipeline.release_removed();
         match failed {
             None => Ok(report),
             Some((i, e)) => Err((i, e, report)),
         }
+    }
+
+    /// Installs or updates a load balancer; returns how many UDP connections to removed
+    /// backends were deleted.
+    fn set_load_balancer(&self, lb: crate::lb::LoadBalancer) -> usize {
+        let removed = {
+            let mut lbs = self.lbs.lock();
+            match lbs.get_mut(&lb.id) {
+                Some(state) => state.update(lb),
+                None => {
+                    lbs.insert(lb.id, LbState::new(lb));
+                    Vec::new()
+                }
+            }
+        };
+        if removed.is_empty() {
+            return 0;
+        }
+        self.conntrack.lock().remove_where(|c| {
+            c.orig.proto == crate::key::ip_proto::UDP
+                && c.orig.dst != c.reply.src
+                && removed.iter().any(|b| b.addr == c.reply.src && b.port == c.reply.sport)
+        })
     }
 
     fn revalidate(&self, pipeline: &Pipeline, bloom: u64) -> FlowModReport {
@@ -256,6 +327,7 @@ impl Datapath {
     /// megaflows (bounded by `expire_budget`). Returns how many were removed.
     pub fn maintain(&self, now: u64) -> usize {
         let pipeline = self.pipeline.read();
+        self.conntrack.lock().sweep(now, self.config.conntrack.sweep_budget);
         let mut cache = self.megaflows.write();
         cache.rerank();
         let gone = cache.expire(now, self.config.idle_timeout_ns, self.config.expire_budget);
@@ -271,25 +343,51 @@ impl Datapath {
     pub fn process_batch(&self, worker: &mut Worker, packets: &mut [Packet], now: u64, sink: &mut impl OutputSink) {
         let mut cache = self.megaflows.read();
         for (i, p) in packets.iter_mut().enumerate() {
+            let mut arrived_eth = [0u8; 12];
+            if let Some(eth) = p.data.get(..12) {
+                arrived_eth.copy_from_slice(eth);
+            }
+            let ctx = ExecCtx { conntrack: &self.conntrack, lbs: &self.lbs, now, in_port: p.in_port, arrived_eth };
             let mut key = FlowKey::ZERO;
             key.set(Field::InPort, p.in_port as u128);
+            if let Some(t) = &p.tunnel {
+                t.write_key(&mut key);
+            }
             let mut offs = parse_frame(&p.data, &mut key);
-            let h = microflow::flow_hash(&key);
             let local = &mut worker.local;
             local.packets += 1;
-            if let Some(mf) = worker.microflow.lookup(h, &key) {
-                local.microflow_hits += 1;
-                run_megaflow(mf, p, &mut offs, i, now, local, sink);
-            } else if let Some(hit) = cache.lookup(&key) {
-                local.megaflow_hits += 1;
-                local.megaflow_probes += hit.probed as u64;
-                worker.microflow.insert(h, &key, hit.megaflow);
-                run_megaflow(hit.megaflow, p, &mut offs, i, now, local, sink);
-            } else {
-                local.upcalls += 1;
-                let mf = RwLockReadGuard::unlocked(&mut cache, || self.upcall(&key, now));
-                worker.microflow.insert(h, &key, &mf);
-                run_megaflow(&mf, p, &mut offs, i, now, local, sink);
+            let mut pass = 0;
+            loop {
+                let h = microflow::flow_hash(&key);
+                let outcome = if let Some(mf) = worker.microflow.lookup(h, &key) {
+                    local.microflow_hits += 1;
+                    run_megaflow(mf, p, &mut offs, &key, i, local, sink, &ctx)
+                } else if let Some(hit) = cache.lookup(&key) {
+                    local.megaflow_hits += 1;
+                    local.megaflow_probes += hit.probed as u64;
+                    worker.microflow.insert(h, &key, hit.megaflow);
+                    run_megaflow(hit.megaflow, p, &mut offs, &key, i, local, sink, &ctx)
+                } else {
+                    local.upcalls += 1;
+                    let mf = RwLockReadGuard::unlocked(&mut cache, || self.upcall(&key, now));
+                    worker.microflow.insert(h, &key, &mf);
+                    run_megaflow(&mf, p, &mut offs, &key, i, local, sink, &ctx)
+                };
+                let Some(r) = outcome.recirc else { break };
+                pass += 1;
+                if pass >= MAX_RECIRC {
+                    local.drops[DropReason::RecircLimit as usize] += 1;
+                    break;
+                }
+                local.recirculations += 1;
+                key = FlowKey::ZERO;
+                key.set(Field::InPort, p.in_port as u128);
+                key.set(Field::RecircId, r.id as u128);
+                key.set(Field::CtState, r.ct.state as u128);
+                key.set(Field::CtZone, r.zone as u128);
+                key.set(Field::CtMark, r.ct.mark as u128);
+                key.set(Field::CtLabel, r.ct.label);
+                offs = parse_frame(&p.data, &mut key);
             }
         }
         drop(cache);
@@ -318,6 +416,7 @@ impl Datapath {
         c.megaflow_hits.fetch_add(l.megaflow_hits, Ordering::Relaxed);
         c.megaflow_probes.fetch_add(l.megaflow_probes, Ordering::Relaxed);
         c.upcalls.fetch_add(l.upcalls, Ordering::Relaxed);
+        c.recirculations.fetch_add(l.recirculations, Ordering::Relaxed);
         for (i, n) in l.drops.iter().enumerate() {
             if *n != 0 {
                 c.drops[i].fetch_add(*n, Ordering::Relaxed);
@@ -348,6 +447,8 @@ impl Datapath {
             revalidated: c.revalidated.load(Ordering::Relaxed),
             megaflows,
             megaflow_masks,
+            connections: self.conntrack.lock().len(),
+            recirculations: c.recirculations.load(Ordering::Relaxed),
             flows: self.pipeline.read().flow_count(),
             drops: DropReason::ALL
                 .iter()
@@ -398,6 +499,11 @@ impl Datapath {
         self.pipeline.read().trace(key)
     }
 
+    /// Every live connection.
+    pub fn dump_conntrack(&self, now: u64) -> Vec<crate::conntrack::Conn> {
+        self.conntrack.lock().connections(now).cloned().collect()
+    }
+
     /// Number of megaflows.
     pub fn megaflow_count(&self) -> usize {
         self.megaflows.read().len()
@@ -423,20 +529,25 @@ impl Datapath {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn run_megaflow(
     mf: &Megaflow,
     p: &mut Packet,
     offs: &mut crate::parse::HeaderOffsets,
+    key: &FlowKey,
     i: usize,
-    now: u64,
     local: &mut LocalCounters,
     sink: &mut impl OutputSink,
-) {
-    mf.hit(p.data.len(), now);
-    if let Some(d) = mf.drop_reason() {
+    ctx: &ExecCtx<'_>,
+) -> Outcome {
+    mf.hit(p.data.len(), ctx.now);
+    let out = exec::execute(mf.actions(), &mut p.data, offs, key, i, sink, ctx);
+    // A drop decided while executing (conntrack, a rejecting Service) is the reason;
+    // otherwise the one the translation found.
+    if let Some(d) = out.drop.or(mf.drop_reason()) {
         local.drops[d as usize] += 1;
     }
-    exec::execute(mf.actions(), &mut p.data, offs, i, sink);
+    out
 }
 
 /// True if a fresh translation of a megaflow's key still yields what it caches.
@@ -486,7 +597,7 @@ mod tests {
     }
 
     fn packet(dst: u32, dport: u16) -> Packet {
-        Packet { data: ipv4_frame(ip_proto::UDP, 0x0a00_0001, dst, 999, dport, b"x"), in_port: 1 }
+        Packet::new(ipv4_frame(ip_proto::UDP, 0x0a00_0001, dst, 999, dport, b"x"), 1)
     }
 
     fn setup() -> Datapath {
@@ -585,5 +696,174 @@ mod tests {
         assert_eq!(dp.maintain(500), 1);
         assert_eq!(dp.stats().evictions, 1);
         assert_eq!(dp.flow_stats()[0].packets, 1);
+    }
+}
+
+#[cfg(test)]
+mod stateful_tests {
+    //! Services end to end through the datapath: ct_lb on the way in, un-NAT on the way
+    //! back, rejects, and the UDP flush when a backend goes away.
+    use super::*;
+    use crate::conntrack::{NatAction, v4};
+    use crate::exec::CollectSink;
+    use crate::flow::{Action, CtSpec, CtZone, Match};
+    use crate::key::{ct_state, ip_proto};
+    use crate::lb::{Backend, LoadBalancer};
+    use crate::parse::tests::ipv4_frame;
+
+    const CLIENT: u32 = 0x0af4_0105;
+    const VIP: u32 = 0x0a60_000a;
+    const B1: u32 = 0x0af4_0207;
+    const B2: u32 = 0x0af4_0208;
+
+    fn flow(table: u8, priority: u16, matches: Match, actions: Vec<Action>) -> FlowMod {
+        FlowMod::AddFlow(Flow { table, priority, matches, cookie: 0, actions })
+    }
+
+    /// Port 1: clients. Port 2: backends. Table 0 sends everything through conntrack
+    /// (ct_lb for the VIP, plain ct(nat) otherwise); table 1 forwards tracked packets.
+    fn service(backends: &[u32], proto: u8) -> Datapath {
+        let dp = Datapath::default();
+        let lb = LoadBalancer {
+            id: 7,
+            backends: backends.iter().map(|b| Backend::v4(*b, 8080)).collect(),
+            affinity_timeout_ns: None,
+        };
+        dp.apply(&[
+            FlowMod::AddLoadBalancer(lb),
+            flow(
+                0,
+                20,
+                Match::ANY
+                    .with(Field::EthType, 0x0800)
+                    .with(Field::Ipv4Dst, VIP as u128)
+                    .with(Field::NwProto, proto as u128),
+                vec![Action::CtLb { lb: 7, zone: CtZone::Const(3), table: Some(1) }],
+            ),
+            flow(
+                0,
+                10,
+                Match::ANY.with(Field::EthType, 0x0800),
+                vec![Action::Ct(Box::new(CtSpec {
+                    zone: CtZone::Const(3),
+                    commit: false,
+                    nat: Some(NatAction::Stored),
+                    table: Some(1),
+                    set_mark: None,
+                    set_label: None,
+                }))],
+            ),
+            flow(
+                1,
+                10,
+                Match::ANY.with(Field::InPort, 1).with_masked(
+                    Field::CtState,
+                    ct_state::TRK as u128,
+                    ct_state::TRK as u128,
+                ),
+                vec![Action::Output(2)],
+            ),
+            flow(
+                1,
+                10,
+                Match::ANY.with(Field::InPort, 2).with_masked(
+                    Field::CtState,
+                    (ct_state::TRK | ct_state::EST) as u128,
+                    (ct_state::TRK | ct_state::EST) as u128,
+                ),
+                vec![Action::Output(1)],
+            ),
+        ])
+        .unwrap();
+        dp
+    }
+
+    fn send(dp: &Datapath, w: &mut Worker, frame: Vec<u8>, in_port: u32, now: u64) -> Vec<(u32, Vec<u8>)> {
+        let mut sink = CollectSink::default();
+        dp.process_batch(w, &mut [Packet::new(frame, in_port)], now, &mut sink);
+        sink.outputs.into_iter().map(|(_, p, f)| (p, f)).collect()
+    }
+
+    fn addrs(f: &[u8]) -> (u32, u32, u16, u16) {
+        let mut k = FlowKey::ZERO;
+        parse_frame(f, &mut k);
+        (
+            k.get(Field::Ipv4Src) as u32,
+            k.get(Field::Ipv4Dst) as u32,
+            k.get(Field::TpSrc) as u16,
+            k.get(Field::TpDst) as u16,
+        )
+    }
+
+    #[test]
+    fn service_round_trip_and_stickiness() {
+        let dp = service(&[B1, B2], ip_proto::TCP);
+        let mut w = dp.worker();
+        let mut syn = ipv4_frame(ip_proto::TCP, CLIENT, VIP, 40000, 80, b"");
+        syn[34 + 13] = 0x02;
+        crate::packet::fill_checksums(&mut syn);
+        let out = send(&dp, &mut w, syn.clone(), 1, 1);
+        assert_eq!(out.len(), 1);
+        let (src, backend, sport, dport) = addrs(&out[0].1);
+        assert_eq!((src, sport, dport), (CLIENT, 40000, 8080));
+        assert!(backend == B1 || backend == B2);
+        assert!(crate::packet::checksums_valid(&out[0].1));
+        // The backend answers; the client sees the VIP.
+        let mut synack = ipv4_frame(ip_proto::TCP, backend, CLIENT, 8080, 40000, b"");
+        synack[34 + 13] = 0x12;
+        crate::packet::fill_checksums(&mut synack);
+        let back = send(&dp, &mut w, synack, 2, 2);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, 1);
+        assert_eq!(addrs(&back[0].1), (VIP, CLIENT, 80, 40000));
+        // Later packets of the connection stay on the same backend, through the caches.
+        for t in 3..10 {
+            let mut ack = ipv4_frame(ip_proto::TCP, CLIENT, VIP, 40000, 80, b"data");
+            ack[34 + 13] = 0x10;
+            crate::packet::fill_checksums(&mut ack);
+            let out = send(&dp, &mut w, ack, 1, t);
+            assert_eq!(addrs(&out[0].1).1, backend);
+        }
+        let s = dp.stats();
+        assert!(s.recirculations >= 9);
+        assert_eq!(s.connections, 1);
+        assert!(s.microflow_hits > 0, "established packets hit the caches");
+    }
+
+    #[test]
+    fn service_without_backends_rejects() {
+        let dp = service(&[], ip_proto::TCP);
+        let mut w = dp.worker();
+        let mut syn = ipv4_frame(ip_proto::TCP, CLIENT, VIP, 40000, 80, b"");
+        syn[34 + 13] = 0x02;
+        crate::packet::fill_checksums(&mut syn);
+        let out = send(&dp, &mut w, syn, 1, 1);
+        assert_eq!(out.len(), 1, "a reset goes back to the client");
+        let (port, rst) = &out[0];
+        assert_eq!(*port, 1);
+        assert_eq!(addrs(rst), (VIP, CLIENT, 80, 40000));
+        assert_eq!(rst[34 + 13] & 0x04, 0x04, "RST set");
+        assert!(crate::packet::checksums_valid(rst));
+        assert_eq!(dp.stats().drops, vec![(DropReason::LbReject, 1)]);
+    }
+
+    #[test]
+    fn removing_a_backend_flushes_its_udp_connections() {
+        let dp = service(&[B1], ip_proto::UDP);
+        let mut w = dp.worker();
+        for port in 0..5 {
+            let out = send(&dp, &mut w, ipv4_frame(ip_proto::UDP, CLIENT, VIP, 5000 + port, 80, b"dns?"), 1, 1);
+            assert_eq!(addrs(&out[0].1).1, B1);
+        }
+        assert_eq!(dp.stats().connections, 5);
+        let lb = LoadBalancer { id: 7, backends: vec![Backend::v4(B2, 8080)], affinity_timeout_ns: None };
+        let r = dp.apply(&[FlowMod::AddLoadBalancer(lb)]).unwrap();
+        assert_eq!(r.conntrack_flushed, 5);
+        // The next query of a flushed connection reaches the new backend at once.
+        let out = send(&dp, &mut w, ipv4_frame(ip_proto::UDP, CLIENT, VIP, 5000, 80, b"dns?"), 1, 2);
+        assert_eq!(addrs(&out[0].1).1, B2);
+        let conns = dp.dump_conntrack(2);
+        assert_eq!(conns.len(), 1);
+        assert_eq!(conns[0].reply.src, v4(B2));
     }
 }

@@ -1,7 +1,9 @@
 //! What the control plane installs: flows (table, priority, masked match, cookie,
 //! actions), groups (select and all), and the modifications that add and remove them.
 
+use crate::conntrack::NatAction;
 use crate::key::{Field, FlowKey};
+use crate::lb::LoadBalancer;
 
 /// A masked match on a [`FlowKey`]. Invariant: `value & !mask == 0`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -92,6 +94,114 @@ pub enum Action {
     GotoTable(u8),
     /// Run a group.
     Group(u32),
+    /// Send the packet through connection tracking (see [`CtSpec`]).
+    Ct(Box<CtSpec>),
+    /// Answer the packet from the datapath: the answer (if the packet is one the
+    /// responder answers) leaves through the port the packet came in on.
+    Respond(Responder),
+    /// Load-balance through conntrack: a packet of a known connection keeps its
+    /// translation; a new one is given a backend of load balancer `lb` and committed with
+    /// destination NAT to it; with no backends the client gets a TCP reset or an ICMP
+    /// port unreachable. Then, like `ct(table=T)`, processing resumes at `table`.
+    CtLb {
+        /// Load balancer id.
+        lb: u32,
+        /// Conntrack zone.
+        zone: CtZone,
+        /// Table to resume in (must then be the flow's last action).
+        table: Option<u8>,
+    },
+}
+
+/// The datapath's responders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Responder {
+    /// An ARP request for a bound address gets "it is at `mac`" (the flow matches
+    /// `arp_op=1, arp_tpa=IP`).
+    Arp {
+        /// MAC of the binding (48 bits).
+        mac: u64,
+    },
+    /// An ICMP / ICMPv6 echo request gets its echo reply (for router IPs).
+    IcmpEcho,
+    /// ICMP time exceeded / ICMPv6 hop limit exceeded, from a router port (flows match
+    /// `nw_ttl` 0 or 1 where a router would decrement it).
+    TimeExceeded {
+        /// Router port MAC.
+        mac: u64,
+        /// Router port IPv4 address.
+        ip: u32,
+        /// Router port IPv6 address.
+        ip6: u128,
+    },
+}
+
+/// A Geneve tunnel port: `output` to it encapsulates the packet with the tunnel fields
+/// of the key (`tun_id` = VNI, `tun_dst`, `tun_ingress_port`, `tun_egress_port`) and
+/// sends the result out of `underlay_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TunnelPort {
+    /// The port number flows output to.
+    pub port: u32,
+    /// This chassis's tunnel IP (outer source).
+    pub local_ip: u32,
+    /// Outer Ethernet source.
+    pub local_mac: u64,
+    /// Outer Ethernet destination (the underlay next hop).
+    pub next_hop_mac: u64,
+    /// Where encapsulated frames go.
+    pub underlay_port: u32,
+    /// Underlay MTU: an inner IP packet larger than `mtu - 58` gets ICMP "fragmentation
+    /// needed" / "packet too big" instead.
+    pub mtu: u16,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// Address ICMP errors about oversized packets come from (IPv4 and IPv6).
+    pub icmp_src: u32,
+    /// IPv6 address ICMPv6 errors come from.
+    pub icmp_src6: u128,
+}
+
+/// Where a `ct` action takes its zone from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtZone {
+    /// A fixed zone.
+    Const(u16),
+    /// The low 16 bits of a metadata field (e.g. a register), read at translation time.
+    Field(Field),
+}
+
+/// The `ct` action, as in Open vSwitch: `ct(zone=Z, commit, nat(...), table=T)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CtSpec {
+    /// Zone.
+    pub zone: CtZone,
+    /// Create the connection if it is new (and store mark, label and NAT).
+    pub commit: bool,
+    /// NAT to apply.
+    pub nat: Option<NatAction>,
+    /// Re-enter the pipeline at this table with the `ct_*` fields set (recirculation);
+    /// then this must be the flow's last action. Without it the packet continues with
+    /// the next action, untouched `ct_*` fields (as in Open vSwitch).
+    pub table: Option<u8>,
+    /// On commit: set the mark bits selected by the mask.
+    pub set_mark: Option<(u32, u32)>,
+    /// On commit: set the label bits selected by the mask.
+    pub set_label: Option<(u128, u128)>,
+}
+
+impl CtSpec {
+    /// `ct(zone=zone, table=table)`: track only.
+    pub fn track(zone: u16, table: u8) -> CtSpec {
+        CtSpec {
+            zone: CtZone::Const(zone),
+            commit: false,
+            nat: None,
+            table: Some(table),
+            set_mark: None,
+            set_label: None,
+        }
+    }
 }
 
 /// A flow in a pipeline table.
@@ -170,4 +280,14 @@ pub enum FlowMod {
     AddGroup(Group),
     /// Delete a group (flows that use it then drop with `GroupMissing`).
     DeleteGroup(u32),
+    /// Add or replace a load balancer. Backends that disappear take their UDP
+    /// connections with them (so that, e.g., DNS clients do not keep talking to a
+    /// backend that is gone); TCP connections end by themselves.
+    AddLoadBalancer(LoadBalancer),
+    /// Delete a load balancer (its connections stay until they end or expire).
+    DeleteLoadBalancer(u32),
+    /// Add or replace a Geneve tunnel port.
+    AddTunnelPort(TunnelPort),
+    /// Delete a tunnel port (outputs to it then go nowhere).
+    DeleteTunnelPort(u32),
 }

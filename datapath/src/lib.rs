@@ -10,16 +10,21 @@
 
 pub mod benchkit;
 pub mod classifier;
+pub mod conntrack;
 pub mod datapath;
 pub mod exec;
 pub mod flow;
+pub mod geneve;
 pub mod hash;
 pub mod key;
+pub mod lb;
 pub mod megaflow;
 pub mod microflow;
 pub mod packet;
 pub mod parse;
+pub mod pcap;
 pub mod pipeline;
+pub mod responder;
 
 pub use datapath::{Datapath, DatapathConfig, DatapathStats, FlowModReport, OutputSink, Worker};
 pub use flow::{Action, Bucket, Flow, FlowMod, Group, GroupKind, Match};

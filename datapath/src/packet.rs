@@ -266,6 +266,32 @@ pub fn write_field(f: &mut [u8], o: &HeaderOffsets, field: Field, value: u128) {
     }
 }
 
+/// Sets the identifier of an ICMP/ICMPv6 echo request or reply, keeping its checksum.
+pub fn set_icmp_echo_id(f: &mut [u8], o: &HeaderOffsets, id: u16) {
+    if o.l4 == ABSENT || !matches!(o.l4_proto, ip_proto::ICMP | ip_proto::ICMPV6) || f.len() < o.l4 as usize + 6 {
+        return;
+    }
+    let at = o.l4 as usize + 4;
+    let old = rd16(f, at);
+    if old != id {
+        wr16(f, at, id);
+        let c = csum_update16(rd16(f, o.l4 as usize + 2), old, id);
+        wr16(f, o.l4 as usize + 2, c);
+    }
+}
+
+/// Recomputes the ICMP/ICMPv6 checksum over the whole message (after rewriting the
+/// packet quoted inside an ICMP error, where incremental updates would be error-prone).
+pub fn recompute_icmp_checksum(f: &mut [u8], o: &HeaderOffsets) {
+    if o.l4 == ABSENT || !matches!(o.l4_proto, ip_proto::ICMP | ip_proto::ICMPV6) {
+        return;
+    }
+    let at = o.l4 as usize + 2;
+    wr16(f, at, 0);
+    let c = l4_checksum(f, o);
+    wr16(f, at, c);
+}
+
 /// Inserts an 802.1Q tag with `tci` after the MAC addresses. Returns false (frame
 /// unchanged) if the frame is too short to have an Ethernet header or is already tagged.
 pub fn push_vlan(f: &mut Vec<u8>, o: &mut HeaderOffsets, tci: u16) -> bool {

@@ -15,7 +15,11 @@
 //!   limits end the packet's processing (outputs already made stand), except inside an
 //!   `all` group bucket, where they end only that bucket;
 //! - `all` buckets each run on a copy of the packet and key; `select` picks one bucket by
-//!   a hash of the group's fields ([`select_bucket`]) and runs it inline.
+//!   a hash of the group's fields ([`select_bucket`]) and runs it inline;
+//! - `ct`/`ct_lb` with a table end the pass: conntrack runs, then the packet re-enters the
+//!   pipeline at that table with the `ct_*` fields set and the metadata and registers it
+//!   had (recirculation, at most [`MAX_RECIRC`] passes); reached inside an `all` bucket
+//!   (through a resubmit) they end that bucket instead, and conntrack does not run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use thiserror::Error;
 
 use crate::classifier::Classifier;
 use crate::exec::DpAction;
-use crate::flow::{Action, Flow, FlowMod, Group, GroupKind, Match};
+use crate::flow::{Action, CtZone, Flow, FlowMod, Group, GroupKind, Match, TunnelPort};
 use crate::hash;
 use crate::key::{Field, FlowKey, VLAN_PRESENT, eth_type};
 
@@ -33,6 +37,8 @@ use crate::key::{Field, FlowKey, VLAN_PRESENT, eth_type};
 pub const MAX_DEPTH: u32 = 64;
 /// Maximum table lookups one packet may cause.
 pub const MAX_LOOKUPS: u32 = 4096;
+/// Maximum passes through the pipeline (recirculations after `ct`) for one packet.
+pub const MAX_RECIRC: u32 = 8;
 
 /// Why a packet produced no (further) output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,11 +58,23 @@ pub enum DropReason {
     VlanTagPresent = 5,
     /// A flow referred to a group that does not exist.
     GroupMissing = 6,
+    /// Conntrack could not commit a new connection: the table is full.
+    CtTableFull = 7,
+    /// NAT found no free address/port for a new connection.
+    NatExhausted = 8,
+    /// A Service with no backends answered the client (reset / port unreachable).
+    LbReject = 9,
+    /// The packet recirculated more than [`MAX_RECIRC`] times.
+    RecircLimit = 10,
+    /// Too big for the tunnel MTU (an ICMP error went back if the rules allow one).
+    TooBig = 11,
+    /// The frame could not be encapsulated (shorter than an Ethernet header).
+    EncapError = 12,
 }
 
 impl DropReason {
     /// Every reason, indexed by its discriminant.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::TableMiss,
         DropReason::NoOutput,
         DropReason::Explicit,
@@ -64,6 +82,12 @@ impl DropReason {
         DropReason::ResubmitLimit,
         DropReason::VlanTagPresent,
         DropReason::GroupMissing,
+        DropReason::CtTableFull,
+        DropReason::NatExhausted,
+        DropReason::LbReject,
+        DropReason::RecircLimit,
+        DropReason::TooBig,
+        DropReason::EncapError,
     ];
 
     /// Name used in stats output.
@@ -76,6 +100,12 @@ impl DropReason {
             DropReason::ResubmitLimit => "resubmit_limit",
             DropReason::VlanTagPresent => "vlan_tag_present",
             DropReason::GroupMissing => "group_missing",
+            DropReason::CtTableFull => "ct_table_full",
+            DropReason::NatExhausted => "nat_exhausted",
+            DropReason::LbReject => "lb_reject",
+            DropReason::RecircLimit => "recirc_limit",
+            DropReason::TooBig => "too_big",
+            DropReason::EncapError => "encap_error",
         }
     }
 }
@@ -124,6 +154,26 @@ pub enum PipelineError {
     GotoInBucket {
         /// The group.
         group: u32,
+    },
+    /// A recirculating ct / ct_lb that is not the flow's last action.
+    #[error("table {table}: ct(table={target}) must be the flow's last action")]
+    CtNotLast {
+        /// Table of the offending flow.
+        table: u8,
+        /// Its resume table.
+        target: u8,
+    },
+    /// A recirculating ct / ct_lb inside a group bucket.
+    #[error("group {group}: ct with table= is not allowed in a bucket")]
+    CtInBucket {
+        /// The group.
+        group: u32,
+    },
+    /// A flow that matches on `recirc_id`, which the datapath owns.
+    #[error("table {table}: recirc_id cannot be matched; match on ct_state instead")]
+    RecircIdMatch {
+        /// Table of the offending flow.
+        table: u8,
     },
 }
 
@@ -241,11 +291,47 @@ pub fn select_bucket(group: &Group, fields: &[Field], key: &FlowKey) -> Option<u
     None
 }
 
+/// What a packet carries across a recirculation besides its headers: the table to
+/// resume in and the pipeline metadata (metadata, registers, tunnel fields) at the time of
+/// the `ct` action. Interned: one id per distinct state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecircState {
+    /// Table to resume in.
+    pub table: u8,
+    /// Key words 1..=7 and the tunnel half of word 8.
+    pub frozen: [u64; 8],
+}
+
+const FROZEN_W8_MASK: u64 = 0xffff_ffff;
+
+impl RecircState {
+    fn freeze(table: u8, key: &FlowKey) -> Self {
+        let mut frozen = [0u64; 8];
+        frozen[..7].copy_from_slice(&key.w[1..8]);
+        frozen[7] = key.w[8] & FROZEN_W8_MASK;
+        RecircState { table, frozen }
+    }
+
+    fn thaw(&self, key: &mut FlowKey) {
+        key.w[1..8].copy_from_slice(&self.frozen[..7]);
+        key.w[8] = (key.w[8] & !FROZEN_W8_MASK) | self.frozen[7];
+    }
+}
+
+/// Interned recirculation states.
+#[derive(Debug, Default)]
+struct RecircTable {
+    ids: HashMap<RecircState, u32>,
+    states: Vec<RecircState>,
+}
+
 /// The pipeline: up to 256 tables and any number of groups.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     tables: Vec<Classifier<Arc<Rule>>>,
+    recirc: parking_lot::Mutex<RecircTable>,
     groups: HashMap<u32, Arc<Group>>,
+    tunnels: HashMap<u32, TunnelPort>,
     rules: Vec<Option<Arc<Rule>>>,
     free_ids: Vec<u32>,
     /// Rule ids removed since the last [`Pipeline::release_removed`].
@@ -290,8 +376,42 @@ impl Pipeline {
         &self.tables[table as usize]
     }
 
+    /// Number of distinct recirculation states handed out.
+    pub fn recirc_count(&self) -> usize {
+        self.recirc.lock().states.len()
+    }
+
+    fn recirc_id(&self, state: RecircState) -> u32 {
+        let mut t = self.recirc.lock();
+        if let Some(id) = t.ids.get(&state) {
+            return *id;
+        }
+        t.states.push(state);
+        let id = t.states.len() as u32;
+        t.ids.insert(state, id);
+        id
+    }
+
+    /// The state behind a recirculation id.
+    pub fn recirc_state(&self, id: u32) -> Option<RecircState> {
+        id.checked_sub(1).and_then(|i| self.recirc.lock().states.get(i as usize).copied())
+    }
+
     fn validate_actions(table: u8, actions: &[Action], group: Option<u32>) -> Result<(), PipelineError> {
         for (i, a) in actions.iter().enumerate() {
+            let recirc_target = match a {
+                Action::Ct(spec) => spec.table,
+                Action::CtLb { table, .. } => *table,
+                _ => None,
+            };
+            if let Some(target) = recirc_target {
+                if let Some(g) = group {
+                    return Err(PipelineError::CtInBucket { group: g });
+                }
+                if i + 1 != actions.len() {
+                    return Err(PipelineError::CtNotLast { table, target });
+                }
+            }
             match a {
                 Action::SetField { field, value, mask } => {
                     let f = *field;
@@ -328,6 +448,9 @@ impl Pipeline {
     pub fn apply(&mut self, m: &FlowMod) -> Result<Touched, PipelineError> {
         match m {
             FlowMod::AddFlow(flow) => {
+                if flow.matches.mask.get(Field::RecircId) != 0 {
+                    return Err(PipelineError::RecircIdMatch { table: flow.table });
+                }
                 Self::validate_actions(flow.table, &flow.actions, None)?;
                 let mut flow = flow.clone();
                 flow.matches = flow.matches.normalized();
@@ -383,6 +506,18 @@ impl Pipeline {
                 self.groups.remove(id);
                 Ok(Touched { bloom: group_bloom(*id) })
             }
+            // Load balancers are chosen at execution time; no cached decision names a
+            // backend, so nothing needs revalidating.
+            FlowMod::AddLoadBalancer(_) | FlowMod::DeleteLoadBalancer(_) => Ok(Touched::default()),
+            // Any flow may output to a port: everything is rechecked.
+            FlowMod::AddTunnelPort(t) => {
+                self.tunnels.insert(t.port, *t);
+                Ok(Touched { bloom: u64::MAX })
+            }
+            FlowMod::DeleteTunnelPort(p) => {
+                self.tunnels.remove(p);
+                Ok(Touched { bloom: u64::MAX })
+            }
         }
     }
 
@@ -399,10 +534,11 @@ impl Pipeline {
         out
     }
 
-    /// Translates a key through the pipeline from table 0.
+    /// Translates a key through the pipeline: from table 0, or, for a recirculated
+    /// packet (`recirc_id` ≠ 0), from the table and with the metadata its `ct` froze.
     pub fn translate(&self, key: &FlowKey) -> Translation {
         let mut x = Xlate::new(self, *key, None);
-        x.table(0, 0);
+        x.start();
         x.finish()
     }
 
@@ -410,7 +546,7 @@ impl Pipeline {
     pub fn trace(&self, key: &FlowKey) -> (Translation, Vec<TraceStep>) {
         let mut steps = Vec::new();
         let mut x = Xlate::new(self, *key, Some(&mut steps));
-        x.table(0, 0);
+        x.start();
         let t = x.finish();
         (t, steps)
     }
@@ -451,6 +587,10 @@ struct Xlate<'a> {
     outputs: u32,
     missed: bool,
     exit: Option<DropReason>,
+    /// Set by a recirculating `ct`: this pass ends, the packet continues after conntrack.
+    halted: bool,
+    /// Nesting of `all` group buckets being translated.
+    in_bucket: u32,
     trace: Option<&'a mut Vec<TraceStep>>,
 }
 
@@ -468,12 +608,58 @@ impl<'a> Xlate<'a> {
             outputs: 0,
             missed: false,
             exit: None,
+            halted: false,
+            in_bucket: 0,
             trace,
         }
     }
 
+    fn start(&mut self) {
+        // Every megaflow matches its pass exactly: packets before and after conntrack
+        // must never share one.
+        self.wc.unwildcard(Field::RecircId);
+        let id = self.key.get(Field::RecircId) as u32;
+        if id == 0 {
+            self.table(0, 0);
+            return;
+        }
+        match self.p.recirc_state(id) {
+            Some(st) => {
+                st.thaw(&mut self.key);
+                self.table(st.table, 0);
+            }
+            None => self.exit = Some(DropReason::RecircLimit),
+        }
+    }
+
+    fn zone(&mut self, zone: CtZone) -> u16 {
+        match zone {
+            CtZone::Const(z) => z,
+            CtZone::Field(f) => {
+                self.wc.set_masked(f, 0xffff, 0xffff);
+                self.key.get(f) as u16
+            }
+        }
+    }
+
+    fn recirc(&mut self, table: Option<u8>) -> u32 {
+        match table {
+            Some(t) => {
+                self.halted = true;
+                // The frozen metadata decides what the next pass does: every packet
+                // sharing this megaflow must carry the same.
+                for w in 1..8 {
+                    self.wc.w[w] = u64::MAX;
+                }
+                self.wc.w[8] |= FROZEN_W8_MASK;
+                self.p.recirc_id(RecircState::freeze(t, &self.key))
+            }
+            None => 0,
+        }
+    }
+
     fn finish(self) -> Translation {
-        let drop = self.exit.or(if self.outputs == 0 {
+        let drop = self.exit.or(if self.outputs == 0 && !self.halted {
             Some(if self.missed { DropReason::TableMiss } else { DropReason::NoOutput })
         } else {
             None
@@ -518,7 +704,7 @@ impl<'a> Xlate<'a> {
 
     fn actions(&mut self, actions: &[Action], depth: u32) {
         for a in actions {
-            if self.exit.is_some() {
+            if self.exit.is_some() || self.halted {
                 return;
             }
             if let Some(t) = self.trace.as_deref_mut() {
@@ -527,7 +713,26 @@ impl<'a> Xlate<'a> {
             match a {
                 Action::Output(port) => {
                     self.commit();
-                    self.out.push(DpAction::Output(*port));
+                    match self.p.tunnels.get(port) {
+                        Some(t) => {
+                            for f in [Field::TunId, Field::TunDst, Field::TunIngressPort, Field::TunEgressPort] {
+                                self.wc.unwildcard(f);
+                            }
+                            self.out.push(DpAction::TunnelOutput(Box::new(crate::exec::EncapSpec {
+                                vni: self.key.get(Field::TunId) as u32 & crate::geneve::MAX_VNI,
+                                dst: self.key.get(Field::TunDst) as u32,
+                                ingress: self.key.get(Field::TunIngressPort) as u16,
+                                egress: self.key.get(Field::TunEgressPort) as u16,
+                                tunnel: *t,
+                            })));
+                        }
+                        None => self.out.push(DpAction::Output(*port)),
+                    }
+                    self.outputs += 1;
+                }
+                Action::Respond(r) => {
+                    self.commit();
+                    self.out.push(DpAction::Respond(*r));
                     self.outputs += 1;
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
@@ -573,6 +778,32 @@ impl<'a> Xlate<'a> {
                 Action::Resubmit(t) => self.table(*t, depth + 1),
                 Action::GotoTable(t) => self.table(*t, depth + 1),
                 Action::Group(id) => self.group(*id, depth + 1),
+                Action::Ct(spec) if spec.table.is_some() && self.in_bucket > 0 => {
+                    // A copy made by an `all` bucket cannot re-enter the pipeline on
+                    // its own: reaching a recirculating ct ends the bucket.
+                    self.exit = Some(DropReason::NoOutput);
+                }
+                Action::CtLb { table: Some(_), .. } if self.in_bucket > 0 => self.exit = Some(DropReason::NoOutput),
+                Action::Ct(spec) => {
+                    let zone = self.zone(spec.zone);
+                    // Conntrack sees the packet as modified so far.
+                    self.commit();
+                    let recirc = self.recirc(spec.table);
+                    self.out.push(DpAction::Ct {
+                        zone,
+                        commit: spec.commit,
+                        nat: spec.nat,
+                        mark: spec.set_mark,
+                        label: spec.set_label,
+                        recirc,
+                    });
+                }
+                Action::CtLb { lb, zone, table } => {
+                    let zone = self.zone(*zone);
+                    self.commit();
+                    let recirc = self.recirc(*table);
+                    self.out.push(DpAction::CtLb { zone, lb: *lb, recirc });
+                }
             }
         }
     }
@@ -606,7 +837,9 @@ impl<'a> Xlate<'a> {
                     self.commit();
                     let saved_key = self.key;
                     let saved_out = std::mem::take(&mut self.out);
+                    self.in_bucket += 1;
                     self.actions(&b.actions, depth);
+                    self.in_bucket -= 1;
                     self.commit();
                     let inner = std::mem::replace(&mut self.out, saved_out);
                     if !inner.is_empty() {
@@ -667,6 +900,7 @@ mod tests {
         );
         assert_eq!(t.drop, None);
         let mut want = FlowKey::field_mask(Field::Ipv4Dst);
+        want.or_assign(&FlowKey::field_mask(Field::RecircId));
         want.or_assign(&FlowKey::field_mask(Field::Reg0));
         want.or_assign(&FlowKey::field_mask(Field::EthType));
         want.or_assign(&FlowKey::field_mask(Field::NwTtl));

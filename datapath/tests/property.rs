@@ -8,13 +8,34 @@
 mod support;
 
 use proptest::prelude::*;
+use skein_datapath::conntrack::{CtConfig, CtTimeouts, NatAction, NatRange};
 use skein_datapath::exec::CollectSink;
-use skein_datapath::flow::{Action, Bucket, Flow, FlowMod, Group, GroupKind, Match};
-use skein_datapath::key::{Field, VLAN_PRESENT};
+use skein_datapath::flow::{
+    Action, Bucket, CtSpec, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort,
+};
+use skein_datapath::geneve::TunnelMeta;
+use skein_datapath::key::{Field, VLAN_PRESENT, ct_state};
+use skein_datapath::lb::{Backend, LoadBalancer};
 use skein_datapath::{Datapath, DatapathConfig, datapath::Packet};
 use support::{FrameSpec, Reference, build_frame};
 
 const TABLES: u8 = 4;
+const TUNNEL_PORT: u32 = 9;
+
+/// A tunnel with an MTU small enough that some generated frames are too big for it.
+fn tunnel_port(mtu: u16) -> FlowMod {
+    FlowMod::AddTunnelPort(TunnelPort {
+        port: TUNNEL_PORT,
+        local_ip: 0xc000_020b,
+        local_mac: 0x0200_0000_000b,
+        next_hop_mac: 0x0200_0000_0001,
+        underlay_port: 10,
+        mtu,
+        ttl: 64,
+        icmp_src: 0x0af4_0001,
+        icmp_src6: 0xfd00_0000_0000_0000_0000_0000_0000_0001,
+    })
+}
 
 fn match_strategy() -> impl Strategy<Value = Match> {
     let clause = prop_oneof![
@@ -42,6 +63,18 @@ fn match_strategy() -> impl Strategy<Value = Match> {
         prop_oneof![Just(0u128), Just((VLAN_PRESENT | 5) as u128)].prop_map(|v| (Field::VlanTci, v, u128::MAX)),
         (0u128..2).prop_map(|v| (Field::IcmpType, v, u128::MAX)),
         (0u128..2).prop_map(|v| (Field::Metadata, v, u128::MAX)),
+        prop_oneof![
+            Just((0u128, ct_state::TRK as u128)),
+            Just((ct_state::TRK as u128, ct_state::TRK as u128)),
+            Just(((ct_state::TRK | ct_state::NEW) as u128, (ct_state::TRK | ct_state::NEW | ct_state::INV) as u128)),
+            Just(((ct_state::TRK | ct_state::EST) as u128, (ct_state::TRK | ct_state::EST) as u128)),
+            Just((ct_state::RPL as u128, ct_state::RPL as u128)),
+            Just((ct_state::INV as u128, ct_state::INV as u128)),
+            Just((ct_state::REL as u128, ct_state::REL as u128)),
+        ]
+        .prop_map(|(v, m)| (Field::CtState, v, m)),
+        (0u128..2).prop_map(|v| (Field::CtMark, v, 1)),
+        (0u128..3).prop_map(|v| (Field::CtZone, v, u128::MAX)),
     ];
     prop::collection::vec(clause, 0..4)
         .prop_map(|cs| cs.into_iter().fold(Match::ANY, |m, (f, v, mask)| m.with_masked(f, v, mask)))
@@ -67,13 +100,60 @@ fn set_field_strategy() -> impl Strategy<Value = Action> {
         (0u128..2).prop_map(|v| (Field::IpDscp, v, u128::MAX)),
         (0u128..3).prop_map(|v| (Field::Ipv6Dst, v, u128::MAX)),
         (1u128..3).prop_map(|v| (Field::InPort, v, u128::MAX)),
+        (1u128..3).prop_map(|v| (Field::TunId, v, u128::MAX)),
+        (0u128..2).prop_map(|v| (Field::TunDst, 0xc000_0210 + v, u128::MAX)),
+        (0u128..3).prop_map(|v| (Field::TunEgressPort, v * 20000, u128::MAX)),
     ]
     .prop_map(|(field, value, mask)| Action::SetField { field, value, mask })
+}
+
+fn nat_strategy() -> impl Strategy<Value = Option<NatAction>> {
+    prop_oneof![
+        2 => Just(None),
+        2 => Just(Some(NatAction::Stored)),
+        1 => (0u32..2, prop_oneof![Just((0u16, 0u16)), Just((40000u16, 40001u16))]).prop_map(|(a, (lo, hi))| {
+            Some(NatAction::Src(NatRange {
+                addr_min: skein_datapath::conntrack::v4(0xc000_0200 + a),
+                addr_max: skein_datapath::conntrack::v4(0xc000_0200 + a),
+                port_min: lo,
+                port_max: hi,
+            }))
+        }),
+        1 => (0u32..3, prop_oneof![Just(80u16), Just(8080)])
+            .prop_map(|(a, p)| Some(NatAction::Dst(NatRange::v4_port(0x0af4_0000 | a, p)))),
+    ]
+}
+
+fn ct_strategy() -> impl Strategy<Value = Action> {
+    let zone = prop_oneof![(0u16..2).prop_map(CtZone::Const), Just(CtZone::Field(Field::Reg0))];
+    let ct = (
+        zone.clone(),
+        any::<bool>(),
+        nat_strategy(),
+        prop::option::weighted(0.8, 0..TABLES),
+        prop::option::of((0u32..2).prop_map(|v| (v, 1u32))),
+    )
+        .prop_map(|(zone, commit, nat, table, set_mark)| {
+            Action::Ct(Box::new(CtSpec { zone, commit, nat, table, set_mark, set_label: None }))
+        });
+    let ct_lb = (1u32..3, zone, prop::option::weighted(0.8, 0..TABLES)).prop_map(|(lb, zone, table)| Action::CtLb {
+        lb,
+        zone,
+        table,
+    });
+    prop_oneof![3 => ct, 1 => ct_lb]
 }
 
 fn action_strategy(table: u8, in_bucket: bool) -> BoxedStrategy<Vec<Action>> {
     let a = prop_oneof![
         4 => (1u32..5).prop_map(Action::Output),
+        1 => Just(Action::Output(TUNNEL_PORT)),
+        1 => prop_oneof![
+            Just(Responder::Arp { mac: 0x0a58_0af4_0001 }),
+            Just(Responder::IcmpEcho),
+            Just(Responder::TimeExceeded { mac: 0x0a58_0af4_0001, ip: 0x0af4_0001, ip6: 0xfd00_0000_0000_0000_0000_0000_0000_0001 }),
+        ]
+        .prop_map(Action::Respond),
         4 => set_field_strategy(),
         1 => Just(Action::DecTtl),
         1 => (1u16..4).prop_map(Action::PushVlan),
@@ -83,11 +163,47 @@ fn action_strategy(table: u8, in_bucket: bool) -> BoxedStrategy<Vec<Action>> {
         1 => Just(Action::Drop),
     ];
     let body = prop::collection::vec(a, 0..5);
-    if in_bucket || table + 1 >= TABLES {
-        body.boxed()
+    if in_bucket {
+        // Conntrack in a bucket only without recirculation.
+        let ct_here = ct_strategy().prop_map(|a| match a {
+            Action::Ct(mut s) => {
+                s.table = None;
+                Action::Ct(s)
+            }
+            Action::CtLb { lb, zone, .. } => Action::CtLb { lb, zone, table: None },
+            other => other,
+        });
+        (body, prop::option::weighted(0.2, ct_here))
+            .prop_map(|(mut v, ct)| {
+                v.extend(ct);
+                v
+            })
+            .boxed()
     } else {
-        (body, prop::option::weighted(0.3, table + 1..TABLES))
-            .prop_map(|(mut v, goto)| {
+        (body, prop::option::weighted(0.3, ct_strategy()))
+            .prop_map(|(mut v, ct)| {
+                // A recirculating ct must end the flow; one without a table may sit anywhere.
+                if let Some(ct) = ct {
+                    v.push(ct);
+                }
+                v
+            })
+            .prop_flat_map(move |v| finish_flow(table, v))
+            .boxed()
+    }
+}
+
+fn recirculates(a: &Action) -> bool {
+    matches!(a, Action::Ct(s) if s.table.is_some()) || matches!(a, Action::CtLb { table: Some(_), .. })
+}
+
+fn finish_flow(table: u8, v: Vec<Action>) -> BoxedStrategy<Vec<Action>> {
+    if v.last().is_some_and(recirculates) || table + 1 >= TABLES {
+        Just(v).boxed()
+    } else {
+        prop::option::weighted(0.3, table + 1..TABLES)
+            .prop_map(move |goto| {
+                let mut v = v.clone();
                 if let Some(t) = goto {
                     v.push(Action::GotoTable(t));
                 }
@@ -95,6 +211,19 @@ fn action_strategy(table: u8, in_bucket: bool) -> BoxedStrategy<Vec<Action>> {
             })
             .boxed()
     }
+}
+
+fn lb_strategy() -> impl Strategy<Value = LoadBalancer> {
+    (
+        1u32..3,
+        prop::collection::vec((0u32..3, prop_oneof![Just(80u16), Just(8080)]), 0..3),
+        prop::option::of(prop_oneof![Just(30u64), Just(1000)]),
+    )
+        .prop_map(|(id, bs, affinity_timeout_ns)| {
+            let mut backends: Vec<Backend> = bs.into_iter().map(|(a, p)| Backend::v4(0x0af4_0000 | a, p)).collect();
+            backends.dedup();
+            LoadBalancer { id, backends, affinity_timeout_ns }
+        })
 }
 
 fn flow_strategy() -> impl Strategy<Value = Flow> {
@@ -122,10 +251,13 @@ fn flow_mod_strategy() -> impl Strategy<Value = FlowMod> {
             .prop_map(|(table, cookie, cookie_mask)| FlowMod::DeleteFlowsByCookie { table, cookie, cookie_mask }),
         2 => group_strategy().prop_map(FlowMod::AddGroup),
         1 => (1u32..4).prop_map(FlowMod::DeleteGroup),
+        2 => lb_strategy().prop_map(FlowMod::AddLoadBalancer),
+        1 => (1u32..3).prop_map(FlowMod::DeleteLoadBalancer),
+        1 => prop_oneof![Just(130u16), Just(1500)].prop_map(tunnel_port),
     ]
 }
 
-fn frame_strategy() -> impl Strategy<Value = (FrameSpec, u32)> {
+fn frame_strategy() -> impl Strategy<Value = (FrameSpec, u32, Option<TunnelMeta>)> {
     (
         0u8..7,
         prop_oneof![3 => Just(0u16), 1 => Just(5u16), 1 => Just(0x2007u16)],
@@ -136,16 +268,26 @@ fn frame_strategy() -> impl Strategy<Value = (FrameSpec, u32)> {
         prop_oneof![Just(0u8), Just(1), Just(2), Just(64)],
         0u16..40,
         1u32..4,
+        prop::option::weighted(
+            0.2,
+            (1u32..3, 0u16..3).prop_map(|(vni, ing)| TunnelMeta {
+                vni,
+                src: 0xc000_0210,
+                dst: 0xc000_020b,
+                ingress: ing,
+                egress: 1,
+            }),
+        ),
     )
-        .prop_map(|(kind, vlan, src, dst, sport, dport, ttl, payload, in_port)| {
-            (FrameSpec { kind, vlan, src, dst, sport, dport, ttl, payload }, in_port)
+        .prop_map(|(kind, vlan, src, dst, sport, dport, ttl, payload, in_port, tunnel)| {
+            (FrameSpec { kind, vlan, src, dst, sport, dport, ttl, payload }, in_port, tunnel)
         })
 }
 
 #[derive(Debug, Clone)]
 enum Step {
     Mods(Vec<FlowMod>),
-    Packets(Vec<(FrameSpec, u32)>),
+    Packets(Vec<(FrameSpec, u32, Option<TunnelMeta>)>),
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -162,8 +304,32 @@ fn config_strategy() -> impl Strategy<Value = DatapathConfig> {
             max_megaflows,
             idle_timeout_ns: 50,
             expire_budget: 2,
+            conntrack: ct_config(max_megaflows),
         },
     )
+}
+
+/// Short timeouts so connections expire within a test; a tiny table in some configs.
+fn ct_config(variant: usize) -> CtConfig {
+    CtConfig {
+        max_connections: if variant < 10 { 4 } else { 100_000 },
+        timeouts: CtTimeouts {
+            tcp_syn_sent: 100,
+            tcp_syn_recv: 100,
+            tcp_established: 1000,
+            tcp_fin_wait: 60,
+            tcp_time_wait: 60,
+            tcp_close: 40,
+            udp_first: 70,
+            udp_multiple: 200,
+            icmp_first: 70,
+            icmp_reply: 100,
+            other_first: 70,
+            other_multiple: 100,
+        },
+        tcp_loose: variant % 2 == 0,
+        sweep_budget: 3,
+    }
 }
 
 fn cases() -> u32 {
@@ -180,10 +346,12 @@ proptest! {
         steps in prop::collection::vec(step_strategy(), 1..10),
     ) {
         let dp = Datapath::new(config);
-        let mut reference = Reference::default();
+        let mut reference = Reference::new(config.conntrack);
         let mut worker = dp.worker();
         let mut now = 0u64;
         let mut ref_drops = std::collections::BTreeMap::new();
+        let mut initial = initial;
+        initial.insert(0, tunnel_port(130));
         let all = std::iter::once(Step::Mods(initial)).chain(steps);
         for step in all {
             match step {
@@ -197,16 +365,17 @@ proptest! {
                 Step::Packets(specs) => {
                     let mut batch: Vec<Packet> = specs
                         .iter()
-                        .map(|(s, port)| Packet { data: build_frame(s), in_port: *port })
+                        .map(|(s, port, tunnel)| Packet { data: build_frame(s), in_port: *port, tunnel: *tunnel })
                         .collect();
-                    let expected: Vec<_> = batch.iter().map(|p| reference.process(&p.data, p.in_port)).collect();
+                    now += 20;
+                    let expected: Vec<_> =
+                        batch.iter().map(|p| reference.process(&p.data, p.in_port, p.tunnel, now)).collect();
                     for e in &expected {
                         if let Some(d) = e.drop {
                             *ref_drops.entry(d).or_insert(0u64) += 1;
                         }
                     }
                     let mut sink = CollectSink::default();
-                    now += 20;
                     dp.process_batch(&mut worker, &mut batch, now, &mut sink);
                     for (i, want) in expected.iter().enumerate() {
                         let got: Vec<(u32, Vec<u8>)> = sink
@@ -218,13 +387,14 @@ proptest! {
                         prop_assert_eq!(&got, &want.outputs, "packet {} {:?}", i, specs[i]);
                     }
                     dp.maintain(now);
+                    reference.maintain(now);
                 }
             }
         }
-        // Every packet went through exactly one of the three paths, and was dropped for
-        // the same reason the reference gives.
+        // Every pass of every packet went through exactly one of the three paths, and
+        // every packet was dropped for the same reason the reference gives.
         let stats = dp.stats();
-        prop_assert_eq!(stats.packets, stats.microflow_hits + stats.megaflow_hits + stats.upcalls);
+        prop_assert_eq!(stats.packets + stats.recirculations, stats.microflow_hits + stats.megaflow_hits + stats.upcalls);
         let drops: std::collections::BTreeMap<_, _> = stats.drops.into_iter().collect();
         prop_assert_eq!(drops, ref_drops);
     }

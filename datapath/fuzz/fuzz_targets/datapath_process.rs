@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     thread_local! {
         static WORKER: std::cell::RefCell<skein_datapath::Worker> = std::cell::RefCell::new(datapath().worker());
     }
-    let mut batch = [Packet { data: frame, in_port: (port & 1) as u32 }];
+    let mut batch = [Packet::new(frame, (port & 1) as u32)];
     let mut sink = CollectSink::default();
     WORKER.with(|w| dp.process_batch(&mut w.borrow_mut(), &mut batch, 1, &mut sink));
     if valid_in {

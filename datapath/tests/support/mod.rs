@@ -6,20 +6,34 @@
 
 use std::collections::HashMap;
 
-use skein_datapath::flow::{Action, Flow, FlowMod, Group, GroupKind, Match};
+use skein_datapath::conntrack::{Conntrack, CtConfig, CtError, CtResult, NatAction, NatRange};
+use skein_datapath::exec::{EncapSpec, OutputSink};
+use skein_datapath::flow::{Action, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort};
 use skein_datapath::hash;
-use skein_datapath::key::{Field, FlowKey, VLAN_PRESENT, eth_type, ip_proto};
+use skein_datapath::key::{Field, FlowKey, VLAN_PRESENT, ct_state, eth_type, ip_proto};
+use skein_datapath::lb::LbState;
 use skein_datapath::packet;
 use skein_datapath::parse::{HeaderOffsets, parse_frame};
-use skein_datapath::pipeline::{DropReason, MAX_DEPTH, MAX_LOOKUPS};
+use skein_datapath::pipeline::{DropReason, MAX_DEPTH, MAX_LOOKUPS, MAX_RECIRC};
 
-/// The reference pipeline: flows in a list, scanned linearly.
-#[derive(Default, Debug, Clone)]
+/// The reference pipeline: flows in a list, scanned linearly; its own conntrack and
+/// load balancers (the same modules the datapath uses — what is under test here is the
+/// caching, translation and recirculation around them).
+#[derive(Debug)]
 pub struct Reference {
     /// (sequence number, flow).
     flows: Vec<(u64, Flow)>,
     groups: HashMap<u32, Group>,
     seq: u64,
+    ct: Conntrack,
+    lbs: HashMap<u32, LbState>,
+    tunnels: HashMap<u32, TunnelPort>,
+}
+
+impl Default for Reference {
+    fn default() -> Self {
+        Reference::new(CtConfig::default())
+    }
 }
 
 /// What the reference did with one packet.
@@ -58,9 +72,44 @@ fn header_field(f: Field) -> bool {
 }
 
 impl Reference {
+    /// An empty reference with this conntrack configuration.
+    pub fn new(ct: CtConfig) -> Self {
+        Reference {
+            flows: Vec::new(),
+            groups: HashMap::new(),
+            seq: 0,
+            ct: Conntrack::new(ct),
+            lbs: HashMap::new(),
+            tunnels: HashMap::new(),
+        }
+    }
+
     /// Applies a modification with the documented semantics.
     pub fn apply(&mut self, m: &FlowMod) {
         match m {
+            FlowMod::AddLoadBalancer(lb) => {
+                let removed = match self.lbs.get_mut(&lb.id) {
+                    Some(s) => s.update(lb.clone()),
+                    None => {
+                        self.lbs.insert(lb.id, LbState::new(lb.clone()));
+                        Vec::new()
+                    }
+                };
+                self.ct.remove_where(|c| {
+                    c.orig.proto == ip_proto::UDP
+                        && c.orig.dst != c.reply.src
+                        && removed.iter().any(|b| b.addr == c.reply.src && b.port == c.reply.sport)
+                });
+            }
+            FlowMod::DeleteLoadBalancer(id) => {
+                self.lbs.remove(id);
+            }
+            FlowMod::AddTunnelPort(t) => {
+                self.tunnels.insert(t.port, *t);
+            }
+            FlowMod::DeleteTunnelPort(p) => {
+                self.tunnels.remove(p);
+            }
             FlowMod::AddFlow(f) => {
                 let mut f = f.clone();
                 f.matches = f.matches.normalized();
@@ -86,26 +135,99 @@ impl Reference {
         }
     }
 
-    /// Runs one frame through the tables.
-    pub fn process(&self, frame: &[u8], in_port: u32) -> RefResult {
+    /// What the datapath's periodic maintenance does to conntrack (the one piece of
+    /// housekeeping with visible effect: whether a full table has room).
+    pub fn maintain(&mut self, now: u64) {
+        let budget = self.ct.config().sweep_budget;
+        self.ct.sweep(now, budget);
+    }
+
+    /// Runs one frame through the tables at time `now`.
+    pub fn process(
+        &mut self,
+        frame: &[u8],
+        in_port: u32,
+        tunnel: Option<skein_datapath::geneve::TunnelMeta>,
+        now: u64,
+    ) -> RefResult {
         let mut key = FlowKey::ZERO;
         key.set(Field::InPort, in_port as u128);
+        if let Some(t) = tunnel {
+            t.write_key(&mut key);
+        }
         let offs = parse_frame(frame, &mut key);
+        let Reference { flows, groups, ct, lbs, tunnels, .. } = self;
+        let mut arrived_eth = [0u8; 12];
+        if let Some(e) = frame.get(..12) {
+            arrived_eth.copy_from_slice(e);
+        }
         let mut st = State {
-            r: self,
+            flows,
+            groups,
+            ct,
+            lbs,
+            tunnels,
+            arrived_eth,
+            now,
+            in_port,
             pkt: Pkt { key, frame: frame.to_vec(), offs },
             outputs: Vec::new(),
             exit: None,
             lookups: 0,
             missed: false,
+            halt: None,
+            in_bucket: 0,
+            responded: false,
         };
-        st.table(0, 0);
-        let drop = st.exit.or(if st.outputs.is_empty() {
-            Some(if st.missed { DropReason::TableMiss } else { DropReason::NoOutput })
-        } else {
-            None
-        });
-        RefResult { outputs: st.outputs, drop }
+        let mut table = 0;
+        let mut pass = 0;
+        loop {
+            st.lookups = 0;
+            st.missed = false;
+            st.responded = false;
+            st.table(table, 0);
+            let Some((t, zone, r)) = st.halt.take() else {
+                let drop = st.exit.or(if !st.responded {
+                    Some(if st.missed { DropReason::TableMiss } else { DropReason::NoOutput })
+                } else {
+                    None
+                });
+                return RefResult { outputs: st.outputs, drop };
+            };
+            pass += 1;
+            if pass >= MAX_RECIRC {
+                return RefResult { outputs: st.outputs, drop: Some(DropReason::RecircLimit) };
+            }
+            // The packet re-enters with fresh headers, the frozen metadata and ct fields.
+            let mut k = FlowKey::ZERO;
+            k.set(Field::InPort, in_port as u128);
+            k.set(Field::CtState, r.state as u128);
+            k.set(Field::CtZone, zone as u128);
+            k.set(Field::CtMark, r.mark as u128);
+            k.set(Field::CtLabel, r.label);
+            let offs = parse_frame(&st.pkt.frame, &mut k);
+            for f in [
+                Field::Metadata,
+                Field::Reg0,
+                Field::Reg1,
+                Field::Reg2,
+                Field::Reg3,
+                Field::Reg4,
+                Field::Reg5,
+                Field::Reg6,
+                Field::Reg7,
+                Field::TunId,
+                Field::TunSrc,
+                Field::TunDst,
+                Field::TunIngressPort,
+                Field::TunEgressPort,
+            ] {
+                k.set(f, st.pkt.key.get(f));
+            }
+            st.pkt.key = k;
+            st.pkt.offs = offs;
+            table = t;
+        }
     }
 }
 
@@ -117,12 +239,35 @@ struct Pkt {
 }
 
 struct State<'a> {
-    r: &'a Reference,
+    flows: &'a [(u64, Flow)],
+    groups: &'a HashMap<u32, Group>,
+    ct: &'a mut Conntrack,
+    lbs: &'a mut HashMap<u32, LbState>,
+    tunnels: &'a HashMap<u32, TunnelPort>,
+    arrived_eth: [u8; 12],
+    now: u64,
+    in_port: u32,
     pkt: Pkt,
     outputs: Vec<(u32, Vec<u8>)>,
     exit: Option<DropReason>,
     lookups: u32,
     missed: bool,
+    /// Set by a recirculating ct: (table, zone, conntrack's answer).
+    halt: Option<(u8, u16, CtResult)>,
+    /// Nesting of `all` buckets.
+    in_bucket: u32,
+    /// An output or responder action ran in this pass (drop accounting counts actions,
+    /// as the translation does, not frames that left).
+    responded: bool,
+}
+
+/// Collects tunnel outputs into the reference's output list.
+struct Collect<'a>(&'a mut Vec<(u32, Vec<u8>)>);
+
+impl OutputSink for Collect<'_> {
+    fn output(&mut self, _packet: usize, port: u32, frame: &[u8]) {
+        self.0.push((port, frame.to_vec()));
+    }
 }
 
 impl State<'_> {
@@ -133,7 +278,6 @@ impl State<'_> {
         }
         self.lookups += 1;
         let best = self
-            .r
             .flows
             .iter()
             .filter(|(_, f)| f.table == table && f.matches.matches(&self.pkt.key))
@@ -157,11 +301,85 @@ impl State<'_> {
 
     fn actions(&mut self, actions: &[Action], depth: u32) {
         for a in actions {
-            if self.exit.is_some() {
+            if self.exit.is_some() || self.halt.is_some() {
+                return;
+            }
+            let recirculating =
+                matches!(a, Action::Ct(s) if s.table.is_some()) || matches!(a, Action::CtLb { table: Some(_), .. });
+            if recirculating && self.in_bucket > 0 {
+                // A bucket's copy cannot recirculate: the bucket ends here.
+                self.exit = Some(DropReason::NoOutput);
                 return;
             }
             match a {
-                Action::Output(p) => self.outputs.push((*p, self.pkt.frame.clone())),
+                Action::Ct(spec) => {
+                    let zone = self.zone(spec.zone);
+                    let r = self.track(zone, spec.commit, spec.nat.as_ref(), spec.set_mark, spec.set_label);
+                    if let Some(e) = r.error {
+                        self.exit = Some(ct_drop(e));
+                    } else if let Some(t) = spec.table {
+                        self.halt = Some((t, zone, r));
+                    }
+                }
+                Action::CtLb { lb, zone, table } => {
+                    let zone = self.zone(*zone);
+                    let mut r = self.track(zone, false, Some(&NatAction::Stored), None, None);
+                    if !r.existing && r.state & ct_state::NEW != 0 {
+                        let mut k = FlowKey::ZERO;
+                        let o = parse_frame(&self.pkt.frame, &mut k);
+                        if let Some(tuple) = skein_datapath::conntrack::packet_tuple_of(&k, &self.pkt.frame, &o, zone) {
+                            match self.lbs.get_mut(lb).and_then(|l| l.select(&tuple, self.now)) {
+                                Some(b) => {
+                                    let range = NatRange {
+                                        addr_min: b.addr,
+                                        addr_max: b.addr,
+                                        port_min: b.port,
+                                        port_max: b.port,
+                                    };
+                                    r = self.track(zone, true, Some(&NatAction::Dst(range)), None, None);
+                                }
+                                None => {
+                                    if let Some(reply) = skein_datapath::lb::reject(&self.pkt.frame, &o, &k) {
+                                        self.outputs.push((self.in_port, reply));
+                                    }
+                                    self.exit = Some(DropReason::LbReject);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(e) = r.error {
+                        self.exit = Some(ct_drop(e));
+                    } else if let Some(t) = table {
+                        self.halt = Some((*t, zone, r));
+                    }
+                }
+                Action::Output(p) => {
+                    // An output action counts for drop accounting even when nothing
+                    // leaves (a too-big tunnel packet that gets no ICMP answer).
+                    self.responded = true;
+                    self.output(*p);
+                }
+                Action::Respond(r) => {
+                    let f = &self.pkt.frame;
+                    let mac = |m: u64| {
+                        let b = m.to_be_bytes();
+                        [b[2], b[3], b[4], b[5], b[6], b[7]]
+                    };
+                    let answer = match r {
+                        Responder::Arp { mac: m } => skein_datapath::responder::arp_reply(f, mac(*m)),
+                        Responder::IcmpEcho => skein_datapath::responder::icmp_echo_reply(f),
+                        Responder::TimeExceeded { mac: m, ip, ip6 } => {
+                            skein_datapath::responder::time_exceeded(f, mac(*m), *ip, *ip6)
+                        }
+                    };
+                    // The datapath counts a responder as an output even when the packet
+                    // was not one to answer.
+                    self.responded = true;
+                    if let Some(a) = answer {
+                        self.outputs.push((self.in_port, a));
+                    }
+                }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
                 Action::SetField { field, value, mask } => self.set(*field, *value, *mask),
                 Action::DecTtl => {
@@ -196,12 +414,61 @@ impl State<'_> {
         }
     }
 
+    fn output(&mut self, p: u32) {
+        match self.tunnels.get(&p) {
+            None => self.outputs.push((p, self.pkt.frame.clone())),
+            Some(t) => {
+                let k = &self.pkt.key;
+                let e = EncapSpec {
+                    vni: k.get(Field::TunId) as u32 & 0xff_ffff,
+                    dst: k.get(Field::TunDst) as u32,
+                    ingress: k.get(Field::TunIngressPort) as u16,
+                    egress: k.get(Field::TunEgressPort) as u16,
+                    tunnel: *t,
+                };
+                let mut sink = Collect(&mut self.outputs);
+                let r = skein_datapath::exec::tunnel_output(
+                    &self.pkt.frame,
+                    &self.pkt.offs,
+                    &e,
+                    0,
+                    &mut sink,
+                    self.arrived_eth,
+                    self.in_port,
+                );
+                if let Err(d) = r {
+                    self.exit = Some(d);
+                }
+            }
+        }
+    }
+
+    fn zone(&self, z: CtZone) -> u16 {
+        match z {
+            CtZone::Const(z) => z,
+            CtZone::Field(f) => self.pkt.key.get(f) as u16,
+        }
+    }
+
+    fn track(
+        &mut self,
+        zone: u16,
+        commit: bool,
+        nat: Option<&NatAction>,
+        mark: Option<(u32, u32)>,
+        label: Option<(u128, u128)>,
+    ) -> CtResult {
+        let mut k = FlowKey::ZERO;
+        let o = parse_frame(&self.pkt.frame, &mut k);
+        self.ct.track(&mut self.pkt.frame, &o, &k, zone, commit, nat, mark, label, self.now)
+    }
+
     fn group(&mut self, id: u32, depth: u32) {
         if depth >= MAX_DEPTH {
             self.exit = Some(DropReason::ResubmitLimit);
             return;
         }
-        let Some(g) = self.r.groups.get(&id).cloned() else {
+        let Some(g) = self.groups.get(&id).cloned() else {
             self.exit = Some(DropReason::GroupMissing);
             return;
         };
@@ -235,7 +502,9 @@ impl State<'_> {
                         return;
                     }
                     let saved = self.pkt.clone();
+                    self.in_bucket += 1;
                     self.actions(&b.actions, depth);
+                    self.in_bucket -= 1;
                     self.pkt = saved;
                     if self.exit != Some(DropReason::ResubmitLimit) {
                         self.exit = None;
@@ -243,6 +512,13 @@ impl State<'_> {
                 }
             }
         }
+    }
+}
+
+fn ct_drop(e: CtError) -> DropReason {
+    match e {
+        CtError::TableFull => DropReason::CtTableFull,
+        CtError::NatExhausted => DropReason::NatExhausted,
     }
 }
 

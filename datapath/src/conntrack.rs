@@ -1,0 +1,1164 @@
+//! Connection tracking: zones, IPv4 and IPv6, a TCP state machine, UDP / ICMP echo /
+//! other-protocol pseudo-connections, ICMP errors related to tracked connections, marks
+//! and labels, per-state timeouts, a size limit, and NAT (source and destination, address
+//! and port ranges, collision-free port allocation, automatic reversal for replies,
+//! translation of the header embedded in ICMP errors).
+//!
+//! Connections live in a slab; a hash table indexes each by both its original and its
+//! reply tuple. Expired entries are invisible to lookups at once and reclaimed by a
+//! sweep that examines a bounded number of entries per call.
+
+use hashbrown::HashTable;
+
+use crate::hash;
+use crate::key::{Field, FlowKey, ct_state, eth_type, ip_proto};
+use crate::packet;
+use crate::parse::{ABSENT, HeaderOffsets, L3};
+
+const SEC: u64 = 1_000_000_000;
+
+/// Timeouts by connection state, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP: SYN seen, no reply yet.
+    pub tcp_syn_sent: u64,
+    /// TCP: SYN-ACK seen.
+    pub tcp_syn_recv: u64,
+    /// TCP: established.
+    pub tcp_established: u64,
+    /// TCP: a FIN seen.
+    pub tcp_fin_wait: u64,
+    /// TCP: both FINs acknowledged.
+    pub tcp_time_wait: u64,
+    /// TCP: reset.
+    pub tcp_close: u64,
+    /// UDP: only one direction seen.
+    pub udp_first: u64,
+    /// UDP: both directions seen.
+    pub udp_multiple: u64,
+    /// ICMP echo: request only.
+    pub icmp_first: u64,
+    /// ICMP echo: reply seen.
+    pub icmp_reply: u64,
+    /// Other protocols: one direction.
+    pub other_first: u64,
+    /// Other protocols: both directions.
+    pub other_multiple: u64,
+}
+
+impl Default for CtTimeouts {
+    /// Open vSwitch's defaults.
+    fn default() -> Self {
+        CtTimeouts {
+            tcp_syn_sent: 30 * SEC,
+            tcp_syn_recv: 30 * SEC,
+            tcp_established: 24 * 3600 * SEC,
+            tcp_fin_wait: 15 * SEC,
+            tcp_time_wait: 45 * SEC,
+            tcp_close: 30 * SEC,
+            udp_first: 60 * SEC,
+            udp_multiple: 30 * SEC,
+            icmp_first: 60 * SEC,
+            icmp_reply: 30 * SEC,
+            other_first: 60 * SEC,
+            other_multiple: 30 * SEC,
+        }
+    }
+}
+
+/// Conntrack tunables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtConfig {
+    /// Maximum tracked connections; commits beyond it fail (`ct_table_full`).
+    pub max_connections: usize,
+    /// Timeouts.
+    pub timeouts: CtTimeouts,
+    /// Accept a TCP connection first seen mid-stream (an ACK without SYN), as Linux's
+    /// `nf_conntrack_tcp_loose` does, so connections survive a restart of the tracker.
+    pub tcp_loose: bool,
+    /// Entries examined per [`Conntrack::sweep`] call.
+    pub sweep_budget: usize,
+}
+
+impl Default for CtConfig {
+    fn default() -> Self {
+        CtConfig { max_connections: 3_000_000, timeouts: CtTimeouts::default(), tcp_loose: true, sweep_budget: 1024 }
+    }
+}
+
+/// A connection's addresses, ports, protocol and zone. IPv4 addresses are stored as
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`). For ICMP echo both ports hold the echo id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Tuple {
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port / echo id.
+    pub sport: u16,
+    /// Destination port / echo id.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Conntrack zone.
+    pub zone: u16,
+}
+
+const V4_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// An IPv4 address as the 16-byte form tuples use.
+pub fn v4(addr: u32) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..12].copy_from_slice(&V4_PREFIX);
+    a[12..].copy_from_slice(&addr.to_be_bytes());
+    a
+}
+
+fn is_v4(a: &[u8; 16]) -> bool {
+    a[..12] == V4_PREFIX
+}
+
+fn addr_u128(a: &[u8; 16]) -> u128 {
+    u128::from_be_bytes(*a)
+}
+
+impl Tuple {
+    /// The tuple of the other direction.
+    pub fn reverse(&self) -> Tuple {
+        Tuple { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto, zone: self.zone }
+    }
+
+    fn hash(&self) -> u64 {
+        let w = |a: &[u8; 16], i: usize| u64::from_be_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]));
+        let h = hash::mix(0, w(&self.src, 0) ^ w(&self.dst, 0).rotate_left(17));
+        let h = hash::mix(h, w(&self.src, 8));
+        let h = hash::mix(h, w(&self.dst, 8));
+        let h = hash::mix(
+            h,
+            (self.sport as u64) | (self.dport as u64) << 16 | (self.proto as u64) << 32 | (self.zone as u64) << 40,
+        );
+        hash::finish(h)
+    }
+}
+
+/// An address and port range for NAT (inclusive; ports 0..0 = keep the port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NatRange {
+    /// Lowest address.
+    pub addr_min: [u8; 16],
+    /// Highest address.
+    pub addr_max: [u8; 16],
+    /// Lowest port (0 with `port_max` 0: keep the original port when possible).
+    pub port_min: u16,
+    /// Highest port.
+    pub port_max: u16,
+}
+
+impl NatRange {
+    /// One IPv4 address, any port allocation that avoids collisions.
+    pub fn v4(addr: u32) -> NatRange {
+        NatRange { addr_min: v4(addr), addr_max: v4(addr), port_min: 0, port_max: 0 }
+    }
+
+    /// One IPv4 address and port.
+    pub fn v4_port(addr: u32, port: u16) -> NatRange {
+        NatRange { addr_min: v4(addr), addr_max: v4(addr), port_min: port, port_max: port }
+    }
+}
+
+/// What NAT a `ct` action asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatAction {
+    /// Apply the translation the connection already has (un-NAT replies, keep NATing
+    /// the original direction); new connections are not translated.
+    Stored,
+    /// Source NAT for new connections (committed), stored translation otherwise.
+    Src(NatRange),
+    /// Destination NAT for new connections (committed), stored translation otherwise.
+    Dst(NatRange),
+}
+
+/// Why conntrack made a packet drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtError {
+    /// The table is at `max_connections`.
+    TableFull,
+    /// NAT found no free address/port in the range.
+    NatExhausted,
+}
+
+/// The outcome of tracking one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtResult {
+    /// `ct_state` bits.
+    pub state: u8,
+    /// The connection's mark (0 if none).
+    pub mark: u32,
+    /// The connection's label (0 if none).
+    pub label: u128,
+    /// Set if conntrack refused the packet.
+    pub error: Option<CtError>,
+    /// True if the packet belongs to (or relates to) a connection in the table.
+    pub existing: bool,
+}
+
+const F_SEEN_REPLY: u8 = 1;
+const F_SNAT: u8 = 2;
+const F_DNAT: u8 = 4;
+const F_FIN_ORIG: u8 = 8;
+const F_FIN_REPLY: u8 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    TcpSynSent,
+    TcpSynRecv,
+    TcpEstablished,
+    TcpFinWait,
+    TcpTimeWait,
+    TcpClosed,
+    UdpFirst,
+    UdpMultiple,
+    IcmpFirst,
+    IcmpReply,
+    OtherFirst,
+    OtherMultiple,
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The original direction as first seen (before NAT).
+    pub orig: Tuple,
+    /// The reply direction as it will be seen (after NAT).
+    pub reply: Tuple,
+    expires: u64,
+    label: [u64; 2],
+    /// Connection mark.
+    pub mark: u32,
+    state: State,
+    flags: u8,
+}
+
+impl Conn {
+    /// The connection's label.
+    pub fn label(&self) -> u128 {
+        ((self.label[0] as u128) << 64) | self.label[1] as u128
+    }
+
+    /// True once a packet has been seen in the reply direction.
+    pub fn seen_reply(&self) -> bool {
+        self.flags & F_SEEN_REPLY != 0
+    }
+
+    /// Absolute expiry time (ns).
+    pub fn expires(&self) -> u64 {
+        self.expires
+    }
+}
+
+/// Direction of a packet relative to its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Original direction.
+    Orig,
+    /// Reply direction.
+    Reply,
+}
+
+/// The connection table.
+#[derive(Debug)]
+pub struct Conntrack {
+    config: CtConfig,
+    slab: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    /// Entries are `index << 1 | direction`.
+    index: HashTable<u32>,
+    live: usize,
+    cursor: usize,
+}
+
+/// Counters for the bench and `dump-conntrack`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtCounters {
+    /// Connections in the table (including expired ones not yet swept).
+    pub connections: usize,
+}
+
+/// How a packet's L4 header looks to conntrack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4 {
+    Tcp(u16),
+    Udp,
+    Echo { request: bool },
+    IcmpError,
+    Other,
+}
+
+const TCP_FIN: u16 = 0x01;
+const TCP_SYN: u16 = 0x02;
+const TCP_RST: u16 = 0x04;
+const TCP_ACK: u16 = 0x10;
+
+/// A packet's tuple in `zone`, if conntrack can track it (see [`Conntrack::track`]).
+pub fn packet_tuple_of(key: &FlowKey, frame: &[u8], offs: &HeaderOffsets, zone: u16) -> Option<Tuple> {
+    packet_tuple(key, frame, offs, zone).map(|(t, _)| t)
+}
+
+/// Extracts a packet's tuple in `zone`. `None`: not trackable (not IP, a fragment, a
+/// truncated L4 header, or an ICMP type that is neither echo nor error).
+fn packet_tuple(key: &FlowKey, frame: &[u8], offs: &HeaderOffsets, zone: u16) -> Option<(Tuple, L4)> {
+    let (src, dst) = match offs.l3_kind {
+        L3::Ipv4 => (v4(key.get(Field::Ipv4Src) as u32), v4(key.get(Field::Ipv4Dst) as u32)),
+        L3::Ipv6 => ((key.get(Field::Ipv6Src)).to_be_bytes(), (key.get(Field::Ipv6Dst)).to_be_bytes()),
+        _ => return None,
+    };
+    let proto = key.get(Field::NwProto) as u8;
+    let mut t = Tuple { src, dst, sport: 0, dport: 0, proto, zone };
+    let l4 = match proto {
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP | ip_proto::ICMP | ip_proto::ICMPV6 if offs.l4 == ABSENT => {
+            return None;
+        }
+        ip_proto::TCP => {
+            t.sport = key.get(Field::TpSrc) as u16;
+            t.dport = key.get(Field::TpDst) as u16;
+            L4::Tcp(key.get(Field::TcpFlags) as u16)
+        }
+        ip_proto::UDP | ip_proto::SCTP => {
+            t.sport = key.get(Field::TpSrc) as u16;
+            t.dport = key.get(Field::TpDst) as u16;
+            L4::Udp
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            let ty = key.get(Field::IcmpType) as u8;
+            let v6 = proto == ip_proto::ICMPV6;
+            match (v6, ty) {
+                (false, 8) | (true, 128) | (false, 0) | (true, 129) => {
+                    let at = offs.l4 as usize + 4;
+                    let id = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+                    t.sport = id;
+                    t.dport = id;
+                    L4::Echo { request: ty == 8 || ty == 128 }
+                }
+                (false, 3 | 4 | 5 | 11 | 12) | (true, 1..=4) => L4::IcmpError,
+                _ => return None,
+            }
+        }
+        _ => L4::Other,
+    };
+    Some((t, l4))
+}
+
+impl Conntrack {
+    /// An empty table.
+    pub fn new(config: CtConfig) -> Self {
+        Conntrack { config, slab: Vec::new(), free: Vec::new(), index: HashTable::new(), live: 0, cursor: 0 }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CtConfig {
+        &self.config
+    }
+
+    /// Connections held (including expired ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// True if no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Every live connection.
+    pub fn connections(&self, now: u64) -> impl Iterator<Item = &Conn> {
+        self.slab.iter().flatten().filter(move |c| c.expires > now)
+    }
+
+    /// Finds the live connection with `t` as its original or reply tuple.
+    pub fn find(&mut self, t: &Tuple, now: u64) -> Option<(u32, Dir)> {
+        let h = t.hash();
+        let slab = &self.slab;
+        let found = self.index.find(h, |&e| {
+            let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
+            (if e & 1 == 0 { &c.orig } else { &c.reply }) == t
+        })?;
+        let (idx, dir) = (*found >> 1, if *found & 1 == 0 { Dir::Orig } else { Dir::Reply });
+        if self.slab[idx as usize].as_ref().is_some_and(|c| c.expires <= now) {
+            self.remove(idx);
+            return None;
+        }
+        Some((idx, dir))
+    }
+
+    /// The connection in slot `idx`.
+    pub fn conn(&self, idx: u32) -> Option<&Conn> {
+        self.slab.get(idx as usize).and_then(|c| c.as_ref())
+    }
+
+    fn remove(&mut self, idx: u32) {
+        let Some(c) = self.slab[idx as usize].take() else { return };
+        for (dir, t) in [(0u32, &c.orig), (1, &c.reply)] {
+            let e = idx << 1 | dir;
+            if let Ok(o) = self.index.find_entry(t.hash(), |&x| x == e) {
+                o.remove();
+            }
+        }
+        self.free.push(idx);
+        self.live -= 1;
+    }
+
+    fn insert(&mut self, c: Conn) -> Option<u32> {
+        if self.live >= self.config.max_connections {
+            // Make room from expired entries before refusing.
+            self.sweep(c.expires.saturating_sub(self.timeout(c.state)), self.config.sweep_budget);
+            if self.live >= self.config.max_connections {
+                return None;
+            }
+        }
+        let (h_orig, h_reply) = (c.orig.hash(), c.reply.hash());
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(c);
+                i
+            }
+            None => {
+                self.slab.push(Some(c));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        let slab = &self.slab;
+        let hasher = |&e: &u32| {
+            let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
+            (if e & 1 == 0 { &c.orig } else { &c.reply }).hash()
+        };
+        self.index.insert_unique(h_orig, idx << 1, hasher);
+        let slab = &self.slab;
+        let hasher = |&e: &u32| {
+            let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
+            (if e & 1 == 0 { &c.orig } else { &c.reply }).hash()
+        };
+        self.index.insert_unique(h_reply, idx << 1 | 1, hasher);
+        self.live += 1;
+        Some(idx)
+    }
+
+    /// Removes expired connections, examining at most `budget` slots. Returns how many
+    /// were removed.
+    pub fn sweep(&mut self, now: u64, budget: usize) -> usize {
+        let mut removed = 0;
+        let n = self.slab.len();
+        if n == 0 {
+            return 0;
+        }
+        for _ in 0..budget.min(n) {
+            let i = self.cursor % n;
+            self.cursor = i + 1;
+            if self.slab[i].as_ref().is_some_and(|c| c.expires <= now) {
+                self.remove(i as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every connection for which `f` holds; returns how many.
+    pub fn remove_where(&mut self, mut f: impl FnMut(&Conn) -> bool) -> usize {
+        let victims: Vec<u32> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.as_ref().is_some_and(&mut f))
+            .map(|(i, _)| i as u32)
+            .collect();
+        for &i in &victims {
+            self.remove(i);
+        }
+        victims.len()
+    }
+
+    fn timeout(&self, s: State) -> u64 {
+        let t = &self.config.timeouts;
+        match s {
+            State::TcpSynSent => t.tcp_syn_sent,
+            State::TcpSynRecv => t.tcp_syn_recv,
+            State::TcpEstablished => t.tcp_established,
+            State::TcpFinWait => t.tcp_fin_wait,
+            State::TcpTimeWait => t.tcp_time_wait,
+            State::TcpClosed => t.tcp_close,
+            State::UdpFirst => t.udp_first,
+            State::UdpMultiple => t.udp_multiple,
+            State::IcmpFirst => t.icmp_first,
+            State::IcmpReply => t.icmp_reply,
+            State::OtherFirst => t.other_first,
+            State::OtherMultiple => t.other_multiple,
+        }
+    }
+
+    /// Tracks one packet in `zone`: finds its connection (or relates an ICMP error to
+    /// one), advances the state machine, commits a new connection if `commit`, applies
+    /// NAT if `nat` is given, and sets mark/label on commit. `select_dnat`, if given, is
+    /// asked for the destination of a new connection (load balancing); it returns `None`
+    /// when there is no backend. Rewrites `frame` for NAT; `key` must be the packet's
+    /// parsed key and is not modified.
+    #[allow(clippy::too_many_arguments)]
+    pub fn track(
+        &mut self,
+        frame: &mut [u8],
+        offs: &HeaderOffsets,
+        key: &FlowKey,
+        zone: u16,
+        commit: bool,
+        nat: Option<&NatAction>,
+        set_mark: Option<(u32, u32)>,
+        set_label: Option<(u128, u128)>,
+        now: u64,
+    ) -> CtResult {
+        let Some((tuple, l4)) = packet_tuple(key, frame, offs, zone) else {
+            return CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
+        };
+        if l4 == L4::IcmpError {
+            return self.track_related(frame, offs, key, zone, nat.is_some(), now);
+        }
+        let found = self.find(&tuple, now);
+        let (idx, dir) = match found {
+            Some((idx, dir)) => {
+                let reopen = {
+                    let c = self.slab[idx as usize].as_ref().expect("found entries are live");
+                    dir == Dir::Orig
+                        && matches!(l4, L4::Tcp(f) if f & (TCP_SYN | TCP_ACK) == TCP_SYN)
+                        && matches!(c.state, State::TcpTimeWait | State::TcpClosed)
+                };
+                if reopen {
+                    // A new SYN on a finished connection starts a new connection.
+                    self.remove(idx);
+                    return self.track_new(frame, offs, tuple, l4, commit, nat, set_mark, set_label, now);
+                }
+                (idx, dir)
+            }
+            None => return self.track_new(frame, offs, tuple, l4, commit, nat, set_mark, set_label, now),
+        };
+        let timeouts_state;
+        let mut state_bits = ct_state::TRK;
+        {
+            let c = self.slab[idx as usize].as_mut().expect("found entries are live");
+            let valid = advance(c, dir, l4);
+            if !valid {
+                return CtResult {
+                    state: ct_state::TRK | ct_state::INV,
+                    mark: c.mark,
+                    label: c.label(),
+                    error: None,
+                    existing: true,
+                };
+            }
+            if dir == Dir::Reply {
+                c.flags |= F_SEEN_REPLY;
+                state_bits |= ct_state::RPL;
+            }
+            state_bits |= if c.seen_reply() { ct_state::EST } else { ct_state::NEW };
+            if commit {
+                apply_mark_label(c, set_mark, set_label);
+            }
+            timeouts_state = c.state;
+        }
+        let to = self.timeout(timeouts_state);
+        let c = self.slab[idx as usize].as_mut().expect("found entries are live");
+        c.expires = now + to;
+        if nat.is_some() {
+            let c = c.clone();
+            apply_nat(frame, offs, &c, dir);
+        }
+        let c = self.slab[idx as usize].as_ref().expect("found entries are live");
+        CtResult { state: state_bits, mark: c.mark, label: c.label(), error: None, existing: true }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn track_new(
+        &mut self,
+        frame: &mut [u8],
+        offs: &HeaderOffsets,
+        tuple: Tuple,
+        l4: L4,
+        commit: bool,
+        nat: Option<&NatAction>,
+        set_mark: Option<(u32, u32)>,
+        set_label: Option<(u128, u128)>,
+        now: u64,
+    ) -> CtResult {
+        let state = match l4 {
+            L4::Tcp(f) => {
+                if !tcp_flags_sane(f) {
+                    return CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
+                }
+                if f & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                    State::TcpSynSent
+                } else if self.config.tcp_loose && f & (TCP_SYN | TCP_RST | TCP_FIN) == 0 && f & TCP_ACK != 0 {
+                    State::TcpEstablished
+                } else {
+                    return CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
+                }
+            }
+            L4::Udp => State::UdpFirst,
+            L4::Echo { request: true } => State::IcmpFirst,
+            // An echo reply with no request on record.
+            L4::Echo { request: false } | L4::IcmpError => {
+                return CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
+            }
+            L4::Other => State::OtherFirst,
+        };
+        let bits = ct_state::TRK | ct_state::NEW;
+        if !commit {
+            return CtResult { state: bits, ..Default::default() };
+        }
+        let mut c = Conn {
+            orig: tuple,
+            reply: tuple.reverse(),
+            expires: now + self.timeout(state),
+            label: [0, 0],
+            mark: 0,
+            state,
+            flags: 0,
+        };
+        if let Some(n) = nat {
+            match n {
+                NatAction::Stored => {}
+                NatAction::Src(r) => {
+                    if !self.allocate(&mut c, r, true, now) {
+                        return CtResult { state: bits, error: Some(CtError::NatExhausted), ..Default::default() };
+                    }
+                }
+                NatAction::Dst(r) => {
+                    if !self.allocate(&mut c, r, false, now) {
+                        return CtResult { state: bits, error: Some(CtError::NatExhausted), ..Default::default() };
+                    }
+                }
+            }
+        }
+        apply_mark_label(&mut c, set_mark, set_label);
+        let (mark, label) = (c.mark, c.label());
+        let snapshot = c.clone();
+        if self.insert(c).is_none() {
+            return CtResult { state: bits, error: Some(CtError::TableFull), ..Default::default() };
+        }
+        if nat.is_some() {
+            apply_nat(frame, offs, &snapshot, Dir::Orig);
+        }
+        CtResult { state: bits, mark, label, error: None, existing: true }
+    }
+
+    /// Picks a translated address/port in `r` whose reply tuple is free, and records it.
+    ///
+    /// The address is chosen by a hash of the original tuple. Ports: with a port range,
+    /// every port of it from a hashed start; without one, the original port first. If
+    /// all of those clash (or a destination NAT's port clashes) and the NAT was not
+    /// given an explicit source port range, the source port moves into the ephemeral
+    /// range instead — the implicit source NAT Linux also does.
+    fn allocate(&mut self, c: &mut Conn, r: &NatRange, src: bool, now: u64) -> bool {
+        let (amin, amax) = (addr_u128(&r.addr_min), addr_u128(&r.addr_max));
+        if amin > amax || is_v4(&r.addr_min) != is_v4(&c.orig.src) || is_v4(&r.addr_max) != is_v4(&c.orig.src) {
+            return false;
+        }
+        let h = c.orig.hash();
+        let n_addr = (amax - amin).min(u64::MAX as u128 - 1) as u64 + 1;
+        let addr = (amin + (h % n_addr) as u128).to_be_bytes();
+        let icmp = matches!(c.orig.proto, ip_proto::ICMP | ip_proto::ICMPV6);
+        let has_ports = icmp || matches!(c.orig.proto, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP);
+        let mut base = c.orig;
+        if src {
+            base.src = addr;
+        } else {
+            base.dst = addr;
+        }
+        let set_port = |t: &mut Tuple, port: u16, source: bool| {
+            if icmp {
+                t.sport = port;
+                t.dport = port;
+            } else if source {
+                t.sport = port;
+            } else {
+                t.dport = port;
+            }
+        };
+        let ports_given = !(r.port_min == 0 && r.port_max == 0);
+        let (lo, hi) = if ports_given {
+            (r.port_min.min(r.port_max), r.port_max.max(r.port_min))
+        } else {
+            let p = if src || icmp { c.orig.sport } else { c.orig.dport };
+            (p, p)
+        };
+        let mut tries: Vec<(u16, bool)> = Vec::new();
+        if has_ports {
+            let span = (hi - lo) as u64 + 1;
+            let first = if ports_given { (h.rotate_left(20) % span) as u16 } else { 0 };
+            tries.extend((0..span).map(|i| (lo + ((first as u64 + i) % span) as u16, src)));
+            if !(src && ports_given) {
+                let first = (h.rotate_left(40) % 64512) as u16;
+                tries.extend((0..64512u32).map(|i| (1024 + ((first as u32 + i) % 64512) as u16, true)));
+            }
+        }
+        let mut candidate = |t: Tuple, this: &mut Self| -> bool {
+            let reply = t.reverse();
+            if this.find(&reply, now).is_none() {
+                c.reply = reply;
+                c.flags |= if src { F_SNAT } else { F_DNAT };
+                if !src && t.sport != c.orig.sport {
+                    c.flags |= F_SNAT;
+                }
+                true
+            } else {
+                false
+            }
+        };
+        if !has_ports {
+            return candidate(base, self);
+        }
+        let in_range = if ports_given { (hi - lo) as usize + 1 } else { 1 };
+        for (i, (port, source)) in tries.into_iter().enumerate() {
+            let mut t = base;
+            if i < in_range {
+                set_port(&mut t, port, source);
+            } else {
+                // Keep the NATed destination port, move the source port.
+                if ports_given && !src {
+                    set_port(&mut t, lo, false);
+                }
+                set_port(&mut t, port, true);
+            }
+            if candidate(t, self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Tracks an ICMP error: relates it to the connection of the packet it quotes and,
+    /// with NAT, translates both the outer header and the quoted one.
+    fn track_related(
+        &mut self,
+        frame: &mut [u8],
+        offs: &HeaderOffsets,
+        key: &FlowKey,
+        zone: u16,
+        nat: bool,
+        now: u64,
+    ) -> CtResult {
+        let inv = CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
+        let l4 = offs.l4 as usize;
+        let inner_at = l4 + 8;
+        let Some(inner) = frame.get(inner_at..) else { return inv };
+        let v6 = offs.l3_kind == L3::Ipv6;
+        let Some(q) = quoted_tuple(inner, v6, zone) else { return inv };
+        // The quoted packet travelled towards the error's sender, as the other side saw
+        // it (translated); the error travels the opposite way, so the reverse of the
+        // quoted tuple is a tuple of the connection in the error's own direction.
+        let Some((idx, dir)) = self.find(&q.reverse(), now) else { return inv };
+        let c = self.slab[idx as usize].as_ref().expect("found entries are live").clone();
+        let mut bits = ct_state::TRK | ct_state::REL;
+        if dir == Dir::Reply {
+            bits |= ct_state::RPL;
+        }
+        if nat && c.flags & (F_SNAT | F_DNAT) != 0 {
+            translate_icmp_error(frame, offs, key, &c, dir, v6);
+        }
+        CtResult { state: bits, mark: c.mark, label: c.label(), error: None, existing: true }
+    }
+}
+
+fn apply_mark_label(c: &mut Conn, set_mark: Option<(u32, u32)>, set_label: Option<(u128, u128)>) {
+    if let Some((v, m)) = set_mark {
+        c.mark = (c.mark & !m) | (v & m);
+    }
+    if let Some((v, m)) = set_label {
+        let l = (c.label() & !m) | (v & m);
+        c.label = [(l >> 64) as u64, l as u64];
+    }
+}
+
+fn tcp_flags_sane(f: u16) -> bool {
+    let syn = f & TCP_SYN != 0;
+    !(f & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == 0
+        || syn && f & TCP_FIN != 0
+        || syn && f & TCP_RST != 0
+        || f & TCP_FIN != 0 && f & TCP_ACK == 0)
+}
+
+/// Advances a connection's state for a packet; false if the packet does not fit.
+fn advance(c: &mut Conn, dir: Dir, l4: L4) -> bool {
+    match l4 {
+        L4::Tcp(f) => {
+            if !tcp_flags_sane(f) {
+                return false;
+            }
+            let syn = f & TCP_SYN != 0;
+            let ack = f & TCP_ACK != 0;
+            if f & TCP_RST != 0 {
+                c.state = State::TcpClosed;
+                return true;
+            }
+            match (c.state, dir) {
+                (State::TcpSynSent, Dir::Orig) => syn && !ack,
+                (State::TcpSynSent, Dir::Reply) if syn && ack => {
+                    c.state = State::TcpSynRecv;
+                    true
+                }
+                (State::TcpSynSent, Dir::Reply) => false,
+                (State::TcpSynRecv, Dir::Orig) => {
+                    if syn {
+                        return !ack;
+                    }
+                    c.state = if f & TCP_FIN != 0 { State::TcpFinWait } else { State::TcpEstablished };
+                    if f & TCP_FIN != 0 {
+                        c.flags |= F_FIN_ORIG;
+                    }
+                    true
+                }
+                // A retransmitted SYN-ACK, or anything without SYN.
+                (State::TcpSynRecv, Dir::Reply) => ack || !syn,
+                (State::TcpEstablished | State::TcpFinWait, _) => {
+                    if syn {
+                        return false;
+                    }
+                    if f & TCP_FIN != 0 {
+                        c.flags |= if dir == Dir::Orig { F_FIN_ORIG } else { F_FIN_REPLY };
+                        c.state = State::TcpFinWait;
+                    } else if c.state == State::TcpFinWait && c.flags & F_FIN_ORIG != 0 && c.flags & F_FIN_REPLY != 0 {
+                        c.state = State::TcpTimeWait;
+                    }
+                    true
+                }
+                (State::TcpTimeWait | State::TcpClosed, _) => !syn,
+                _ => false,
+            }
+        }
+        L4::Udp => {
+            if dir == Dir::Reply || c.seen_reply() {
+                c.state = State::UdpMultiple;
+            }
+            true
+        }
+        L4::Echo { request } => {
+            // Requests go in the original direction, replies in the reply direction.
+            if request != (dir == Dir::Orig) {
+                return false;
+            }
+            if dir == Dir::Reply {
+                c.state = State::IcmpReply;
+            }
+            true
+        }
+        L4::Other => {
+            if dir == Dir::Reply || c.seen_reply() {
+                c.state = State::OtherMultiple;
+            }
+            true
+        }
+        L4::IcmpError => false,
+    }
+}
+
+/// Rewrites a packet of `c` travelling in `dir` so that the original direction carries
+/// the translated addresses and the reply direction the original ones.
+fn apply_nat(frame: &mut [u8], offs: &HeaderOffsets, c: &Conn, dir: Dir) {
+    if c.flags & (F_SNAT | F_DNAT) == 0 {
+        return;
+    }
+    let v6 = offs.l3_kind == L3::Ipv6;
+    // What the packet should carry after translation, in its own direction.
+    let want = match dir {
+        Dir::Orig => c.reply.reverse(),
+        Dir::Reply => c.orig.reverse(),
+    };
+    let (fsrc, fdst) = if v6 { (Field::Ipv6Src, Field::Ipv6Dst) } else { (Field::Ipv4Src, Field::Ipv4Dst) };
+    let addr = |a: &[u8; 16]| if v6 { addr_u128(a) } else { u32::from_be_bytes([a[12], a[13], a[14], a[15]]) as u128 };
+    packet::write_field(frame, offs, fsrc, addr(&want.src));
+    packet::write_field(frame, offs, fdst, addr(&want.dst));
+    match want.proto {
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => {
+            packet::write_field(frame, offs, Field::TpSrc, want.sport as u128);
+            packet::write_field(frame, offs, Field::TpDst, want.dport as u128);
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 if offs.l4 != ABSENT => {
+            packet::set_icmp_echo_id(frame, offs, want.sport);
+        }
+        _ => {}
+    }
+}
+
+/// The tuple of the packet quoted in an ICMP error (its own direction), if complete
+/// enough: IP header plus the first 8 bytes of L4.
+fn quoted_tuple(inner: &[u8], v6: bool, zone: u16) -> Option<Tuple> {
+    let (src, dst, proto, l4) = if !v6 {
+        let h = inner.get(..20)?;
+        if h[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = ((h[0] & 0xf) as usize) * 4;
+        (
+            v4(u32::from_be_bytes([h[12], h[13], h[14], h[15]])),
+            v4(u32::from_be_bytes([h[16], h[17], h[18], h[19]])),
+            h[9],
+            ihl,
+        )
+    } else {
+        let h = inner.get(..40)?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        (h[8..24].try_into().ok()?, h[24..40].try_into().ok()?, h[6], 40)
+    };
+    let p = inner.get(l4..l4 + 8)?;
+    let mut t = Tuple { src, dst, sport: 0, dport: 0, proto, zone };
+    match proto {
+        ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => {
+            t.sport = u16::from_be_bytes([p[0], p[1]]);
+            t.dport = u16::from_be_bytes([p[2], p[3]]);
+        }
+        ip_proto::ICMP | ip_proto::ICMPV6 => {
+            let id = u16::from_be_bytes([p[4], p[5]]);
+            t.sport = id;
+            t.dport = id;
+        }
+        _ => {}
+    }
+    Some(t)
+}
+
+/// Translates an ICMP error travelling in `dir` for NATed connection `c`: the outer
+/// destination (or source) and the quoted packet, then recomputes the ICMP checksum.
+fn translate_icmp_error(frame: &mut [u8], offs: &HeaderOffsets, key: &FlowKey, c: &Conn, dir: Dir, v6: bool) {
+    // The quoted packet travelled opposite to the error: it carries, as its own
+    // addresses, what a packet in the other direction carries after translation.
+    let (want_outer, want_quoted) = match dir {
+        Dir::Reply => (c.orig.reverse(), c.orig),
+        Dir::Orig => (c.reply.reverse(), c.reply),
+    };
+    let addr = |a: &[u8; 16]| if v6 { addr_u128(a) } else { u32::from_be_bytes([a[12], a[13], a[14], a[15]]) as u128 };
+    // Outer header: only the endpoint that is ours changes (the error's sender, a router
+    // on the path, keeps its address).
+    let (fsrc, fdst) = if v6 { (Field::Ipv6Src, Field::Ipv6Dst) } else { (Field::Ipv4Src, Field::Ipv4Dst) };
+    let outer_dst_now = if v6 { key.get(Field::Ipv6Dst) } else { key.get(Field::Ipv4Dst) };
+    let _ = outer_dst_now;
+    packet::write_field(frame, offs, fdst, addr(&want_outer.dst));
+    let _ = fsrc;
+    // Quoted packet: rewrite its addresses and ports in place, fixing its IP checksum.
+    let inner_at = offs.l4 as usize + 8;
+    let end = frame.len();
+    let inner = &mut frame[inner_at..end];
+    let mut ikey = FlowKey::ZERO;
+    let mut pseudo = [0u8; 14];
+    pseudo[12..14].copy_from_slice(&(if v6 { eth_type::IPV6 } else { eth_type::IPV4 }).to_be_bytes());
+    let mut buf = pseudo.to_vec();
+    buf.extend_from_slice(inner);
+    let ioffs = crate::parse::parse_frame(&buf, &mut ikey);
+    let mut ioffs = ioffs;
+    if ioffs.l4 == ABSENT {
+        // The quoted L4 header is only 8 bytes: locate it by hand for ports.
+        let ihl = if v6 { 40 } else { ((buf[14] & 0xf) as usize) * 4 };
+        ioffs.l4 = (14 + ihl) as u16;
+        ioffs.l4_proto = want_quoted.proto;
+    }
+    if buf.len() >= ioffs.l3 as usize + if v6 { 40 } else { 20 } {
+        let o = HeaderOffsets { l4: ABSENT, ..ioffs };
+        packet::write_field(&mut buf, &o, fsrc, addr(&want_quoted.src));
+        packet::write_field(&mut buf, &o, fdst, addr(&want_quoted.dst));
+        let p = ioffs.l4 as usize;
+        if buf.len() >= p + 8 {
+            match want_quoted.proto {
+                ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP => {
+                    buf[p..p + 2].copy_from_slice(&want_quoted.sport.to_be_bytes());
+                    buf[p + 2..p + 4].copy_from_slice(&want_quoted.dport.to_be_bytes());
+                }
+                ip_proto::ICMP | ip_proto::ICMPV6 => {
+                    buf[p + 4..p + 6].copy_from_slice(&want_quoted.sport.to_be_bytes())
+                }
+                _ => {}
+            }
+        }
+    }
+    inner.copy_from_slice(&buf[14..]);
+    packet::recompute_icmp_checksum(frame, offs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_frame;
+    use crate::parse::tests::ipv4_frame;
+
+    const A: u32 = 0x0af4_0105;
+    const B: u32 = 0x0af4_0206;
+    const VIP: u32 = 0x0a60_0001;
+    const NODE: u32 = 0xc000_020b;
+
+    fn tcp(src: u32, dst: u32, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut f = ipv4_frame(ip_proto::TCP, src, dst, sport, dport, b"");
+        f[34 + 13] = flags;
+        packet::fill_checksums(&mut f);
+        f
+    }
+
+    fn track(ct: &mut Conntrack, f: &mut [u8], commit: bool, nat: Option<NatAction>, now: u64) -> CtResult {
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(f, &mut key);
+        ct.track(f, &offs, &key, 1, commit, nat.as_ref(), None, None, now)
+    }
+
+    fn fields(f: &[u8]) -> (u32, u32, u16, u16) {
+        let mut k = FlowKey::ZERO;
+        parse_frame(f, &mut k);
+        (
+            k.get(Field::Ipv4Src) as u32,
+            k.get(Field::Ipv4Dst) as u32,
+            k.get(Field::TpSrc) as u16,
+            k.get(Field::TpDst) as u16,
+        )
+    }
+
+    #[test]
+    fn tcp_handshake_states() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let s = track(&mut ct, &mut tcp(A, B, 1000, 80, 0x02), false, None, 0);
+        assert_eq!(s.state, ct_state::TRK | ct_state::NEW);
+        assert!(ct.is_empty(), "no commit, no entry");
+        let s = track(&mut ct, &mut tcp(A, B, 1000, 80, 0x02), true, None, 0);
+        assert_eq!(s.state, ct_state::TRK | ct_state::NEW);
+        let s = track(&mut ct, &mut tcp(B, A, 80, 1000, 0x12), false, None, 1);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::RPL);
+        let s = track(&mut ct, &mut tcp(A, B, 1000, 80, 0x10), false, None, 2);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST);
+        // A SYN in an established connection does not fit.
+        let s = track(&mut ct, &mut tcp(A, B, 1000, 80, 0x02), false, None, 3);
+        assert_eq!(s.state, ct_state::TRK | ct_state::INV);
+        // SYN+FIN never fits.
+        let s = track(&mut ct, &mut tcp(A, B, 1001, 80, 0x03), true, None, 3);
+        assert_eq!(s.state, ct_state::TRK | ct_state::INV);
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn reply_before_syn_ack_is_invalid_and_expiry_hides_entries() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        track(&mut ct, &mut tcp(A, B, 1000, 80, 0x02), true, None, 0);
+        let s = track(&mut ct, &mut tcp(B, A, 80, 1000, 0x10), false, None, 1);
+        assert_eq!(s.state, ct_state::TRK | ct_state::INV);
+        let later = CtTimeouts::default().tcp_syn_sent + 1;
+        let s = track(&mut ct, &mut tcp(B, A, 80, 1000, 0x12), false, None, later);
+        assert_eq!(s.state, ct_state::TRK | ct_state::INV, "expired: no connection to reply to");
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn dnat_and_reverse() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let mut f = tcp(A, VIP, 1000, 80, 0x02);
+        track(&mut ct, &mut f, true, Some(NatAction::Dst(NatRange::v4_port(B, 8080))), 0);
+        assert_eq!(fields(&f), (A, B, 1000, 8080));
+        assert!(packet::checksums_valid(&f));
+        let mut r = tcp(B, A, 8080, 1000, 0x12);
+        let s = track(&mut ct, &mut r, false, Some(NatAction::Stored), 1);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::RPL);
+        assert_eq!(fields(&r), (VIP, A, 80, 1000));
+        assert!(packet::checksums_valid(&r));
+        let mut f2 = tcp(A, VIP, 1000, 80, 0x10);
+        track(&mut ct, &mut f2, false, Some(NatAction::Stored), 2);
+        assert_eq!(fields(&f2), (A, B, 1000, 8080));
+    }
+
+    #[test]
+    fn snat_ports_never_collide() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let range = NatRange { addr_min: v4(NODE), addr_max: v4(NODE), port_min: 30000, port_max: 30009 };
+        let mut seen = std::collections::HashSet::new();
+        for client in 0..10u32 {
+            // Same source port from ten pods to one destination.
+            let mut f = tcp(A + client, B, 5555, 443, 0x02);
+            let s = track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 0);
+            assert_eq!(s.error, None);
+            let (src, _, sport, _) = fields(&f);
+            assert_eq!(src, NODE);
+            assert!((30000..=30009).contains(&sport));
+            assert!(seen.insert(sport), "port {sport} reused");
+        }
+        let mut f = tcp(A + 99, B, 5555, 443, 0x02);
+        let s = track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 0);
+        assert_eq!(s.error, Some(CtError::NatExhausted));
+    }
+
+    #[test]
+    fn snat_keeps_original_port_when_free() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let mut f = ipv4_frame(ip_proto::UDP, A, B, 5353, 53, b"q");
+        track(&mut ct, &mut f, true, Some(NatAction::Src(NatRange::v4(NODE))), 0);
+        assert_eq!(fields(&f), (NODE, B, 5353, 53));
+        let mut g = ipv4_frame(ip_proto::UDP, A + 1, B, 5353, 53, b"q");
+        track(&mut ct, &mut g, true, Some(NatAction::Src(NatRange::v4(NODE))), 0);
+        let (_, _, sport, _) = fields(&g);
+        assert_ne!(sport, 5353);
+        let mut r = ipv4_frame(ip_proto::UDP, B, NODE, 53, sport, b"a");
+        let s = track(&mut ct, &mut r, false, Some(NatAction::Stored), 1);
+        assert_eq!(s.state & ct_state::RPL, ct_state::RPL);
+        assert_eq!(fields(&r), (B, A + 1, 53, 5353));
+    }
+
+    #[test]
+    fn table_limit() {
+        let mut ct = Conntrack::new(CtConfig { max_connections: 2, ..CtConfig::default() });
+        for p in 0..2 {
+            assert_eq!(track(&mut ct, &mut tcp(A, B, 1000 + p, 80, 0x02), true, None, 0).error, None);
+        }
+        assert_eq!(track(&mut ct, &mut tcp(A, B, 2000, 80, 0x02), true, None, 0).error, Some(CtError::TableFull));
+        // Once the first two expire, there is room again.
+        let later = CtTimeouts::default().tcp_syn_sent + 1;
+        assert_eq!(track(&mut ct, &mut tcp(A, B, 2000, 80, 0x02), true, None, later).error, None);
+    }
+
+    #[test]
+    fn icmp_echo_and_related_error_through_snat() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        // Pod A sends UDP to B through SNAT to NODE.
+        let mut f = ipv4_frame(ip_proto::UDP, A, B, 4000, 53, b"query");
+        track(&mut ct, &mut f, true, Some(NatAction::Src(NatRange::v4(NODE))), 0);
+        let (_, _, sport, _) = fields(&f);
+        // B answers "port unreachable" quoting the translated packet.
+        let quoted = &f[14..14 + 28];
+        let mut err = ipv4_frame(ip_proto::ICMP, B, NODE, 0, 0, quoted);
+        err[34] = 3;
+        err[35] = 3;
+        packet::fill_checksums(&mut err);
+        let s = track(&mut ct, &mut err, false, Some(NatAction::Stored), 1);
+        assert_eq!(s.state, ct_state::TRK | ct_state::REL | ct_state::RPL);
+        let (src, dst, _, _) = fields(&err);
+        assert_eq!((src, dst), (B, A), "outer destination un-NATed");
+        let q = &err[34 + 8..];
+        assert_eq!(u32::from_be_bytes([q[12], q[13], q[14], q[15]]), A, "quoted source un-NATed");
+        assert_eq!(u16::from_be_bytes([q[20], q[21]]), 4000);
+        assert_eq!(packet::checksum(&q[..20], 0), 0, "quoted IP header checksum fixed");
+        assert!(packet::checksums_valid(&err));
+        let _ = sport;
+        // Echo: request creates, reply is est+rpl.
+        let mut req = ipv4_frame(ip_proto::ICMP, A, B, 0, 0, b"ping");
+        req[38] = 0x12;
+        req[39] = 0x34;
+        packet::fill_checksums(&mut req);
+        assert_eq!(track(&mut ct, &mut req, true, None, 2).state, ct_state::TRK | ct_state::NEW);
+        let mut rep = req.clone();
+        rep[26..30].copy_from_slice(&B.to_be_bytes());
+        rep[30..34].copy_from_slice(&A.to_be_bytes());
+        rep[34] = 0;
+        packet::fill_checksums(&mut rep);
+        assert_eq!(track(&mut ct, &mut rep, false, None, 3).state, ct_state::TRK | ct_state::EST | ct_state::RPL);
+    }
+
+    #[test]
+    fn sweep_is_bounded() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        for p in 0..100 {
+            track(&mut ct, &mut tcp(A, B, 1000 + p, 80, 0x02), true, None, 0);
+        }
+        let later = CtTimeouts::default().tcp_syn_sent + 1;
+        assert_eq!(ct.sweep(later, 10), 10);
+        assert_eq!(ct.len(), 90);
+        assert_eq!(ct.sweep(later, 1000), 90);
+    }
+}
