@@ -1,0 +1,27 @@
+//! Protocol buffers spoken by Skein, and the tonic/prost code generated from them.
+//!
+//! One Rust module per proto package, nested like the package's path on disk, so that
+//! `proto/deviceplugin/v1beta1/api.proto` (package `v1beta1`) is
+//! [`deviceplugin::v1beta1`]. The code is generated at build time by `build.rs`.
+#![forbid(unsafe_code)]
+
+/// Kubelet device plugin API.
+pub mod deviceplugin {
+    /// Kubelet device plugin API v1beta1 (package `v1beta1`): the `Registration` service
+    /// kubelet serves on `kubelet.sock`, and the `DevicePlugin` service a plugin serves.
+    pub mod v1beta1 {
+        #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
+        tonic::include_proto!("v1beta1");
+
+        /// API version a plugin sends in `RegisterRequest.version`.
+        pub const VERSION: &str = "v1beta1";
+        /// `Device.health` of a device that can be allocated.
+        pub const HEALTHY: &str = "Healthy";
+        /// `Device.health` of a device that cannot be allocated (lowers allocatable).
+        pub const UNHEALTHY: &str = "Unhealthy";
+        /// File name of the kubelet's registration socket in the device plugin directory.
+        pub const KUBELET_SOCKET: &str = "kubelet.sock";
+        /// Default device plugin directory on a node.
+        pub const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins/";
+    }
+}
