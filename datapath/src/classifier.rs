@@ -252,11 +252,11 @@ impl<T> Classifier<T> {
                     wc.w[i] |= m;
                 }
             }
-            if let Some(node) = st.find(key) {
-                if best.is_none() || node.best_rank > best_rank {
-                    best_rank = node.best_rank;
-                    best = Some(node);
-                }
+            if let Some(node) = st.find(key)
+                && (best.is_none() || node.best_rank > best_rank)
+            {
+                best_rank = node.best_rank;
+                best = Some(node);
             }
         }
         best.map(|n| &n.rules[0].value)

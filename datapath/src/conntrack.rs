@@ -88,7 +88,7 @@ impl Default for CtConfig {
 
 /// A connection's addresses, ports, protocol and zone. IPv4 addresses are stored as
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`). For ICMP echo both ports hold the echo id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, Eq, Default)]
 pub struct Tuple {
     /// Source address.
     pub src: [u8; 16],
@@ -122,17 +122,45 @@ fn addr_u128(a: &[u8; 16]) -> u128 {
     u128::from_be_bytes(*a)
 }
 
+/// The 64-bit table hash of a stored 32-bit tuple hash (high and low bits both mixed, as
+/// the hash table uses both).
+#[inline]
+fn spread(h: u32) -> u64 {
+    (h as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (h as u64)
+}
+
+impl PartialEq for Tuple {
+    /// Word-wise: this comparison sits on the lookup path of every tracked packet.
+    #[inline]
+    fn eq(&self, o: &Tuple) -> bool {
+        u128::from_ne_bytes(self.src) == u128::from_ne_bytes(o.src)
+            && u128::from_ne_bytes(self.dst) == u128::from_ne_bytes(o.dst)
+            && self.sport == o.sport
+            && self.dport == o.dport
+            && self.proto == o.proto
+            && self.zone == o.zone
+    }
+}
+
 impl Tuple {
     /// The tuple of the other direction.
     pub fn reverse(&self) -> Tuple {
         Tuple { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto, zone: self.zone }
     }
 
+    #[inline]
+    fn hash32(&self) -> u32 {
+        let h = self.hash();
+        (h ^ (h >> 32)) as u32
+    }
+
+    #[inline]
     fn hash(&self) -> u64 {
-        let w = |a: &[u8; 16], i: usize| u64::from_be_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]));
-        let h = hash::mix(0, w(&self.src, 0) ^ w(&self.dst, 0).rotate_left(17));
-        let h = hash::mix(h, w(&self.src, 8));
-        let h = hash::mix(h, w(&self.dst, 8));
+        let s = u128::from_ne_bytes(self.src);
+        let d = u128::from_ne_bytes(self.dst);
+        let h = hash::mix(0, (s >> 64) as u64 ^ ((d >> 64) as u64).rotate_left(17));
+        let h = hash::mix(h, s as u64);
+        let h = hash::mix(h, d as u64);
         let h = hash::mix(
             h,
             (self.sport as u64) | (self.dport as u64) << 16 | (self.proto as u64) << 32 | (self.zone as u64) << 40,
@@ -272,8 +300,10 @@ pub struct Conntrack {
     config: CtConfig,
     slab: Vec<Option<Conn>>,
     free: Vec<u32>,
-    /// Entries are `index << 1 | direction`.
-    index: HashTable<u32>,
+    /// Entries are `(32-bit tuple hash, slab index << 1 | direction)`: keeping the hash
+    /// makes growing the table a sequential pass and lets lookups skip slab entries whose
+    /// hash differs; the table hashes by [`spread`] of it.
+    index: HashTable<(u32, u32)>,
     live: usize,
     cursor: usize,
 }
@@ -377,13 +407,15 @@ impl Conntrack {
 
     /// Finds the live connection with `t` as its original or reply tuple.
     pub fn find(&mut self, t: &Tuple, now: u64) -> Option<(u32, Dir)> {
-        let h = t.hash();
+        let h = t.hash32();
         let slab = &self.slab;
-        let found = self.index.find(h, |&e| {
-            let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
-            (if e & 1 == 0 { &c.orig } else { &c.reply }) == t
+        let &(_, found) = self.index.find(spread(h), |&(eh, e)| {
+            eh == h && {
+                let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
+                (if e & 1 == 0 { &c.orig } else { &c.reply }) == t
+            }
         })?;
-        let (idx, dir) = (*found >> 1, if *found & 1 == 0 { Dir::Orig } else { Dir::Reply });
+        let (idx, dir) = (found >> 1, if found & 1 == 0 { Dir::Orig } else { Dir::Reply });
         if self.slab[idx as usize].as_ref().is_some_and(|c| c.expires <= now) {
             self.remove(idx);
             return None;
@@ -400,7 +432,7 @@ impl Conntrack {
         let Some(c) = self.slab[idx as usize].take() else { return };
         for (dir, t) in [(0u32, &c.orig), (1, &c.reply)] {
             let e = idx << 1 | dir;
-            if let Ok(o) = self.index.find_entry(t.hash(), |&x| x == e) {
+            if let Ok(o) = self.index.find_entry(spread(t.hash32()), |&(_, x)| x == e) {
                 o.remove();
             }
         }
@@ -416,7 +448,7 @@ impl Conntrack {
                 return None;
             }
         }
-        let (h_orig, h_reply) = (c.orig.hash(), c.reply.hash());
+        let (h_orig, h_reply) = (c.orig.hash32(), c.reply.hash32());
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = Some(c);
@@ -427,18 +459,8 @@ impl Conntrack {
                 (self.slab.len() - 1) as u32
             }
         };
-        let slab = &self.slab;
-        let hasher = |&e: &u32| {
-            let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
-            (if e & 1 == 0 { &c.orig } else { &c.reply }).hash()
-        };
-        self.index.insert_unique(h_orig, idx << 1, hasher);
-        let slab = &self.slab;
-        let hasher = |&e: &u32| {
-            let c = slab[(e >> 1) as usize].as_ref().expect("indexed entries are live");
-            (if e & 1 == 0 { &c.orig } else { &c.reply }).hash()
-        };
-        self.index.insert_unique(h_reply, idx << 1 | 1, hasher);
+        self.index.insert_unique(spread(h_orig), (h_orig, idx << 1), |&(h, _)| spread(h));
+        self.index.insert_unique(spread(h_reply), (h_reply, idx << 1 | 1), |&(h, _)| spread(h));
         self.live += 1;
         Some(idx)
     }
@@ -566,10 +588,8 @@ impl Conntrack {
         let c = self.slab[idx as usize].as_mut().expect("found entries are live");
         c.expires = now + to;
         if nat.is_some() {
-            let c = c.clone();
-            apply_nat(frame, offs, &c, dir);
+            apply_nat(frame, offs, c, dir);
         }
-        let c = self.slab[idx as usize].as_ref().expect("found entries are live");
         CtResult { state: state_bits, mark: c.mark, label: c.label(), error: None, existing: true }
     }
 
@@ -687,16 +707,16 @@ impl Conntrack {
             let p = if src || icmp { c.orig.sport } else { c.orig.dport };
             (p, p)
         };
-        let mut tries: Vec<(u16, bool)> = Vec::new();
-        if has_ports {
-            let span = (hi - lo) as u64 + 1;
-            let first = if ports_given { (h.rotate_left(20) % span) as u16 } else { 0 };
-            tries.extend((0..span).map(|i| (lo + ((first as u64 + i) % span) as u16, src)));
-            if !(src && ports_given) {
-                let first = (h.rotate_left(40) % 64512) as u16;
-                tries.extend((0..64512u32).map(|i| (1024 + ((first as u32 + i) % 64512) as u16, true)));
-            }
-        }
+        // Candidates, lazily: the range (or the original port) from a hashed start, then,
+        // unless the NAT is a source NAT with its own port range, source ports from the
+        // ephemeral range.
+        let span = (hi - lo) as u64 + 1;
+        let first = if ports_given { h.rotate_left(20) % span } else { 0 };
+        let in_range = (0..span).map(move |i| (lo + ((first + i) % span) as u16, src));
+        let eph_first = h.rotate_left(40) % 64512;
+        let n_fallback = if src && ports_given { 0 } else { 64512 };
+        let fallback = (0..n_fallback).map(move |i| (1024 + ((eph_first + i) % 64512) as u16, true));
+        let tries = in_range.chain(fallback);
         let mut candidate = |t: Tuple, this: &mut Self| -> bool {
             let reply = t.reverse();
             if this.find(&reply, now).is_none() {
@@ -713,10 +733,9 @@ impl Conntrack {
         if !has_ports {
             return candidate(base, self);
         }
-        let in_range = if ports_given { (hi - lo) as usize + 1 } else { 1 };
-        for (i, (port, source)) in tries.into_iter().enumerate() {
+        for (i, (port, source)) in tries.enumerate() {
             let mut t = base;
-            if i < in_range {
+            if (i as u64) < span {
                 set_port(&mut t, port, source);
             } else {
                 // Keep the NATed destination port, move the source port.

@@ -358,7 +358,7 @@ impl Datapath {
             local.packets += 1;
             let mut pass = 0;
             loop {
-                let h = microflow::flow_hash(&key);
+                let h = if worker.microflow.is_disabled() { 0 } else { microflow::flow_hash(&key) };
                 let outcome = if let Some(mf) = worker.microflow.lookup(h, &key) {
                     local.microflow_hits += 1;
                     run_megaflow(mf, p, &mut offs, &key, i, local, sink, &ctx)

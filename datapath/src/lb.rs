@@ -87,11 +87,11 @@ impl LbState {
         match self.config.affinity_timeout_ns {
             None => Some(self.config.backends[self.rendezvous(flow_hash(t))]),
             Some(timeout) => {
-                if let Some((b, exp)) = self.affinity.get_mut(&t.src) {
-                    if *exp > now {
-                        *exp = now + timeout;
-                        return Some(*b);
-                    }
+                if let Some((b, exp)) = self.affinity.get_mut(&t.src)
+                    && *exp > now
+                {
+                    *exp = now + timeout;
+                    return Some(*b);
                 }
                 let src = u128::from_be_bytes(t.src);
                 let b = self.config.backends[self.rendezvous(hash::hash_words(1, &[(src >> 64) as u64, src as u64]))];

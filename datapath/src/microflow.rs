@@ -50,6 +50,12 @@ impl MicroflowCache {
         self.slots.len()
     }
 
+    /// True if the cache has no slots (caching disabled): callers skip hashing.
+    #[inline]
+    pub fn is_disabled(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// The live megaflow cached for exactly `key`, if any.
     #[inline]
     pub fn lookup(&self, hash: u64, key: &FlowKey) -> Option<&Arc<Megaflow>> {

@@ -327,7 +327,7 @@ fn ct_config(variant: usize) -> CtConfig {
             other_first: 70,
             other_multiple: 100,
         },
-        tcp_loose: variant % 2 == 0,
+        tcp_loose: variant.is_multiple_of(2),
         sweep_budget: 3,
     }
 }

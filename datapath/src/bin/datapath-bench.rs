@@ -11,6 +11,15 @@
 //!   `test-classifier benchmark 10000 100 10 1 1000000` workload, without and with
 //!   wildcard tracking.
 //!
+//! - `ct_nat_established_ns`: a packet of an established connection to a Service
+//!   (ct_lb, DNAT, recirculation, forwarding), microflow cache off: two megaflow hits,
+//!   a conntrack lookup and the NAT rewrite — the whole per-packet cost;
+//! - `ct_new_conns_per_sec`: new connections through `ct(commit, nat(src=...))`;
+//! - `lb_select_ns`: choosing a backend among 10 (`lb_select_ns_100backends`: 100);
+//! - `ct_entry_bytes`: heap bytes per tracked connection;
+//! - `ct_1m_lookup_ns` / `ct_1m_memory_mb`: tracking a packet of one of 1,000,000
+//!   connections, in random order, and the table's memory.
+//!
 //! `--quick` runs each measurement briefly (for smoke tests); the default takes about a
 //! minute.
 
@@ -89,7 +98,8 @@ fn main() {
              microflow_hit_ns, megaflow_hit_ns_1mask, megaflow_hit_ns_8masks, megaflow_hit_ns_32masks,\n\
              upcalls_per_sec, megaflow_entry_bytes, classifier_lookups_per_sec, classifier_wc_lookups_per_sec.\n\
              --quick          short runs, for smoke tests (figures are noisy)\n\
-             --only SECTION   run one of: microflow, megaflow, upcall, classifier"
+             --only SECTION   run one of: microflow, megaflow, upcall, conntrack (or one of its\n\
+                              parts: ct_established, ct_new, lb, ct_1m), classifier"
         );
         return;
     }
@@ -145,6 +155,9 @@ fn main() {
         drop(batches);
     }
 
+    // (f) an established, DNATed connection: megaflow hits + conntrack + NAT, per packet.
+    conntrack_figures(quick, secs, &|part: &str| run("conntrack") || run(part));
+
     // (e) the Open vSwitch classifier workload.
     if run("classifier") {
         let n_lookups = if quick { 100_000 } else { 1_000_000 };
@@ -174,4 +187,124 @@ fn main() {
         report("classifier_wc_lookups_per_sec", format!("{:.0}", n_lookups as f64 / best_wc));
         report("classifier_hit_ratio", format!("{:.3}", found as f64 / (2 * rounds * n_lookups) as f64));
     }
+}
+
+/// Conntrack figures; `run(part)` says which of `ct_established`, `ct_new`, `lb` and
+/// `ct_1m` to measure.
+fn conntrack_figures(quick: bool, secs: f64, run: &dyn Fn(&str) -> bool) {
+    use skein_datapath::conntrack::{Conntrack, CtConfig, Tuple, v4};
+    use skein_datapath::key::{Field, ip_proto};
+    use skein_datapath::lb::{Backend, LbState, LoadBalancer};
+
+    // Established DNAT: restore the client packets (the NAT rewrites them) and run them.
+    let established: &[(usize, &str)] = if run("ct_established") {
+        &[(0, "ct_nat_established_ns"), (8192, "ct_nat_established_ns_microflow")]
+    } else {
+        &[]
+    };
+    for &(micro, name) in established {
+        let config = DatapathConfig { microflow_entries: micro, ..DatapathConfig::default() };
+        let (dp, templates, now) = benchkit::service_scenario(config, 10);
+        let mut batch = templates.clone();
+        let mut worker = dp.worker();
+        let mut sink = CountSink::default();
+        let mut best = f64::MAX;
+        for round in 0..4 {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < secs / 4.0 {
+                for _ in 0..64 {
+                    for (p, t) in batch.iter_mut().zip(&templates) {
+                        p.data.copy_from_slice(&t.data);
+                    }
+                    dp.process_batch(&mut worker, &mut batch, now + round, &mut sink);
+                }
+                n += 64 * batch.len() as u64;
+            }
+            if round > 0 {
+                best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
+            }
+        }
+        assert_eq!(sink.packets as usize % batch.len(), 0, "every packet forwarded");
+        report(name, format!("{best:.1}"));
+    }
+
+    // New connections with SNAT.
+    if run("ct_new") {
+        let n_conns: usize = if quick { 20_000 } else { 500_000 };
+        let (dp, mut next) = benchkit::snat_scenario(DatapathConfig::default());
+        let mut batches: Vec<Vec<Packet>> = (0..n_conns / 32).map(|_| (0..32).map(|_| next()).collect()).collect();
+        let mut worker = dp.worker();
+        let mut sink = CountSink::default();
+        let start = Instant::now();
+        for (i, b) in batches.iter_mut().enumerate() {
+            dp.process_batch(&mut worker, b, i as u64, &mut sink);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let made = dp.stats().connections;
+        assert_eq!(made, n_conns / 32 * 32, "every packet opened a connection");
+        report("ct_new_conns_per_sec", format!("{:.0}", made as f64 / elapsed));
+        drop(batches);
+        drop(dp);
+    }
+
+    // Backend selection.
+    let sizes: &[(u32, &str)] =
+        if run("lb") { &[(10, "lb_select_ns"), (100, "lb_select_ns_100backends")] } else { &[] };
+    for &(n, name) in sizes {
+        let mut lb = LbState::new(LoadBalancer {
+            id: 1,
+            backends: (0..n).map(|i| Backend::v4(0x0af4_0200 + i, 8080)).collect(),
+            affinity_timeout_ns: None,
+        });
+        let iters = if quick { 100_000 } else { 5_000_000 };
+        let mut t = Tuple { src: v4(0x0af4_0105), dst: v4(benchkit::VIP), sport: 0, dport: 80, proto: 6, zone: 0 };
+        let start = Instant::now();
+        let mut acc = 0u64;
+        for i in 0..iters {
+            t.sport = i as u16;
+            t.src[15] = (i >> 16) as u8;
+            acc += black_box(lb.select(black_box(&t), 0)).map_or(0, |b| b.port as u64);
+        }
+        black_box(acc);
+        report(name, format!("{:.1}", start.elapsed().as_nanos() as f64 / iters as f64));
+    }
+
+    // A million connections: bytes each, then random-order tracking.
+    if !run("ct_1m") {
+        return;
+    }
+    let n: u32 = if quick { 50_000 } else { 1_000_000 };
+    let mut frame = benchkit::tcp64(0x0a00_0000, 0x0b00_0001, 1000, 80, 0x02);
+    let mut key = FlowKey::ZERO;
+    let offs = skein_datapath::parse_frame(&frame, &mut key);
+    let conn = |i: u32, key: &mut FlowKey| {
+        key.set(Field::Ipv4Src, (0x0a00_0000 | (i >> 8)) as u128);
+        key.set(Field::TpSrc, (1024 + (i & 0xff)) as u128);
+    };
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut ct = Conntrack::new(CtConfig::default());
+    key.set(Field::TcpFlags, 0x02);
+    for i in 0..n {
+        conn(i, &mut key);
+        ct.track(&mut frame, &offs, &key, 1, true, None, None, None, 1);
+    }
+    let after = LIVE_BYTES.load(Ordering::Relaxed);
+    assert_eq!(ct.len(), n as usize);
+    assert_eq!(key.get(Field::NwProto), ip_proto::TCP as u128);
+    report("ct_entry_bytes", (after - before) / n as usize);
+    // Random order (a multiplicative permutation), ACKs of the original direction.
+    key.set(Field::TcpFlags, 0x10);
+    let lookups = if quick { 100_000u64 } else { 3_000_000 };
+    let start = Instant::now();
+    let mut est = 0u64;
+    for j in 0..lookups {
+        let i = ((j.wrapping_mul(2_654_435_761)) % n as u64) as u32;
+        conn(i, &mut key);
+        est += black_box(ct.track(&mut frame, &offs, &key, 1, false, None, None, None, 2)).state as u64 & 1;
+    }
+    black_box(est);
+    report("ct_1m_lookup_ns", format!("{:.1}", start.elapsed().as_nanos() as f64 / lookups as f64));
+    report("ct_1m_memory_mb", format!("{:.1}", (after - before) as f64 / 1e6));
+    report("ct_1m_connections", n);
 }
