@@ -1170,6 +1170,70 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_tcp_with_dnat_and_zones() {
+        use crate::responder::tests::ipv6_frame;
+        let (a6, vip6, b6) = (
+            0xfd00_0000_0000_0000_0000_0000_0000_00aau128,
+            0xfd00_0000_0000_0000_0000_0000_0060_000au128,
+            0xfd00_0000_0000_0000_0000_0000_0000_00bbu128,
+        );
+        let tcp = |sport: u16, dport: u16, flags: u8| {
+            let mut l4 = [0u8; 20];
+            l4[0..2].copy_from_slice(&sport.to_be_bytes());
+            l4[2..4].copy_from_slice(&dport.to_be_bytes());
+            l4[12] = 0x50;
+            l4[13] = flags;
+            l4
+        };
+        let mut ct = Conntrack::new(CtConfig::default());
+        let dnat = NatAction::Dst(NatRange {
+            addr_min: b6.to_be_bytes(),
+            addr_max: b6.to_be_bytes(),
+            port_min: 8080,
+            port_max: 8080,
+        });
+        let mut syn = ipv6_frame(a6, vip6, 0, &[], ip_proto::TCP, &tcp(5000, 80, 0x02));
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&syn, &mut key);
+        let r = ct.track(&mut syn, &offs, &key, 9, true, Some(&dnat), None, None, 0);
+        assert_eq!(r.state, ct_state::TRK | ct_state::NEW);
+        let mut k = FlowKey::ZERO;
+        parse_frame(&syn, &mut k);
+        assert_eq!(k.get(Field::Ipv6Dst), b6);
+        assert_eq!(k.get(Field::TpDst), 8080);
+        assert!(packet::checksums_valid(&syn), "TCP checksum follows the IPv6 rewrite");
+        // The same tuple in another zone is another connection.
+        let mut other = ipv6_frame(b6, a6, 0, &[], ip_proto::TCP, &tcp(8080, 5000, 0x12));
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&other, &mut key);
+        assert_eq!(
+            ct.track(&mut other, &offs, &key, 1, false, None, None, None, 1).state,
+            ct_state::TRK | ct_state::INV
+        );
+        let r = ct.track(&mut other, &offs, &key, 9, false, Some(&NatAction::Stored), None, None, 1);
+        assert_eq!(r.state, ct_state::TRK | ct_state::EST | ct_state::RPL);
+        let mut k = FlowKey::ZERO;
+        parse_frame(&other, &mut k);
+        assert_eq!((k.get(Field::Ipv6Src), k.get(Field::TpSrc)), (vip6, 80));
+        assert!(packet::checksums_valid(&other));
+    }
+
+    #[test]
+    fn marks_and_labels_are_set_on_commit() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let mut f = tcp(A, B, 1000, 80, 0x02);
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&f, &mut key);
+        let r = ct.track(&mut f, &offs, &key, 1, true, None, Some((0xab, 0xff)), Some((1 << 100, 1 << 100)), 0);
+        assert_eq!((r.mark, r.label), (0xab, 1 << 100));
+        let mut g = tcp(B, A, 80, 1000, 0x12);
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&g, &mut key);
+        let r = ct.track(&mut g, &offs, &key, 1, false, None, None, None, 1);
+        assert_eq!((r.mark, r.label), (0xab, 1 << 100), "replies see the connection's mark and label");
+    }
+
+    #[test]
     fn sweep_is_bounded() {
         let mut ct = Conntrack::new(CtConfig::default());
         for p in 0..100 {
