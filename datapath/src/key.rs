@@ -49,7 +49,7 @@ impl FlowKey {
     pub const EXACT: FlowKey = FlowKey { w: [u64::MAX; KEY_WORDS] };
 
     /// The value of `field`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, field: Field) -> u128 {
         let s = field.spec();
         if s.bits > 64 {
@@ -60,7 +60,7 @@ impl FlowKey {
     }
 
     /// Sets `field` to `value` (bits beyond the field's width are dropped).
-    #[inline]
+    #[inline(always)]
     pub fn set(&mut self, field: Field, value: u128) {
         let s = field.spec();
         if s.bits > 64 {
@@ -169,7 +169,7 @@ macro_rules! fields {
             pub const ALL: &'static [Field] = &[ $( Field::$name, )* ];
 
             /// The field's place in the key.
-            #[inline]
+            #[inline(always)]
             pub const fn spec(self) -> FieldSpec {
                 match self {
                     $( Field::$name => FieldSpec { word: $word, shift: $shift, bits: $bits }, )*
