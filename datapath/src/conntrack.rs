@@ -206,6 +206,40 @@ pub enum NatAction {
     Dst(NatRange),
 }
 
+/// What a `ct` action asks of conntrack for one packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtRequest<'a> {
+    /// Zone.
+    pub zone: u16,
+    /// Create the connection if it is new (and store mark, label and NAT).
+    pub commit: bool,
+    /// NAT to apply, if any.
+    pub nat: Option<&'a NatAction>,
+    /// On commit: mark bits to set (value, mask).
+    pub set_mark: Option<(u32, u32)>,
+    /// On commit: label bits to set (value, mask).
+    pub set_label: Option<(u128, u128)>,
+}
+
+impl<'a> CtRequest<'a> {
+    /// Track only, in `zone`.
+    pub fn zone(zone: u16) -> Self {
+        CtRequest { zone, ..Default::default() }
+    }
+
+    /// Also commit new connections.
+    pub fn commit(mut self) -> Self {
+        self.commit = true;
+        self
+    }
+
+    /// Also apply NAT.
+    pub fn nat(mut self, nat: &'a NatAction) -> Self {
+        self.nat = Some(nat);
+        self
+    }
+}
+
 /// Why conntrack made a packet drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtError {
@@ -517,25 +551,19 @@ impl Conntrack {
         }
     }
 
-    /// Tracks one packet in `zone`: finds its connection (or relates an ICMP error to
-    /// one), advances the state machine, commits a new connection if `commit`, applies
-    /// NAT if `nat` is given, and sets mark/label on commit. `select_dnat`, if given, is
-    /// asked for the destination of a new connection (load balancing); it returns `None`
-    /// when there is no backend. Rewrites `frame` for NAT; `key` must be the packet's
-    /// parsed key and is not modified.
-    #[allow(clippy::too_many_arguments)]
+    /// Tracks one packet as `req` asks: finds its connection (or relates an ICMP error to
+    /// one), advances the state machine, commits a new connection if asked, applies NAT
+    /// if asked, and sets mark/label on commit. Rewrites `frame` for NAT; `key` must be
+    /// the packet's parsed key and is not modified.
     pub fn track(
         &mut self,
         frame: &mut [u8],
         offs: &HeaderOffsets,
         key: &FlowKey,
-        zone: u16,
-        commit: bool,
-        nat: Option<&NatAction>,
-        set_mark: Option<(u32, u32)>,
-        set_label: Option<(u128, u128)>,
+        req: &CtRequest<'_>,
         now: u64,
     ) -> CtResult {
+        let (zone, commit, nat) = (req.zone, req.commit, req.nat);
         let Some((tuple, l4)) = packet_tuple(key, frame, offs, zone) else {
             return CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
         };
@@ -554,11 +582,11 @@ impl Conntrack {
                 if reopen {
                     // A new SYN on a finished connection starts a new connection.
                     self.remove(idx);
-                    return self.track_new(frame, offs, tuple, l4, commit, nat, set_mark, set_label, now);
+                    return self.track_new(frame, offs, tuple, l4, req, now);
                 }
                 (idx, dir)
             }
-            None => return self.track_new(frame, offs, tuple, l4, commit, nat, set_mark, set_label, now),
+            None => return self.track_new(frame, offs, tuple, l4, req, now),
         };
         let timeouts_state;
         let mut state_bits = ct_state::TRK;
@@ -580,7 +608,7 @@ impl Conntrack {
             }
             state_bits |= if c.seen_reply() { ct_state::EST } else { ct_state::NEW };
             if commit {
-                apply_mark_label(c, set_mark, set_label);
+                apply_mark_label(c, req.set_mark, req.set_label);
             }
             timeouts_state = c.state;
         }
@@ -593,19 +621,16 @@ impl Conntrack {
         CtResult { state: state_bits, mark: c.mark, label: c.label(), error: None, existing: true }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn track_new(
         &mut self,
         frame: &mut [u8],
         offs: &HeaderOffsets,
         tuple: Tuple,
         l4: L4,
-        commit: bool,
-        nat: Option<&NatAction>,
-        set_mark: Option<(u32, u32)>,
-        set_label: Option<(u128, u128)>,
+        req: &CtRequest<'_>,
         now: u64,
     ) -> CtResult {
+        let (commit, nat) = (req.commit, req.nat);
         let state = match l4 {
             L4::Tcp(f) => {
                 if !tcp_flags_sane(f) {
@@ -655,7 +680,7 @@ impl Conntrack {
                 }
             }
         }
-        apply_mark_label(&mut c, set_mark, set_label);
+        apply_mark_label(&mut c, req.set_mark, req.set_label);
         let (mark, label) = (c.mark, c.label());
         let snapshot = c.clone();
         if self.insert(c).is_none() {
@@ -1020,19 +1045,13 @@ mod tests {
     fn track(ct: &mut Conntrack, f: &mut [u8], commit: bool, nat: Option<NatAction>, now: u64) -> CtResult {
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(f, &mut key);
-        ct.track(f, &offs, &key, 1, commit, nat.as_ref(), None, None, now)
+        let mut req = CtRequest::zone(1);
+        req.commit = commit;
+        req.nat = nat.as_ref();
+        ct.track(f, &offs, &key, &req, now)
     }
 
-    fn fields(f: &[u8]) -> (u32, u32, u16, u16) {
-        let mut k = FlowKey::ZERO;
-        parse_frame(f, &mut k);
-        (
-            k.get(Field::Ipv4Src) as u32,
-            k.get(Field::Ipv4Dst) as u32,
-            k.get(Field::TpSrc) as u16,
-            k.get(Field::TpDst) as u16,
-        )
-    }
+    use crate::parse::tests::l4_addrs as fields;
 
     #[test]
     fn tcp_handshake_states() {
@@ -1195,7 +1214,7 @@ mod tests {
         let mut syn = ipv6_frame(a6, vip6, 0, &[], ip_proto::TCP, &tcp(5000, 80, 0x02));
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&syn, &mut key);
-        let r = ct.track(&mut syn, &offs, &key, 9, true, Some(&dnat), None, None, 0);
+        let r = ct.track(&mut syn, &offs, &key, &CtRequest::zone(9).commit().nat(&dnat), 0);
         assert_eq!(r.state, ct_state::TRK | ct_state::NEW);
         let mut k = FlowKey::ZERO;
         parse_frame(&syn, &mut k);
@@ -1206,11 +1225,8 @@ mod tests {
         let mut other = ipv6_frame(b6, a6, 0, &[], ip_proto::TCP, &tcp(8080, 5000, 0x12));
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&other, &mut key);
-        assert_eq!(
-            ct.track(&mut other, &offs, &key, 1, false, None, None, None, 1).state,
-            ct_state::TRK | ct_state::INV
-        );
-        let r = ct.track(&mut other, &offs, &key, 9, false, Some(&NatAction::Stored), None, None, 1);
+        assert_eq!(ct.track(&mut other, &offs, &key, &CtRequest::zone(1), 1).state, ct_state::TRK | ct_state::INV);
+        let r = ct.track(&mut other, &offs, &key, &CtRequest::zone(9).nat(&NatAction::Stored), 1);
         assert_eq!(r.state, ct_state::TRK | ct_state::EST | ct_state::RPL);
         let mut k = FlowKey::ZERO;
         parse_frame(&other, &mut k);
@@ -1224,12 +1240,17 @@ mod tests {
         let mut f = tcp(A, B, 1000, 80, 0x02);
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&f, &mut key);
-        let r = ct.track(&mut f, &offs, &key, 1, true, None, Some((0xab, 0xff)), Some((1 << 100, 1 << 100)), 0);
+        let req = CtRequest {
+            set_mark: Some((0xab, 0xff)),
+            set_label: Some((1 << 100, 1 << 100)),
+            ..CtRequest::zone(1).commit()
+        };
+        let r = ct.track(&mut f, &offs, &key, &req, 0);
         assert_eq!((r.mark, r.label), (0xab, 1 << 100));
         let mut g = tcp(B, A, 80, 1000, 0x12);
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&g, &mut key);
-        let r = ct.track(&mut g, &offs, &key, 1, false, None, None, None, 1);
+        let r = ct.track(&mut g, &offs, &key, &CtRequest::zone(1), 1);
         assert_eq!((r.mark, r.label), (0xab, 1 << 100), "replies see the connection's mark and label");
     }
 

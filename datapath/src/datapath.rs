@@ -784,16 +784,7 @@ mod stateful_tests {
         sink.outputs.into_iter().map(|(_, p, f)| (p, f)).collect()
     }
 
-    fn addrs(f: &[u8]) -> (u32, u32, u16, u16) {
-        let mut k = FlowKey::ZERO;
-        parse_frame(f, &mut k);
-        (
-            k.get(Field::Ipv4Src) as u32,
-            k.get(Field::Ipv4Dst) as u32,
-            k.get(Field::TpSrc) as u16,
-            k.get(Field::TpDst) as u16,
-        )
-    }
+    use crate::parse::tests::l4_addrs as addrs;
 
     #[test]
     fn service_round_trip_and_stickiness() {

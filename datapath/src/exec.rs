@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use crate::conntrack::{Conntrack, CtError, CtResult, NatAction, NatRange};
+use crate::conntrack::{Conntrack, CtError, CtRequest, CtResult, NatAction, NatRange};
 use crate::flow::{Responder, TunnelPort};
 use crate::geneve;
 use crate::key::{Field, FlowKey};
@@ -440,17 +440,8 @@ pub fn execute(
                 };
                 let (zone, recirc, result) = match action {
                     DpAction::Ct { zone, commit, nat, mark, label, recirc } => {
-                        let r = ctx.conntrack.lock().track(
-                            frame,
-                            offs,
-                            k,
-                            zone,
-                            commit,
-                            nat.as_ref(),
-                            mark,
-                            label,
-                            ctx.now,
-                        );
+                        let req = CtRequest { zone, commit, nat: nat.as_ref(), set_mark: mark, set_label: label };
+                        let r = ctx.conntrack.lock().track(frame, offs, k, &req, ctx.now);
                         (zone, recirc, r)
                     }
                     DpAction::CtLb { zone, lb, recirc } => match ct_lb(frame, offs, k, zone, lb, pkt, sink, ctx) {
@@ -554,7 +545,7 @@ fn ct_lb(
     ctx: &ExecCtx<'_>,
 ) -> Result<CtResult, DropReason> {
     let mut ct = ctx.conntrack.lock();
-    let r = ct.track(frame, offs, key, zone, false, Some(&NatAction::Stored), None, None, ctx.now);
+    let r = ct.track(frame, offs, key, &CtRequest::zone(zone).nat(&NatAction::Stored), ctx.now);
     if r.existing || r.state & crate::key::ct_state::NEW == 0 {
         return Ok(r);
     }
@@ -563,7 +554,7 @@ fn ct_lb(
     match backend {
         Some(b) => {
             let range = NatRange { addr_min: b.addr, addr_max: b.addr, port_min: b.port, port_max: b.port };
-            Ok(ct.track(frame, offs, key, zone, true, Some(&NatAction::Dst(range)), None, None, ctx.now))
+            Ok(ct.track(frame, offs, key, &CtRequest::zone(zone).commit().nat(&NatAction::Dst(range)), ctx.now))
         }
         None => {
             drop(ct);

@@ -298,6 +298,18 @@ pub(crate) mod tests {
         f
     }
 
+    /// (IPv4 source, destination, L4 source port, destination port) of a frame.
+    pub(crate) fn l4_addrs(f: &[u8]) -> (u32, u32, u16, u16) {
+        let mut k = FlowKey::ZERO;
+        parse_frame(f, &mut k);
+        (
+            k.get(Field::Ipv4Src) as u32,
+            k.get(Field::Ipv4Dst) as u32,
+            k.get(Field::TpSrc) as u16,
+            k.get(Field::TpDst) as u16,
+        )
+    }
+
     #[test]
     fn parses_tcp_over_ipv4() {
         let f = ipv4_frame(ip_proto::TCP, 0x0a00_0001, 0x0a00_0002, 1234, 80, b"hi");

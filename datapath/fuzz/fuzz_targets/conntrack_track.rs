@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skein_datapath::conntrack::{Conntrack, CtConfig, CtTimeouts, NatAction, NatRange, v4};
+use skein_datapath::conntrack::{Conntrack, CtConfig, CtRequest, CtTimeouts, NatAction, NatRange, v4};
 use skein_datapath::key::FlowKey;
 use skein_datapath::packet;
 use skein_datapath::parse::parse_frame;
@@ -47,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
             _ => Some(NatAction::Dst(NatRange::v4_port(0x0af4_0009, 8080))),
         };
         let mark = (opts & 0x20 != 0).then_some((opts as u32, 0xff));
-        ct.track(&mut frame, &offs, &key, (opts & 1) as u16, opts & 2 != 0, nat.as_ref(), mark, None, now);
+        let req = CtRequest { zone: (opts & 1) as u16, commit: opts & 2 != 0, nat: nat.as_ref(), set_mark: mark, set_label: None };
+        ct.track(&mut frame, &offs, &key, &req, now);
         assert!(ct.len() <= 8, "table over its limit: {}", ct.len());
         if valid {
             assert!(packet::checksums_valid(&frame), "NAT broke a checksum: {frame:02x?}");

@@ -192,7 +192,7 @@ fn main() {
 /// Conntrack figures; `run(part)` says which of `ct_established`, `ct_new`, `lb` and
 /// `ct_1m` to measure.
 fn conntrack_figures(quick: bool, secs: f64, run: &dyn Fn(&str) -> bool) {
-    use skein_datapath::conntrack::{Conntrack, CtConfig, Tuple, v4};
+    use skein_datapath::conntrack::{Conntrack, CtConfig, CtRequest, Tuple, v4};
     use skein_datapath::key::{Field, ip_proto};
     use skein_datapath::lb::{Backend, LbState, LoadBalancer};
 
@@ -287,7 +287,7 @@ fn conntrack_figures(quick: bool, secs: f64, run: &dyn Fn(&str) -> bool) {
     key.set(Field::TcpFlags, 0x02);
     for i in 0..n {
         conn(i, &mut key);
-        ct.track(&mut frame, &offs, &key, 1, true, None, None, None, 1);
+        ct.track(&mut frame, &offs, &key, &CtRequest::zone(1).commit(), 1);
     }
     let after = LIVE_BYTES.load(Ordering::Relaxed);
     assert_eq!(ct.len(), n as usize);
@@ -301,7 +301,7 @@ fn conntrack_figures(quick: bool, secs: f64, run: &dyn Fn(&str) -> bool) {
     for j in 0..lookups {
         let i = ((j.wrapping_mul(2_654_435_761)) % n as u64) as u32;
         conn(i, &mut key);
-        est += black_box(ct.track(&mut frame, &offs, &key, 1, false, None, None, None, 2)).state as u64 & 1;
+        est += black_box(ct.track(&mut frame, &offs, &key, &CtRequest::zone(1), 2)).state as u64 & 1;
     }
     black_box(est);
     report("ct_1m_lookup_ns", format!("{:.1}", start.elapsed().as_nanos() as f64 / lookups as f64));

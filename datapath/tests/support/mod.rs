@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use skein_datapath::conntrack::{Conntrack, CtConfig, CtError, CtResult, NatAction, NatRange};
+use skein_datapath::conntrack::{Conntrack, CtConfig, CtError, CtRequest, CtResult, NatAction, NatRange};
 use skein_datapath::exec::{EncapSpec, OutputSink};
 use skein_datapath::flow::{Action, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort};
 use skein_datapath::hash;
@@ -460,7 +460,8 @@ impl State<'_> {
     ) -> CtResult {
         let mut k = FlowKey::ZERO;
         let o = parse_frame(&self.pkt.frame, &mut k);
-        self.ct.track(&mut self.pkt.frame, &o, &k, zone, commit, nat, mark, label, self.now)
+        let req = CtRequest { zone, commit, nat, set_mark: mark, set_label: label };
+        self.ct.track(&mut self.pkt.frame, &o, &k, &req, self.now)
     }
 
     fn group(&mut self, id: u32, depth: u32) {
