@@ -19,7 +19,10 @@
 //! - `ct`/`ct_lb` with a table end the pass: conntrack runs, then the packet re-enters the
 //!   pipeline at that table with the `ct_*` fields set and the metadata and registers it
 //!   had (recirculation, at most [`MAX_RECIRC`] passes); reached inside an `all` bucket
-//!   (through a resubmit) they end that bucket instead, and conntrack does not run.
+//!   (through a resubmit) they end that bucket instead, and conntrack does not run;
+//! - decisions only execution can make — a conntrack error, a Service without backends, a
+//!   frame too big for a tunnel — drop the packet at that point; inside an `all` bucket
+//!   they end only that bucket's copy.
 
 use std::collections::HashMap;
 use std::sync::Arc;

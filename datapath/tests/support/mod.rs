@@ -178,6 +178,7 @@ impl Reference {
             halt: None,
             in_bucket: 0,
             responded: false,
+            suppressed: false,
         };
         let mut table = 0;
         let mut pass = 0;
@@ -259,6 +260,11 @@ struct State<'a> {
     /// An output or responder action ran in this pass (drop accounting counts actions,
     /// as the translation does, not frames that left).
     responded: bool,
+    /// Inside an `all` bucket, a decision made only when the datapath executes (a ct
+    /// error, a rejecting Service, a too-big tunnel packet) ends that bucket's effects —
+    /// the datapath stops executing the bucket's copy — while its translation (lookups,
+    /// limits) goes on as the upcall's did.
+    suppressed: bool,
 }
 
 /// Collects tunnel outputs into the reference's output list.
@@ -314,15 +320,21 @@ impl State<'_> {
             match a {
                 Action::Ct(spec) => {
                     let zone = self.zone(spec.zone);
+                    if self.suppressed {
+                        continue;
+                    }
                     let r = self.track(zone, spec.commit, spec.nat.as_ref(), spec.set_mark, spec.set_label);
                     if let Some(e) = r.error {
-                        self.exit = Some(ct_drop(e));
+                        self.runtime_drop(ct_drop(e));
                     } else if let Some(t) = spec.table {
                         self.halt = Some((t, zone, r));
                     }
                 }
                 Action::CtLb { lb, zone, table } => {
                     let zone = self.zone(*zone);
+                    if self.suppressed {
+                        continue;
+                    }
                     let mut r = self.track(zone, false, Some(&NatAction::Stored), None, None);
                     if !r.existing && r.state & ct_state::NEW != 0 {
                         let mut k = FlowKey::ZERO;
@@ -342,14 +354,14 @@ impl State<'_> {
                                     if let Some(reply) = skein_datapath::lb::reject(&self.pkt.frame, &o, &k) {
                                         self.outputs.push((self.in_port, reply));
                                     }
-                                    self.exit = Some(DropReason::LbReject);
-                                    return;
+                                    self.runtime_drop(DropReason::LbReject);
+                                    continue;
                                 }
                             }
                         }
                     }
                     if let Some(e) = r.error {
-                        self.exit = Some(ct_drop(e));
+                        self.runtime_drop(ct_drop(e));
                     } else if let Some(t) = table {
                         self.halt = Some((*t, zone, r));
                     }
@@ -358,7 +370,9 @@ impl State<'_> {
                     // An output action counts for drop accounting even when nothing
                     // leaves (a too-big tunnel packet that gets no ICMP answer).
                     self.responded = true;
-                    self.output(*p);
+                    if !self.suppressed {
+                        self.output(*p);
+                    }
                 }
                 Action::Respond(r) => {
                     let f = &self.pkt.frame;
@@ -376,7 +390,7 @@ impl State<'_> {
                     // The datapath counts a responder as an output even when the packet
                     // was not one to answer.
                     self.responded = true;
-                    if let Some(a) = answer {
+                    if let Some(a) = answer.filter(|_| !self.suppressed) {
                         self.outputs.push((self.in_port, a));
                     }
                 }
@@ -437,9 +451,19 @@ impl State<'_> {
                     self.in_port,
                 );
                 if let Err(d) = r {
-                    self.exit = Some(d);
+                    self.runtime_drop(d);
                 }
             }
+        }
+    }
+
+    /// A drop decided at execution time: terminal at top level, the end of the bucket's
+    /// effects inside one.
+    fn runtime_drop(&mut self, d: DropReason) {
+        if self.in_bucket > 0 {
+            self.suppressed = true;
+        } else {
+            self.exit = Some(d);
         }
     }
 
@@ -503,9 +527,11 @@ impl State<'_> {
                         return;
                     }
                     let saved = self.pkt.clone();
+                    let suppressed = self.suppressed;
                     self.in_bucket += 1;
                     self.actions(&b.actions, depth);
                     self.in_bucket -= 1;
+                    self.suppressed = suppressed;
                     self.pkt = saved;
                     if self.exit != Some(DropReason::ResubmitLimit) {
                         self.exit = None;
