@@ -54,7 +54,7 @@ fn slow_path(c: &mut Criterion) {
 }
 
 fn classifier(c: &mut Criterion) {
-    let w = ClassifierWorkload::new(10_000, 100, 10, 10_000, 42);
+    let w = ClassifierWorkload::new(10_000, 100, Some(10), 10_000, 42);
     let cls = w.classifier();
     let mut g = c.benchmark_group("classifier_ovs_workload");
     g.throughput(Throughput::Elements(w.lookups.len() as u64));

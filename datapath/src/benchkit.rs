@@ -179,11 +179,18 @@ pub fn ten_table_scenario(config: DatapathConfig) -> (Datapath, impl FnMut() -> 
     (dp, next_packet)
 }
 
-/// The Open vSwitch `test-classifier benchmark` workload: 13 fields with two values
-/// each, `n_subtables` distinct random wildcard patterns, `n_rules` rules with random
-/// priorities below `n_priorities`, random patterns and random values (a rule equal to
-/// an existing one in match and priority is skipped, as OVS does); and `n_lookups`
-/// random flows drawn from the same values.
+/// The Open vSwitch `test-classifier benchmark` workload (`tests/test-classifier.c` of
+/// Open vSwitch 3.1): 13 fields with two values each; `n_rules` rules with random value
+/// patterns and priorities drawn from `n_priorities` shuffled values `i * 129`; a rule
+/// equal to an existing one in match and priority is skipped, as OVS does; lookups of
+/// `n_lookups` flows drawn from a pool of 16,384 random flows.
+///
+/// In Open vSwitch 3.1 the benchmark's "subtables" argument only decides which rules get
+/// priority 0: every rule matches all 13 fields exactly, so the classifier has one
+/// subtable and about 70 % of lookups hit. [`ClassifierWorkload::new`] with
+/// `wildcard_patterns: None` reproduces that; `Some(n)` gives each rule one of `n` random
+/// patterns of wildcarded fields instead — n masks, a harder workload for tuple space
+/// search.
 pub struct ClassifierWorkload {
     /// (match, priority) of each distinct rule.
     pub rules: Vec<(Match, u16)>,
@@ -192,12 +199,12 @@ pub struct ClassifierWorkload {
 }
 
 const CLS_FIELDS: [(Field, [u128; 2]); 13] = [
-    (Field::TunId, [0, 0xffff_0000]),
+    (Field::TunId, [0, 0xfedc_ba98_7654_3210]),
     (Field::Metadata, [0, 0xfedc_ba98_7654_3210]),
     (Field::Ipv4Src, [0xc0a8_0001, 0xc0a0_4455]),
     (Field::Ipv4Dst, [0xc0a8_0002, 0xc0a0_4455]),
     (Field::InPort, [1, 0xffff_fffe]),
-    (Field::VlanTci, [0x1000 | 101, 0]),
+    (Field::VlanTci, [101, 0]),
     (Field::EthType, [0x0800, 0x0806]),
     (Field::TpSrc, [49362, 80]),
     (Field::TpDst, [6667, 22]),
@@ -208,22 +215,32 @@ const CLS_FIELDS: [(Field, [u128; 2]); 13] = [
 ];
 
 impl ClassifierWorkload {
-    /// Builds the workload.
-    pub fn new(n_rules: usize, n_priorities: u16, n_subtables: usize, n_lookups: usize, seed: u64) -> Self {
+    /// Builds the workload (see the type's documentation for `wildcard_patterns`).
+    pub fn new(
+        n_rules: usize,
+        n_priorities: u16,
+        wildcard_patterns: Option<usize>,
+        n_lookups: usize,
+        seed: u64,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         let all = (1u32 << CLS_FIELDS.len()) - 1;
         let mut patterns: Vec<u32> = Vec::new();
-        while patterns.len() < n_subtables.min(all as usize) {
+        while patterns.len() < wildcard_patterns.unwrap_or(0).min(all as usize) {
             let p = rng.next_u64() as u32 & all;
             if !patterns.contains(&p) {
                 patterns.push(p);
             }
         }
+        let mut priorities: Vec<u16> = (0..n_priorities).map(|i| i.wrapping_mul(129)).collect();
+        for i in (1..priorities.len()).rev() {
+            priorities.swap(i, rng.below(i as u64 + 1) as usize);
+        }
         let mut seen = std::collections::HashSet::new();
         let mut rules = Vec::new();
         for _ in 0..n_rules {
-            let priority = rng.below(n_priorities as u64) as u16;
-            let wildcards = patterns[rng.below(patterns.len() as u64) as usize];
+            let priority = priorities[rng.below(priorities.len() as u64) as usize];
+            let wildcards = if patterns.is_empty() { 0 } else { patterns[rng.below(patterns.len() as u64) as usize] };
             let values = rng.next_u64() as u32;
             let mut m = Match::ANY;
             for (i, (f, v)) in CLS_FIELDS.iter().enumerate() {
@@ -235,7 +252,7 @@ impl ClassifierWorkload {
                 rules.push((m, priority));
             }
         }
-        let lookups = (0..n_lookups)
+        let pool: Vec<FlowKey> = (0..2 << CLS_FIELDS.len())
             .map(|_| {
                 let values = rng.next_u64() as u32;
                 let mut k = FlowKey::ZERO;
@@ -245,6 +262,7 @@ impl ClassifierWorkload {
                 k
             })
             .collect();
+        let lookups = (0..n_lookups).map(|_| pool[rng.below(pool.len() as u64) as usize]).collect();
         ClassifierWorkload { rules, lookups }
     }
 

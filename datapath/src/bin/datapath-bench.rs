@@ -8,14 +8,17 @@
 //! - `megaflow_entry_bytes`: heap bytes per megaflow installed by that run (entry, key,
 //!   actions, hash table and index share);
 //! - `classifier_lookups_per_sec` / `classifier_wc_lookups_per_sec`: the Open vSwitch
-//!   `test-classifier benchmark 10000 100 10 1 1000000` workload, without and with
-//!   wildcard tracking.
+//!   `test-classifier benchmark 10000 100 10 1 1000000` workload as Open vSwitch 3.1 runs
+//!   it, without and with wildcard tracking; `classifier_10masks_*`: the same rules with
+//!   10 random wildcard patterns (10 masks).
 //!
 //! - `ct_nat_established_ns`: a packet of an established connection to a Service
 //!   (ct_lb, DNAT, recirculation, forwarding), microflow cache off: two megaflow hits,
 //!   a conntrack lookup and the NAT rewrite — the whole per-packet cost;
 //! - `ct_new_conns_per_sec`: new connections through `ct(commit, nat(src=...))`;
 //! - `lb_select_ns`: choosing a backend among 10 (`lb_select_ns_100backends`: 100);
+//! - `ct_lookup_ns`: conntrack alone on one established connection (what Open vSwitch's
+//!   `ovstest test-conntrack benchmark 1 N 32` measures of its own);
 //! - `ct_entry_bytes`: heap bytes per tracked connection;
 //! - `ct_1m_lookup_ns` / `ct_1m_memory_mb`: tracking a packet of one of 1,000,000
 //!   connections, in random order, and the table's memory.
@@ -99,7 +102,7 @@ fn main() {
              upcalls_per_sec, megaflow_entry_bytes, classifier_lookups_per_sec, classifier_wc_lookups_per_sec.\n\
              --quick          short runs, for smoke tests (figures are noisy)\n\
              --only SECTION   run one of: microflow, megaflow, upcall, conntrack (or one of its\n\
-                              parts: ct_established, ct_new, lb, ct_1m), classifier"
+                              parts: ct_established, ct_new, lb, ct_lookup, ct_1m), classifier"
         );
         return;
     }
@@ -158,39 +161,42 @@ fn main() {
     // (f) an established, DNATed connection: megaflow hits + conntrack + NAT, per packet.
     conntrack_figures(quick, secs, &|part: &str| run("conntrack") || run(part));
 
-    // (e) the Open vSwitch classifier workload.
+    // (e) the Open vSwitch classifier workload, as Open vSwitch 3.1 runs it (one exact
+    // subtable), then with 10 wildcard patterns (10 masks).
     if run("classifier") {
         let n_lookups = if quick { 100_000 } else { 1_000_000 };
-        let w = ClassifierWorkload::new(10_000, 100, 10, n_lookups, 42);
-        let cls = w.classifier();
-        report("classifier_rules", cls.len());
-        report("classifier_subtables", cls.subtable_count());
-        let rounds = if quick { 1 } else { 5 };
-        let mut best_plain = f64::MAX;
-        let mut best_wc = f64::MAX;
-        let mut found = 0usize;
-        for _ in 0..rounds {
-            let start = Instant::now();
-            for k in &w.lookups {
-                found += cls.lookup(black_box(k), None).is_some() as usize;
+        for (patterns, prefix) in [(None, "classifier"), (Some(10), "classifier_10masks")] {
+            let w = ClassifierWorkload::new(10_000, 100, patterns, n_lookups, 42);
+            let cls = w.classifier();
+            report(&format!("{prefix}_rules"), cls.len());
+            report(&format!("{prefix}_subtables"), cls.subtable_count());
+            let rounds = if quick { 1 } else { 5 };
+            let mut best_plain = f64::MAX;
+            let mut best_wc = f64::MAX;
+            let mut found = 0usize;
+            for _ in 0..rounds {
+                let start = Instant::now();
+                for k in &w.lookups {
+                    found += cls.lookup(black_box(k), None).is_some() as usize;
+                }
+                best_plain = best_plain.min(start.elapsed().as_secs_f64());
+                let start = Instant::now();
+                for k in &w.lookups {
+                    let mut wc = FlowKey::ZERO;
+                    found += cls.lookup(black_box(k), Some(&mut wc)).is_some() as usize;
+                    black_box(&wc);
+                }
+                best_wc = best_wc.min(start.elapsed().as_secs_f64());
             }
-            best_plain = best_plain.min(start.elapsed().as_secs_f64());
-            let start = Instant::now();
-            for k in &w.lookups {
-                let mut wc = FlowKey::ZERO;
-                found += cls.lookup(black_box(k), Some(&mut wc)).is_some() as usize;
-                black_box(&wc);
-            }
-            best_wc = best_wc.min(start.elapsed().as_secs_f64());
+            report(&format!("{prefix}_lookups_per_sec"), format!("{:.0}", n_lookups as f64 / best_plain));
+            report(&format!("{prefix}_wc_lookups_per_sec"), format!("{:.0}", n_lookups as f64 / best_wc));
+            report(&format!("{prefix}_hit_ratio"), format!("{:.3}", found as f64 / (2 * rounds * n_lookups) as f64));
         }
-        report("classifier_lookups_per_sec", format!("{:.0}", n_lookups as f64 / best_plain));
-        report("classifier_wc_lookups_per_sec", format!("{:.0}", n_lookups as f64 / best_wc));
-        report("classifier_hit_ratio", format!("{:.3}", found as f64 / (2 * rounds * n_lookups) as f64));
     }
 }
 
-/// Conntrack figures; `run(part)` says which of `ct_established`, `ct_new`, `lb` and
-/// `ct_1m` to measure.
+/// Conntrack figures; `run(part)` says which of `ct_established`, `ct_new`, `lb`,
+/// `ct_lookup` and `ct_1m` to measure.
 fn conntrack_figures(quick: bool, secs: f64, run: &dyn Fn(&str) -> bool) {
     use skein_datapath::conntrack::{Conntrack, CtConfig, CtRequest, Tuple, v4};
     use skein_datapath::key::{Field, ip_proto};
@@ -268,6 +274,26 @@ fn conntrack_figures(quick: bool, secs: f64, run: &dyn Fn(&str) -> bool) {
         }
         black_box(acc);
         report(name, format!("{:.1}", start.elapsed().as_nanos() as f64 / iters as f64));
+    }
+
+    // Conntrack alone, one established UDP connection (Open vSwitch's
+    // `ovstest test-conntrack benchmark 1 N 32` does the same with its conntrack).
+    if run("ct_lookup") {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let template = benchkit::udp64(0x0a01_0101, 0x0a01_0102, 1, 2);
+        let mut frame = template.clone();
+        let mut key = FlowKey::ZERO;
+        let offs = skein_datapath::parse_frame(&frame, &mut key);
+        let req = CtRequest::zone(0).commit();
+        ct.track(&mut frame, &offs, &key, &req, 1);
+        let n = if quick { 100_000u64 } else { 10_000_000 };
+        let start = Instant::now();
+        let mut acc = 0u64;
+        for _ in 0..n {
+            acc += black_box(ct.track(black_box(&mut frame), &offs, black_box(&key), &req, 2)).state as u64;
+        }
+        black_box(acc);
+        report("ct_lookup_ns", format!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64));
     }
 
     // A million connections: bytes each, then random-order tracking.
