@@ -568,7 +568,7 @@ impl Conntrack {
             return CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
         };
         if l4 == L4::IcmpError {
-            return self.track_related(frame, offs, key, zone, nat.is_some(), now);
+            return self.track_related(frame, offs, zone, nat.is_some(), now);
         }
         let found = self.find(&tuple, now);
         let (idx, dir) = match found {
@@ -778,15 +778,7 @@ impl Conntrack {
 
     /// Tracks an ICMP error: relates it to the connection of the packet it quotes and,
     /// with NAT, translates both the outer header and the quoted one.
-    fn track_related(
-        &mut self,
-        frame: &mut [u8],
-        offs: &HeaderOffsets,
-        key: &FlowKey,
-        zone: u16,
-        nat: bool,
-        now: u64,
-    ) -> CtResult {
+    fn track_related(&mut self, frame: &mut [u8], offs: &HeaderOffsets, zone: u16, nat: bool, now: u64) -> CtResult {
         let inv = CtResult { state: ct_state::TRK | ct_state::INV, ..Default::default() };
         let l4 = offs.l4 as usize;
         let inner_at = l4 + 8;
@@ -803,7 +795,7 @@ impl Conntrack {
             bits |= ct_state::RPL;
         }
         if nat && c.flags & (F_SNAT | F_DNAT) != 0 {
-            translate_icmp_error(frame, offs, key, &c, dir, v6);
+            translate_icmp_error(frame, offs, &c, dir, v6);
         }
         CtResult { state: bits, mark: c.mark, label: c.label(), error: None, existing: true }
     }
@@ -970,7 +962,7 @@ fn quoted_tuple(inner: &[u8], v6: bool, zone: u16) -> Option<Tuple> {
 
 /// Translates an ICMP error travelling in `dir` for NATed connection `c`: the outer
 /// destination (or source) and the quoted packet, then recomputes the ICMP checksum.
-fn translate_icmp_error(frame: &mut [u8], offs: &HeaderOffsets, key: &FlowKey, c: &Conn, dir: Dir, v6: bool) {
+fn translate_icmp_error(frame: &mut [u8], offs: &HeaderOffsets, c: &Conn, dir: Dir, v6: bool) {
     // The quoted packet travelled opposite to the error: it carries, as its own
     // addresses, what a packet in the other direction carries after translation.
     let (want_outer, want_quoted) = match dir {
@@ -981,10 +973,7 @@ fn translate_icmp_error(frame: &mut [u8], offs: &HeaderOffsets, key: &FlowKey, c
     // Outer header: only the endpoint that is ours changes (the error's sender, a router
     // on the path, keeps its address).
     let (fsrc, fdst) = if v6 { (Field::Ipv6Src, Field::Ipv6Dst) } else { (Field::Ipv4Src, Field::Ipv4Dst) };
-    let outer_dst_now = if v6 { key.get(Field::Ipv6Dst) } else { key.get(Field::Ipv4Dst) };
-    let _ = outer_dst_now;
     packet::write_field(frame, offs, fdst, addr(&want_outer.dst));
-    let _ = fsrc;
     // Quoted packet: rewrite its addresses and ports in place, fixing its IP checksum.
     let inner_at = offs.l4 as usize + 8;
     let end = frame.len();
@@ -994,8 +983,7 @@ fn translate_icmp_error(frame: &mut [u8], offs: &HeaderOffsets, key: &FlowKey, c
     pseudo[12..14].copy_from_slice(&(if v6 { eth_type::IPV6 } else { eth_type::IPV4 }).to_be_bytes());
     let mut buf = pseudo.to_vec();
     buf.extend_from_slice(inner);
-    let ioffs = crate::parse::parse_frame(&buf, &mut ikey);
-    let mut ioffs = ioffs;
+    let mut ioffs = crate::parse::parse_frame(&buf, &mut ikey);
     if ioffs.l4 == ABSENT {
         // The quoted L4 header is only 8 bytes: locate it by hand for ports.
         let ihl = if v6 { 40 } else { ((buf[14] & 0xf) as usize) * 4 };
@@ -1160,6 +1148,7 @@ mod tests {
         let (_, _, sport, _) = fields(&f);
         // B answers "port unreachable" quoting the translated packet.
         let quoted = &f[14..14 + 28];
+        assert_eq!(u16::from_be_bytes([quoted[20], quoted[21]]), sport, "the quote carries the SNAT port");
         let mut err = ipv4_frame(ip_proto::ICMP, B, NODE, 0, 0, quoted);
         err[34] = 3;
         err[35] = 3;
@@ -1173,7 +1162,6 @@ mod tests {
         assert_eq!(u16::from_be_bytes([q[20], q[21]]), 4000);
         assert_eq!(packet::checksum(&q[..20], 0), 0, "quoted IP header checksum fixed");
         assert!(packet::checksums_valid(&err));
-        let _ = sport;
         // Echo: request creates, reply is est+rpl.
         let mut req = ipv4_frame(ip_proto::ICMP, A, B, 0, 0, b"ping");
         req[38] = 0x12;

@@ -3,7 +3,7 @@
 //! update (RFC 1624), plus VLAN push/pop. Writers check that the header they touch is
 //! present; a field whose header the frame lacks changes nothing in the bytes.
 
-use crate::key::{Field, VLAN_PRESENT, eth_type, ip_proto};
+use crate::key::{Field, VLAN_PRESENT, ip_proto};
 use crate::parse::{ABSENT, HeaderOffsets, L3};
 
 /// Folds a 32-bit one's-complement sum to 16 bits.
@@ -413,9 +413,6 @@ pub fn checksums_valid(f: &[u8]) -> bool {
     }
     true
 }
-
-/// Ethernet type of a VLAN tag as written by [`push_vlan`].
-pub const PUSHED_TPID: u16 = eth_type::VLAN;
 
 #[cfg(test)]
 mod tests {

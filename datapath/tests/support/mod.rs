@@ -2,13 +2,11 @@
 //! caches, no translation, eager writes to the frame) and a frame builder. The cached
 //! datapath must give exactly the same outputs as this reference.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 
 use skein_datapath::conntrack::{Conntrack, CtConfig, CtError, CtRequest, CtResult, NatAction, NatRange};
 use skein_datapath::exec::{EncapSpec, OutputSink};
-use skein_datapath::flow::{Action, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort};
+use skein_datapath::flow::{Action, CtZone, Flow, FlowMod, Group, GroupKind, Responder, TunnelPort};
 use skein_datapath::hash;
 use skein_datapath::key::{Field, FlowKey, VLAN_PRESENT, ct_state, eth_type, ip_proto};
 use skein_datapath::lb::LbState;
@@ -654,9 +652,4 @@ fn push_l4(f: &mut Vec<u8>, proto: u8, s: &FrameSpec, payload: &[u8]) {
         }
     }
     f.extend_from_slice(payload);
-}
-
-/// A match with several fields for tests.
-pub fn exact(fields: &[(Field, u128)]) -> Match {
-    fields.iter().fold(Match::ANY, |m, (f, v)| m.with(*f, *v))
 }
