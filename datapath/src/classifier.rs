@@ -53,9 +53,7 @@ struct Node<T> {
 #[derive(Debug)]
 struct Subtable<T> {
     mask: FlowKey,
-    /// Indexes of the mask's non-zero words, ascending.
-    idx: Box<[u8]>,
-    /// `(index, mask word)` for each non-zero mask word, for the lookup loop.
+    /// `(index, mask word)` for each non-zero mask word, ascending.
     words: Box<[(usize, u64)]>,
     /// Ranks of the rules held, to know the best after removals.
     ranks: BTreeSet<u64>,
@@ -68,9 +66,8 @@ struct Subtable<T> {
 
 impl<T> Subtable<T> {
     fn new(mask: FlowKey) -> Self {
-        let idx: Box<[u8]> = (0..KEY_WORDS).filter(|&i| mask.w[i] != 0).map(|i| i as u8).collect();
-        let words = idx.iter().map(|&i| (i as usize, mask.w[i as usize])).collect();
-        Subtable { mask, idx, words, ranks: BTreeSet::new(), max_rank: 0, nodes: HashTable::new(), n_rules: 0 }
+        let words = (0..KEY_WORDS).filter(|&i| mask.w[i] != 0).map(|i| (i, mask.w[i])).collect();
+        Subtable { mask, words, ranks: BTreeSet::new(), max_rank: 0, nodes: HashTable::new(), n_rules: 0 }
     }
 
     #[inline(always)]
@@ -84,7 +81,7 @@ impl<T> Subtable<T> {
 
     #[inline(always)]
     fn node_matches(&self, node: &Node<T>, key: &FlowKey) -> bool {
-        self.words.iter().all(|&(i, m)| key.w[i] & m == node.masked.w[i])
+        node_matches(&self.words, node, key)
     }
 
     #[inline(always)]
@@ -101,6 +98,12 @@ impl<T> Subtable<T> {
         }
         self.max_rank = self.ranks.last().copied().unwrap_or(0);
     }
+}
+
+/// True if `key`, masked by a subtable's `words`, equals the node's masked key.
+#[inline(always)]
+fn node_matches<T>(words: &[(usize, u64)], node: &Node<T>, key: &FlowKey) -> bool {
+    words.iter().all(|&(i, m)| key.w[i] & m == node.masked.w[i])
 }
 
 /// A classifier over rules carrying values of type `T`.
@@ -168,11 +171,7 @@ impl<T> Classifier<T> {
         let st = &mut self.subtables[si];
         let h = st.hash_key(&m.value);
         let entry = Entry { rank, value };
-        let idx = st.idx.clone();
-        match st
-            .nodes
-            .find_mut(h, |n| n.hash == h && idx.iter().all(|&i| n.masked.w[i as usize] == m.value.w[i as usize]))
-        {
+        match st.nodes.find_mut(h, |n| n.hash == h && node_matches(&st.words, n, &m.value)) {
             Some(node) => {
                 let pos = node.rules.iter().position(|e| e.rank < rank).unwrap_or(node.rules.len());
                 node.rules.insert(pos, entry);
@@ -199,11 +198,7 @@ impl<T> Classifier<T> {
         let si = self.subtables.iter().position(|s| s.mask == m.mask)?;
         let st = &mut self.subtables[si];
         let h = st.hash_key(&m.value);
-        let idx = st.idx.clone();
-        let Ok(mut occ) = st
-            .nodes
-            .find_entry(h, |n| n.hash == h && idx.iter().all(|&i| n.masked.w[i as usize] == m.value.w[i as usize]))
-        else {
+        let Ok(mut occ) = st.nodes.find_entry(h, |n| n.hash == h && node_matches(&st.words, n, &m.value)) else {
             return None;
         };
         let node = occ.get_mut();

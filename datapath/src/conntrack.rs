@@ -474,10 +474,10 @@ impl Conntrack {
         self.live -= 1;
     }
 
-    fn insert(&mut self, c: Conn) -> Option<u32> {
+    fn insert(&mut self, c: Conn, now: u64) -> Option<u32> {
         if self.live >= self.config.max_connections {
             // Make room from expired entries before refusing.
-            self.sweep(c.expires.saturating_sub(self.timeout(c.state)), self.config.sweep_budget);
+            self.sweep(now, self.config.sweep_budget);
             if self.live >= self.config.max_connections {
                 return None;
             }
@@ -683,7 +683,7 @@ impl Conntrack {
         apply_mark_label(&mut c, req.set_mark, req.set_label);
         let (mark, label) = (c.mark, c.label());
         let snapshot = c.clone();
-        if self.insert(c).is_none() {
+        if self.insert(c, now).is_none() {
             return CtResult { state: bits, error: Some(CtError::TableFull), ..Default::default() };
         }
         if nat.is_some() {

@@ -226,6 +226,18 @@ fn decode_range(w: &[u64]) -> NatRange {
     }
 }
 
+/// Decodes a `set` starting at `words[0]`: the field, the value and the words used.
+#[inline(always)]
+fn decode_set(words: &[u64]) -> (Field, u128, usize) {
+    let w = words[0];
+    let f = Field::ALL[((w >> 48) & 0xff) as usize];
+    if w >> 56 == TAG_SET {
+        (f, (w & 0xffff_ffff_ffff) as u128, 1)
+    } else {
+        (f, ((words[1] as u128) << 64) | words[2] as u128, 3)
+    }
+}
+
 /// Decodes a `ct` action starting at `words[0]`; returns it and the words it used.
 fn decode_ct(words: &[u64]) -> (DpAction, usize) {
     let w = words[0];
@@ -328,11 +340,10 @@ pub fn decode(words: &[u64]) -> Vec<DpAction> {
         i += 1;
         match w >> 56 {
             TAG_OUTPUT => out.push(DpAction::Output(w as u32)),
-            TAG_SET => out.push(DpAction::Set(Field::ALL[((w >> 48) & 0xff) as usize], (w & 0xffff_ffff_ffff) as u128)),
-            TAG_SET_WIDE => {
-                let v = ((words[i] as u128) << 64) | words[i + 1] as u128;
-                out.push(DpAction::Set(Field::ALL[((w >> 48) & 0xff) as usize], v));
-                i += 2;
+            TAG_SET | TAG_SET_WIDE => {
+                let (f, v, used) = decode_set(&words[i - 1..]);
+                out.push(DpAction::Set(f, v));
+                i += used - 1;
             }
             TAG_PUSH_VLAN => out.push(DpAction::PushVlan(w as u16)),
             TAG_POP_VLAN => out.push(DpAction::PopVlan),
@@ -383,15 +394,9 @@ pub fn execute(
         i += 1;
         match w >> 56 {
             TAG_OUTPUT => sink.output(pkt, w as u32, frame),
-            TAG_SET => {
-                let f = Field::ALL[((w >> 48) & 0xff) as usize];
-                packet::write_field(frame, offs, f, (w & 0xffff_ffff_ffff) as u128);
-                modified = true;
-            }
-            TAG_SET_WIDE => {
-                let f = Field::ALL[((w >> 48) & 0xff) as usize];
-                let v = ((words[i] as u128) << 64) | words[i + 1] as u128;
-                i += 2;
+            TAG_SET | TAG_SET_WIDE => {
+                let (f, v, used) = decode_set(&words[i - 1..]);
+                i += used - 1;
                 packet::write_field(frame, offs, f, v);
                 modified = true;
             }

@@ -95,6 +95,11 @@ struct Subtable {
 }
 
 impl Subtable {
+    fn new(mask: FlowKey) -> Self {
+        let idx = (0..KEY_WORDS).filter(|&i| mask.w[i] != 0).map(|i| i as u8).collect();
+        Subtable { mask, idx, table: HashTable::new(), hits: AtomicU64::new(0) }
+    }
+
     #[inline(always)]
     fn hash(&self, key: &FlowKey) -> u64 {
         let mut h = 0u64;
@@ -216,8 +221,7 @@ impl MegaflowCache {
         let sid = match self.subtables.iter().position(|s| s.as_ref().is_some_and(|s| s.mask == mask)) {
             Some(i) => i,
             None => {
-                let idx: Box<[u8]> = (0..KEY_WORDS).filter(|&i| mask.w[i] != 0).map(|i| i as u8).collect();
-                let st = Subtable { mask, idx, table: HashTable::new(), hits: AtomicU64::new(0) };
+                let st = Subtable::new(mask);
                 let i = match self.subtables.iter().position(|s| s.is_none()) {
                     Some(free) => {
                         self.subtables[free] = Some(st);
@@ -283,8 +287,7 @@ impl MegaflowCache {
         }
         // Eviction only ever empties subtables, so the slot is free again.
         debug_assert!(self.subtables[sid].is_none());
-        let idx: Box<[u8]> = (0..KEY_WORDS).filter(|&i| mask.w[i] != 0).map(|i| i as u8).collect();
-        self.subtables[sid] = Some(Subtable { mask, idx, table: HashTable::new(), hits: AtomicU64::new(0) });
+        self.subtables[sid] = Some(Subtable::new(mask));
         self.order.push(sid as u16);
         sid
     }

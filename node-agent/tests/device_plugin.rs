@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use prometheus_client::registry::Registry;
 use skein_agent::deviceplugin::config::ConfigError;
 use skein_agent::deviceplugin::dcb::NetlinkDcb;
 use skein_agent::deviceplugin::{DevicePluginStatus, RunningDevicePlugin, launch};
@@ -31,17 +32,43 @@ fn allocate_request(ids: &[&str]) -> api::AllocateRequest {
     }
 }
 
+/// A synthetic node, a stand-in kubelet in a temporary plugin directory, and a device
+/// plugin running against both.
+struct Harness {
+    node: SyntheticNode,
+    plugin_dir: tempfile::TempDir,
+    kubelet: FakeKubelet,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    plugin: RunningDevicePlugin,
+}
+
+impl Harness {
+    async fn start(config: Option<&str>) -> Harness {
+        let node = SyntheticNode::standard();
+        let plugin_dir = tempfile::tempdir().unwrap();
+        let kubelet = FakeKubelet::start(plugin_dir.path()).await;
+        let (registry, deps) = deps(Arc::new(NetlinkDcb));
+        let shutdown = CancellationToken::new();
+        let plugin = running(launch(settings(&node, plugin_dir.path(), config), deps, shutdown.clone()));
+        Harness { node, plugin_dir, kubelet, registry, shutdown, plugin }
+    }
+
+    /// Stops the plugin, then the kubelet; returns the plugin directory for inspection.
+    async fn stop(self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        self.plugin.wait().await;
+        self.kubelet.stop(false).await;
+        self.plugin_dir
+    }
+}
+
 #[tokio::test]
 async fn registers_and_lists_devices_with_topology() {
-    let node = SyntheticNode::standard();
-    let plugin_dir = tempfile::tempdir().unwrap();
-    let mut kubelet = FakeKubelet::start(plugin_dir.path()).await;
-    let (registry, deps) = deps(Arc::new(NetlinkDcb));
-    let shutdown = CancellationToken::new();
-    let plugin = running(launch(settings(&node, plugin_dir.path(), None), deps, shutdown.clone()));
-    assert_eq!(plugin.resources(), ["skein.dev/rdma"]);
+    let mut h = Harness::start(None).await;
+    assert_eq!(h.plugin.resources(), ["skein.dev/rdma"]);
 
-    let mut view = kubelet.next_plugin().await;
+    let mut view = h.kubelet.next_plugin().await;
     assert_eq!(
         view.request,
         api::RegisterRequest {
@@ -54,7 +81,7 @@ async fn registers_and_lists_devices_with_topology() {
             }),
         }
     );
-    assert!(plugin_dir.path().join(DEFAULT_SOCKET).exists());
+    assert!(h.plugin_dir.path().join(DEFAULT_SOCKET).exists());
     assert!(view.options.get_preferred_allocation_available);
 
     let list = wait_for_list(&mut view, "both HCAs", |l| l.len() == 2).await;
@@ -69,38 +96,31 @@ async fn registers_and_lists_devices_with_topology() {
     assert_eq!(numa("mlx5_0"), Some(vec![0]));
     assert_eq!(numa("mlx5_1"), Some(vec![1]));
 
-    let text = metrics::render(&registry);
+    let text = metrics::render(&h.registry);
     assert!(text.contains(r#"skein_deviceplugin_registrations_total{resource="skein.dev/rdma"} 1"#), "{text}");
     assert!(text.contains(r#"skein_rdma_devices{resource="skein.dev/rdma",health="healthy"} 2"#), "{text}");
     assert!(text.contains("skein_deviceplugin_enabled 1"), "{text}");
 
-    shutdown.cancel();
-    plugin.wait().await;
+    let plugin_dir = h.stop().await;
     assert!(!plugin_dir.path().join(DEFAULT_SOCKET).exists(), "socket removed on shutdown");
-    kubelet.stop(false).await;
 }
 
 #[tokio::test]
 async fn port_state_and_hot_plug_reach_kubelet() {
-    let node = SyntheticNode::standard();
-    let plugin_dir = tempfile::tempdir().unwrap();
-    let mut kubelet = FakeKubelet::start(plugin_dir.path()).await;
-    let (_registry, deps) = deps(Arc::new(NetlinkDcb));
-    let shutdown = CancellationToken::new();
-    let plugin = running(launch(settings(&node, plugin_dir.path(), None), deps, shutdown.clone()));
-    let mut view = kubelet.next_plugin().await;
+    let mut h = Harness::start(None).await;
+    let mut view = h.kubelet.next_plugin().await;
     wait_for_list(&mut view, "initial list", |l| l.len() == 2).await;
 
-    node.set_port_state("mlx5_1", 1, "1: DOWN");
+    h.node.set_port_state("mlx5_1", 1, "1: DOWN");
     let list =
         wait_for_list(&mut view, "mlx5_1 Unhealthy after port DOWN", |l| health_of(l, "mlx5_1") == Some("Unhealthy"))
             .await;
     assert_eq!(health_of(&list, "mlx5_0"), Some("Healthy"));
 
-    node.set_port_state("mlx5_1", 1, "4: ACTIVE");
+    h.node.set_port_state("mlx5_1", 1, "4: ACTIVE");
     wait_for_list(&mut view, "mlx5_1 Healthy after port ACTIVE", |l| health_of(l, "mlx5_1") == Some("Healthy")).await;
 
-    node.add_hca(&HcaSpec {
+    h.node.add_hca(&HcaSpec {
         name: "mlx5_2",
         numa_node: -1,
         link_layer: "Ethernet",
@@ -114,24 +134,16 @@ async fn port_state_and_hot_plug_reach_kubelet() {
     assert_eq!(added.health, "Healthy");
     assert!(added.topology.is_none(), "numa_node -1 means no topology");
 
-    node.remove_hca("mlx5_2");
+    h.node.remove_hca("mlx5_2");
     wait_for_list(&mut view, "mlx5_2 gone", |l| l.len() == 2 && health_of(l, "mlx5_2").is_none()).await;
-
-    shutdown.cancel();
-    plugin.wait().await;
-    kubelet.stop(false).await;
+    h.stop().await;
 }
 
 #[tokio::test]
 async fn allocate_gives_char_devices_and_env_and_rejects_unknown_ids() {
-    let node = SyntheticNode::standard();
-    let plugin_dir = tempfile::tempdir().unwrap();
-    let mut kubelet = FakeKubelet::start(plugin_dir.path()).await;
-    let (registry, deps) = deps(Arc::new(NetlinkDcb));
-    let shutdown = CancellationToken::new();
-    let plugin = running(launch(settings(&node, plugin_dir.path(), None), deps, shutdown.clone()));
-    let view = kubelet.next_plugin().await;
-    let mut client = plugin_client(plugin_dir.path(), &view.request.endpoint).await;
+    let mut h = Harness::start(None).await;
+    let view = h.kubelet.next_plugin().await;
+    let mut client = plugin_client(h.plugin_dir.path(), &view.request.endpoint).await;
 
     let response = client.allocate(allocate_request(&["mlx5_1", "mlx5_0"])).await.unwrap().into_inner();
     assert_eq!(response.container_responses.len(), 1);
@@ -167,32 +179,24 @@ async fn allocate_gives_char_devices_and_env_and_rejects_unknown_ids() {
     // The plugin survived the bad requests.
     client.allocate(allocate_request(&["mlx5_0"])).await.expect("still serving after bad requests");
     client.pre_start_container(api::PreStartContainerRequest { devices_ids: vec!["mlx5_0".into()] }).await.unwrap();
-    let text = metrics::render(&registry);
+    let text = metrics::render(&h.registry);
     assert!(text.contains(r#"skein_deviceplugin_allocation_errors_total{resource="skein.dev/rdma"} 2"#), "{text}");
     assert!(text.contains(r#"skein_deviceplugin_allocations_total{resource="skein.dev/rdma"} 3"#), "{text}");
-
-    shutdown.cancel();
-    plugin.wait().await;
-    kubelet.stop(false).await;
+    h.stop().await;
 }
 
 #[tokio::test]
 async fn preferred_allocation_keeps_to_one_numa_node_in_shared_mode() {
-    let node = SyntheticNode::standard();
-    let plugin_dir = tempfile::tempdir().unwrap();
-    let mut kubelet = FakeKubelet::start(plugin_dir.path()).await;
-    let (_registry, deps) = deps(Arc::new(NetlinkDcb));
-    let shutdown = CancellationToken::new();
     let config = "resources:\n  - name: rdma/hca_shared\n    sharedSlots: 4\n";
-    let plugin = running(launch(settings(&node, plugin_dir.path(), Some(config)), deps, shutdown.clone()));
-    let mut view = kubelet.next_plugin().await;
+    let mut h = Harness::start(Some(config)).await;
+    let mut view = h.kubelet.next_plugin().await;
     assert_eq!(view.request.resource_name, "rdma/hca_shared");
     assert_eq!(view.request.endpoint, "skein-rdma_hca_shared.sock");
     let list = wait_for_list(&mut view, "8 slots", |l| l.len() == 8).await;
     let ids: Vec<String> = list.iter().map(|d| d.id.clone()).collect();
     assert!(ids.contains(&"mlx5_0-slot3".to_owned()), "{ids:?}");
 
-    let mut client = plugin_client(plugin_dir.path(), &view.request.endpoint).await;
+    let mut client = plugin_client(h.plugin_dir.path(), &view.request.endpoint).await;
     let numa_of = |id: &str| list.iter().find(|d| d.id == id).and_then(|d| d.topology.as_ref()).map(|t| t.nodes[0].id);
     let ask = |must: &[&str], size: i32| api::PreferredAllocationRequest {
         container_requests: vec![api::ContainerPreferredAllocationRequest {
@@ -219,10 +223,7 @@ async fn preferred_allocation_keeps_to_one_numa_node_in_shared_mode() {
     // In shared mode one HCA is behind several IDs; Allocate names it once.
     let response = client.allocate(allocate_request(&["mlx5_1-slot0", "mlx5_1-slot3"])).await.unwrap().into_inner();
     assert_eq!(response.container_responses[0].envs["SKEIN_RDMA_DEVICES"], "mlx5_1");
-
-    shutdown.cancel();
-    plugin.wait().await;
-    kubelet.stop(false).await;
+    h.stop().await;
 }
 
 #[tokio::test]
