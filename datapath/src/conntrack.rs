@@ -317,6 +317,20 @@ impl Conn {
     pub fn expires(&self) -> u64 {
         self.expires
     }
+
+    /// The tracking state, as `conntrack -L` names it (`SYN_SENT`, `ESTABLISHED`, ...).
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::TcpSynSent => "SYN_SENT",
+            State::TcpSynRecv => "SYN_RECV",
+            State::TcpEstablished => "ESTABLISHED",
+            State::TcpFinWait => "FIN_WAIT",
+            State::TcpTimeWait => "TIME_WAIT",
+            State::TcpClosed => "CLOSE",
+            State::UdpFirst | State::IcmpFirst | State::OtherFirst => "UNREPLIED",
+            State::UdpMultiple | State::IcmpReply | State::OtherMultiple => "REPLIED",
+        }
+    }
 }
 
 /// Direction of a packet relative to its connection.

@@ -68,19 +68,26 @@ pub struct Packet {
     /// Tunnel metadata, for a frame that arrived through a Geneve tunnel (decapsulated
     /// by [`Packet::from_geneve`] or by the tunnel port's socket).
     pub tunnel: Option<crate::geneve::TunnelMeta>,
+    /// Offload state the frame arrived with (partial checksum, TSO/GSO super-frame).
+    pub offload: crate::offload::Offload,
 }
 
 impl Packet {
     /// A frame that arrived on `in_port`.
     pub fn new(data: Vec<u8>, in_port: u32) -> Packet {
-        Packet { data, in_port, tunnel: None }
+        Packet { data, in_port, tunnel: None, offload: crate::offload::Offload::NONE }
     }
 
     /// Decapsulates a Geneve frame (outer Ethernet/IPv4/UDP/Geneve) that arrived on the
     /// underlay into the inner frame plus tunnel metadata, as input on `tunnel_port`.
     pub fn from_geneve(frame: &[u8], tunnel_port: u32) -> Result<Packet, crate::geneve::GeneveError> {
         let (meta, inner) = crate::geneve::decap(frame)?;
-        Ok(Packet { data: frame[inner..].to_vec(), in_port: tunnel_port, tunnel: Some(meta) })
+        Ok(Packet {
+            data: frame[inner..].to_vec(),
+            in_port: tunnel_port,
+            tunnel: Some(meta),
+            offload: crate::offload::Offload::NONE,
+        })
     }
 }
 
@@ -347,13 +354,21 @@ impl Datapath {
             if let Some(eth) = p.data.get(..12) {
                 arrived_eth.copy_from_slice(eth);
             }
-            let ctx = ExecCtx { conntrack: &self.conntrack, lbs: &self.lbs, now, in_port: p.in_port, arrived_eth };
+            let ctx = ExecCtx {
+                conntrack: &self.conntrack,
+                lbs: &self.lbs,
+                now,
+                in_port: p.in_port,
+                arrived_eth,
+                offload: p.offload,
+            };
             let mut key = FlowKey::ZERO;
             key.set(Field::InPort, p.in_port as u128);
             if let Some(t) = &p.tunnel {
                 t.write_key(&mut key);
             }
             let mut offs = parse_frame(&p.data, &mut key);
+            offs.csum_partial = p.offload.csum_partial();
             let local = &mut worker.local;
             local.packets += 1;
             let mut pass = 0;
@@ -388,6 +403,7 @@ impl Datapath {
                 key.set(Field::CtMark, r.ct.mark as u128);
                 key.set(Field::CtLabel, r.ct.label);
                 offs = parse_frame(&p.data, &mut key);
+                offs.csum_partial = p.offload.csum_partial();
             }
         }
         drop(cache);

@@ -15,6 +15,7 @@ use crate::flow::{Responder, TunnelPort};
 use crate::geneve;
 use crate::key::{Field, FlowKey};
 use crate::lb::LbState;
+use crate::offload::Offload;
 use crate::packet;
 use crate::parse::{ABSENT, HeaderOffsets, L3, parse_frame};
 use crate::pipeline::DropReason;
@@ -24,6 +25,14 @@ pub trait OutputSink {
     /// `frame` (as modified so far) leaves through `port`. `packet` is the index of the
     /// frame in the batch being processed.
     fn output(&mut self, packet: usize, port: u32, frame: &[u8]);
+
+    /// A frame the datapath generated on behalf of packet `packet` — a responder's
+    /// answer, a reject, an ICMP error, an encapsulated copy — leaves through `port`.
+    /// Unlike [`OutputSink::output`], it carries none of the packet's offload state
+    /// (its checksums are complete). By default the same as `output`.
+    fn emit(&mut self, packet: usize, port: u32, frame: &[u8]) {
+        self.output(packet, port, frame);
+    }
 }
 
 /// A sink that collects `(packet, port, frame)` copies; for tests and tools.
@@ -112,6 +121,9 @@ pub struct ExecCtx<'a> {
     /// The frame's Ethernet destination and source as it arrived, for ICMP errors
     /// about it (sent from the MAC it was addressed to, back to the one that sent it).
     pub arrived_eth: [u8; 12],
+    /// The frame's offload state (partial checksum, super-frame), resolved in software
+    /// where the frame cannot keep it (into a tunnel).
+    pub offload: Offload,
 }
 
 /// A packet that must go through the pipeline again.
@@ -411,7 +423,8 @@ pub fn execute(
             TAG_TUNNEL => {
                 let e = decode_tunnel(&words[i - 1..]);
                 i += TUNNEL_WORDS - 1;
-                if let Err(d) = tunnel_output(frame, offs, &e, pkt, sink, ctx.arrived_eth, ctx.in_port) {
+                let (eth, port, offload) = (ctx.arrived_eth, ctx.in_port, ctx.offload);
+                if let Err(d) = tunnel_output(frame, offs, &e, pkt, sink, eth, port, offload) {
                     return Outcome { recirc: None, drop: Some(d) };
                 }
             }
@@ -426,7 +439,7 @@ pub fn execute(
                     }
                 };
                 if let Some(a) = answer {
-                    sink.output(pkt, ctx.in_port, &a);
+                    sink.emit(pkt, ctx.in_port, &a);
                 }
             }
             TAG_CT | TAG_CT_LB => {
@@ -492,6 +505,9 @@ fn mac_bytes(m: u64) -> [u8; 6] {
 /// Encapsulates a copy of the frame and outputs it; a frame too big for the tunnel is
 /// answered (out of `in_port`) with ICMP "fragmentation needed" / ICMPv6 "packet too big"
 /// instead, addressed with the Ethernet header the frame arrived with (`arrived_eth`).
+/// A super-frame is segmented first and each segment is sized against the tunnel MTU; a
+/// partial checksum is completed (the far end gets plain frames).
+#[allow(clippy::too_many_arguments)]
 pub fn tunnel_output(
     frame: &[u8],
     offs: &HeaderOffsets,
@@ -500,10 +516,28 @@ pub fn tunnel_output(
     sink: &mut impl OutputSink,
     arrived_eth: [u8; 12],
     in_port: u32,
+    offload: Offload,
 ) -> Result<(), DropReason> {
     let t = &e.tunnel;
     let max_l3 = (t.mtu as usize).saturating_sub(geneve::ENCAP_OVERHEAD_V4);
-    if offs.l3 != ABSENT && frame.len() - offs.l3 as usize > max_l3 {
+    let offload = if offs.l4 != ABSENT && offload.csum_partial() {
+        Offload { csum_start: offs.l4, ..offload }
+    } else {
+        Offload { flags: 0, ..offload }
+    };
+    let l3_len = if offload.is_gso() && offs.l4 != ABSENT && offs.l3 != ABSENT {
+        // Each segment: the headers up to the payload plus one segment of payload.
+        let hdr = match offs.l4_proto {
+            crate::key::ip_proto::TCP => frame.get(offs.l4 as usize + 12).map_or(20, |b| ((b >> 4) as usize) * 4),
+            _ => 8,
+        };
+        (offs.l4 - offs.l3) as usize + hdr + offload.gso_size as usize
+    } else if offs.l3 != ABSENT {
+        frame.len() - offs.l3 as usize
+    } else {
+        0
+    };
+    if offs.l3 != ABSENT && l3_len > max_l3 {
         // Addressed as the frame arrived: from the MAC it was sent to, back to its sender.
         let mut as_arrived = frame.to_vec();
         as_arrived[..12].copy_from_slice(&arrived_eth);
@@ -515,7 +549,7 @@ pub fn tunnel_output(
             _ => None,
         };
         if let Some(a) = answer {
-            sink.output(pkt, in_port, &a);
+            sink.emit(pkt, in_port, &a);
         }
         return Err(DropReason::TooBig);
     }
@@ -529,10 +563,26 @@ pub fn tunnel_output(
         ingress: e.ingress,
         egress: e.egress,
     };
-    let mut out = Vec::with_capacity(frame.len() + geneve::ENCAP_OVERHEAD_V4);
-    geneve::encap(frame, &params, geneve::inner_flow_entropy(frame), &mut out).map_err(|_| DropReason::EncapError)?;
-    sink.output(pkt, t.underlay_port, &out);
-    Ok(())
+    let mut out = Vec::with_capacity(frame.len().min(max_l3 + 14) + geneve::ENCAP_OVERHEAD_V4);
+    if !offload.csum_partial() && !offload.is_gso() {
+        geneve::encap(frame, &params, geneve::inner_flow_entropy(frame), &mut out)
+            .map_err(|_| DropReason::EncapError)?;
+        sink.emit(pkt, t.underlay_port, &out);
+        return Ok(());
+    }
+    let entropy = geneve::inner_flow_entropy(frame);
+    let mut failed = false;
+    let mut scratch = Vec::new();
+    crate::offload::segment(frame, offs, &offload, &mut scratch, |seg| {
+        out.clear();
+        if geneve::encap(seg, &params, entropy, &mut out).is_ok() {
+            sink.emit(pkt, t.underlay_port, &out);
+        } else {
+            failed = true;
+        }
+    })
+    .map_err(|_| DropReason::EncapError)?;
+    if failed { Err(DropReason::EncapError) } else { Ok(()) }
 }
 
 /// `ct_lb`: known connections keep their translation; new ones get a backend and are
@@ -564,7 +614,7 @@ fn ct_lb(
         None => {
             drop(ct);
             if let Some(reply) = crate::lb::reject(frame, offs, key) {
-                sink.output(pkt, ctx.in_port, &reply);
+                sink.emit(pkt, ctx.in_port, &reply);
             }
             Err(DropReason::LbReject)
         }
@@ -632,7 +682,8 @@ mod tests {
         let mut sink = CollectSink::default();
         let ct = Mutex::new(Conntrack::new(Default::default()));
         let lbs = Mutex::new(HashMap::new());
-        let ctx = ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12] };
+        let ctx =
+            ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload: Offload::NONE };
         execute(&w, &mut f, &mut o, &key, 0, &mut sink, &ctx);
         assert_eq!(sink.outputs.len(), 2);
         assert_ne!(sink.outputs[0].2, orig);

@@ -114,8 +114,13 @@ fn set_ipv4_addr(f: &mut [u8], o: &HeaderOffsets, at: usize, new: u32) {
     // Whatever L4 checksum covers the pseudo-header (even an ICMPv6 one in an IPv4
     // packet, however odd) must follow the address.
     if let Some(ca) = pseudo_csum_offset(f, o) {
-        let c = csum_update32(rd16(f, ca), old, new);
-        store_l4_csum(f, o, ca, c);
+        if o.csum_partial {
+            // The field holds the folded pseudo-header sum itself, not its complement.
+            wr16(f, ca, !csum_update32(!rd16(f, ca), old, new));
+        } else {
+            let c = csum_update32(rd16(f, ca), old, new);
+            store_l4_csum(f, o, ca, c);
+        }
     }
 }
 
@@ -126,8 +131,12 @@ fn set_ipv6_addr(f: &mut [u8], o: &HeaderOffsets, at: usize, new: u128) {
     }
     f[at..at + 16].copy_from_slice(&new.to_be_bytes());
     if let Some(ca) = pseudo_csum_offset(f, o) {
-        let c = csum_update128(rd16(f, ca), old, new);
-        store_l4_csum(f, o, ca, c);
+        if o.csum_partial {
+            wr16(f, ca, !csum_update128(!rd16(f, ca), old, new));
+        } else {
+            let c = csum_update128(rd16(f, ca), old, new);
+            store_l4_csum(f, o, ca, c);
+        }
     }
 }
 
@@ -137,6 +146,10 @@ fn set_l4_port(f: &mut [u8], o: &HeaderOffsets, at: usize, new: u16) {
         return;
     }
     wr16(f, at, new);
+    if o.csum_partial {
+        // A partial checksum is completed over the header as it leaves: nothing to do.
+        return;
+    }
     let l4 = o.l4 as usize;
     match o.l4_proto {
         ip_proto::TCP => {
@@ -255,6 +268,9 @@ pub fn write_field(f: &mut [u8], o: &HeaderOffsets, field: Field, value: u128) {
                     };
                     if old != new {
                         wr16(f, l4, new);
+                        if o.csum_partial {
+                            return;
+                        }
                         let c = csum_update16(rd16(f, l4 + 2), old, new);
                         wr16(f, l4 + 2, c);
                     }
@@ -275,6 +291,9 @@ pub fn set_icmp_echo_id(f: &mut [u8], o: &HeaderOffsets, id: u16) {
     let old = rd16(f, at);
     if old != id {
         wr16(f, at, id);
+        if o.csum_partial {
+            return;
+        }
         let c = csum_update16(rd16(f, o.l4 as usize + 2), old, id);
         wr16(f, o.l4 as usize + 2, c);
     }

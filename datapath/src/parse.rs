@@ -39,12 +39,16 @@ pub struct HeaderOffsets {
     pub l4: u16,
     /// IP protocol of the L4 header at `l4`.
     pub l4_proto: u8,
+    /// The L4 checksum is partial (it holds only the pseudo-header sum, to be completed
+    /// by whoever transmits the frame): header rewrites update it accordingly. Set by
+    /// the caller from the frame's offload metadata; `parse_frame` leaves it false.
+    pub csum_partial: bool,
 }
 
 impl HeaderOffsets {
     /// Offsets of a frame with no parsed headers.
     pub const NONE: HeaderOffsets =
-        HeaderOffsets { eth_type: ABSENT, l3: ABSENT, l3_kind: L3::None, l4: ABSENT, l4_proto: 0 };
+        HeaderOffsets { eth_type: ABSENT, l3: ABSENT, l3_kind: L3::None, l4: ABSENT, l4_proto: 0, csum_partial: false };
 }
 
 #[inline(always)]

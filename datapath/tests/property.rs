@@ -365,7 +365,7 @@ proptest! {
                 Step::Packets(specs) => {
                     let mut batch: Vec<Packet> = specs
                         .iter()
-                        .map(|(s, port, tunnel)| Packet { data: build_frame(s), in_port: *port, tunnel: *tunnel })
+                        .map(|(s, port, tunnel)| Packet { tunnel: *tunnel, ..Packet::new(build_frame(s), *port) })
                         .collect();
                     now += 20;
                     let expected: Vec<_> =

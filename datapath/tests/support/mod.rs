@@ -447,6 +447,7 @@ impl State<'_> {
                     &mut sink,
                     self.arrived_eth,
                     self.in_port,
+                    skein_datapath::offload::Offload::NONE,
                 );
                 if let Err(d) = r {
                     self.runtime_drop(d);

@@ -1,0 +1,337 @@
+//! `skein-dp`: Skein's datapath as a standalone switch. `skein-dp run` opens interfaces
+//! (veth host ends) and Geneve endpoints as ports and forwards between them by a flow file;
+//! the other subcommands talk to a running switch over its control socket.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use skein_datapath::control::Control;
+use skein_datapath::io::{PortConfig, PortSpec, RingKind, Switch, SwitchConfig, now_ns};
+use skein_datapath::{Datapath, DatapathConfig, flowtext};
+
+const DEFAULT_CONTROL: &str = "/run/skein/dp.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skein-dp",
+    version,
+    about = "Skein's userspace datapath as a standalone switch",
+    long_about = "Skein's userspace datapath as a standalone switch.\n\n\
+        `skein-dp run` opens veth host ends (AF_PACKET rings with virtio-net headers, so TSO \
+        super-frames cross whole) and Geneve endpoints (UDP 6081) as numbered ports and \
+        forwards between them by a flow file in ovs-ofctl syntax (see docs/flow-syntax.md). \
+        The other subcommands ask a running switch through its control socket."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Ring {
+    /// TPACKET_V2: every frame handed over as it lands (lowest latency).
+    V2,
+    /// TPACKET_V3: frames packed in blocks, handed over when a block fills or its timer
+    /// fires (fewest wake-ups; adds up to --v3-retire-ms of latency to a lone packet).
+    V3,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the switch until killed.
+    Run {
+        /// Flow file to start with (empty pipeline if not given: everything drops).
+        #[arg(long, value_name = "FILE")]
+        flows: Option<PathBuf>,
+        /// An interface port: NUMBER=IFNAME (repeatable), e.g. --port 1=veth-a.
+        #[arg(long = "port", value_name = "N=IFNAME")]
+        ports: Vec<String>,
+        /// A Geneve endpoint port: NUMBER=LOCAL_IP[:UDP_PORT] (repeatable; UDP port
+        /// 6081 by default). Tunnel ports with this underlay_port send through it;
+        /// decapsulated packets arrive with this in_port.
+        #[arg(long = "geneve", value_name = "N=IP[:PORT]")]
+        geneve: Vec<String>,
+        /// Forwarding threads (each owns some ports; default: one per port, at most the
+        /// number of CPUs).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Microseconds a worker keeps polling after its last packet before sleeping
+        /// (0: sleep at once). Polling saves a wake-up per round trip; it costs CPU only
+        /// while traffic flows.
+        #[arg(long, default_value_t = 0)]
+        busy_poll_us: u64,
+        /// Interrupt moderation, microseconds: while packets arrive steadily a worker
+        /// naps this long between batches instead of waking per packet (0: off). Lone
+        /// packets are not delayed.
+        #[arg(long, default_value_t = 100)]
+        coalesce_us: u64,
+        /// Receive ring layout.
+        #[arg(long, value_enum, default_value_t = Ring::V2)]
+        ring: Ring,
+        /// TPACKET_V3 block retire timeout in milliseconds.
+        #[arg(long, default_value_t = 1)]
+        v3_retire_ms: u32,
+        /// Receive ring size per interface, MiB.
+        #[arg(long, default_value_t = 32)]
+        ring_mib: u32,
+        /// Control socket (created mode 0600).
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Replace the running switch's flows with a flow file, atomically.
+    Reload {
+        /// The flow file.
+        file: PathBuf,
+        /// Control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Print every flow with its packet and byte counters.
+    DumpFlows {
+        /// Control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Print the megaflow cache: masked matches, counters, datapath actions.
+    DumpCache {
+        /// Control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Print the connection tracking table.
+    DumpConntrack {
+        /// Control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Print counters as name=value lines.
+    Stats {
+        /// Control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Show a packet's walk through the tables, e.g.
+    /// `skein-dp trace in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_dst=80`.
+    Trace {
+        /// The packet, in the flow syntax.
+        packet: String,
+        /// Control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Check a flow file without a running switch; prints what it defines.
+    Check {
+        /// The flow file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skein-dp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Run {
+            flows,
+            ports,
+            geneve,
+            workers,
+            busy_poll_us,
+            coalesce_us,
+            ring,
+            v3_retire_ms,
+            ring_mib,
+            control,
+        } => {
+            let mut specs = Vec::new();
+            for p in &ports {
+                let (n, name) = p.split_once('=').with_context(|| format!("--port {p:?}: expected NUMBER=IFNAME"))?;
+                let number = n.parse().with_context(|| format!("--port {p:?}: {n:?} is not a port number"))?;
+                if name.is_empty() {
+                    bail!("--port {p:?}: empty interface name");
+                }
+                specs.push(PortSpec::Interface { number, name: name.to_string() });
+            }
+            for g in &geneve {
+                let (n, addr) =
+                    g.split_once('=').with_context(|| format!("--geneve {g:?}: expected NUMBER=IP[:PORT]"))?;
+                let number = n.parse().with_context(|| format!("--geneve {g:?}: {n:?} is not a port number"))?;
+                let local = match addr.parse::<SocketAddrV4>() {
+                    Ok(a) => a,
+                    Err(_) => SocketAddrV4::new(
+                        addr.parse::<Ipv4Addr>()
+                            .with_context(|| format!("--geneve {g:?}: {addr:?} is not an IPv4 address[:port]"))?,
+                        skein_datapath::io::udp::GENEVE_PORT,
+                    ),
+                };
+                specs.push(PortSpec::Geneve { number, local });
+            }
+            if specs.is_empty() {
+                bail!("no ports: give at least one --port N=IFNAME or --geneve N=IP");
+            }
+            let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let cfg = SwitchConfig {
+                workers: workers.unwrap_or(specs.len().min(cpus)).max(1),
+                busy_poll: Duration::from_micros(busy_poll_us),
+                coalesce: Duration::from_micros(coalesce_us),
+                batch: 64,
+                port: PortConfig {
+                    ring: match ring {
+                        Ring::V2 => RingKind::V2,
+                        Ring::V3 => RingKind::V3 { retire_ms: v3_retire_ms },
+                    },
+                    ring_bytes: ring_mib.saturating_mul(1 << 20),
+                },
+            };
+            let switch = Arc::new(Switch::start(dp.clone(), &specs, cfg)?);
+            let ctl = {
+                let sw = switch.clone();
+                Arc::new(Control::new(dp.clone(), Box::new(move || sw.port_stats()), now_ns))
+            };
+            if let Some(f) = &flows {
+                let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
+                let r = ctl.reload(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                tracing::info!(file = %f.display(), flows = r.flows_added, "flows installed");
+            }
+            let listener = bind_control(&control)?;
+            tracing::info!(
+                ports = specs.len(),
+                workers = cfg.workers,
+                ring = ?cfg.port.ring,
+                busy_poll_us,
+                coalesce_us,
+                control = %control.display(),
+                "switch running"
+            );
+            {
+                let ctl = ctl.clone();
+                let sw = switch.clone();
+                std::thread::Builder::new().name("skein-dp-ctl".into()).spawn(move || {
+                    for conn in listener.incoming() {
+                        match conn {
+                            Ok(s) => serve(&ctl, s, &sw),
+                            Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                        }
+                    }
+                })?;
+            }
+            // Housekeeping: expire idle cache entries and connections, rerank subtables.
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                dp.maintain(now_ns());
+            }
+        }
+        Command::Reload { file, control } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            request(&control, &format!("reload\n{text}")).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))
+        }
+        Command::DumpFlows { control } => request(&control, "dump-flows"),
+        Command::DumpCache { control } => request(&control, "dump-cache"),
+        Command::DumpConntrack { control } => request(&control, "dump-conntrack"),
+        Command::Stats { control } => request(&control, "stats"),
+        Command::Trace { packet, control } => {
+            if packet.contains('\n') {
+                bail!("the packet description must be one line");
+            }
+            request(&control, &format!("trace {packet}"))
+        }
+        Command::Check { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            let f = flowtext::parse_flow_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let ctl = Control::new(Arc::new(Datapath::new(DatapathConfig::default())), Box::new(Vec::new), now_ns);
+            ctl.reload(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!(
+                "flows={} groups={} load_balancers={} tunnels={}",
+                f.flows.len(),
+                f.groups.len(),
+                f.load_balancers.len(),
+                f.tunnels.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        bail!("{} is in use: another skein-dp runs with this control socket", path.display());
+    }
+    // A socket file nobody listens on is left from a previous run.
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).with_context(|| format!("bind control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(l)
+}
+
+fn serve(ctl: &Control, mut s: UnixStream, sw: &Switch) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut req = String::new();
+    if let Err(e) = s.read_to_string(&mut req) {
+        let _ = write!(s, "error\nreading the request: {e}\n");
+        return;
+    }
+    let cmd = req.lines().next().unwrap_or("").split(' ').next().unwrap_or("").to_string();
+    let reply = match ctl.handle(&req) {
+        Ok(body) => {
+            if cmd == "reload" {
+                tracing::info!(result = %body.trim(), "flows reloaded");
+                sw.wake();
+            }
+            format!("ok\n{body}")
+        }
+        Err(e) => {
+            if cmd == "reload" {
+                tracing::warn!(error = %e, "reload refused; the installed flows stay");
+            }
+            format!("error\n{e}\n")
+        }
+    };
+    let _ = s.write_all(reply.as_bytes());
+}
+
+fn request(path: &Path, req: &str) -> anyhow::Result<()> {
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("connect to {} (is `skein-dp run` running?)", path.display()))?;
+    s.write_all(req.as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (status, body) = reply.split_once('\n').unwrap_or((reply.as_str(), ""));
+    match status {
+        "ok" => {
+            print!("{body}");
+            Ok(())
+        }
+        "error" => bail!("{}", body.trim_end()),
+        _ => bail!("unexpected reply from {}: {reply:?}", path.display()),
+    }
+}

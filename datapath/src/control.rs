@@ -1,0 +1,444 @@
+//! The switch's control interface: what `skein-dp reload`, `dump-flows`, `dump-cache`,
+//! `dump-conntrack`, `stats` and `trace` ask a running switch, answered as text. The
+//! transport (a Unix socket in `skein-dp`) only carries a request — a command line, then a
+//! body — and the reply; everything here works on a [`Datapath`] and is tested without
+//! sockets.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::datapath::Datapath;
+use crate::flow::{Flow, FlowMod, Match};
+use crate::flowtext::{self, FlowFile};
+use crate::io::PortStats;
+use crate::pipeline::TraceStep;
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The flow file or packet description did not parse.
+    #[error("{0}")]
+    Syntax(#[from] flowtext::FlowTextError),
+    /// The file parsed but the pipeline refused one of its entries.
+    #[error("{item}: refused: {reason}")]
+    Refused {
+        /// The refused entry, in the flow syntax.
+        item: String,
+        /// The pipeline's reason.
+        reason: String,
+    },
+    /// Unknown command.
+    #[error("unknown command {0:?} (known: reload, dump-flows, dump-cache, dump-conntrack, stats, trace)")]
+    UnknownCommand(String),
+}
+
+/// What a reload changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Flows added or changed.
+    pub flows_added: usize,
+    /// Flows removed.
+    pub flows_removed: usize,
+    /// Flows left as they were (keeping their counters and cached decisions).
+    pub flows_kept: usize,
+    /// Cached decisions re-checked / removed as stale.
+    pub megaflows_checked: usize,
+    /// Cached decisions removed as stale.
+    pub megaflows_invalidated: usize,
+}
+
+type PortStatsFn = Box<dyn Fn() -> Vec<PortStats> + Send + Sync>;
+
+/// The control side of a running switch.
+pub struct Control {
+    dp: Arc<Datapath>,
+    installed: Mutex<FlowFile>,
+    ports: PortStatsFn,
+    now: fn() -> u64,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Control of `dp`; `ports` reports port counters, `now` is the datapath's clock.
+    pub fn new(dp: Arc<Datapath>, ports: PortStatsFn, now: fn() -> u64) -> Control {
+        Control { dp, installed: Mutex::new(FlowFile::default()), ports, now }
+    }
+
+    /// Replaces everything installed with the flow file `text`, in one atomic step:
+    /// the file is checked first (nothing changes if any line is bad); unchanged flows
+    /// keep their counters and cached decisions; removed ones go; new and changed ones
+    /// are installed; the caches are revalidated once.
+    pub fn reload(&self, text: &str) -> Result<ReloadReport, ControlError> {
+        let new = flowtext::parse_flow_file(text)?;
+        // Check the whole file against an empty datapath before touching the live one.
+        let scratch = Datapath::new(*self.dp.config());
+        let all = new.to_mods();
+        if let Err((index, e, _)) = scratch.apply(&all) {
+            return Err(ControlError::Refused { item: describe(all.get(index)), reason: e.to_string() });
+        }
+        let mut installed = self.installed.lock();
+        let (mods, mut report) = diff(&installed, &new);
+        let r = self.dp.apply(&mods).map_err(|(index, e, _)| ControlError::Refused {
+            item: describe(mods.get(index)),
+            reason: e.to_string(),
+        })?;
+        report.megaflows_checked = r.checked;
+        report.megaflows_invalidated = r.invalidated;
+        *installed = new;
+        Ok(report)
+    }
+
+    /// Answers one request: `command [argument]` on the first line, a body after it
+    /// (the flow file for `reload`).
+    pub fn handle(&self, request: &str) -> Result<String, ControlError> {
+        let (line, body) = request.split_once('\n').unwrap_or((request, ""));
+        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match cmd {
+            "reload" => {
+                let r = self.reload(body)?;
+                Ok(format!(
+                    "flows_added={} flows_removed={} flows_kept={} megaflows_checked={} megaflows_invalidated={}\n",
+                    r.flows_added, r.flows_removed, r.flows_kept, r.megaflows_checked, r.megaflows_invalidated
+                ))
+            }
+            "dump-flows" => Ok(self.dump_flows()),
+            "dump-cache" => Ok(self.dump_cache()),
+            "dump-conntrack" => Ok(self.dump_conntrack()),
+            "stats" => Ok(self.stats()),
+            "trace" => self.trace(arg.trim()),
+            other => Err(ControlError::UnknownCommand(other.to_string())),
+        }
+    }
+
+    /// Every flow with its counters (then groups, load balancers and tunnel ports), in
+    /// the flow file syntax.
+    pub fn dump_flows(&self) -> String {
+        let mut stats = self.dp.flow_stats();
+        stats.sort_by(|a, b| {
+            (a.flow.table, std::cmp::Reverse(a.flow.priority)).cmp(&(b.flow.table, std::cmp::Reverse(b.flow.priority)))
+        });
+        let mut out = String::new();
+        for s in &stats {
+            let _ = writeln!(out, "n_packets={}, n_bytes={}, {}", s.packets, s.bytes, flowtext::format_flow(&s.flow));
+        }
+        let installed = self.installed.lock();
+        for g in &installed.groups {
+            let _ = writeln!(out, "{}", flowtext::format_group(g));
+        }
+        for lb in &installed.load_balancers {
+            let _ = writeln!(out, "{}", flowtext::format_load_balancer(lb));
+        }
+        for t in &installed.tunnels {
+            let _ = writeln!(out, "{}", flowtext::format_tunnel(t));
+        }
+        out
+    }
+
+    /// Every cached decision (megaflow): its masked match, counters and datapath actions.
+    pub fn dump_cache(&self) -> String {
+        let mut out = String::new();
+        for (key, mask, actions, packets, bytes) in self.dp.dump_megaflows() {
+            let m = Match { value: key, mask };
+            let _ = writeln!(
+                out,
+                "{}, packets:{packets}, bytes:{bytes}, actions:{}",
+                flowtext::format_match(&m),
+                flowtext::format_dp_actions(&actions)
+            );
+        }
+        out
+    }
+
+    /// Every tracked connection.
+    pub fn dump_conntrack(&self) -> String {
+        let now = (self.now)();
+        let mut out = String::new();
+        for c in self.dp.dump_conntrack(now) {
+            let o = &c.orig;
+            let r = &c.reply;
+            let _ = writeln!(
+                out,
+                "{},orig=(src={},dst={},sport={},dport={}),reply=(src={},dst={},sport={},dport={}),zone={},mark={:#x},state={},expires_in={}s",
+                proto_name(o.proto),
+                addr(&o.src),
+                addr(&o.dst),
+                o.sport,
+                o.dport,
+                addr(&r.src),
+                addr(&r.dst),
+                r.sport,
+                r.dport,
+                o.zone,
+                c.mark,
+                c.state_name(),
+                c.expires().saturating_sub(now) / 1_000_000_000
+            );
+        }
+        out
+    }
+
+    /// Counters as `name=value` lines: the datapath's, then each port's.
+    pub fn stats(&self) -> String {
+        let s = self.dp.stats();
+        let mut out = String::new();
+        let lookups = s.microflow_hits + s.megaflow_hits + s.upcalls;
+        let ratio = |n: u64| if lookups == 0 { 0.0 } else { n as f64 / lookups as f64 };
+        let _ = writeln!(out, "packets={}", s.packets);
+        let _ = writeln!(out, "microflow_hits={}", s.microflow_hits);
+        let _ = writeln!(out, "megaflow_hits={}", s.megaflow_hits);
+        let _ = writeln!(out, "upcalls={}", s.upcalls);
+        let _ = writeln!(out, "microflow_hit_ratio={:.4}", ratio(s.microflow_hits));
+        let _ = writeln!(out, "megaflow_hit_ratio={:.4}", ratio(s.megaflow_hits));
+        let _ = writeln!(out, "avg_subtables_per_hit={:.2}", s.avg_subtables_per_hit);
+        let _ = writeln!(out, "megaflows={}", s.megaflows);
+        let _ = writeln!(out, "megaflow_masks={}", s.megaflow_masks);
+        let _ = writeln!(out, "flows={}", s.flows);
+        let _ = writeln!(out, "connections={}", s.connections);
+        let _ = writeln!(out, "recirculations={}", s.recirculations);
+        let _ = writeln!(out, "evictions={}", s.evictions);
+        let _ = writeln!(out, "invalidations={}", s.invalidations);
+        let _ = writeln!(out, "revalidated={}", s.revalidated);
+        for (reason, n) in &s.drops {
+            let _ = writeln!(out, "drops_{}={n}", reason.name());
+        }
+        for p in (self.ports)() {
+            let _ = writeln!(
+                out,
+                "port_{n}_rx={} port_{n}_rx_gso={} port_{n}_rx_dropped={} port_{n}_tx={} port_{n}_tx_dropped={} port_{n}_name={}",
+                p.rx,
+                p.rx_gso,
+                p.rx_dropped,
+                p.tx,
+                p.tx_dropped,
+                p.name.replace(' ', "_"),
+                n = p.number
+            );
+        }
+        out
+    }
+
+    /// The walk of a packet (described in the flow syntax) through the tables: every
+    /// lookup, the flow it hit, each action, and the datapath actions that result.
+    pub fn trace(&self, packet: &str) -> Result<String, ControlError> {
+        let key = flowtext::parse_packet(packet)?;
+        let (t, steps) = self.dp.trace(&key);
+        let mut out = String::new();
+        let _ = writeln!(out, "Packet: {packet}");
+        for step in &steps {
+            match step {
+                TraceStep::Lookup { depth, table, flow } => {
+                    let pad = "    ".repeat(*depth as usize);
+                    match flow {
+                        Some(f) => {
+                            let _ = writeln!(out, "{pad}{table}. {}", flow_summary(f));
+                        }
+                        None => {
+                            let _ = writeln!(out, "{pad}{table}. No match: drop");
+                        }
+                    }
+                }
+                TraceStep::Action { depth, action } => {
+                    let pad = "    ".repeat(*depth as usize);
+                    let _ = writeln!(out, "{pad}    {}", flowtext::format_actions(std::slice::from_ref(action)));
+                }
+                TraceStep::Stop(reason) => {
+                    let _ = writeln!(out, "Stopped: {}", reason.name());
+                }
+            }
+        }
+        let _ = writeln!(out, "\nDatapath actions: {}", flowtext::format_dp_actions(&t.actions));
+        if let Some(d) = t.drop {
+            let _ = writeln!(out, "Result: drop ({})", d.name());
+        }
+        let wc = Match { value: key.and(&t.wc), mask: t.wc };
+        let _ = writeln!(out, "Megaflow: {}", flowtext::format_match(&wc));
+        Ok(out)
+    }
+}
+
+/// A modification in the flow syntax, for error messages.
+fn describe(m: Option<&FlowMod>) -> String {
+    match m {
+        Some(FlowMod::AddFlow(f)) => format!("flow {}", flowtext::format_flow(f)),
+        Some(FlowMod::AddGroup(g)) => flowtext::format_group(g),
+        Some(FlowMod::AddLoadBalancer(l)) => flowtext::format_load_balancer(l),
+        Some(FlowMod::AddTunnelPort(t)) => flowtext::format_tunnel(t),
+        Some(other) => format!("{other:?}"),
+        None => "an entry".to_string(),
+    }
+}
+
+fn flow_summary(f: &Flow) -> String {
+    let m = flowtext::format_match(&f.matches);
+    format!("priority={}{}{}, cookie={:#x}", f.priority, if m.is_empty() { "" } else { "," }, m, f.cookie)
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmp6".into(),
+        132 => "sctp".into(),
+        n => format!("proto{n}"),
+    }
+}
+
+fn addr(a: &[u8; 16]) -> String {
+    let v6 = Ipv6Addr::from(*a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    }
+}
+
+/// The modifications that turn `old` into `new`, touching only what changed, plus the
+/// flow counts of the change.
+fn diff(old: &FlowFile, new: &FlowFile) -> (Vec<FlowMod>, ReloadReport) {
+    let mut mods = Vec::new();
+    let mut report = ReloadReport::default();
+    // Tunnels, load balancers and groups first (flows may name them), then flows.
+    let new_tunnels: HashMap<u32, _> = new.tunnels.iter().map(|t| (t.port, t)).collect();
+    for t in &old.tunnels {
+        if !new_tunnels.contains_key(&t.port) {
+            mods.push(FlowMod::DeleteTunnelPort(t.port));
+        }
+    }
+    for t in &new.tunnels {
+        if !old.tunnels.contains(t) {
+            mods.push(FlowMod::AddTunnelPort(*t));
+        }
+    }
+    let new_lbs: HashMap<u32, _> = new.load_balancers.iter().map(|l| (l.id, l)).collect();
+    for l in &old.load_balancers {
+        if !new_lbs.contains_key(&l.id) {
+            mods.push(FlowMod::DeleteLoadBalancer(l.id));
+        }
+    }
+    for l in &new.load_balancers {
+        if !old.load_balancers.contains(l) {
+            mods.push(FlowMod::AddLoadBalancer(l.clone()));
+        }
+    }
+    let new_groups: HashMap<u32, _> = new.groups.iter().map(|g| (g.id, g)).collect();
+    for g in &new.groups {
+        if !old.groups.contains(g) {
+            mods.push(FlowMod::AddGroup(g.clone()));
+        }
+    }
+    let key = |f: &Flow| (f.table, f.priority, f.matches);
+    let old_flows: HashMap<_, &Flow> = old.flows.iter().map(|f| (key(f), f)).collect();
+    let new_flows: HashMap<_, &Flow> = new.flows.iter().map(|f| (key(f), f)).collect();
+    for f in &new.flows {
+        match old_flows.get(&key(f)) {
+            Some(o) if *o == f => report.flows_kept += 1,
+            _ => {
+                mods.push(FlowMod::AddFlow(f.clone()));
+                report.flows_added += 1;
+            }
+        }
+    }
+    for f in &old.flows {
+        if !new_flows.contains_key(&key(f)) {
+            mods.push(FlowMod::DeleteFlowStrict { table: f.table, priority: f.priority, matches: f.matches });
+            report.flows_removed += 1;
+        }
+    }
+    // Groups go after the flows that used them.
+    for g in &old.groups {
+        if !new_groups.contains_key(&g.id) {
+            mods.push(FlowMod::DeleteGroup(g.id));
+        }
+    }
+    (mods, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::CollectSink;
+    use crate::parse::tests::ipv4_frame;
+    use crate::{DatapathConfig, key::ip_proto};
+
+    fn control() -> Control {
+        Control::new(Arc::new(Datapath::new(DatapathConfig::default())), Box::new(Vec::new), || 1)
+    }
+
+    fn forward(c: &Control, dst: u32) -> Vec<u32> {
+        let mut w = c.dp.worker();
+        let mut sink = CollectSink::default();
+        let mut pkts = vec![crate::datapath::Packet::new(ipv4_frame(ip_proto::UDP, 0x0a00_0001, dst, 1, 2, b"x"), 1)];
+        c.dp.process_batch(&mut w, &mut pkts, 1, &mut sink);
+        sink.outputs.iter().map(|o| o.1).collect()
+    }
+
+    const FLOWS: &str = "\
+table=0,priority=100,ip,nw_dst=10.0.0.2,actions=output:2
+table=0,priority=100,ip,nw_dst=10.0.0.3,actions=output:3
+table=0,priority=0,actions=drop
+";
+
+    #[test]
+    fn reload_replaces_what_changed_and_keeps_the_rest() {
+        let c = control();
+        let r = c.reload(FLOWS).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (3, 0, 0));
+        assert_eq!(forward(&c, 0x0a00_0002), vec![2]);
+        assert_eq!(forward(&c, 0x0a00_0003), vec![3]);
+        let changed = FLOWS
+            .replace("output:3", "output:4")
+            .replace("table=0,priority=100,ip,nw_dst=10.0.0.2,actions=output:2\n", "");
+        let r = c.reload(&changed).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (1, 1, 1));
+        assert_eq!(forward(&c, 0x0a00_0003), vec![4], "the changed flow is live, no stale cache entry");
+        assert_eq!(forward(&c, 0x0a00_0002), Vec::<u32>::new(), "the removed flow is gone");
+        assert!(c.dump_flows().contains("nw_dst=10.0.0.3"));
+        assert!(!c.dump_flows().contains("nw_dst=10.0.0.2"));
+    }
+
+    #[test]
+    fn a_bad_file_changes_nothing_and_names_the_line() {
+        let c = control();
+        c.reload(FLOWS).unwrap();
+        let bad = format!("{FLOWS}table=0,priority=5,ip,nw_dst=10.0.0.999,actions=output:1\n");
+        let e = c.reload(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("nw_dst"), "{e}");
+        // Refused by the pipeline (goto a lower table): nothing applied either.
+        let refused =
+            "table=1,priority=5,actions=goto_table:0\ntable=0,priority=100,ip,nw_dst=10.0.0.2,actions=output:9\n";
+        let e = c.reload(refused).unwrap_err().to_string();
+        assert!(e.starts_with("flow table=1,priority=5,actions=goto_table:0: refused: "), "{e}");
+        assert_eq!(forward(&c, 0x0a00_0002), vec![2]);
+    }
+
+    #[test]
+    fn requests_are_dispatched_and_unknown_ones_named() {
+        let c = control();
+        let out = c.handle(&format!("reload\n{FLOWS}")).unwrap();
+        assert!(out.starts_with("flows_added=3 "), "{out}");
+        forward(&c, 0x0a00_0002);
+        let flows = c.handle("dump-flows").unwrap();
+        assert!(flows.lines().any(|l| l.starts_with("n_packets=1, ") && l.contains("nw_dst=10.0.0.2")), "{flows}");
+        let cache = c.handle("dump-cache").unwrap();
+        assert_eq!(cache.lines().count(), 1, "{cache}");
+        assert!(cache.contains("packets:1"), "{cache}");
+        let stats = c.handle("stats").unwrap();
+        assert!(stats.lines().any(|l| l == "packets=1"), "{stats}");
+        assert!(stats.lines().any(|l| l == "upcalls=1"), "{stats}");
+        let trace = c.handle("trace in_port=1,udp,nw_src=10.0.0.1,nw_dst=10.0.0.3,tp_src=1,tp_dst=2").unwrap();
+        assert!(trace.contains("0. priority=100"), "{trace}");
+        assert!(trace.contains("Datapath actions: output:3"), "{trace}");
+        assert!(matches!(c.handle("frobnicate"), Err(ControlError::UnknownCommand(_))));
+        assert!(c.handle("trace nw_dst=1.2.3.4/8").is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! An interface (a veth's host end) as a datapath port, through an AF_PACKET socket with
+//! a memory-mapped receive ring and `PACKET_VNET_HDR`: TSO/GSO super-frames and partial
+//! checksums arrive whole with their [`Offload`] state and leave the same way, so a TCP
+//! stream crosses the switch in 64 KiB pieces instead of 1,500-byte ones.
+//!
+//! Two ring layouts are offered. `TPACKET_V3` packs frames of any size into large blocks
+//! and hands a block over when it is full or its retire timer (≥ 1 ms) fires: few wake-ups
+//! under load, but a lone packet waits for the timer. `TPACKET_V2` hands over each frame
+//! as it lands: a wake-up per burst, no added latency. The switch defaults to V2 (see
+//! `docs/port-io.md` for the measurements behind that choice).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use super::sys::{self, RingMap, RingRequest};
+use crate::datapath::Packet;
+use crate::offload::{Offload, VNET_HDR_LEN};
+
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_COPY: u32 = 2;
+const TP_STATUS_VLAN_VALID: u32 = 0x10;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 0x40;
+
+/// Largest frame a port takes: a 64 KiB super-frame, a VLAN tag, the ring headers.
+const MAX_FRAME: u32 = 65_536 + 4 + 4096;
+
+/// Which receive ring layout a port uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingKind {
+    /// `TPACKET_V2`: one fixed-size slot per frame, handed over frame by frame.
+    V2,
+    /// `TPACKET_V3`: variable-size frames packed into blocks, handed over block by block;
+    /// a partly filled block after `retire_ms` milliseconds.
+    V3 {
+        /// Block retire timeout (ms, ≥ 1).
+        retire_ms: u32,
+    },
+}
+
+/// How to open a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Receive ring layout.
+    pub ring: RingKind,
+    /// Receive ring size in bytes (rounded to whole blocks).
+    pub ring_bytes: u32,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig { ring: RingKind::V2, ring_bytes: 32 << 20 }
+    }
+}
+
+/// Why a port could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// interface {name:?}: {op}: {source}
+    #[error("interface {name:?}: {op}: {source}")]
+    Sys {
+        /// Interface name.
+        name: String,
+        /// What was being done.
+        op: &'static str,
+        /// The system error.
+        source: io::Error,
+    },
+}
+
+/// Receive counters of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxCounters {
+    /// Frames received.
+    pub frames: u64,
+    /// Frames dropped because they did not fit a ring slot.
+    pub truncated: u64,
+}
+
+/// An interface opened as a datapath port.
+#[derive(Debug)]
+pub struct AfPacketPort {
+    name: String,
+    fd: Arc<OwnedFd>,
+    ring: RingMap,
+    kind: RingKind,
+    block_size: usize,
+    block_nr: usize,
+    frame_size: usize,
+    frame_nr: usize,
+    /// V2: next frame slot. V3: current block.
+    cursor: usize,
+    /// V3: packets left in the current block and the offset of the next one.
+    in_block: Option<(u32, usize)>,
+    counters: RxCounters,
+}
+
+impl AfPacketPort {
+    /// Opens interface `name`: a packet socket with a virtio-net header on every frame,
+    /// a receive ring, outgoing frames not looped back, the qdisc bypassed, the interface
+    /// promiscuous.
+    pub fn open(name: &str, cfg: &PortConfig) -> Result<AfPacketPort, PortError> {
+        let err = |op: &'static str| move |source: io::Error| PortError::Sys { name: name.to_string(), op, source };
+        let ifindex = sys::if_index(name).map_err(err("look up interface"))?;
+        let fd = sys::packet_socket().map_err(err("open AF_PACKET socket"))?;
+        sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1).map_err(err("enable PACKET_VNET_HDR"))?;
+        let page = 4096u32;
+        let (req, frame_nr) = match cfg.ring {
+            RingKind::V2 => {
+                let frame_size = MAX_FRAME.div_ceil(page) * page;
+                // Seven slots per block keeps the kernel's power-of-two block allocation
+                // mostly used.
+                let block_size = frame_size * 7;
+                let block_nr = (cfg.ring_bytes / block_size).max(2);
+                (RingRequest { block_size, block_nr, frame_size, retire_tov_ms: 0 }, 7 * block_nr)
+            }
+            RingKind::V3 { retire_ms } => {
+                let block_size = (MAX_FRAME * 4).div_ceil(page) * page;
+                let block_nr = (cfg.ring_bytes / block_size).max(2);
+                let frame_size = 2048;
+                let req = RingRequest { block_size, block_nr, frame_size, retire_tov_ms: retire_ms.max(1) };
+                (req, block_size / frame_size * block_nr)
+            }
+        };
+        sys::set_rx_ring(&fd, matches!(cfg.ring, RingKind::V3 { .. }), &req).map_err(err("set PACKET_RX_RING"))?;
+        let ring = RingMap::map(&fd, (req.block_size as usize) * (req.block_nr as usize))
+            .map_err(err("map the receive ring"))?;
+        sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
+            .map_err(err("set PACKET_IGNORE_OUTGOING"))?;
+        sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)
+            .map_err(err("set PACKET_QDISC_BYPASS"))?;
+        // Room for a few super-frames in flight; failing to raise it only costs speed.
+        let _ = sys::set_int_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
+        sys::bind_packet(&fd, ifindex).map_err(err("bind"))?;
+        sys::set_promiscuous(&fd, ifindex).map_err(err("set promiscuous"))?;
+        Ok(AfPacketPort {
+            name: name.to_string(),
+            fd: Arc::new(fd),
+            ring,
+            kind: cfg.ring,
+            block_size: req.block_size as usize,
+            block_nr: req.block_nr as usize,
+            frame_size: req.frame_size as usize,
+            frame_nr: frame_nr as usize,
+            cursor: 0,
+            in_block: None,
+            counters: RxCounters::default(),
+        })
+    }
+
+    /// Interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The socket (readable when the ring has frames).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Receive counters.
+    pub fn counters(&self) -> RxCounters {
+        self.counters
+    }
+
+    /// Moves up to `max` received frames into `out` as packets of `in_port`, reusing the
+    /// buffers of `pool`. Returns how many were added.
+    pub fn recv(&mut self, out: &mut Vec<Packet>, pool: &mut Vec<Vec<u8>>, max: usize, in_port: u32) -> usize {
+        match self.kind {
+            RingKind::V2 => self.recv_v2(out, pool, max, in_port),
+            RingKind::V3 { .. } => self.recv_v3(out, pool, max, in_port),
+        }
+    }
+
+    fn recv_v2(&mut self, out: &mut Vec<Packet>, pool: &mut Vec<Vec<u8>>, max: usize, in_port: u32) -> usize {
+        let per_block = self.block_size / self.frame_size;
+        let mut n = 0;
+        while n < max {
+            let off = (self.cursor / per_block) * self.block_size + (self.cursor % per_block) * self.frame_size;
+            let Some(status) = self.ring.load_status(off) else { break };
+            if status & TP_STATUS_USER == 0 {
+                break;
+            }
+            // tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid.
+            let len = self.ring.read_u32(off + 4).unwrap_or(0);
+            let snaplen = self.ring.read_u32(off + 8).unwrap_or(0);
+            let mac = self.ring.read_u16(off + 12).unwrap_or(0) as usize;
+            let tci = self.ring.read_u16(off + 24).unwrap_or(0);
+            let tpid = self.ring.read_u16(off + 26).unwrap_or(0);
+            if self.take(off, mac, len, snaplen, status, tci, tpid, out, pool, in_port) {
+                n += 1;
+            }
+            self.ring.store_status(off, TP_STATUS_KERNEL);
+            self.cursor = (self.cursor + 1) % self.frame_nr;
+        }
+        n
+    }
+
+    fn recv_v3(&mut self, out: &mut Vec<Packet>, pool: &mut Vec<Vec<u8>>, max: usize, in_port: u32) -> usize {
+        let mut n = 0;
+        while n < max {
+            let block = self.cursor * self.block_size;
+            // tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status,
+            // num_pkts, offset_to_first_pkt, blk_len, ...
+            let (mut left, mut off) = match self.in_block {
+                Some(s) => s,
+                None => {
+                    let Some(status) = self.ring.load_status(block + 8) else { break };
+                    if status & TP_STATUS_USER == 0 {
+                        break;
+                    }
+                    let pkts = self.ring.read_u32(block + 12).unwrap_or(0);
+                    let first = self.ring.read_u32(block + 16).unwrap_or(0) as usize;
+                    (pkts, block + first)
+                }
+            };
+            while left > 0 && n < max {
+                // tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac, net,
+                // rxhash, vlan_tci (u32), vlan_tpid.
+                let Some(next) = self.ring.read_u32(off) else {
+                    left = 0;
+                    break;
+                };
+                let snaplen = self.ring.read_u32(off + 12).unwrap_or(0);
+                let len = self.ring.read_u32(off + 16).unwrap_or(0);
+                let status = self.ring.read_u32(off + 20).unwrap_or(0);
+                let mac = self.ring.read_u16(off + 24).unwrap_or(0) as usize;
+                let tci = self.ring.read_u32(off + 32).unwrap_or(0) as u16;
+                let tpid = self.ring.read_u16(off + 36).unwrap_or(0);
+                if self.take(off, mac, len, snaplen, status, tci, tpid, out, pool, in_port) {
+                    n += 1;
+                }
+                left -= 1;
+                // A corrupt offset ends the block rather than wandering off.
+                if next == 0 || off + next as usize >= block + self.block_size {
+                    left = 0;
+                } else {
+                    off += next as usize;
+                }
+            }
+            if left > 0 {
+                self.in_block = Some((left, off));
+                break;
+            }
+            self.in_block = None;
+            self.ring.store_status(block + 8, TP_STATUS_KERNEL);
+            self.cursor = (self.cursor + 1) % self.block_nr;
+        }
+        n
+    }
+
+    /// Copies one ring frame into a packet. False if it was dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &mut self,
+        off: usize,
+        mac: usize,
+        len: u32,
+        snaplen: u32,
+        status: u32,
+        tci: u16,
+        tpid: u16,
+        out: &mut Vec<Packet>,
+        pool: &mut Vec<Vec<u8>>,
+        in_port: u32,
+    ) -> bool {
+        if snaplen < len || status & TP_STATUS_COPY != 0 || mac < VNET_HDR_LEN {
+            self.counters.truncated += 1;
+            return false;
+        }
+        let (Some(vnet), Some(frame)) =
+            (self.ring.bytes(off + mac - VNET_HDR_LEN, VNET_HDR_LEN), self.ring.bytes(off + mac, snaplen as usize))
+        else {
+            self.counters.truncated += 1;
+            return false;
+        };
+        let mut offload = Offload::from_vnet(vnet.try_into().unwrap_or(&[0; VNET_HDR_LEN]));
+        let mut data = pool.pop().unwrap_or_default();
+        data.clear();
+        if status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+            // The kernel took the 802.1Q tag out of the frame into metadata: put it back.
+            let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 && tpid != 0 { tpid } else { 0x8100 };
+            data.extend_from_slice(&frame[..12]);
+            data.extend_from_slice(&tpid.to_be_bytes());
+            data.extend_from_slice(&tci.to_be_bytes());
+            data.extend_from_slice(&frame[12..]);
+            offload = offload.shifted(4).unwrap_or(offload);
+        } else {
+            data.extend_from_slice(frame);
+        }
+        self.counters.frames += 1;
+        out.push(Packet { data, in_port, tunnel: None, offload });
+        true
+    }
+
+    /// The sending half, which any thread may use.
+    pub fn sender(&self) -> AfPacketSender {
+        AfPacketSender { fd: self.fd.clone() }
+    }
+}
+
+/// The sending half of an [`AfPacketPort`].
+#[derive(Clone, Debug)]
+pub struct AfPacketSender {
+    fd: Arc<OwnedFd>,
+}
+
+impl AfPacketSender {
+    /// Sends frames with their offload state, in batches. Returns how many left; a full
+    /// socket buffer or a down interface drops the rest.
+    pub fn send(&self, frames: &[(Offload, &[u8])]) -> usize {
+        let mut sent = 0;
+        for chunk in frames.chunks(sys::MAX_MSGS) {
+            let mut heads = [[0u8; VNET_HDR_LEN]; sys::MAX_MSGS];
+            for (i, (o, _)) in chunk.iter().enumerate() {
+                heads[i] = o.to_vnet();
+            }
+            let msgs: Vec<(&[u8], &[u8])> = chunk.iter().zip(heads.iter()).map(|((_, f), h)| (&h[..], *f)).collect();
+            sent += send_all(self.fd.as_raw_fd(), &msgs);
+        }
+        sent
+    }
+}
+
+/// Sends a batch through `sendmmsg`, retrying a full buffer a few times and skipping a
+/// frame the kernel refuses. Returns how many were sent.
+pub(super) fn send_all(fd: RawFd, msgs: &[(&[u8], &[u8])]) -> usize {
+    let (mut done, mut failed, mut retries) = (0, 0, 0);
+    while done < msgs.len() {
+        match sys::send_frames(fd, &msgs[done..]) {
+            Ok(0) => break,
+            Ok(k) => done += k,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) && retries < 8 => {
+                retries += 1;
+                std::thread::yield_now();
+            }
+            // Anything else (e.g. EMSGSIZE for one bad frame): skip that frame.
+            Err(_) => {
+                done += 1;
+                failed += 1;
+            }
+        }
+    }
+    done - failed
+}

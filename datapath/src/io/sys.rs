@@ -1,0 +1,417 @@
+//! The system calls behind Skein's port I/O, and the only `unsafe` code of the datapath:
+//! packet sockets and their mapped receive rings, batched `sendmmsg`/`recvmmsg`, epoll
+//! and eventfd. Everything here is a thin, checked wrapper; the ring *protocol* (who owns
+//! which frame when) lives in [`super::afpacket`], which reads the shared memory only
+//! through [`RingMap`]'s bounds-checked accessors.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Most messages one `sendmmsg`/`recvmmsg` call carries.
+pub const MAX_MSGS: usize = 64;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// The index of network interface `name`.
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?} contains NUL")))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 { Err(io::Error::last_os_error()) } else { Ok(i) }
+}
+
+/// Moves the calling thread into the network namespace at `path` (e.g.
+/// `/run/netns/pod1`). Only this thread changes namespace: call it on a dedicated thread
+/// (sockets it then creates stay in that namespace).
+pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: setns(2) on a descriptor we own for the duration of the call; it only
+    // changes the calling thread's namespace membership.
+    cvt(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) })?;
+    Ok(())
+}
+
+/// A non-blocking `AF_PACKET`/`SOCK_RAW` socket receiving every protocol.
+pub fn packet_socket() -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+    // SAFETY: plain socket(2) call; the returned descriptor is owned below.
+    let fd = cvt(unsafe {
+        libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto)
+    })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets an integer socket option.
+pub fn set_int_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set_option(fd, level, name, &value)
+}
+
+/// Sets an integer socket option on a descriptor owned elsewhere (e.g. a std socket).
+pub fn set_int_option_raw(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int of the size passed; the kernel only reads it, and
+    // a stale descriptor only makes the call fail.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points at a live `T` of the size passed; the kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (value as *const T).cast(), size_of::<T>() as libc::socklen_t)
+    })?;
+    Ok(())
+}
+
+/// Ring geometry for `PACKET_RX_RING`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingRequest {
+    /// Bytes per block (a multiple of the page size).
+    pub block_size: u32,
+    /// Number of blocks.
+    pub block_nr: u32,
+    /// Bytes per frame (TPACKET_V2: the slot size; TPACKET_V3: the largest frame).
+    pub frame_size: u32,
+    /// TPACKET_V3 only: a block is handed to user space after this many ms even if not
+    /// full.
+    pub retire_tov_ms: u32,
+}
+
+/// Selects the TPACKET version and installs a receive ring.
+pub fn set_rx_ring(fd: &OwnedFd, v3: bool, r: &RingRequest) -> io::Result<()> {
+    let version = if v3 { libc::tpacket_versions::TPACKET_V3 } else { libc::tpacket_versions::TPACKET_V2 };
+    set_int_option(fd, libc::SOL_PACKET, libc::PACKET_VERSION, version as libc::c_int)?;
+    let frame_nr = (r.block_size / r.frame_size) * r.block_nr;
+    if v3 {
+        let req = libc::tpacket_req3 {
+            tp_block_size: r.block_size,
+            tp_block_nr: r.block_nr,
+            tp_frame_size: r.frame_size,
+            tp_frame_nr: frame_nr,
+            tp_retire_blk_tov: r.retire_tov_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        set_option(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+    } else {
+        let req = libc::tpacket_req {
+            tp_block_size: r.block_size,
+            tp_block_nr: r.block_nr,
+            tp_frame_size: r.frame_size,
+            tp_frame_nr: frame_nr,
+        };
+        set_option(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+    }
+}
+
+/// Binds a packet socket to one interface (all protocols).
+pub fn bind_packet(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: `sa` is a valid sockaddr_ll of the length passed.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Puts the interface in promiscuous mode for as long as the socket lives.
+pub fn set_promiscuous(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
+    // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+    let mut m: libc::packet_mreq = unsafe { zeroed() };
+    m.mr_ifindex = ifindex as libc::c_int;
+    m.mr_type = libc::PACKET_MR_PROMISC as u16;
+    set_option(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &m)
+}
+
+/// A ring shared with the kernel (`mmap` of a packet socket). Only bounds-checked
+/// accessors are offered; ownership of each part is decided by the status words.
+#[derive(Debug)]
+pub struct RingMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; concurrent access is coordinated through
+// the atomic status words, and each ring is driven by one thread at a time.
+unsafe impl Send for RingMap {}
+// SAFETY: as above; the accessors take `&self` and use atomics for the status words.
+unsafe impl Sync for RingMap {}
+
+impl RingMap {
+    /// Maps `len` bytes of the socket's ring.
+    pub fn map(fd: &OwnedFd, len: usize) -> io::Result<RingMap> {
+        // SAFETY: a fresh shared mapping of the socket's ring; the kernel validates `len`
+        // against the ring it installed. The result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(RingMap { ptr, len })
+    }
+
+    /// Length of the mapping.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty mapping (never, in practice).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, off: usize, n: usize, align: usize) -> Option<()> {
+        (off.is_multiple_of(align) && off.checked_add(n)? <= self.len).then_some(())
+    }
+
+    /// Reads a status word with acquire ordering (what the kernel released before it).
+    pub fn load_status(&self, off: usize) -> Option<u32> {
+        self.check(off, 4, 4)?;
+        // SAFETY: in bounds and 4-aligned (checked); the kernel writes this word
+        // concurrently, which is why it is read atomically.
+        Some(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast::<u32>()) }.load(Ordering::Acquire))
+    }
+
+    /// Writes a status word with release ordering (hands the frame or block back).
+    pub fn store_status(&self, off: usize, v: u32) -> Option<()> {
+        self.check(off, 4, 4)?;
+        // SAFETY: in bounds and aligned (checked); atomic store on shared memory.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast::<u32>()) }.store(v, Ordering::Release);
+        Some(())
+    }
+
+    /// Reads a native-endian u32 of a frame or block user space owns.
+    pub fn read_u32(&self, off: usize) -> Option<u32> {
+        self.check(off, 4, 1)?;
+        // SAFETY: in bounds (checked); unaligned read of memory the kernel does not
+        // write while user space owns it.
+        Some(unsafe { self.ptr.as_ptr().add(off).cast::<u32>().read_unaligned() })
+    }
+
+    /// Reads a native-endian u16 of a frame or block user space owns.
+    pub fn read_u16(&self, off: usize) -> Option<u16> {
+        self.check(off, 2, 1)?;
+        // SAFETY: as for `read_u32`.
+        Some(unsafe { self.ptr.as_ptr().add(off).cast::<u16>().read_unaligned() })
+    }
+
+    /// The bytes `off..off + n` of a frame user space owns.
+    pub fn bytes(&self, off: usize, n: usize) -> Option<&[u8]> {
+        self.check(off, n, 1)?;
+        // SAFETY: in bounds (checked); the kernel does not write a frame or block while
+        // its status says user space owns it, and callers copy out before handing back.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), n) })
+    }
+}
+
+impl Drop for RingMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mapped in `map`; no references outlive
+        // `self` because every accessor borrows it.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Sends up to [`MAX_MSGS`] frames on a bound packet socket in one `sendmmsg`, each as
+/// `head` (e.g. a virtio-net header, may be empty) followed by the frame. Returns how
+/// many were sent; `WouldBlock` if none could be.
+pub fn send_frames(fd: RawFd, msgs: &[(&[u8], &[u8])]) -> io::Result<usize> {
+    let n = msgs.len().min(MAX_MSGS);
+    // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value.
+    let mut iov: [[libc::iovec; 2]; MAX_MSGS] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_MSGS] = unsafe { zeroed() };
+    for (i, (head, frame)) in msgs[..n].iter().enumerate() {
+        iov[i][0] = libc::iovec { iov_base: head.as_ptr() as *mut _, iov_len: head.len() };
+        iov[i][1] = libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() };
+        hdrs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
+        hdrs[i].msg_hdr.msg_iovlen = 2;
+    }
+    // SAFETY: `hdrs[..n]` point at `iov`, which point at the caller's slices; all live
+    // for the duration of the call and the kernel only reads them.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// Sends up to [`MAX_MSGS`] UDP datagrams (`(destination, payload)`) in one `sendmmsg`.
+pub fn send_datagrams(fd: RawFd, msgs: &[(SocketAddrV4, &[u8])]) -> io::Result<usize> {
+    let n = msgs.len().min(MAX_MSGS);
+    // SAFETY: plain old data, zero is valid.
+    let mut iov: [libc::iovec; MAX_MSGS] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut addrs: [libc::sockaddr_in; MAX_MSGS] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_MSGS] = unsafe { zeroed() };
+    for (i, (to, payload)) in msgs[..n].iter().enumerate() {
+        addrs[i].sin_family = libc::AF_INET as u16;
+        addrs[i].sin_port = to.port().to_be();
+        addrs[i].sin_addr = libc::in_addr { s_addr: u32::from(*to.ip()).to_be() };
+        iov[i] = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        hdrs[i].msg_hdr.msg_iov = &mut iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every pointer in `hdrs[..n]` refers to locals or the caller's slices,
+    // alive for the call; the kernel only reads them.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// One datagram received by [`recv_datagrams`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// Sender (IPv4, host order) and port.
+    pub from: (u32, u16),
+    /// The datagram did not fit the buffer.
+    pub truncated: bool,
+}
+
+/// Receives up to `bufs.len()` (at most [`MAX_MSGS`]) datagrams without blocking.
+pub fn recv_datagrams(fd: RawFd, bufs: &mut [Vec<u8>], out: &mut [Received]) -> io::Result<usize> {
+    let n = bufs.len().min(out.len()).min(MAX_MSGS);
+    // SAFETY: plain old data, zero is valid.
+    let mut iov: [libc::iovec; MAX_MSGS] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut addrs: [libc::sockaddr_in; MAX_MSGS] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_MSGS] = unsafe { zeroed() };
+    for i in 0..n {
+        iov[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: bufs[i].len() };
+        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        hdrs[i].msg_hdr.msg_iov = &mut iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each iovec covers an initialised, exclusively borrowed buffer of the
+    // length given; names point at local sockaddr_in storage. All outlive the call.
+    let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let r = r as usize;
+    for i in 0..r {
+        out[i] = Received {
+            len: (hdrs[i].msg_len as usize).min(bufs[i].len()),
+            from: (u32::from_be(addrs[i].sin_addr.s_addr), u16::from_be(addrs[i].sin_port)),
+            truncated: hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        };
+    }
+    Ok(r)
+}
+
+/// An epoll instance.
+#[derive(Debug)]
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    /// A new epoll instance.
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: plain epoll_create1(2); the descriptor is owned below.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: fresh descriptor owned by nobody else.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` for readability, reporting `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: `ev` is a valid epoll_event; the kernel copies it.
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` (−1: forever) and returns how many events arrived;
+    /// their tokens are written to `tokens`.
+    pub fn wait(&self, tokens: &mut [u64], timeout_ms: i32) -> io::Result<usize> {
+        const N: usize = 32;
+        // SAFETY: plain old data, zero is valid.
+        let mut evs: [libc::epoll_event; N] = unsafe { zeroed() };
+        let max = tokens.len().min(N) as i32;
+        // SAFETY: `evs` has room for `max` events.
+        let r = unsafe { libc::epoll_wait(self.0.as_raw_fd(), evs.as_mut_ptr(), max, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+        }
+        for i in 0..r as usize {
+            tokens[i] = evs[i].u64;
+        }
+        Ok(r as usize)
+    }
+}
+
+/// An eventfd, to wake a thread blocked in epoll.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new non-blocking eventfd.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain eventfd(2); the descriptor is owned below.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        // SAFETY: fresh descriptor owned by nobody else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The descriptor (for [`Epoll::add`]).
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Wakes the waiter.
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64, as eventfd requires.
+        unsafe {
+            libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    /// Clears pending wake-ups.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        unsafe {
+            libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
+        }
+    }
+}

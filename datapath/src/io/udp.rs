@@ -1,0 +1,164 @@
+//! The Geneve tunnel endpoint as a datapath port: a UDP socket on the chassis's tunnel IP
+//! (port 6081), read and written in batches with `recvmmsg`/`sendmmsg`. The kernel routes
+//! and resolves the underlay next hop, so the switch needs no underlay MAC addresses.
+//!
+//! Received datagrams are decapsulated into packets of this port carrying their tunnel
+//! metadata. Frames a tunnel port encapsulated towards this port (full outer
+//! Ethernet/IPv4/UDP/Geneve frames from [`crate::exec::tunnel_output`]) are sent as UDP
+//! payloads to their outer destination address.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use super::sys::{self, Received};
+use crate::datapath::Packet;
+use crate::geneve::{self, TunnelMeta};
+use crate::offload::Offload;
+
+/// Geneve's UDP port.
+pub const GENEVE_PORT: u16 = 6081;
+
+/// Largest datagram taken (larger ones are counted and dropped).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Receive counters of a Geneve port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeneveCounters {
+    /// Datagrams decapsulated into packets.
+    pub frames: u64,
+    /// Datagrams that were not valid Geneve (or were truncated).
+    pub invalid: u64,
+}
+
+/// A Geneve tunnel endpoint.
+#[derive(Debug)]
+pub struct GenevePort {
+    socket: Arc<UdpSocket>,
+    local: Ipv4Addr,
+    bufs: Vec<Vec<u8>>,
+    received: Vec<Received>,
+    counters: GeneveCounters,
+}
+
+impl GenevePort {
+    /// Binds the endpoint to `local` (the chassis's tunnel IP and, normally, port 6081).
+    pub fn open(local: SocketAddrV4) -> io::Result<GenevePort> {
+        let socket = UdpSocket::bind(local)
+            .map_err(|e| io::Error::new(e.kind(), format!("bind Geneve socket to {local}: {e}")))?;
+        socket.set_nonblocking(true)?;
+        // Deep socket buffers: a TCP window's worth of segments arrives in bursts.
+        // (Raising them past the sysctl limits needs CAP_NET_ADMIN; without it the
+        // defaults stay, which only costs speed.)
+        let fd = socket.as_raw_fd();
+        let _ = sys::set_int_option_raw(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20);
+        let _ = sys::set_int_option_raw(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20);
+        Ok(GenevePort {
+            socket: Arc::new(socket),
+            local: *local.ip(),
+            bufs: (0..sys::MAX_MSGS).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            received: vec![Received::default(); sys::MAX_MSGS],
+            counters: GeneveCounters::default(),
+        })
+    }
+
+    /// The socket's descriptor (readable when datagrams are queued).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Receive counters.
+    pub fn counters(&self) -> GeneveCounters {
+        self.counters
+    }
+
+    /// Receives up to `max` datagrams and appends their inner frames to `out` as packets
+    /// of `in_port`, with tunnel metadata. Returns how many packets were added.
+    pub fn recv(&mut self, out: &mut Vec<Packet>, pool: &mut Vec<Vec<u8>>, max: usize, in_port: u32) -> usize {
+        let want = max.min(self.bufs.len());
+        let n = match sys::recv_datagrams(self.socket.as_raw_fd(), &mut self.bufs[..want], &mut self.received) {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        let mut added = 0;
+        for i in 0..n {
+            let r = self.received[i];
+            if r.truncated {
+                self.counters.invalid += 1;
+                continue;
+            }
+            let dgram = &self.bufs[i][..r.len];
+            let Ok((h, inner)) = geneve::decap_payload(dgram) else {
+                self.counters.invalid += 1;
+                continue;
+            };
+            let mut data = pool.pop().unwrap_or_default();
+            data.clear();
+            data.extend_from_slice(&dgram[inner..]);
+            let meta = TunnelMeta {
+                vni: h.vni,
+                src: r.from.0,
+                dst: u32::from(self.local),
+                ingress: h.ingress,
+                egress: h.egress,
+            };
+            out.push(Packet { data, in_port, tunnel: Some(meta), offload: Offload::NONE });
+            added += 1;
+        }
+        self.counters.frames += added as u64;
+        added
+    }
+
+    /// The sending half, which any thread may use.
+    pub fn sender(&self) -> GeneveSender {
+        GeneveSender { socket: self.socket.clone() }
+    }
+}
+
+/// The sending half of a [`GenevePort`].
+#[derive(Clone, Debug)]
+pub struct GeneveSender {
+    socket: Arc<UdpSocket>,
+}
+
+/// Outer Ethernet (14) + IPv4 without options (20) + UDP (8), as `geneve::encap` builds.
+const OUTER_HEADERS: usize = 42;
+
+impl GeneveSender {
+    /// Sends encapsulated frames (outer Ethernet/IPv4/UDP/Geneve) as UDP payloads to
+    /// their outer destination. Returns how many were sent; frames that are not such
+    /// frames are dropped.
+    pub fn send(&self, frames: &[&[u8]]) -> usize {
+        let mut msgs: Vec<(SocketAddrV4, &[u8])> = Vec::with_capacity(frames.len().min(sys::MAX_MSGS));
+        let mut sent = 0;
+        for chunk in frames.chunks(sys::MAX_MSGS) {
+            msgs.clear();
+            for f in chunk {
+                if f.len() < OUTER_HEADERS || f[12..14] != [0x08, 0x00] || f[14] != 0x45 || f[23] != 17 {
+                    continue;
+                }
+                let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+                msgs.push((SocketAddrV4::new(dst, GENEVE_PORT), &f[OUTER_HEADERS..]));
+            }
+            let mut done = 0;
+            let mut retries = 0;
+            while done < msgs.len() {
+                match sys::send_datagrams(self.socket.as_raw_fd(), &msgs[done..]) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        done += k;
+                        sent += k;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && retries < 8 => {
+                        retries += 1;
+                        std::thread::yield_now();
+                    }
+                    // E.g. no route to that chassis: drop this datagram, keep the rest.
+                    Err(_) => done += 1,
+                }
+            }
+        }
+        sent
+    }
+}

@@ -1,0 +1,397 @@
+//! Offload metadata that travels with a frame — the Linux `virtio_net_hdr` that an
+//! AF_PACKET socket with `PACKET_VNET_HDR` reads and writes — and the software fallbacks
+//! for where it cannot travel: completing a partial checksum and segmenting a TSO/GSO
+//! super-frame (e.g. before Geneve encapsulation onto a UDP socket).
+//!
+//! A frame from a veth usually carries a *partial* checksum: the L4 checksum field holds
+//! only the folded pseudo-header sum, and whoever finally transmits the frame sums the rest
+//! from `csum_start` and stores the result at `csum_start + csum_offset`. Header rewrites
+//! must then update that field differently (see [`crate::packet::write_field`]).
+
+use crate::key::ip_proto;
+use crate::packet::{checksum, ones_sum};
+use crate::parse::{ABSENT, HeaderOffsets, L3};
+
+/// `virtio_net_hdr.flags`: the checksum is partial and must be completed.
+pub const F_NEEDS_CSUM: u8 = 1;
+/// `virtio_net_hdr.flags`: the checksum has been verified.
+pub const F_DATA_VALID: u8 = 2;
+
+/// `virtio_net_hdr.gso_type` values.
+pub mod gso_type {
+    /// Not a super-frame.
+    pub const NONE: u8 = 0;
+    /// TCP over IPv4.
+    pub const TCPV4: u8 = 1;
+    /// UDP fragmentation offload (not produced by veth; treated as opaque).
+    pub const UDP: u8 = 3;
+    /// TCP over IPv6.
+    pub const TCPV6: u8 = 4;
+    /// UDP segmentation (one datagram per segment).
+    pub const UDP_L4: u8 = 5;
+    /// Flag: the TCP stream uses ECN (CWR only on the first segment).
+    pub const ECN: u8 = 0x80;
+}
+
+/// Size of `struct virtio_net_hdr` on the wire of a packet socket.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Offload state of a frame (`struct virtio_net_hdr`, host byte order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Offload {
+    /// [`F_NEEDS_CSUM`] / [`F_DATA_VALID`].
+    pub flags: u8,
+    /// One of [`gso_type`], possibly with [`gso_type::ECN`].
+    pub gso_type: u8,
+    /// Length of the headers to replicate in each segment.
+    pub hdr_len: u16,
+    /// Payload bytes per segment (0: not a super-frame).
+    pub gso_size: u16,
+    /// Where checksumming starts (from the start of the Ethernet header).
+    pub csum_start: u16,
+    /// Where, from `csum_start`, the checksum goes.
+    pub csum_offset: u16,
+}
+
+impl Offload {
+    /// No offload: a complete frame with complete checksums.
+    pub const NONE: Offload = Offload { flags: 0, gso_type: 0, hdr_len: 0, gso_size: 0, csum_start: 0, csum_offset: 0 };
+
+    /// Reads a `virtio_net_hdr` (little-endian, as Linux's packet sockets use on every
+    /// little-endian host and for the legacy header everywhere we run).
+    pub fn from_vnet(b: &[u8; VNET_HDR_LEN]) -> Offload {
+        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        Offload { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) }
+    }
+
+    /// Writes the `virtio_net_hdr`.
+    pub fn to_vnet(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b
+    }
+
+    /// True if the L4 checksum is partial.
+    #[inline]
+    pub fn csum_partial(&self) -> bool {
+        self.flags & F_NEEDS_CSUM != 0
+    }
+
+    /// True if the frame is a super-frame to be segmented.
+    #[inline]
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & !gso_type::ECN != gso_type::NONE && self.gso_size != 0
+    }
+
+    /// The same offload for a frame whose headers grew by `delta` bytes (a pushed VLAN
+    /// tag: +4; popped: −4). `None` if the checksum start would leave the frame.
+    pub fn shifted(&self, delta: isize) -> Option<Offload> {
+        if delta == 0 || (!self.csum_partial() && !self.is_gso()) {
+            return Some(*self);
+        }
+        let mv = |v: u16| -> Option<u16> { u16::try_from(v as isize + delta).ok() };
+        Some(Offload {
+            csum_start: if self.csum_partial() { mv(self.csum_start)? } else { self.csum_start },
+            hdr_len: if self.hdr_len != 0 { mv(self.hdr_len)? } else { 0 },
+            ..*self
+        })
+    }
+}
+
+/// Why a frame's offload could not be resolved in software.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OffloadError {
+    /// checksum start {start} + offset {offset} is outside the {len}-byte frame
+    #[error("checksum start {start} + offset {offset} is outside the {len}-byte frame")]
+    BadChecksumOffsets {
+        /// `csum_start`.
+        start: u16,
+        /// `csum_offset`.
+        offset: u16,
+        /// Frame length.
+        len: usize,
+    },
+    /// super-frame is not TCP or UDP over IPv4/IPv6 with complete headers
+    #[error("super-frame is not TCP or UDP over IPv4/IPv6 with complete headers")]
+    NotSegmentable,
+    /// segment size 0 or larger than an IP packet allows
+    #[error("segment size 0 or larger than an IP packet allows")]
+    BadSegmentSize,
+}
+
+/// Completes a partial checksum in place (what a NIC or `skb_checksum_help` does): sums
+/// the frame from `csum_start` — the checksum field holds the pseudo-header seed — and
+/// stores the complement at `csum_start + csum_offset`.
+pub fn complete_checksum(frame: &mut [u8], o: &Offload) -> Result<(), OffloadError> {
+    let start = o.csum_start as usize;
+    let at = start + o.csum_offset as usize;
+    if at + 2 > frame.len() {
+        return Err(OffloadError::BadChecksumOffsets { start: o.csum_start, offset: o.csum_offset, len: frame.len() });
+    }
+    let c = checksum(&frame[start..], 0);
+    // A UDP checksum that computes to 0 is sent as 0xffff (0 means "none"); TCP's 0 is
+    // just 0, and so is anything the stack asked for: only a UDP field can tell.
+    let c = if c == 0 && o.csum_offset == 6 { 0xffff } else { c };
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Splits a TCP or UDP super-frame into frames of at most `gso_size` payload bytes,
+/// each with its own complete headers and complete checksums, handing each to `emit`.
+/// `offs` are the frame's parsed header offsets. A frame that is not a super-frame is
+/// handed over whole, its partial checksum (if any) completed.
+pub fn segment(
+    frame: &[u8],
+    offs: &HeaderOffsets,
+    o: &Offload,
+    scratch: &mut Vec<u8>,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    if !o.is_gso() {
+        scratch.clear();
+        scratch.extend_from_slice(frame);
+        if o.csum_partial() {
+            complete_checksum(scratch, o)?;
+        }
+        emit(scratch);
+        return Ok(1);
+    }
+    if offs.l4 == ABSENT || !matches!(offs.l3_kind, L3::Ipv4 | L3::Ipv6) {
+        return Err(OffloadError::NotSegmentable);
+    }
+    let l3 = offs.l3 as usize;
+    let l4 = offs.l4 as usize;
+    let hdr_end = match offs.l4_proto {
+        ip_proto::TCP => l4 + (((*frame.get(l4 + 12).ok_or(OffloadError::NotSegmentable)? >> 4) as usize) * 4),
+        ip_proto::UDP => l4 + 8,
+        _ => return Err(OffloadError::NotSegmentable),
+    };
+    if hdr_end > frame.len() || hdr_end < l4 + 8 {
+        return Err(OffloadError::NotSegmentable);
+    }
+    let mss = o.gso_size as usize;
+    let payload = &frame[hdr_end..];
+    if mss == 0 || hdr_end + mss > 65_535 + 14 {
+        return Err(OffloadError::BadSegmentSize);
+    }
+    let tcp = offs.l4_proto == ip_proto::TCP;
+    let seq0 = if tcp { u32::from_be_bytes(frame[l4 + 4..l4 + 8].try_into().unwrap_or_default()) } else { 0 };
+    let flags0 = if tcp { frame[l4 + 13] } else { 0 };
+    let id0 = if offs.l3_kind == L3::Ipv4 { u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]) } else { 0 };
+    let n = payload.len().div_ceil(mss).max(1);
+    for (i, chunk) in payload.chunks(mss).enumerate().chain(
+        // A super-frame with no payload still goes out once.
+        (payload.is_empty()).then_some((0, &payload[..0])),
+    ) {
+        scratch.clear();
+        scratch.extend_from_slice(&frame[..hdr_end]);
+        scratch.extend_from_slice(chunk);
+        let l4_len = scratch.len() - l4;
+        match offs.l3_kind {
+            L3::Ipv4 => {
+                let tot = (scratch.len() - l3) as u16;
+                scratch[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+                scratch[l3 + 4..l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+                scratch[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+                let ihl = ((scratch[l3] & 0x0f) as usize) * 4;
+                let c = checksum(&scratch[l3..l3 + ihl], 0);
+                scratch[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {
+                let plen = (scratch.len() - l3 - 40) as u16;
+                scratch[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
+            }
+        }
+        let csum_at = if tcp {
+            let seq = seq0.wrapping_add((i * mss) as u32);
+            scratch[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut f = flags0;
+            if i + 1 < n {
+                f &= !(0x01 | 0x08); // FIN and PSH only on the last segment
+            }
+            if i > 0 {
+                f &= !0x80; // CWR only on the first
+            }
+            scratch[l4 + 13] = f;
+            l4 + 16
+        } else {
+            scratch[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            l4 + 6
+        };
+        scratch[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
+        let c = checksum(&scratch[l4..], pseudo_header_sum(scratch, offs, l4_len));
+        let c = if c == 0 && !tcp { 0xffff } else { c };
+        scratch[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        emit(scratch);
+    }
+    Ok(n)
+}
+
+fn pseudo_header_sum(f: &[u8], offs: &HeaderOffsets, l4_len: usize) -> u32 {
+    let l3 = offs.l3 as usize;
+    let (src, dst) = match offs.l3_kind {
+        L3::Ipv4 => (&f[l3 + 12..l3 + 16], &f[l3 + 16..l3 + 20]),
+        _ => (&f[l3 + 8..l3 + 24], &f[l3 + 24..l3 + 40]),
+    };
+    let acc = ones_sum(src, 0);
+    let acc = ones_sum(dst, acc);
+    acc + offs.l4_proto as u32 + (l4_len as u32 >> 16) + (l4_len as u32 & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::FlowKey;
+    use crate::packet::{checksums_valid, fill_checksums};
+    use crate::parse::parse_frame;
+
+    fn tcp_frame(payload: usize, v6: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+        let tcp_len = 20 + payload;
+        if v6 {
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+            ip[6] = 6;
+            ip[7] = 64;
+            ip[23] = 1;
+            ip[39] = 2;
+            f.extend_from_slice(&ip);
+        } else {
+            let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+            ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&1234u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        tcp[12] = 0x50;
+        tcp[13] = 0x18 | 0x01 | 0x80; // PSH ACK FIN CWR
+        f.extend_from_slice(&tcp);
+        f.extend((0..payload).map(|i| (i * 7) as u8));
+        fill_checksums(&mut f);
+        f
+    }
+
+    /// Turns a frame's complete TCP checksum into the partial one a veth hands over.
+    fn make_partial(f: &mut [u8], v6: bool) -> Offload {
+        let l4 = if v6 { 54 } else { 34 };
+        let l4_len = f.len() - l4;
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(f, &mut key);
+        let seed = !checksum(&[], pseudo_header_sum(f, &offs, l4_len));
+        f[l4 + 16..l4 + 18].copy_from_slice(&seed.to_be_bytes());
+        Offload { flags: F_NEEDS_CSUM, csum_start: l4 as u16, csum_offset: 16, ..Offload::NONE }
+    }
+
+    #[test]
+    fn completing_a_partial_checksum_gives_the_full_one() {
+        for v6 in [false, true] {
+            let full = tcp_frame(333, v6);
+            let mut f = full.clone();
+            let o = make_partial(&mut f, v6);
+            assert_ne!(f, full);
+            complete_checksum(&mut f, &o).unwrap();
+            assert_eq!(f, full, "v6={v6}");
+        }
+    }
+
+    #[test]
+    fn rewrites_of_a_partial_frame_complete_to_the_rewritten_full_frame() {
+        use crate::key::Field;
+        use crate::packet::write_field;
+        for v6 in [false, true] {
+            let fields: &[(Field, u128)] = if v6 {
+                &[(Field::Ipv6Dst, 0xfd00_0000_0000_0000_0000_0000_0000_0042), (Field::TpDst, 8080)]
+            } else {
+                &[(Field::Ipv4Src, 0x6440_0001), (Field::Ipv4Dst, 0x0a00_0005), (Field::TpSrc, 40000)]
+            };
+            let mut full = tcp_frame(200, v6);
+            let mut partial = full.clone();
+            let o = make_partial(&mut partial, v6);
+            let mut key = FlowKey::ZERO;
+            let offs_full = parse_frame(&full, &mut key);
+            let offs_partial = HeaderOffsets { csum_partial: true, ..offs_full };
+            for (field, value) in fields {
+                write_field(&mut full, &offs_full, *field, *value);
+                write_field(&mut partial, &offs_partial, *field, *value);
+            }
+            assert!(checksums_valid(&full));
+            complete_checksum(&mut partial, &o).unwrap();
+            assert_eq!(partial, full, "v6={v6}");
+        }
+    }
+
+    #[test]
+    fn bad_checksum_offsets_are_an_error() {
+        let mut f = tcp_frame(10, false);
+        let o = Offload { flags: F_NEEDS_CSUM, csum_start: 60, csum_offset: 16, ..Offload::NONE };
+        assert!(matches!(complete_checksum(&mut f, &o), Err(OffloadError::BadChecksumOffsets { .. })));
+    }
+
+    #[test]
+    fn segmenting_a_tcp_super_frame_gives_valid_segments_with_the_same_bytes() {
+        for v6 in [false, true] {
+            let full = tcp_frame(4000, v6);
+            let mut f = full.clone();
+            let mut o = make_partial(&mut f, v6);
+            o.gso_type = if v6 { gso_type::TCPV6 } else { gso_type::TCPV4 };
+            o.gso_size = 1448;
+            let mut key = FlowKey::ZERO;
+            let offs = parse_frame(&f, &mut key);
+            let mut segs = Vec::new();
+            let n = segment(&f, &offs, &o, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
+            assert_eq!(n, 3);
+            assert_eq!(segs.len(), 3);
+            let hdr = if v6 { 74 } else { 54 };
+            let mut payload = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                assert!(checksums_valid(s), "segment {i} v6={v6}");
+                let seq = u32::from_be_bytes(s[hdr - 16..hdr - 12].try_into().unwrap());
+                assert_eq!(seq, 1000 + (i as u32) * 1448);
+                let flags = s[hdr - 7];
+                assert_eq!(flags & 0x01 != 0, i == 2, "FIN only last");
+                assert_eq!(flags & 0x08 != 0, i == 2, "PSH only last");
+                assert_eq!(flags & 0x80 != 0, i == 0, "CWR only first");
+                payload.extend_from_slice(&s[hdr..]);
+            }
+            assert_eq!(payload, full[hdr..]);
+            assert_eq!(segs[2].len(), hdr + 4000 - 2 * 1448);
+        }
+    }
+
+    #[test]
+    fn non_tcp_super_frames_are_refused() {
+        let mut f = tcp_frame(100, false);
+        f[23] = 47; // GRE
+        fill_checksums(&mut f);
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&f, &mut key);
+        let o = Offload { gso_type: gso_type::TCPV4, gso_size: 10, ..Offload::NONE };
+        assert_eq!(segment(&f, &offs, &o, &mut Vec::new(), |_| {}), Err(OffloadError::NotSegmentable));
+    }
+
+    #[test]
+    fn vnet_header_round_trips_and_shifts() {
+        let o = Offload {
+            flags: F_NEEDS_CSUM,
+            gso_type: gso_type::TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert_eq!(Offload::from_vnet(&o.to_vnet()), o);
+        let s = o.shifted(4).unwrap();
+        assert_eq!((s.csum_start, s.hdr_len), (38, 70));
+        assert_eq!(Offload { csum_start: 2, ..o }.shifted(-4), None);
+        assert_eq!(Offload::NONE.shifted(-4), Some(Offload::NONE));
+    }
+}
