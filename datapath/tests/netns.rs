@@ -1,0 +1,293 @@
+//! Network-namespace integration tests: `skein-dp` forwarding real traffic between pods.
+//! Each test builds its own nodes and pods (network namespaces wired with veth pairs),
+//! runs the switch binary inside a node namespace with a flow file, and drives ARP, ping
+//! and TCP through it from threads inside the pod namespaces.
+//!
+//! They need root. CI runs them as root; without root they fail, unless
+//! SKEIN_SKIP_NETNS_TESTS=1, which skips them (and says so).
+
+#[path = "netns/lab.rs"]
+mod lab;
+#[path = "netns/traffic.rs"]
+mod traffic;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use lab::{Dp, Lab, Pod, PodConfig};
+use traffic::{NameServer, TcpSink, TcpSource, fetch_answers, join_within};
+
+const MIB: u64 = 1 << 20;
+
+/// Bound on a bulk transfer of a few tens of MiB (through an unoptimized test build).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Bound on a running stream making visible progress.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse::<Ipv4Addr>().expect("test address"), port)
+}
+
+/// Pods `a` (port 1) and `b` (port 2) of one subnet on one switch in namespace `node`.
+struct TwoPods {
+    a: Pod,
+    b: Pod,
+    dp: Dp,
+}
+
+/// L2 forwarding between the two pods: by destination MAC, broadcasts (ARP) flooded to
+/// the other port; anything else (IPv6 multicast from the pods) is dropped.
+fn l2_flows(a: &Pod, b: &Pod) -> String {
+    format!(
+        "# two pods on one segment\n\
+         table=0,priority=100,in_port=1,dl_dst=ff:ff:ff:ff:ff:ff,actions=output:2\n\
+         table=0,priority=100,in_port=2,dl_dst=ff:ff:ff:ff:ff:ff,actions=output:1\n\
+         table=0,priority=50,dl_dst={},actions=output:1\n\
+         table=0,priority=50,dl_dst={},actions=output:2\n",
+        a.mac, b.mac
+    )
+}
+
+fn two_pods(lab: &mut Lab) -> TwoPods {
+    let node = lab.namespace("node");
+    let a = lab.pod(&node, PodConfig::new("a", "02:00:0a:0b:00:01", "10.11.0.1/24"));
+    let b = lab.pod(&node, PodConfig::new("b", "02:00:0a:0b:00:02", "10.11.0.2/24"));
+    let dp = lab.start_switch(&node, "switch", &l2_flows(&a, &b), &[(1, &a.host_if), (2, &b.host_if)], &[]);
+    TwoPods { a, b, dp }
+}
+
+/// Asserts that `pod` resolved `ip` to `mac` (`ip neigh` shows it).
+fn assert_neighbour(lab: &Lab, pod: &Pod, ip: &str, mac: &str) {
+    let neigh = lab.exec(&pod.ns, &["ip", "neigh", "show", ip]);
+    lab.ensure(neigh.contains(&format!("lladdr {mac}")), || {
+        format!("{} should have resolved {ip} to {mac}; `ip neigh show {ip}` says: {neigh:?}", pod.ns)
+    });
+}
+
+/// Sends `bytes` from `from` to a sink on `to`:`port` and checks that every byte arrived,
+/// in order.
+fn transfer(lab: &Lab, from: &Pod, to: &Pod, port: u16, bytes: u64) {
+    let sink = TcpSink::start(&to.ns, addr(&to.ip, port)).unwrap_or_else(|e| lab.fail(&e));
+    let source = TcpSource::start(&from.ns, addr(&to.ip, port), Some(bytes));
+    let sent = source.finish(TRANSFER_TIMEOUT).unwrap_or_else(|e| lab.fail(&e));
+    let received = sink.finish(TRANSFER_TIMEOUT).unwrap_or_else(|e| lab.fail(&e));
+    lab.ensure(sent.bytes == bytes, || format!("the source sent {} bytes, not {bytes}", sent.bytes));
+    lab.ensure(received == sent, || format!("sent {sent:?} but received {received:?}"));
+}
+
+#[test]
+fn netns_two_pods_one_switch() {
+    let Some(mut lab) = Lab::new("netns_two_pods_one_switch", "tp") else { return };
+    let TwoPods { a, b, dp } = two_pods(&mut lab);
+    for pod in [&a, &b] {
+        lab.exec(&pod.ns, &["ethtool", "-K", "eth0", "tso", "on", "gso", "on"]);
+        let features = lab.exec(&pod.ns, &["ethtool", "-k", "eth0"]);
+        lab.ensure(features.contains("tcp-segmentation-offload: on"), || {
+            format!("TSO should be on in {}: `ethtool -k eth0` says:\n{features}", pod.ns)
+        });
+    }
+
+    lab.ping(&a.ns, &b.ip, 3);
+    assert_neighbour(&lab, &a, &b.ip, &b.mac);
+    assert_neighbour(&lab, &b, &a.ip, &a.mac);
+
+    transfer(&lab, &a, &b, 5001, 64 * MIB);
+    let gso = lab.stat(&dp, "port_1_rx_gso");
+    lab.ensure(gso > 0, || format!("no TSO super-frame from pod a crossed the switch whole (port_1_rx_gso={gso})"));
+    let delivered = lab.stat(&dp, "port_2_tx");
+    lab.ensure(delivered > 0, || format!("nothing was sent to pod b (port_2_tx={delivered})"));
+}
+
+#[test]
+fn netns_reload_while_traffic_flows() {
+    let Some(mut lab) = Lab::new("netns_reload_while_traffic_flows", "rl") else { return };
+    let TwoPods { a, b, dp } = two_pods(&mut lab);
+    let base = l2_flows(&a, &b);
+    let no_ping = format!("{base}table=0,priority=200,icmp,in_port=1,actions=drop\n");
+    // The bad line comes last, so its number is the file's line count.
+    let broken = format!("{no_ping}table=0,priority=10,nw_dst=10.11.0.300,actions=drop\n");
+    let broken_line = format!("line {}", broken.lines().count());
+
+    lab.ping(&a.ns, &b.ip, 2);
+    let sink = TcpSink::start(&b.ns, addr(&b.ip, 5002)).unwrap_or_else(|e| lab.fail(&e));
+    let source = TcpSource::start(&a.ns, addr(&b.ip, 5002), None);
+    let advances = |lab: &Lab, what: &str| {
+        let from = sink.received();
+        lab.wait_for(what, PROGRESS_TIMEOUT, || sink.received() >= from + 4 * MIB);
+    };
+    advances(&lab, "the stream to start");
+
+    // An equivalent file plus one flow: pings from a are dropped from now on, the stream
+    // goes on.
+    let reply = lab.reload(&dp, "no-ping.flows", &no_ping).unwrap_or_else(|e| lab.fail(&format!("reload: {e}")));
+    lab.ensure(lab.ctl(&dp, &["dump-flows"]).contains("icmp"), || {
+        format!("the new flow is not listed (reload said {reply:?})")
+    });
+    advances(&lab, "the stream to go on after the reload");
+    if let Ok(out) = lab::try_ping(&a.ns, &b.ip, 2, 2) {
+        lab.fail(&format!("ping should be dropped by the reloaded flows, but it got through:\n{out}"));
+    }
+
+    // A file with a bad line is refused, naming the line; the flows installed stay.
+    match lab.reload(&dp, "broken.flows", &broken) {
+        Ok(out) => lab.fail(&format!("a flow file with a bad last line was accepted: {out:?}")),
+        Err(e) => lab.ensure(e.contains(&broken_line) && e.contains("nw_dst"), || {
+            format!("the refusal should name {broken_line} and nw_dst: {e}")
+        }),
+    }
+    let flows = lab.ctl(&dp, &["dump-flows"]);
+    lab.ensure(flows.contains("icmp") && !flows.contains("priority=10,"), || {
+        format!("a refused reload changed the flows:\n{flows}")
+    });
+    advances(&lab, "the stream to go on after the refused reload");
+    if let Ok(out) = lab::try_ping(&a.ns, &b.ip, 2, 2) {
+        lab.fail(&format!("after the refused reload, ping should still be dropped, but it got through:\n{out}"));
+    }
+
+    // Back to the first file: pings pass again.
+    lab.reload(&dp, "base.flows", &base).unwrap_or_else(|e| lab.fail(&format!("reload: {e}")));
+    lab.ping(&a.ns, &b.ip, 2);
+    advances(&lab, "the stream to go on after the last reload");
+
+    source.stop();
+    let sent = source.finish(TRANSFER_TIMEOUT).unwrap_or_else(|e| lab.fail(&e));
+    let received = sink.finish(TRANSFER_TIMEOUT).unwrap_or_else(|e| lab.fail(&e));
+    lab.ensure(received == sent, || {
+        format!("the stream lost or changed data across reloads: sent {sent:?}, received {received:?}")
+    });
+}
+
+const ROUTER_MAC: &str = "02:00:00:00:00:fe";
+
+#[test]
+fn netns_routing_between_subnets() {
+    let Some(mut lab) = Lab::new("netns_routing_between_subnets", "rt") else { return };
+    let node = lab.namespace("node");
+    let a = lab.pod(&node, PodConfig::new("a", "02:00:0a:01:00:02", "10.1.0.2/24").gateway("10.1.0.1"));
+    let b = lab.pod(&node, PodConfig::new("b", "02:00:0a:02:00:02", "10.2.0.2/24").gateway("10.2.0.1"));
+    let flows = format!(
+        "# the switch is the router of 10.1.0.0/24 (port 1) and 10.2.0.0/24 (port 2)\n\
+         table=0,priority=100,arp,arp_op=1,arp_tpa=10.1.0.1,actions=arp_responder(mac={r})\n\
+         table=0,priority=100,arp,arp_op=1,arp_tpa=10.2.0.1,actions=arp_responder(mac={r})\n\
+         table=0,priority=100,icmp,icmp_type=8,nw_dst=10.1.0.1,actions=icmp_echo_responder\n\
+         table=0,priority=100,icmp,icmp_type=8,nw_dst=10.2.0.1,actions=icmp_echo_responder\n\
+         table=0,priority=50,ip,in_port=1,dl_dst={r},nw_dst=10.2.0.0/24,actions=mod_dl_src:{r},mod_dl_dst:{b},dec_ttl,output:2\n\
+         table=0,priority=50,ip,in_port=2,dl_dst={r},nw_dst=10.1.0.0/24,actions=mod_dl_src:{r},mod_dl_dst:{a},dec_ttl,output:1\n",
+        r = ROUTER_MAC,
+        a = a.mac,
+        b = b.mac,
+    );
+    let dp = lab.start_switch(&node, "router", &flows, &[(1, &a.host_if), (2, &b.host_if)], &[]);
+
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let out = lab.ping(&from.ns, &to.ip, 3);
+        let replies: Vec<&str> = out.lines().filter(|l| l.contains("bytes from")).collect();
+        // The reply left `to` with TTL 64 and crossed the router once.
+        lab.ensure(replies.len() == 3 && replies.iter().all(|l| l.contains("ttl=63")), || {
+            format!("{} → {}: every reply should arrive with ttl=63:\n{out}", from.ns, to.ip)
+        });
+    }
+    assert_neighbour(&lab, &a, "10.1.0.1", ROUTER_MAC);
+    assert_neighbour(&lab, &b, "10.2.0.1", ROUTER_MAC);
+    lab.ping(&a.ns, "10.1.0.1", 2);
+    lab.ping(&b.ns, "10.2.0.1", 2);
+    // TSO super-frames are routed whole: TTL and MACs rewritten, checksums still right.
+    transfer(&lab, &a, &b, 5004, 16 * MIB);
+    let gso = lab.stat(&dp, "port_1_rx_gso");
+    lab.ensure(gso > 0, || format!("no TSO super-frame from pod a was routed whole (port_1_rx_gso={gso})"));
+}
+
+/// One node of the Geneve test: its pod on port 1, the other node through tunnel port 10.
+fn geneve_flows(local_ip: &str, peer_ip: &str) -> String {
+    format!(
+        "# pod on port 1; the other node through tunnel port 10 over Geneve port 100\n\
+         tunnel=10,local_ip={local_ip},underlay_port=100\n\
+         table=0,priority=100,in_port=1,actions=set_field:5->tun_id,set_field:{peer_ip}->tun_dst,\\\n  \
+             set_field:1->tun_ingress_port,set_field:2->tun_egress_port,output:10\n\
+         table=0,priority=100,in_port=100,tun_id=5,tun_src={peer_ip},tun_ingress_port=1,tun_egress_port=2,\\\n  \
+             actions=output:1\n"
+    )
+}
+
+#[test]
+fn netns_two_nodes_geneve() {
+    let Some(mut lab) = Lab::new("netns_two_nodes_geneve", "gn") else { return };
+    let (ip_a, ip_b) = ("192.168.77.1", "192.168.77.2");
+    let node_a = lab.namespace("node-a");
+    let node_b = lab.namespace("node-b");
+    lab.underlay(&node_a, &format!("{ip_a}/24"), &node_b, &format!("{ip_b}/24"));
+    lab.ping(&node_a, ip_b, 1);
+    // One L2 segment across both nodes; the pods' MTU leaves room for the 58 bytes of
+    // encapsulation under the underlay's 1500.
+    let a = lab.pod(&node_a, PodConfig::new("a", "02:00:0a:03:00:01", "10.3.0.1/24").mtu(1400));
+    let b = lab.pod(&node_b, PodConfig::new("b", "02:00:0a:03:00:02", "10.3.0.2/24").mtu(1400));
+    let dp_a = lab.start_switch(&node_a, "node-a", &geneve_flows(ip_a, ip_b), &[(1, &a.host_if)], &[(100, ip_a)]);
+    let dp_b = lab.start_switch(&node_b, "node-b", &geneve_flows(ip_b, ip_a), &[(1, &b.host_if)], &[(100, ip_b)]);
+
+    lab.ping(&a.ns, &b.ip, 3);
+    assert_neighbour(&lab, &a, &b.ip, &b.mac);
+    // TSO super-frames from pod a are segmented into the tunnel.
+    transfer(&lab, &a, &b, 5003, 16 * MIB);
+    for dp in [&dp_a, &dp_b] {
+        for counter in ["port_100_tx", "port_100_rx"] {
+            let n = lab.stat(dp, counter);
+            lab.ensure(n > 0, || format!("{counter}=0 on {}: nothing crossed the tunnel", dp.name));
+        }
+    }
+}
+
+#[test]
+fn netns_vip_load_balancing() {
+    let Some(mut lab) = Lab::new("netns_vip_load_balancing", "lb") else { return };
+    const VIP: &str = "10.96.0.10";
+    let node = lab.namespace("node");
+    let client = lab.pod(&node, PodConfig::new("c", "02:00:0a:04:00:02", "10.4.0.2/24").gateway("10.4.0.1"));
+    let backends: Vec<Pod> = (1..=3)
+        .map(|i| {
+            let (name, mac, cidr) = (format!("be{i}"), format!("02:00:0a:04:00:1{i}"), format!("10.4.0.1{i}/24"));
+            lab.pod(&node, PodConfig::new(&name, &mac, &cidr).gateway("10.4.0.1"))
+        })
+        .collect();
+
+    // Port 1: the client; ports 2-4: the backends. Table 0 answers ARP (gateway and every
+    // pod, so no broadcast needs flooding) and sends IP through conntrack: ct_lb for the
+    // VIP, ct(nat) for the rest (un-DNATs the backends' replies). Table 1 routes by nw_dst.
+    let mut flows = format!(
+        "lb=1,backends={}\n\
+         table=0,priority=200,arp,arp_op=1,arp_tpa=10.4.0.1,actions=arp_responder(mac={ROUTER_MAC})\n\
+         table=0,priority=100,tcp,nw_dst={VIP},tp_dst=80,actions=ct_lb(lb=1,zone=1,table=1)\n\
+         table=0,priority=50,ip,actions=ct(zone=1,nat,table=1)\n",
+        backends.iter().map(|b| format!("{}:8080", b.ip)).collect::<Vec<_>>().join(";")
+    );
+    let mut ports = Vec::new();
+    for (port, pod) in (1u32..).zip(std::iter::once(&client).chain(&backends)) {
+        flows.push_str(&format!(
+            "table=0,priority=200,arp,arp_op=1,arp_tpa={ip},actions=arp_responder(mac={mac})\n\
+             table=1,priority=100,ip,nw_dst={ip},actions=mod_dl_src:{ROUTER_MAC},mod_dl_dst:{mac},output:{port}\n",
+            ip = pod.ip,
+            mac = pod.mac,
+        ));
+        ports.push((port, pod.host_if.as_str()));
+    }
+    let dp = lab.start_switch(&node, "lb", &flows, &ports, &[]);
+
+    let _servers: Vec<NameServer> = backends
+        .iter()
+        .map(|b| NameServer::start(&b.ns, addr("0.0.0.0", 8080), &b.ns).unwrap_or_else(|e| lab.fail(&e)))
+        .collect();
+    let answers =
+        join_within(fetch_answers(&client.ns, addr(VIP, 80), 60), TRANSFER_TIMEOUT).unwrap_or_else(|e| lab.fail(&e));
+    let names: BTreeSet<&str> = backends.iter().map(|b| b.ns.as_str()).collect();
+    let reached: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    lab.ensure(reached.is_subset(&names), || format!("answers that name no backend: {answers:?}"));
+    lab.ensure(reached == names, || format!("60 connections should reach all of {names:?}, reached only {reached:?}"));
+
+    let conntrack = lab.ctl(&dp, &["dump-conntrack"]);
+    let to_vip: Vec<&str> = conntrack.lines().filter(|l| l.contains(&format!("dst={VIP},sport="))).collect();
+    lab.ensure(!to_vip.is_empty(), || format!("dump-conntrack lists no connection to the VIP:\n{conntrack}"));
+    lab.ensure(to_vip.iter().all(|l| backends.iter().any(|b| l.contains(&format!("reply=(src={},", b.ip)))), || {
+        format!("every connection to the VIP should be answered by a backend:\n{conntrack}")
+    });
+}
