@@ -33,6 +33,14 @@ pub trait OutputSink {
     fn emit(&mut self, packet: usize, port: u32, frame: &[u8]) {
         self.output(packet, port, frame);
     }
+
+    /// Like [`OutputSink::output`], for the packet's last action: `frame` is the packet's
+    /// final content (nothing changes it afterwards), so a sink that still holds the
+    /// batch may send it from there instead of copying it. By default the same as
+    /// `output`.
+    fn output_last(&mut self, packet: usize, port: u32, frame: &[u8]) {
+        self.output(packet, port, frame);
+    }
 }
 
 /// A sink that collects `(packet, port, frame)` copies; for tests and tools.
@@ -399,12 +407,29 @@ pub fn execute(
     sink: &mut impl OutputSink,
     ctx: &ExecCtx<'_>,
 ) -> Outcome {
+    execute_in(words, frame, offs, key, pkt, sink, ctx, true)
+}
+
+/// `top`: the actions run on the packet itself (not on a clone's copy), so an output
+/// that ends them sends the packet's final bytes.
+#[allow(clippy::too_many_arguments)]
+fn execute_in(
+    words: &[u64],
+    frame: &mut Vec<u8>,
+    offs: &mut HeaderOffsets,
+    key: &FlowKey,
+    pkt: usize,
+    sink: &mut impl OutputSink,
+    ctx: &ExecCtx<'_>,
+    top: bool,
+) -> Outcome {
     let mut modified = false;
     let mut i = 0;
     while i < words.len() {
         let w = words[i];
         i += 1;
         match w >> 56 {
+            TAG_OUTPUT if top && i == words.len() => sink.output_last(pkt, w as u32, frame),
             TAG_OUTPUT => sink.output(pkt, w as u32, frame),
             TAG_SET | TAG_SET_WIDE => {
                 let (f, v, used) = decode_set(&words[i - 1..]);
@@ -487,9 +512,10 @@ pub fn execute(
                 let mut k = FlowKey::ZERO;
                 if modified {
                     o = parse_frame(&copy, &mut k);
+                    o.csum_partial = offs.csum_partial;
                 }
                 let inner_key = if modified { &k } else { key };
-                execute(&words[i..i + n], &mut copy, &mut o, inner_key, pkt, sink, ctx);
+                execute_in(&words[i..i + n], &mut copy, &mut o, inner_key, pkt, sink, ctx, false);
                 i += n;
             }
         }
@@ -688,5 +714,44 @@ mod tests {
         assert_eq!(sink.outputs.len(), 2);
         assert_ne!(sink.outputs[0].2, orig);
         assert_eq!(sink.outputs[1].2, orig);
+    }
+
+    /// Records which outputs were announced as the packet's final bytes.
+    #[derive(Default)]
+    struct LastSink(Vec<(u32, bool)>);
+
+    impl OutputSink for LastSink {
+        fn output(&mut self, _packet: usize, port: u32, _frame: &[u8]) {
+            self.0.push((port, false));
+        }
+        fn output_last(&mut self, _packet: usize, port: u32, _frame: &[u8]) {
+            self.0.push((port, true));
+        }
+    }
+
+    #[test]
+    fn only_the_packets_own_last_output_is_final() {
+        let f = crate::parse::tests::ipv4_frame(6, 1, 2, 3, 4, b"");
+        let mut key = crate::key::FlowKey::ZERO;
+        let o = crate::parse::parse_frame(&f, &mut key);
+        let ct = Mutex::new(Conntrack::new(Default::default()));
+        let lbs = Mutex::new(HashMap::new());
+        let ctx =
+            ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload: Offload::NONE };
+        type Outputs = Vec<(u32, bool)>;
+        let cases: Vec<(Vec<DpAction>, Outputs)> = vec![
+            (vec![DpAction::Output(1), DpAction::Output(2)], vec![(1, false), (2, true)]),
+            // A clone's last output is of a copy; the packet goes on to be changed.
+            (vec![DpAction::Clone(vec![DpAction::Output(1)]), DpAction::Set(Field::Ipv4Dst, 9)], vec![(1, false)]),
+            (vec![DpAction::Output(3), DpAction::Set(Field::Ipv4Dst, 9)], vec![(3, false)]),
+        ];
+        for (acts, want) in cases {
+            let mut w = Vec::new();
+            encode(&acts, &mut w);
+            let (mut frame, mut offs) = (f.clone(), o);
+            let mut sink = LastSink::default();
+            execute(&w, &mut frame, &mut offs, &key, 0, &mut sink, &ctx);
+            assert_eq!(sink.0, want, "{acts:?}");
+        }
     }
 }

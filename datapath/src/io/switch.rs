@@ -295,12 +295,21 @@ fn tx_name(ports: &[TxPort], index: usize) -> String {
     ports.get(index).map(|p| p.name.clone()).unwrap_or_default()
 }
 
+/// Where a queued frame's bytes are.
+#[derive(Clone, Copy)]
+enum Bytes {
+    /// `arena[start..end]`.
+    Arena(usize, usize),
+    /// The final content of packet `i` of the batch (sent without a copy).
+    Packet(usize),
+}
+
 /// Collects a batch's outputs per port, then sends each port's share in one go.
 struct BatchSink<'a> {
     ports: &'a [TxPort],
     by_number: &'a HashMap<u32, usize>,
-    /// (port index, offload, start, end) into `arena`.
-    queued: Vec<(usize, Offload, usize, usize)>,
+    /// (port index, offload, where): the bytes are in `arena` or are a batch packet's.
+    queued: Vec<(usize, Offload, Bytes)>,
     arena: Vec<u8>,
     /// Per packet of the batch: its offload and its length as received.
     meta: Vec<(Offload, usize)>,
@@ -315,10 +324,10 @@ impl BatchSink<'_> {
         };
         let start = self.arena.len();
         self.arena.extend_from_slice(frame);
-        self.queued.push((i, offload, start, self.arena.len()));
+        self.queued.push((i, offload, Bytes::Arena(start, self.arena.len())));
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, batch: &[Packet]) {
         if self.queued.is_empty() {
             return;
         }
@@ -329,14 +338,19 @@ impl BatchSink<'_> {
             let end = at + self.queued[at..].iter().take_while(|q| q.0 == port).count();
             let group = &self.queued[at..end];
             let p = &self.ports[port];
+            let bytes = |b: Bytes| -> &[u8] {
+                match b {
+                    Bytes::Arena(a, z) => &self.arena[a..z],
+                    Bytes::Packet(i) => batch.get(i).map_or(&[][..], |p| &p.data[..]),
+                }
+            };
             let sent = match &p.sender {
                 Sender::Interface(s) => {
-                    let frames: Vec<(Offload, &[u8])> =
-                        group.iter().map(|&(_, o, a, b)| (o, &self.arena[a..b])).collect();
+                    let frames: Vec<(Offload, &[u8])> = group.iter().map(|&(_, o, b)| (o, bytes(b))).collect();
                     s.send(&frames)
                 }
                 Sender::Geneve(s) => {
-                    let frames: Vec<&[u8]> = group.iter().map(|&(_, _, a, b)| &self.arena[a..b]).collect();
+                    let frames: Vec<&[u8]> = group.iter().map(|&(_, _, b)| bytes(b)).collect();
                     s.send(&frames)
                 }
             };
@@ -361,6 +375,16 @@ impl OutputSink for BatchSink<'_> {
 
     fn emit(&mut self, _packet: usize, port: u32, frame: &[u8]) {
         self.queue(port, Offload::NONE, frame);
+    }
+
+    fn output_last(&mut self, packet: usize, port: u32, frame: &[u8]) {
+        let Some(&i) = self.by_number.get(&port) else {
+            self.unknown_port += 1;
+            return;
+        };
+        let (offload, len) = self.meta.get(packet).copied().unwrap_or((Offload::NONE, frame.len()));
+        let offload = offload.shifted(frame.len() as isize - len as isize).unwrap_or(Offload::NONE);
+        self.queued.push((i, offload, Bytes::Packet(packet)));
     }
 }
 
@@ -419,7 +443,7 @@ fn run_worker(
             sink.meta.clear();
             sink.meta.extend(batch.iter().map(|p| (p.offload, p.data.len())));
             dp.process_batch(&mut worker, &mut batch, now_ns(), &mut sink);
-            sink.flush();
+            sink.flush(&batch);
             pool.extend(batch.drain(..).map(|p| p.data));
         }
         if got > 0 {
