@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use crate::datapath::Datapath;
 use crate::flow::{Flow, FlowMod, Match};
 use crate::flowtext::{self, FlowFile};
-use crate::io::PortStats;
+use crate::io::SwitchStats;
 use crate::pipeline::TraceStep;
 
 /// Why a control request failed.
@@ -51,13 +51,13 @@ pub struct ReloadReport {
     pub megaflows_invalidated: usize,
 }
 
-type PortStatsFn = Box<dyn Fn() -> Vec<PortStats> + Send + Sync>;
+type SwitchStatsFn = Box<dyn Fn() -> SwitchStats + Send + Sync>;
 
 /// The control side of a running switch.
 pub struct Control {
     dp: Arc<Datapath>,
     installed: Mutex<FlowFile>,
-    ports: PortStatsFn,
+    switch: SwitchStatsFn,
     now: fn() -> u64,
 }
 
@@ -68,9 +68,10 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    /// Control of `dp`; `ports` reports port counters, `now` is the datapath's clock.
-    pub fn new(dp: Arc<Datapath>, ports: PortStatsFn, now: fn() -> u64) -> Control {
-        Control { dp, installed: Mutex::new(FlowFile::default()), ports, now }
+    /// Control of `dp`; `switch` reports the switch's and ports' counters, `now` is the
+    /// datapath's clock.
+    pub fn new(dp: Arc<Datapath>, switch: SwitchStatsFn, now: fn() -> u64) -> Control {
+        Control { dp, installed: Mutex::new(FlowFile::default()), switch, now }
     }
 
     /// Replaces everything installed with the flow file `text`, in one atomic step:
@@ -186,7 +187,7 @@ impl Control {
         out
     }
 
-    /// Counters as `name=value` lines: the datapath's, then each port's.
+    /// Counters as `name=value` lines: the datapath's, the switch's, then each port's.
     pub fn stats(&self) -> String {
         let s = self.dp.stats();
         let mut out = String::new();
@@ -210,7 +211,9 @@ impl Control {
         for (reason, n) in &s.drops {
             let _ = writeln!(out, "drops_{}={n}", reason.name());
         }
-        for p in (self.ports)() {
+        let sw = (self.switch)();
+        let _ = writeln!(out, "output_unknown_port_drops={}", sw.unknown_port_drops);
+        for p in sw.ports {
             let _ = writeln!(
                 out,
                 "port_{n}_rx={} port_{n}_rx_gso={} port_{n}_rx_dropped={} port_{n}_tx={} port_{n}_tx_dropped={} port_{n}_name={}",
@@ -370,7 +373,7 @@ mod tests {
     use crate::{DatapathConfig, key::ip_proto};
 
     fn control() -> Control {
-        Control::new(Arc::new(Datapath::new(DatapathConfig::default())), Box::new(Vec::new), || 1)
+        Control::new(Arc::new(Datapath::new(DatapathConfig::default())), Box::new(SwitchStats::default), || 1)
     }
 
     fn forward(c: &Control, dst: u32) -> Vec<u32> {

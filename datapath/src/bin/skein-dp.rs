@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use skein_datapath::control::Control;
-use skein_datapath::io::{PortConfig, PortSpec, RingKind, Switch, SwitchConfig, now_ns};
+use skein_datapath::io::{PortConfig, PortSpec, RingKind, Switch, SwitchConfig, SwitchStats, now_ns};
 use skein_datapath::{Datapath, DatapathConfig, flowtext};
 
 const DEFAULT_CONTROL: &str = "/run/skein/dp.sock";
@@ -211,7 +211,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let switch = Arc::new(Switch::start(dp.clone(), &specs, cfg)?);
             let ctl = {
                 let sw = switch.clone();
-                Arc::new(Control::new(dp.clone(), Box::new(move || sw.port_stats()), now_ns))
+                Arc::new(Control::new(dp.clone(), Box::new(move || sw.stats()), now_ns))
             };
             if let Some(f) = &flows {
                 let text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?;
@@ -263,7 +263,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Check { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
             let f = flowtext::parse_flow_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let ctl = Control::new(Arc::new(Datapath::new(DatapathConfig::default())), Box::new(Vec::new), now_ns);
+            let ctl = Control::new(
+                Arc::new(Datapath::new(DatapathConfig::default())),
+                Box::new(SwitchStats::default),
+                now_ns,
+            );
             ctl.reload(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(
                 "flows={} groups={} load_balancers={} tunnels={}",

@@ -10,4 +10,4 @@ pub mod sys;
 pub mod udp;
 
 pub use afpacket::{AfPacketPort, PortConfig, PortError, RingKind};
-pub use switch::{PortSpec, PortStats, Switch, SwitchConfig, now_ns};
+pub use switch::{PortSpec, PortStats, Switch, SwitchConfig, SwitchStats, now_ns};

@@ -137,6 +137,15 @@ struct OwnedPort {
     seen_dropped: u64,
 }
 
+/// A snapshot of the switch's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchStats {
+    /// Per port.
+    pub ports: Vec<PortStats>,
+    /// Frames the flows sent to a port number the switch does not have.
+    pub unknown_port_drops: u64,
+}
+
 /// Nanoseconds on the monotonic clock since the first call (the datapath's `now`).
 pub fn now_ns() -> u64 {
     static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -146,6 +155,7 @@ pub fn now_ns() -> u64 {
 /// A running switch. Dropping it stops the workers.
 pub struct Switch {
     ports: Arc<Vec<TxPort>>,
+    unknown_port: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<EventFd>>,
     threads: Vec<JoinHandle<()>>,
@@ -202,6 +212,7 @@ impl Switch {
             }
         }
         let ports = Arc::new(tx);
+        let unknown_port = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = cfg.workers.clamp(1, rx.len().max(1));
         let mut owned: Vec<Vec<OwnedPort>> = (0..workers).map(|_| Vec::new()).collect();
@@ -238,14 +249,19 @@ impl Switch {
                 source,
             })?;
             wakers.push(waker.clone());
-            let (dp, ports, stop) = (dp.clone(), ports.clone(), stop.clone());
+            let (dp, ports, stop, unknown) = (dp.clone(), ports.clone(), stop.clone(), unknown_port.clone());
             let t = std::thread::Builder::new()
                 .name(format!("skein-dp-w{w}"))
-                .spawn(move || run_worker(dp, ports, mine, epoll, waker, stop, cfg))
+                .spawn(move || run_worker(dp, ports, unknown, mine, epoll, waker, stop, cfg))
                 .map_err(|source| PortError::Sys { name: format!("worker {w}"), op: "spawn thread", source })?;
             threads.push(t);
         }
-        Ok(Switch { ports, stop, wakers, threads })
+        Ok(Switch { ports, unknown_port, stop, wakers, threads })
+    }
+
+    /// Counters of the switch and every port.
+    pub fn stats(&self) -> SwitchStats {
+        SwitchStats { ports: self.port_stats(), unknown_port_drops: self.unknown_port.load(Ordering::Relaxed) }
     }
 
     /// Counters of every port.
@@ -365,11 +381,18 @@ impl BatchSink<'_> {
     }
 }
 
+impl BatchSink<'_> {
+    /// The offload state packet `packet` leaves with as `frame`: header pushes and pops
+    /// move the checksum start with them.
+    fn offload_of(&self, packet: usize, frame: &[u8]) -> Offload {
+        let (offload, len) = self.meta.get(packet).copied().unwrap_or((Offload::NONE, frame.len()));
+        offload.shifted(frame.len() as isize - len as isize).unwrap_or(Offload::NONE)
+    }
+}
+
 impl OutputSink for BatchSink<'_> {
     fn output(&mut self, packet: usize, port: u32, frame: &[u8]) {
-        let (offload, len) = self.meta.get(packet).copied().unwrap_or((Offload::NONE, frame.len()));
-        // Header pushes and pops move the checksum start with them.
-        let offload = offload.shifted(frame.len() as isize - len as isize).unwrap_or(Offload::NONE);
+        let offload = self.offload_of(packet, frame);
         self.queue(port, offload, frame);
     }
 
@@ -382,15 +405,16 @@ impl OutputSink for BatchSink<'_> {
             self.unknown_port += 1;
             return;
         };
-        let (offload, len) = self.meta.get(packet).copied().unwrap_or((Offload::NONE, frame.len()));
-        let offload = offload.shifted(frame.len() as isize - len as isize).unwrap_or(Offload::NONE);
+        let offload = self.offload_of(packet, frame);
         self.queued.push((i, offload, Bytes::Packet(packet)));
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     dp: Arc<Datapath>,
     ports: Arc<Vec<TxPort>>,
+    unknown_port: Arc<AtomicU64>,
     mut mine: Vec<OwnedPort>,
     epoll: Epoll,
     waker: Arc<EventFd>,
@@ -444,6 +468,9 @@ fn run_worker(
             sink.meta.extend(batch.iter().map(|p| (p.offload, p.data.len())));
             dp.process_batch(&mut worker, &mut batch, now_ns(), &mut sink);
             sink.flush(&batch);
+            if sink.unknown_port != 0 {
+                unknown_port.fetch_add(std::mem::take(&mut sink.unknown_port), Ordering::Relaxed);
+            }
             pool.extend(batch.drain(..).map(|p| p.data));
         }
         if got > 0 {
