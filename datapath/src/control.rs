@@ -12,10 +12,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::datapath::Datapath;
+use crate::exec::DpAction;
 use crate::flow::{Flow, FlowMod, Match};
 use crate::flowtext::{self, FlowFile};
 use crate::io::SwitchStats;
-use crate::pipeline::TraceStep;
+use crate::key::{Field, ct_state};
+use crate::pipeline::{MAX_RECIRC, TraceStep};
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,13 @@ impl Control {
             "dump-cache" => Ok(self.dump_cache()),
             "dump-conntrack" => Ok(self.dump_conntrack()),
             "stats" => Ok(self.stats()),
-            "trace" => self.trace(arg.trim()),
+            "trace" => {
+                let mut ct_next = Vec::new();
+                for line in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    ct_next.push(flowtext::parse_ct_state_flags(line)?);
+                }
+                self.trace(arg.trim(), &ct_next)
+            }
             other => Err(ControlError::UnknownCommand(other.to_string())),
         }
     }
@@ -230,40 +238,73 @@ impl Control {
     }
 
     /// The walk of a packet (described in the flow syntax) through the tables: every
-    /// lookup, the flow it hit, each action, and the datapath actions that result.
-    pub fn trace(&self, packet: &str) -> Result<String, ControlError> {
-        let key = flowtext::parse_packet(packet)?;
-        let (t, steps) = self.dp.trace(&key);
+    /// lookup, the flow it hit, each action, and the datapath actions that result. When
+    /// a pass ends in `ct(table=T)` / `ct_lb(table=T)` the walk continues at `T`, as the
+    /// packet would after conntrack, with the `ct_state` given by `ct_next` for that
+    /// recirculation (`trk,new` when not given) — conntrack itself is not consulted, so
+    /// a NAT it would apply is not shown in the header fields.
+    pub fn trace(&self, packet: &str, ct_next: &[u8]) -> Result<String, ControlError> {
+        let mut key = flowtext::parse_packet(packet)?;
         let mut out = String::new();
         let _ = writeln!(out, "Packet: {packet}");
-        for step in &steps {
-            match step {
-                TraceStep::Lookup { depth, table, flow } => {
-                    let pad = "    ".repeat(*depth as usize);
-                    match flow {
-                        Some(f) => {
-                            let _ = writeln!(out, "{pad}{table}. {}", flow_summary(f));
-                        }
-                        None => {
-                            let _ = writeln!(out, "{pad}{table}. No match: drop");
+        for pass in 0..MAX_RECIRC {
+            if pass > 0 {
+                let _ = writeln!(
+                    out,
+                    "\nRecirculation {pass}: recirc_id={:#x},ct_zone={},ct_state={} (conntrack not consulted: no NAT applied)",
+                    key.get(Field::RecircId),
+                    key.get(Field::CtZone),
+                    flowtext::format_ct_state(key.get(Field::CtState) as u8)
+                );
+            }
+            let (t, steps) = self.dp.trace(&key);
+            for step in &steps {
+                match step {
+                    TraceStep::Lookup { depth, table, flow } => {
+                        let pad = "    ".repeat(*depth as usize);
+                        match flow {
+                            Some(f) => {
+                                let _ = writeln!(out, "{pad}{table}. {}", flow_summary(f));
+                            }
+                            None => {
+                                let _ = writeln!(out, "{pad}{table}. No match: drop");
+                            }
                         }
                     }
-                }
-                TraceStep::Action { depth, action } => {
-                    let pad = "    ".repeat(*depth as usize);
-                    let _ = writeln!(out, "{pad}    {}", flowtext::format_actions(std::slice::from_ref(action)));
-                }
-                TraceStep::Stop(reason) => {
-                    let _ = writeln!(out, "Stopped: {}", reason.name());
+                    TraceStep::Action { depth, action } => {
+                        let pad = "    ".repeat(*depth as usize);
+                        let _ = writeln!(out, "{pad}    {}", flowtext::format_actions(std::slice::from_ref(action)));
+                    }
+                    TraceStep::Stop(reason) => {
+                        let _ = writeln!(out, "Stopped: {}", reason.name());
+                    }
                 }
             }
+            let _ = writeln!(out, "\nDatapath actions: {}", flowtext::format_dp_actions(&t.actions));
+            if let Some(d) = t.drop {
+                let _ = writeln!(out, "Result: drop ({})", d.name());
+            }
+            let wc = Match { value: key.and(&t.wc), mask: t.wc };
+            let _ = writeln!(out, "Megaflow: {}", flowtext::format_match(&wc));
+            // Continue where conntrack would send the packet back.
+            let mut next = key;
+            let mut recirc = None;
+            for a in &t.actions {
+                match a {
+                    DpAction::Set(f, v) => next.set(*f, *v),
+                    DpAction::Ct { zone, recirc: r, .. } | DpAction::CtLb { zone, recirc: r, .. } if *r != 0 => {
+                        recirc = Some((*r, *zone));
+                    }
+                    _ => {}
+                }
+            }
+            let Some((id, zone)) = recirc else { break };
+            let state = ct_next.get(pass as usize).copied().unwrap_or(ct_state::TRK | ct_state::NEW);
+            next.set(Field::RecircId, id as u128);
+            next.set(Field::CtZone, zone as u128);
+            next.set(Field::CtState, (state | ct_state::TRK) as u128);
+            key = next;
         }
-        let _ = writeln!(out, "\nDatapath actions: {}", flowtext::format_dp_actions(&t.actions));
-        if let Some(d) = t.drop {
-            let _ = writeln!(out, "Result: drop ({})", d.name());
-        }
-        let wc = Match { value: key.and(&t.wc), mask: t.wc };
-        let _ = writeln!(out, "Megaflow: {}", flowtext::format_match(&wc));
         Ok(out)
     }
 }
@@ -425,6 +466,29 @@ table=0,priority=0,actions=drop
     }
 
     #[test]
+    fn trace_follows_conntrack_recirculation() {
+        let c = control();
+        c.reload(
+            "table=0,priority=100,ip,nw_dst=10.96.0.10,actions=ct(zone=3,table=1)\n\
+             table=1,priority=100,ip,ct_state=+trk+new,actions=ct(commit,zone=3),output:2\n\
+             table=1,priority=100,ip,ct_state=+trk+est,actions=output:3\n",
+        )
+        .unwrap();
+        let p = "in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.96.0.10,tp_src=5,tp_dst=80";
+        let new = c.handle(&format!("trace {p}")).unwrap();
+        assert!(new.contains("Recirculation 1: "), "{new}");
+        assert!(new.contains("ct_zone=3,ct_state=new|trk"), "{new}");
+        assert!(
+            new.trim_end().lines().rev().any(|l| l.starts_with("Datapath actions:") && l.contains("output:2")),
+            "{new}"
+        );
+        let est = c.handle(&format!("trace {p}\ntrk,est")).unwrap();
+        assert!(est.contains("ct_state=est|trk"), "{est}");
+        let last = est.lines().rev().find(|l| l.starts_with("Datapath actions:")).unwrap();
+        assert!(last.contains("output:3"), "{est}");
+    }
+
+    #[test]
     fn requests_are_dispatched_and_unknown_ones_named() {
         let c = control();
         let out = c.handle(&format!("reload\n{FLOWS}")).unwrap();
@@ -442,6 +506,7 @@ table=0,priority=0,actions=drop
         assert!(trace.contains("0. priority=100"), "{trace}");
         assert!(trace.contains("Datapath actions: output:3"), "{trace}");
         assert!(matches!(c.handle("frobnicate"), Err(ControlError::UnknownCommand(_))));
+        assert!(c.handle("trace in_port=1,ip\ntrk,bogus").unwrap_err().to_string().contains("bogus"));
         assert!(c.handle("trace nw_dst=1.2.3.4/8").is_err());
     }
 }

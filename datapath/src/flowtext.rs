@@ -678,6 +678,30 @@ const CT_FLAGS: [(&str, u8); 6] = [
 
 const CT_FLAG_BITS: u8 = 0x3f;
 
+/// A `ct_state` value as flag names joined by `|` (`trk|new`), `0` for none — how
+/// `trace` shows the state of a recirculated packet.
+pub fn format_ct_state(state: u8) -> String {
+    let names: Vec<&str> = CT_FLAGS.iter().filter(|(_, b)| state & b != 0).map(|(n, _)| *n).collect();
+    if names.is_empty() { "0".to_string() } else { names.join("|") }
+}
+
+/// A set of `ct_state` flags named for `trace --ct-next`: names separated by `,`, `|` or
+/// `+` (`trk,est`, `+trk+est`).
+pub fn parse_ct_state_flags(text: &str) -> Result<u8, FlowTextError> {
+    let mut state = 0u8;
+    for name in text.split([',', '|', '+']).map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(&(_, bit)) = CT_FLAGS.iter().find(|(n, _)| *n == name) else {
+            return Err(FlowTextError {
+                line: 1,
+                field: "ct_state".to_string(),
+                message: format!("{} is not a ct_state flag (new, est, rel, rpl, inv, trk)", quoted(name)),
+            });
+        };
+        state |= bit;
+    }
+    Ok(state)
+}
+
 /// `+trk+new-est`: `+` matches the flag set, `-` matches it clear. (value, mask).
 fn parse_ct_flags(s: &str) -> Result<(u128, u128), String> {
     let (mut value, mut mask) = (0u8, 0u8);

@@ -123,6 +123,11 @@ enum Command {
     Trace {
         /// The packet, in the flow syntax.
         packet: String,
+        /// ct_state for the packet after each conntrack recirculation, in order (e.g.
+        /// `--ct-next trk,new --ct-next trk,est`; default trk,new). Conntrack is not
+        /// consulted, as in `ovs-appctl ofproto/trace`.
+        #[arg(long = "ct-next", value_name = "FLAGS")]
+        ct_next: Vec<String>,
         /// Control socket.
         #[arg(long, default_value = DEFAULT_CONTROL)]
         control: PathBuf,
@@ -254,11 +259,14 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::DumpCache { control } => request(&control, "dump-cache"),
         Command::DumpConntrack { control } => request(&control, "dump-conntrack"),
         Command::Stats { control } => request(&control, "stats"),
-        Command::Trace { packet, control } => {
-            if packet.contains('\n') {
-                bail!("the packet description must be one line");
+        Command::Trace { packet, ct_next, control } => {
+            if packet.contains('\n') || ct_next.iter().any(|c| c.contains('\n')) {
+                bail!("the packet description and --ct-next flags must be one line each");
             }
-            request(&control, &format!("trace {packet}"))
+            for c in &ct_next {
+                flowtext::parse_ct_state_flags(c).map_err(|e| anyhow::anyhow!("--ct-next {c:?}: {}", e.message))?;
+            }
+            request(&control, &format!("trace {packet}\n{}", ct_next.join("\n")))
         }
         Command::Check { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
