@@ -294,6 +294,72 @@ pub fn send_datagrams(fd: RawFd, msgs: &[(SocketAddrV4, &[u8])]) -> io::Result<u
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
+/// A train of UDP datagrams to one destination, all `seg` bytes long but the last (which
+/// may be shorter), sent as one UDP GSO super-datagram.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Train<'a> {
+    /// Destination.
+    pub to: Option<SocketAddrV4>,
+    /// The datagrams' payloads, in order.
+    pub segs: Vec<&'a [u8]>,
+    /// Segment size.
+    pub seg: u16,
+}
+
+/// Most datagrams in one UDP GSO train (the kernel's limit is 64 on older kernels).
+pub const MAX_TRAIN: usize = 64;
+
+/// Sends up to [`MAX_MSGS`] trains in one `sendmmsg`, each as one UDP GSO send
+/// (`UDP_SEGMENT`) that the kernel cuts into its datagrams. Returns how many trains were
+/// sent.
+pub fn send_trains(fd: RawFd, trains: &[Train<'_>]) -> io::Result<usize> {
+    const CMSG_LEN: usize = 32;
+    let n = trains.len().min(MAX_MSGS);
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(trains[..n].iter().map(|t| t.segs.len().min(MAX_TRAIN)).sum());
+    // SAFETY: plain old data, zero is valid.
+    let mut addrs: [libc::sockaddr_in; MAX_MSGS] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_MSGS] = unsafe { zeroed() };
+    let mut cmsgs = [[0u64; CMSG_LEN / 8]; MAX_MSGS];
+    let mut starts = [0usize; MAX_MSGS];
+    for (i, t) in trains[..n].iter().enumerate() {
+        starts[i] = iov.len();
+        for s in t.segs.iter().take(MAX_TRAIN) {
+            iov.push(libc::iovec { iov_base: s.as_ptr() as *mut _, iov_len: s.len() });
+        }
+    }
+    for (i, t) in trains[..n].iter().enumerate() {
+        let Some(to) = t.to else { continue };
+        addrs[i].sin_family = libc::AF_INET as u16;
+        addrs[i].sin_port = to.port().to_be();
+        addrs[i].sin_addr = libc::in_addr { s_addr: u32::from(*to.ip()).to_be() };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        // SAFETY: `starts[i]` is within `iov` (pushed above); `iov` is not resized after.
+        h.msg_iov = unsafe { iov.as_mut_ptr().add(starts[i]) };
+        h.msg_iovlen = t.segs.len().min(MAX_TRAIN);
+        if t.segs.len() > 1 {
+            h.msg_control = cmsgs[i].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+            // SAFETY: `h` points at a control buffer of `msg_controllen` ≤ CMSG_LEN bytes,
+            // 8-aligned; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                libc::CMSG_DATA(c).cast::<u16>().write_unaligned(t.seg);
+            }
+        }
+    }
+    // SAFETY: every pointer in `hdrs[..n]` refers to locals, `iov` or the caller's slices,
+    // all alive and unmoved for the call; the kernel only reads them.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
 /// One datagram received by [`recv_datagrams`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Received {

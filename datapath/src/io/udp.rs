@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use super::sys::{self, Received};
+use super::sys::{self, Received, Train};
 use crate::datapath::Packet;
 use crate::geneve::{self, TunnelMeta};
 use crate::offload::Offload;
@@ -122,37 +122,75 @@ pub struct GeneveSender {
     socket: Arc<UdpSocket>,
 }
 
+/// Most payload bytes in one UDP GSO send (an IPv4 datagram's limit, less headers).
+const MAX_TRAIN_BYTES: usize = 65_000;
+
 /// Outer Ethernet (14) + IPv4 without options (20) + UDP (8), as `geneve::encap` builds.
 const OUTER_HEADERS: usize = 42;
 
 impl GeneveSender {
     /// Sends encapsulated frames (outer Ethernet/IPv4/UDP/Geneve) as UDP payloads to
-    /// their outer destination. Returns how many were sent; frames that are not such
-    /// frames are dropped.
+    /// their outer destination. Runs of equal-sized datagrams to one chassis (the
+    /// segments of a TCP super-frame) go as one UDP GSO send. Returns how many datagrams
+    /// were sent; frames that are not such frames are dropped.
     pub fn send(&self, frames: &[&[u8]]) -> usize {
-        let mut msgs: Vec<(SocketAddrV4, &[u8])> = Vec::with_capacity(frames.len().min(sys::MAX_MSGS));
-        let mut sent = 0;
-        for chunk in frames.chunks(sys::MAX_MSGS) {
-            msgs.clear();
-            for f in chunk {
-                if f.len() < OUTER_HEADERS || f[12..14] != [0x08, 0x00] || f[14] != 0x45 || f[23] != 17 {
-                    continue;
-                }
-                let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
-                msgs.push((SocketAddrV4::new(dst, GENEVE_PORT), &f[OUTER_HEADERS..]));
+        let mut trains: Vec<Train<'_>> = Vec::new();
+        for f in frames {
+            if f.len() < OUTER_HEADERS || f[12..14] != [0x08, 0x00] || f[14] != 0x45 || f[23] != 17 {
+                continue;
             }
+            let to = SocketAddrV4::new(Ipv4Addr::new(f[30], f[31], f[32], f[33]), GENEVE_PORT);
+            let payload = &f[OUTER_HEADERS..];
+            let joins = trains.last().is_some_and(|t| {
+                t.to == Some(to)
+                    && t.segs.len() < sys::MAX_TRAIN
+                    && payload.len() <= t.seg as usize
+                    // A shorter datagram may only end a train.
+                    && t.segs.last().is_some_and(|l| l.len() == t.seg as usize)
+                    && (t.segs.len() + 1) * t.seg as usize <= MAX_TRAIN_BYTES
+            });
+            match trains.last_mut() {
+                Some(t) if joins => t.segs.push(payload),
+                _ => trains.push(Train { to: Some(to), segs: vec![payload], seg: payload.len() as u16 }),
+            }
+        }
+        let mut sent = 0;
+        let mut done = 0;
+        let mut retries = 0;
+        while done < trains.len() {
+            match sys::send_trains(self.socket.as_raw_fd(), &trains[done..]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    sent += trains[done..done + k].iter().map(|t| t.segs.len()).sum::<usize>();
+                    done += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && retries < 8 => {
+                    retries += 1;
+                    std::thread::yield_now();
+                }
+                Err(_) => {
+                    // The kernel refused the train as a whole (e.g. a path that cannot
+                    // offload UDP segmentation): send its datagrams one by one.
+                    sent += self.send_each(&trains[done]);
+                    done += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    fn send_each(&self, t: &Train<'_>) -> usize {
+        let Some(to) = t.to else { return 0 };
+        let msgs: Vec<(SocketAddrV4, &[u8])> = t.segs.iter().map(|s| (to, *s)).collect();
+        let mut sent = 0;
+        for chunk in msgs.chunks(sys::MAX_MSGS) {
             let mut done = 0;
-            let mut retries = 0;
-            while done < msgs.len() {
-                match sys::send_datagrams(self.socket.as_raw_fd(), &msgs[done..]) {
+            while done < chunk.len() {
+                match sys::send_datagrams(self.socket.as_raw_fd(), &chunk[done..]) {
                     Ok(0) => break,
                     Ok(k) => {
                         done += k;
                         sent += k;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && retries < 8 => {
-                        retries += 1;
-                        std::thread::yield_now();
                     }
                     // E.g. no route to that chassis: drop this datagram, keep the rest.
                     Err(_) => done += 1,
