@@ -2,7 +2,8 @@
 //!
 //! One Rust module per proto package, nested like the package's path on disk, so that
 //! `proto/deviceplugin/v1beta1/api.proto` (package `v1beta1`) is
-//! [`deviceplugin::v1beta1`]. The code is generated at build time by `build.rs`.
+//! [`deviceplugin::v1beta1`], and `proto/southbound.proto` (package `skein.southbound.v1`) is
+//! [`southbound::v1`]. The code is generated at build time by `build.rs`.
 #![forbid(unsafe_code)]
 
 /// Kubelet device plugin API.
@@ -23,5 +24,21 @@ pub mod deviceplugin {
         pub const KUBELET_SOCKET: &str = "kubelet.sock";
         /// Default device plugin directory on a node.
         pub const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins/";
+    }
+}
+
+/// Skein's southbound protocol: master ↔ node agent.
+pub mod southbound {
+    /// Schema 1 of the southbound protocol (package `skein.southbound.v1`): the
+    /// `Southbound` service the master serves, and the messages of its stream. See
+    /// `proto/southbound.proto` for the protocol and its versioning rules.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
+        tonic::include_proto!("skein.southbound.v1");
+
+        /// The schema version this build of the protocol speaks (`schema_version` fields).
+        pub const SCHEMA_VERSION: u32 = 1;
+        /// The oldest schema version a master built from this file can still serve.
+        pub const MIN_SCHEMA_VERSION: u32 = 1;
     }
 }

@@ -1,0 +1,243 @@
+//! Command-line flags of `skein-master`. Every default matches `DESIGN.md`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use skein_netmodel::NetworkConfig;
+use skein_netmodel::config::ClusterNetwork;
+use skein_netmodel::{IpFamily, IpNet};
+
+use crate::annotate::Backoff;
+use crate::leader::LeaseSettings;
+use crate::master::MasterSettings;
+
+/// Skein master: watches Nodes, Namespaces, Pods, Services, EndpointSlices and
+/// NetworkPolicies; allocates node subnets and pod addresses (written back as the
+/// `skein.dev/node-subnets` and `skein.dev/pod-networks` annotations); compiles the
+/// logical network; and streams each node agent its logical flows over gRPC
+/// (`proto/southbound.proto`). Run two replicas for availability: they elect a leader
+/// on a Lease; only the leader writes annotations and serves agents.
+#[derive(Debug, Parser)]
+#[command(name = "skein-master", version)]
+pub struct Cli {
+    /// What to do (default: run the master).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the master and of `dump`.
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the master (the default).
+    Run,
+    /// Print the logical network (routers, switches, ports, routes, SNAT, load
+    /// balancers) compiled from the cluster's current state and annotations, the objects
+    /// that are not programmed and why, and with --chassis a chassis's bindings, load
+    /// balancers and logical flows in OVN notation.
+    Dump {
+        /// Also print this chassis's (node's) southbound view and logical flows.
+        #[arg(long)]
+        chassis: Option<String>,
+    },
+}
+
+/// Options.
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Cluster CIDRs (one per IP family, comma-separated), each with the prefix length of
+    /// the per-node subnets carved from it: CIDR=LEN, e.g. 10.244.0.0/16=24. The first is
+    /// the primary family (keys and MACs derive from its addresses).
+    #[arg(long, env = "SKEIN_CLUSTER_CIDR", value_delimiter = ',', default_value = "10.244.0.0/16=24", value_parser = parse_cluster_network)]
+    pub cluster_cidr: Vec<ClusterNetwork>,
+
+    /// Join-switch subnets (one per IP family) for the gateway routers' addresses.
+    #[arg(long, env = "SKEIN_JOIN_SUBNET", value_delimiter = ',', default_value = "100.64.0.0/16,fd98::/64")]
+    pub join_subnet: Vec<IpNet>,
+
+    /// Pod interface MTU written into pod annotations (underlay MTU − 58 for Geneve over
+    /// IPv4).
+    #[arg(long, env = "SKEIN_MTU", default_value_t = 1400)]
+    pub mtu: u16,
+
+    /// Source address of hairpin traffic (a pod reaching itself through a Service), one
+    /// per family.
+    #[arg(long, value_delimiter = ',', default_value = "169.254.169.5,fd69::5")]
+    pub hairpin_snat_ip: Vec<IpAddr>,
+
+    /// Address of the southbound gRPC server (plaintext; see docs/master.md on TLS).
+    #[arg(long, env = "SKEIN_SOUTHBOUND_LISTEN", default_value = "0.0.0.0:6643")]
+    pub southbound_listen: SocketAddr,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SKEIN_METRICS_LISTEN", default_value = "0.0.0.0:9477")]
+    pub metrics_listen: SocketAddr,
+
+    /// Kubeconfig for the Kubernetes API; without it the in-cluster service account
+    /// (then the default kubeconfig) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// This replica's identity: the Lease holder name and the Event reporter instance.
+    /// Defaults to $POD_NAME, else the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Do not elect a leader: this replica leads unconditionally. Only for a single
+    /// replica; two replicas without election would both write.
+    #[arg(long)]
+    pub no_leader_election: bool,
+
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub lease_namespace: String,
+
+    /// Name of the leader Lease (coordination.k8s.io/v1).
+    #[arg(long, default_value = "skein-master")]
+    pub lease_name: String,
+
+    /// How long a lease stays valid without renewal: a standby takes over this long after
+    /// the leader stopped renewing.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps failing to renew before it steps down (exits).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// Interval between lease renewals and acquisition attempts.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+
+    /// First delay before retrying a failed annotation write (doubles each time).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub write_backoff: Duration,
+
+    /// Longest delay between annotation write retries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub write_backoff_max: Duration,
+
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `skein_master=debug`.
+    #[arg(long, env = "SKEIN_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses `CIDR=LEN`.
+pub fn parse_cluster_network(text: &str) -> Result<ClusterNetwork, String> {
+    let (cidr, len) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected CIDR=LEN, e.g. 10.244.0.0/16=24"))?;
+    let cidr: IpNet = cidr.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    let host_prefix_len: u8 = len.parse().map_err(|_| format!("{text:?}: {len:?} is not a prefix length"))?;
+    Ok(ClusterNetwork { cidr, host_prefix_len })
+}
+
+/// Parses `250ms`, `15s` or `1m` (more than zero).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, ""), |at| text.split_at(at));
+    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 250ms or 15s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
+        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+    }
+    .and_then(|d| if d.is_zero() { Err(format!("{text:?} must be more than zero")) } else { Ok(d) })
+}
+
+impl Options {
+    /// The network configuration (checked by the engine at start).
+    pub fn network(&self) -> NetworkConfig {
+        let families: Vec<IpFamily> = self.cluster_cidr.iter().map(|c| c.cidr.family()).collect();
+        NetworkConfig {
+            cluster_networks: self.cluster_cidr.clone(),
+            join_subnets: self.join_subnet.iter().filter(|j| families.contains(&j.family())).copied().collect(),
+            mtu: self.mtu,
+            hairpin_snat_ips: self.hairpin_snat_ip.clone(),
+        }
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.identity.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "skein-master".to_owned())
+        })
+    }
+
+    /// The replica's settings.
+    pub fn settings(&self) -> Result<MasterSettings, String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "--renew-deadline {:?} must be shorter than --lease-duration {:?}",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "--retry-period {:?} must be shorter than --renew-deadline {:?}",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        let identity = self.identity();
+        Ok(MasterSettings {
+            network: self.network(),
+            grpc_listen: self.southbound_listen,
+            http_listen: self.metrics_listen,
+            lease: (!self.no_leader_election).then(|| LeaseSettings {
+                namespace: self.lease_namespace.clone(),
+                name: self.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: self.lease_duration,
+                renew_deadline: self.renew_deadline,
+                retry_period: self.retry_period,
+            }),
+            identity,
+            backoff: Backoff { initial: self.write_backoff, max: self.write_backoff_max },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["skein-master"]).unwrap();
+        let net = cli.options.network();
+        assert_eq!(
+            net,
+            NetworkConfig { join_subnets: vec!["100.64.0.0/16".parse().unwrap()], ..NetworkConfig::default() }
+        );
+        net.validate().unwrap();
+        let s = cli.options.settings().unwrap();
+        assert_eq!(s.grpc_listen.port(), 6643);
+        assert!(s.lease.is_some());
+    }
+
+    #[test]
+    fn help_documents_every_flag() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for arg in cmd.get_arguments() {
+            if arg.get_id() == "help" || arg.get_id() == "version" {
+                continue;
+            }
+            assert!(arg.get_help().is_some_and(|h| !h.to_string().is_empty()), "--{} has no help", arg.get_id());
+        }
+        assert!(Cli::try_parse_from(["skein-master", "--cluster-cidr", "10.0.0.0/8"]).is_err());
+        let dual =
+            Cli::try_parse_from(["skein-master", "--cluster-cidr", "10.244.0.0/16=24,fd00:10:244::/48=64"]).unwrap();
+        assert_eq!(dual.options.network().join_subnets.len(), 2);
+        dual.options.network().validate().unwrap();
+    }
+}

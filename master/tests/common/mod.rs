@@ -1,0 +1,139 @@
+//! Shared set-up of the master's integration tests: the kube-fake API server, masters on
+//! loopback ports, in-process agents over real gRPC, and bounded waits.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use skein_kube_fake::{FakeApiServer, Kind};
+use skein_master::annotate::Backoff;
+use skein_master::leader::LeaseSettings;
+use skein_master::{Master, MasterSettings};
+use skein_netmodel::NetworkConfig;
+use skein_netmodel::annotations::Encap;
+use skein_netmodel::southbound::ChassisView;
+use skein_southbound::{AgentClient, ClientSettings, Registration};
+
+/// The longest any wait in these tests lasts.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn settings(identity: &str, lease: Option<LeaseSettings>, grpc: SocketAddr) -> MasterSettings {
+    MasterSettings {
+        network: NetworkConfig::default(),
+        grpc_listen: grpc,
+        http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        lease,
+        identity: identity.to_owned(),
+        backoff: Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200) },
+    }
+}
+
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+pub async fn start_master(server: &FakeApiServer, identity: &str) -> Master {
+    Master::start(settings(identity, None, any_port()), server.client()).await.expect("master starts")
+}
+
+pub fn agent(master_grpc: SocketAddr, node: &str, tunnel: u8) -> AgentClient {
+    let mut s = ClientSettings::new(
+        format!("http://{master_grpc}"),
+        Registration {
+            node_name: node.to_owned(),
+            chassis_id: format!("chassis-{node}"),
+            tunnel_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, tunnel)),
+            encap: Encap::Geneve,
+        },
+    );
+    s.min_backoff = Duration::from_millis(20);
+    s.max_backoff = Duration::from_millis(200);
+    AgentClient::start(s)
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, at most [`WAIT`].
+pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn add_node(server: &FakeApiServer, name: &str, ip: &str) {
+    server
+        .insert(
+            Kind::Node,
+            json!({"metadata": {"name": name}, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+        )
+        .expect("node created");
+}
+
+pub fn add_pod(server: &FakeApiServer, name: &str, node: &str) {
+    server
+        .insert(
+            Kind::Pod,
+            json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "ports": [{"containerPort": 8080}]}]}
+            }),
+        )
+        .expect("pod created");
+}
+
+pub fn add_service(server: &FakeApiServer, name: &str, cluster_ip: &str) {
+    server
+        .insert(
+            Kind::Service,
+            json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": cluster_ip, "selector": {"app": "web"},
+                         "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+            }),
+        )
+        .expect("service created");
+}
+
+pub fn add_slice(server: &FakeApiServer, service: &str, endpoints: &[(&str, &str)]) {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, node)| json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": node}))
+        .collect();
+    server
+        .insert(
+            Kind::EndpointSlice,
+            json!({
+                "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+                "endpoints": eps
+            }),
+        )
+        .expect("slice created");
+}
+
+pub fn annotation(
+    server: &FakeApiServer,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+    key: &str,
+) -> Option<String> {
+    server.get(kind, namespace, name)?.pointer("/metadata/annotations")?.get(key)?.as_str().map(str::to_owned)
+}
+
+/// The pod's first address (without prefix), once annotated.
+pub fn pod_ip(server: &FakeApiServer, name: &str) -> Option<String> {
+    let text = annotation(server, Kind::Pod, Some("default"), name, "skein.dev/pod-networks")?;
+    let net = skein_netmodel::annotations::parse_pod_networks(&text).ok()?;
+    Some(net.ip_addresses.first()?.addr().to_string())
+}
+
+pub fn view_of(agent: &AgentClient) -> Option<ChassisView> {
+    agent.view()
+}

@@ -1,0 +1,201 @@
+//! The agent side of the southbound stream over gRPC: connect, register, follow the view,
+//! acknowledge every installed version, ask for a resync when a delta does not apply, and
+//! reconnect (with backoff) when the stream ends — e.g. when the master restarts or the
+//! leader changes. The node agent uses it; so do the master's tests and its bench, as
+//! in-process agents.
+//!
+//! "Installing" here means holding the view: a real agent translates the view into
+//! datapath flows between [`Follower::apply`] and the ack, and this client reports each
+//! applied message on [`AgentClient::events`] for that.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skein_netmodel::annotations::Encap;
+use skein_netmodel::southbound::ChassisView;
+use skein_proto::southbound::v1 as pb;
+use skein_proto::southbound::v1::southbound_client::SouthboundClient;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::convert::{encap_to_proto, ip_to_proto};
+use crate::follower::{Applied, Follower};
+
+/// What an agent registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The node the agent runs on.
+    pub node_name: String,
+    /// The chassis id (kept across agent restarts).
+    pub chassis_id: String,
+    /// Tunnel endpoint address.
+    pub tunnel_ip: IpAddr,
+    /// Encapsulation.
+    pub encap: Encap,
+}
+
+impl Registration {
+    /// The `Register` message in `schema_version`.
+    pub fn to_proto(&self, schema_version: u32) -> pb::Register {
+        pb::Register {
+            schema_version,
+            node_name: self.node_name.clone(),
+            chassis_id: self.chassis_id.clone(),
+            tunnel_ip: ip_to_proto(self.tunnel_ip),
+            encap: encap_to_proto(self.encap).into(),
+        }
+    }
+}
+
+/// Something the client did, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A stream to the master was opened and the registration sent.
+    Connected,
+    /// A message was applied and its version acknowledged.
+    Applied(Applied),
+    /// A message did not apply; a resync was requested.
+    Resync(String),
+    /// The stream ended (it is reopened after a backoff).
+    Disconnected(String),
+}
+
+/// Settings of [`AgentClient::start`].
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// The master's southbound endpoint, e.g. `http://127.0.0.1:6643`.
+    pub endpoint: String,
+    /// What to register.
+    pub registration: Registration,
+    /// Schema version to offer.
+    pub schema_version: u32,
+    /// First reconnect delay (doubles up to `max_backoff`).
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+}
+
+impl ClientSettings {
+    /// Defaults: this build's schema, backoff 100 ms → 5 s.
+    pub fn new(endpoint: impl Into<String>, registration: Registration) -> ClientSettings {
+        ClientSettings {
+            endpoint: endpoint.into(),
+            registration,
+            schema_version: pb::SCHEMA_VERSION,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running agent client. Dropping it stops the client.
+#[derive(Debug)]
+pub struct AgentClient {
+    follower: Arc<Mutex<Follower>>,
+    version: watch::Receiver<Option<u64>>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AgentClient {
+    /// Starts following the master at `settings.endpoint` (retrying until it answers).
+    pub fn start(settings: ClientSettings) -> AgentClient {
+        let (version_tx, version) = watch::channel(None);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let follower = Arc::new(Mutex::new(Follower::new(settings.registration.node_name.clone())));
+        let task = tokio::spawn(run(settings, Arc::clone(&follower), version_tx, events_tx));
+        AgentClient { follower, version, events, task }
+    }
+
+    /// A copy of the view as last installed (`None` before the first snapshot).
+    pub fn view(&self) -> Option<ChassisView> {
+        self.follower.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).view().cloned()
+    }
+
+    /// The installed version, updated after each applied message (`None` before the
+    /// first snapshot).
+    pub fn version(&self) -> watch::Receiver<Option<u64>> {
+        self.version.clone()
+    }
+
+    /// What the client did, in order.
+    pub fn events(&mut self) -> &mut mpsc::UnboundedReceiver<ClientEvent> {
+        &mut self.events
+    }
+}
+
+async fn run(
+    settings: ClientSettings,
+    follower: Arc<Mutex<Follower>>,
+    version: watch::Sender<Option<u64>>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) {
+    let node = settings.registration.node_name.clone();
+    let mut backoff = settings.min_backoff;
+    loop {
+        let reason = match session(&settings, &follower, &version, &events, &mut backoff).await {
+            Ok(()) => "stream closed by the master".to_owned(),
+            Err(e) => e,
+        };
+        debug!(node = %node, %reason, "southbound stream ended");
+        if events.send(ClientEvent::Disconnected(reason)).is_err() && version.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+async fn session(
+    settings: &ClientSettings,
+    follower: &Mutex<Follower>,
+    version: &watch::Sender<Option<u64>>,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let mut client = SouthboundClient::connect(settings.endpoint.clone())
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", settings.endpoint))?
+        .max_decoding_message_size(usize::MAX);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
+    let register = pb::AgentMessage {
+        message: Some(pb::agent_message::Message::Register(settings.registration.to_proto(settings.schema_version))),
+    };
+    tx.send(register).await.map_err(|_| "stream closed before registering".to_owned())?;
+    let mut inbound = client.subscribe(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_owned())?.into_inner();
+    let _ = events.send(ClientEvent::Connected);
+    info!(node = %settings.registration.node_name, endpoint = %settings.endpoint, "subscribed to the southbound stream");
+    while let Some(message) = inbound.next().await {
+        let message = message.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        let result = follower.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).apply(&message);
+        let reply = match result {
+            Ok(applied) => {
+                *backoff = settings.min_backoff;
+                version.send_replace(Some(applied.version()));
+                let version = applied.version();
+                let _ = events.send(ClientEvent::Applied(applied));
+                pb::agent_message::Message::Ack(pb::Ack { schema_version: settings.schema_version, version })
+            }
+            Err(e) => {
+                warn!(error = %e, "southbound message not applied; asking for a snapshot");
+                let _ = events.send(ClientEvent::Resync(e.to_string()));
+                pb::agent_message::Message::Resync(pb::Resync {
+                    schema_version: settings.schema_version,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        tx.send(pb::AgentMessage { message: Some(reply) }).await.map_err(|_| "stream closed".to_owned())?;
+    }
+    Ok(())
+}
