@@ -232,6 +232,74 @@ pub fn segment(
     Ok(n)
 }
 
+/// Most datagrams merged into one UDP super-frame (the kernel's UDP GSO limit).
+pub const MAX_COALESCE: usize = 64;
+
+/// Ethernet + IPv4 (no options) + UDP.
+const UDP4_HEADERS: usize = 42;
+
+/// If `frame` is a UDP/IPv4 datagram that [`coalesce_udp`] can merge with others of its
+/// flow — untagged Ethernet, IPv4 without options, not a fragment, complete checksums or
+/// a partial one, not already a super-frame — its flow bytes (everything in the headers
+/// that must be equal, with the lengths, id and checksums zeroed) and its payload length.
+pub fn udp_coalescable(frame: &[u8], o: &Offload) -> Option<([u8; UDP4_HEADERS], usize)> {
+    if o.is_gso() || frame.len() < UDP4_HEADERS || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+        return None;
+    }
+    let tot = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let frag = u16::from_be_bytes([frame[20], frame[21]]);
+    let udp_len = u16::from_be_bytes([frame[38], frame[39]]) as usize;
+    if frame[23] != 17 || frag & 0x3fff != 0 || tot != frame.len() - 14 || udp_len != tot - 20 {
+        return None;
+    }
+    let mut flow = [0u8; UDP4_HEADERS];
+    flow.copy_from_slice(&frame[..UDP4_HEADERS]);
+    // Lengths, id, header checksum and UDP checksum differ between datagrams of a flow.
+    for i in [16, 17, 18, 19, 24, 25, 38, 39, 40, 41] {
+        flow[i] = 0;
+    }
+    Some((flow, frame.len() - UDP4_HEADERS))
+}
+
+/// Merges UDP datagrams of one flow (equal [`udp_coalescable`] flow bytes, every payload
+/// `seg` bytes but the last, which may be shorter) into one UDP super-frame in `out`,
+/// returned with its offload state: the receiving stack — or whoever transmits it —
+/// cuts it back into the same datagrams (software GRO, as Linux does for forwarded UDP).
+/// One send and one trip through the receiver's IP layer then carry many datagrams.
+pub fn coalesce_udp(frames: &[&[u8]], seg: usize, out: &mut Vec<u8>) -> Option<Offload> {
+    let first = frames.first()?;
+    let payload: usize = frames.iter().map(|f| f.len().saturating_sub(UDP4_HEADERS)).sum();
+    if frames.len() > MAX_COALESCE || seg == 0 || seg > u16::MAX as usize || 28 + payload > u16::MAX as usize {
+        return None;
+    }
+    out.clear();
+    out.extend_from_slice(&first[..UDP4_HEADERS]);
+    for f in frames {
+        out.extend_from_slice(&f[UDP4_HEADERS..]);
+    }
+    let tot = (20 + 8 + payload) as u16;
+    out[16..18].copy_from_slice(&tot.to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&out[14..34], 0);
+    out[24..26].copy_from_slice(&c.to_be_bytes());
+    let udp_len = (8 + payload) as u16;
+    out[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    // The partial checksum: the pseudo-header sum over the whole super-datagram's
+    // length, which segmentation adjusts to each datagram's.
+    let mut acc = ones_sum(&out[26..34], 0);
+    acc += 17 + udp_len as u32;
+    let seed = !checksum(&[], acc);
+    out[40..42].copy_from_slice(&seed.to_be_bytes());
+    Some(Offload {
+        flags: F_NEEDS_CSUM,
+        gso_type: gso_type::UDP_L4,
+        hdr_len: UDP4_HEADERS as u16,
+        gso_size: seg as u16,
+        csum_start: 34,
+        csum_offset: 6,
+    })
+}
+
 fn pseudo_header_sum(f: &[u8], offs: &HeaderOffsets, l4_len: usize) -> u32 {
     let l3 = offs.l3 as usize;
     let (src, dst) = match offs.l3_kind {
@@ -365,6 +433,56 @@ mod tests {
             assert_eq!(payload, full[hdr..]);
             assert_eq!(segs[2].len(), hdr + 4000 - 2 * 1448);
         }
+    }
+
+    fn udp_frame(payload: &[u8], id: u16) -> Vec<u8> {
+        let mut f = crate::parse::tests::ipv4_frame(17, 0x0a00_0001, 0x0a00_0002, 5000, 53, payload);
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        fill_checksums(&mut f);
+        f
+    }
+
+    #[test]
+    fn coalesced_datagrams_segment_back_into_the_same_datagrams() {
+        let payloads: Vec<Vec<u8>> =
+            (0..5u8).map(|i| (0..if i == 4 { 30 } else { 64 }).map(|b| b ^ i).collect()).collect();
+        let frames: Vec<Vec<u8>> = payloads.iter().enumerate().map(|(i, p)| udp_frame(p, 100 + i as u16)).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let (flow, seg) = udp_coalescable(refs[0], &Offload::NONE).unwrap();
+        for f in &refs[..4] {
+            assert_eq!(udp_coalescable(f, &Offload::NONE), Some((flow, seg)));
+        }
+        let mut sup = Vec::new();
+        let o = coalesce_udp(&refs, seg, &mut sup).unwrap();
+        assert_eq!((o.gso_type, o.gso_size, o.csum_start, o.csum_offset), (gso_type::UDP_L4, 64, 34, 6));
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&sup, &mut key);
+        let mut segs = Vec::new();
+        segment(&sup, &offs, &o, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs.len(), 5);
+        for (s, f) in segs.iter().zip(&frames) {
+            assert!(checksums_valid(s));
+            // Identical but for the IP id, which segmentation numbers on from the first.
+            assert_eq!(s[..18], f[..18]);
+            assert_eq!(s[20..24], f[20..24]);
+            assert_eq!(s[26..], f[26..]);
+        }
+    }
+
+    #[test]
+    fn only_plain_udp_ipv4_datagrams_coalesce() {
+        let f = udp_frame(&[1; 20], 1);
+        assert!(udp_coalescable(&f, &Offload::NONE).is_some());
+        let mut frag = f.clone();
+        frag[20] = 0x20; // more fragments
+        assert!(udp_coalescable(&frag, &Offload::NONE).is_none());
+        let tcp = tcp_frame(20, false);
+        assert!(udp_coalescable(&tcp, &Offload::NONE).is_none());
+        let gso = Offload { gso_type: gso_type::UDP_L4, gso_size: 10, ..Offload::NONE };
+        assert!(udp_coalescable(&f, &gso).is_none());
+        assert!(udp_coalescable(&f[..f.len() - 1], &Offload::NONE).is_none(), "length disagrees with the header");
+        let refs: Vec<&[u8]> = vec![&f; MAX_COALESCE + 1];
+        assert!(coalesce_udp(&refs, 20, &mut Vec::new()).is_none());
     }
 
     #[test]

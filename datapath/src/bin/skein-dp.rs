@@ -59,8 +59,9 @@ enum Command {
         /// decapsulated packets arrive with this in_port.
         #[arg(long = "geneve", value_name = "N=IP[:PORT]")]
         geneve: Vec<String>,
-        /// Forwarding threads (each owns some ports; default: one per port, at most the
-        /// number of CPUs).
+        /// Forwarding threads (each owns some ports; default: one per port, at most half
+        /// the CPUs — the pods need the rest, and a reply that comes back to a port of the
+        /// same worker is forwarded without waking another thread).
         #[arg(long)]
         workers: Option<usize>,
         /// Microseconds a worker keeps polling after its last packet before sleeping
@@ -201,7 +202,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let dp = Arc::new(Datapath::new(DatapathConfig::default()));
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             let cfg = SwitchConfig {
-                workers: workers.unwrap_or(specs.len().min(cpus)).max(1),
+                workers: workers.unwrap_or(specs.len().min(cpus / 2)).max(1),
                 busy_poll: Duration::from_micros(busy_poll_us),
                 coalesce: Duration::from_micros(coalesce_us),
                 batch: 64,

@@ -18,7 +18,7 @@ use super::sys::{Epoll, EventFd};
 use super::udp::{GenevePort, GeneveSender};
 use crate::datapath::{Datapath, Packet};
 use crate::exec::OutputSink;
-use crate::offload::Offload;
+use crate::offload::{self, Offload};
 
 /// A port to open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,6 +330,8 @@ struct BatchSink<'a> {
     /// Per packet of the batch: its offload and its length as received.
     meta: Vec<(Offload, usize)>,
     unknown_port: u64,
+    /// Buffers for UDP super-frames built while sending.
+    supers: Vec<Vec<u8>>,
 }
 
 impl BatchSink<'_> {
@@ -363,7 +365,7 @@ impl BatchSink<'_> {
             let sent = match &p.sender {
                 Sender::Interface(s) => {
                     let frames: Vec<(Offload, &[u8])> = group.iter().map(|&(_, o, b)| (o, bytes(b))).collect();
-                    s.send(&frames)
+                    send_coalesced(s, &frames, &mut self.supers)
                 }
                 Sender::Geneve(s) => {
                     let frames: Vec<&[u8]> = group.iter().map(|&(_, _, b)| bytes(b)).collect();
@@ -379,6 +381,71 @@ impl BatchSink<'_> {
         self.queued.clear();
         self.arena.clear();
     }
+}
+
+/// Sends frames to an interface, merging each run of two or more consecutive UDP
+/// datagrams of one flow into a UDP super-frame (see [`offload::coalesce_udp`]). Returns
+/// how many of `frames` were sent.
+fn send_coalesced(s: &AfPacketSender, frames: &[(Offload, &[u8])], supers: &mut Vec<Vec<u8>>) -> usize {
+    // Runs: (start, end, segment size) of frames that merge.
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let mut end = i + 1;
+        if let Some((flow, seg)) = offload::udp_coalescable(frames[i].1, &frames[i].0) {
+            while end < frames.len() && end - i < offload::MAX_COALESCE {
+                match offload::udp_coalescable(frames[end].1, &frames[end].0) {
+                    Some((f, len)) if f == flow && len <= seg => {
+                        end += 1;
+                        if len < seg {
+                            break; // a shorter datagram ends the run
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if end - i >= 2 {
+                runs.push((i, end, seg));
+            }
+        }
+        i = end;
+    }
+    if runs.is_empty() {
+        return s.send(frames);
+    }
+    if supers.len() < runs.len() {
+        supers.resize_with(runs.len(), Vec::new);
+    }
+    let mut offloads = Vec::with_capacity(runs.len());
+    for (k, &(a, z, seg)) in runs.iter().enumerate() {
+        let members: Vec<&[u8]> = frames[a..z].iter().map(|f| f.1).collect();
+        offloads.push(offload::coalesce_udp(&members, seg, &mut supers[k]));
+    }
+    let mut out: Vec<(Offload, &[u8])> = Vec::with_capacity(frames.len());
+    let mut counts: Vec<usize> = Vec::with_capacity(frames.len());
+    let mut i = 0;
+    let mut r = 0;
+    while i < frames.len() {
+        match (runs.get(r), offloads.get(r)) {
+            (Some(&(a, z, _)), Some(Some(o))) if a == i => {
+                out.push((*o, &supers[r][..]));
+                counts.push(z - a);
+                i = z;
+                r += 1;
+            }
+            (Some(&(a, _, _)), Some(None)) if a == i => {
+                // Could not merge (too long): send the run as it is.
+                r += 1;
+            }
+            _ => {
+                out.push(frames[i]);
+                counts.push(1);
+                i += 1;
+            }
+        }
+    }
+    let sent = s.send(&out);
+    counts[..sent.min(counts.len())].iter().sum()
 }
 
 impl BatchSink<'_> {
@@ -432,6 +499,7 @@ fn run_worker(
         arena: Vec::new(),
         meta: Vec::new(),
         unknown_port: 0,
+        supers: Vec::new(),
     };
     let mut tokens = [0u64; 32];
     let mut last_packet = Instant::now();
