@@ -171,7 +171,9 @@ pub fn segment(
         ip_proto::UDP => l4 + 8,
         _ => return Err(OffloadError::NotSegmentable),
     };
-    if hdr_end > frame.len() || hdr_end < l4 + 8 {
+    // A TCP header shorter than 20 bytes (data offset < 5) is not a TCP header.
+    let min_hdr = if offs.l4_proto == ip_proto::TCP { 20 } else { 8 };
+    if hdr_end > frame.len() || hdr_end < l4 + min_hdr {
         return Err(OffloadError::NotSegmentable);
     }
     let mss = o.gso_size as usize;
@@ -483,6 +485,16 @@ mod tests {
         assert!(udp_coalescable(&f[..f.len() - 1], &Offload::NONE).is_none(), "length disagrees with the header");
         let refs: Vec<&[u8]> = vec![&f; MAX_COALESCE + 1];
         assert!(coalesce_udp(&refs, 20, &mut Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_tcp_header_shorter_than_20_bytes_is_refused() {
+        let mut f = tcp_frame(100, false);
+        f[34 + 12] = 0x20; // data offset 2: 8 bytes
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&f, &mut key);
+        let o = Offload { gso_type: gso_type::TCPV4, gso_size: 40, ..Offload::NONE };
+        assert_eq!(segment(&f, &offs, &o, &mut Vec::new(), |_| {}), Err(OffloadError::NotSegmentable));
     }
 
     #[test]
