@@ -150,6 +150,9 @@ pub struct Controller {
     await_watch: HashSet<Target>,
     first_seen: HashMap<ObjectKey, Instant>,
     waiting_pods: BTreeSet<ObjectKey>,
+    /// Pods whose allocation failure (e.g. exhaustion) has been reported, so that a pod
+    /// retried after every change is reported once, not on every retry.
+    reported_pods: BTreeSet<ObjectKey>,
     dirty_nodes: BTreeSet<String>,
     dirty_pods: BTreeSet<ObjectKey>,
     reported: HashMap<(Kind, Option<String>, String), String>,
@@ -193,6 +196,7 @@ impl Controller {
             await_watch: HashSet::new(),
             first_seen: HashMap::new(),
             waiting_pods: BTreeSet::new(),
+            reported_pods: BTreeSet::new(),
             dirty_nodes: BTreeSet::new(),
             dirty_pods: BTreeSet::new(),
             reported: HashMap::new(),
@@ -598,6 +602,7 @@ impl Controller {
                 ipam.release_pod(&key);
                 this.first_seen.remove(&key);
                 this.waiting_pods.remove(&key);
+                this.reported_pods.remove(&key);
             };
             let Some(info) = info.filter(|i| i.wants_port) else {
                 if ipam.pod_addresses(&key).is_some() {
@@ -610,6 +615,7 @@ impl Controller {
             if let Some(ips) = &info.network {
                 self.first_seen.remove(&key);
                 self.waiting_pods.remove(&key);
+                self.reported_pods.remove(&key);
                 let restored = match ipam.restore_pod(&key, &node, ips) {
                     Err(IpamError::PodHasOtherAddress { .. }) => {
                         ipam.release_pod(&key);
@@ -631,6 +637,7 @@ impl Controller {
             match ipam.allocate_pod(&key, &node) {
                 Ok(network) => {
                     self.waiting_pods.remove(&key);
+                    self.reported_pods.remove(&key);
                     debug!(pod = %key, ips = ?network.ip_addresses, "pod address allocated");
                     self.spawn_write(
                         target,
@@ -648,7 +655,10 @@ impl Controller {
                     self.waiting_pods.insert(key);
                 }
                 Err(e) => {
-                    if self.waiting_pods.insert(key) {
+                    // A pod that first waited for its node's subnet is already waiting:
+                    // whether to report is decided by what has been reported.
+                    self.waiting_pods.insert(key.clone());
+                    if self.reported_pods.insert(key) {
                         self.ipam_error(&target, &e);
                     }
                 }

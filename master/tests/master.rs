@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use skein_kube_fake::{FakeApiServer, Kind};
+use skein_kube_fake::{FakeApiServer, Fault, Kind, Verb};
 use skein_master::Master;
 use skein_master::leader::LeaseSettings;
 use skein_netmodel::ObjectKey;
@@ -255,7 +255,9 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     assert!(!*standby.leading().borrow());
     assert_eq!(standby.shared().metrics().pods_annotated.get(), 0, "the standby writes nothing");
     assert_eq!(standby.shared().metrics().nodes_annotated.get(), 0);
-    assert_eq!(leader.shared().metrics().pods_annotated.get(), 1);
+    // The annotation is visible before the leader's patch call has returned and counted.
+    wait_for("the leader counted its write", || (leader.shared().metrics().pods_annotated.get() == 1).then_some(()))
+        .await;
     // The standby refuses agents.
     let mut refused = agent(standby.grpc_addr(), "n1", 1);
     let reason = loop {
@@ -274,6 +276,97 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     add_pod(&server, "p2", "n1");
     let ip2 = wait_for("p2 annotated by the new leader", || pod_ip(&server, "p2")).await;
     assert_ne!(Some(ip2), pod_ip(&server, "p1"));
-    assert_eq!(standby.shared().metrics().pods_annotated.get(), 1);
+    wait_for("the new leader counted its write", || {
+        (standby.shared().metrics().pods_annotated.get() == 1).then_some(())
+    })
+    .await;
     standby.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_shows_the_logical_network_and_a_chassis_flows() {
+    let server = FakeApiServer::start().await;
+    let master = start_master(&server, "m1").await;
+    add_node(&server, "n1", "192.0.2.1");
+    add_node(&server, "n2", "192.0.2.2");
+    add_pod(&server, "p1", "n1");
+    add_service(&server, "web", "10.96.0.10");
+    let ip1 = wait_for("p1 annotated", || pod_ip(&server, "p1")).await;
+    add_slice(&server, "web", &[(&ip1, "n1")]);
+    // The chassis appear once their agents register.
+    let a1 = agent(master.grpc_addr(), "n1", 1);
+    wait_for("chassis annotation", || annotation(&server, Kind::Node, None, "n1", "skein.dev/chassis")).await;
+    wait_for("n1's view", || a1.view().filter(|v| has_pod_port(v, "p1"))).await;
+
+    let engine = skein_master::dump::load(&server.client(), Default::default()).await.unwrap();
+    let all = skein_master::dump::format(&engine, None).unwrap();
+    for want in ["cluster-router", "node-n1", "node-n2", "join", "gw-n1", "mgmt-n1", "svc-default-web-tcp", &ip1] {
+        assert!(all.contains(want), "the logical network dump lacks {want:?}:\n{all}");
+    }
+    let n1 = skein_master::dump::format(&engine, Some("n1")).unwrap();
+    assert!(n1.contains("chassis n1"), "{n1}");
+    assert!(n1.contains(&ip1), "n1's dump lists its pod's port:\n{n1}");
+    assert!(n1.lines().count() > all.lines().count(), "a chassis dump adds its flows:\n{n1}");
+    assert!(skein_master::dump::format(&engine, Some("nowhere")).is_err(), "an unknown chassis is an error");
+    master.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_node_subnet_is_reported_on_the_pod_and_the_rest_is_served() {
+    let server = FakeApiServer::start().await;
+    let mut s = settings("m1", None, any_port());
+    // A /29 per node: .0 network, .1 gateway, .2 management port, .7 broadcast → 4 pods.
+    s.network.cluster_networks[0].host_prefix_len = 29;
+    let master = Master::start(s, server.client()).await.expect("master starts");
+    add_node(&server, "n1", "192.0.2.1");
+    let pods: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    for p in &pods {
+        add_pod(&server, p, "n1");
+    }
+    let annotated = wait_for("four pods annotated", || {
+        let n = pods.iter().filter(|p| pod_ip(&server, p).is_some()).count();
+        (n == 4).then_some(n)
+    })
+    .await;
+    assert_eq!(annotated, 4);
+    // The two that did not fit get an Event naming the problem; no other pod's address moved.
+    let events = wait_for("exhaustion events", || {
+        let evs: Vec<serde_json::Value> = server
+            .list(Kind::EventsV1Event, Some("default"))
+            .into_iter()
+            .chain(server.list(Kind::Event, Some("default")))
+            .filter(|e| e.to_string().to_lowercase().contains("exhaust") || e.to_string().contains("no free"))
+            .collect();
+        (evs.len() >= 2).then_some(evs)
+    })
+    .await;
+    let unannotated: Vec<&String> = pods.iter().filter(|p| pod_ip(&server, p).is_none()).collect();
+    for p in unannotated {
+        assert!(events.iter().any(|e| e.to_string().contains(p.as_str())), "no event names {p}: {events:?}");
+    }
+    master.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_that_expire_are_relisted_and_nothing_is_missed() {
+    let server = FakeApiServer::start().await;
+    let master = start_master(&server, "m1").await;
+    add_node(&server, "n1", "192.0.2.1");
+    add_pod(&server, "p1", "n1");
+    let a1 = agent(master.grpc_addr(), "n1", 1);
+    wait_for("p1 in n1's view", || a1.view().filter(|v| has_pod_port(v, "p1"))).await;
+    // Every watch ends and the history they would resume from is gone: the master's
+    // watchers get 410 Gone and must list again. Changes made meanwhile — a pod deleted,
+    // another created — must still arrive.
+    // The first reconnections fail, so the changes and the compaction land while the
+    // watchers are away.
+    server.inject_fault(Fault::new(503).times(2).verb(Verb::Watch));
+    server.end_watches();
+    server.delete(Kind::Pod, Some("default"), "p1").unwrap();
+    add_pod(&server, "p2", "n1");
+    server.compact_all_history();
+    wait_for("p2 annotated after the relist", || pod_ip(&server, "p2")).await;
+    wait_for("n1's view has p2 and not p1", || a1.view().filter(|v| has_pod_port(v, "p2") && !has_pod_port(v, "p1")))
+        .await;
+    master.stop().await.unwrap();
 }
