@@ -12,6 +12,7 @@ use skein_netmodel::{IpFamily, IpNet};
 use crate::annotate::Backoff;
 use crate::leader::LeaseSettings;
 use crate::master::MasterSettings;
+use crate::tls::ServerTls;
 
 /// Skein master: watches Nodes, Namespaces, Pods, Services, EndpointSlices and
 /// NetworkPolicies; allocates node subnets and pod addresses (written back as the
@@ -69,9 +70,25 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', default_value = "169.254.169.5,fd69::5")]
     pub hairpin_snat_ip: Vec<IpAddr>,
 
-    /// Address of the southbound gRPC server (plaintext; see docs/master.md on TLS).
+    /// Address of the southbound gRPC server (plaintext unless --grpc-tls-cert and
+    /// --grpc-tls-key are given).
     #[arg(long, env = "SKEIN_SOUTHBOUND_LISTEN", default_value = "0.0.0.0:6643")]
     pub southbound_listen: SocketAddr,
+
+    /// Serve the southbound stream over TLS with this certificate (PEM, leaf first, then
+    /// any intermediates). Requires --grpc-tls-key.
+    #[arg(long, env = "SKEIN_GRPC_TLS_CERT", value_name = "PATH", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// Private key of --grpc-tls-cert (PEM: PKCS#8, RSA or EC, unencrypted). Requires
+    /// --grpc-tls-cert.
+    #[arg(long, env = "SKEIN_GRPC_TLS_KEY", value_name = "PATH", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// Require agents to present a client certificate signed by this CA (PEM; mutual TLS).
+    /// Requires --grpc-tls-cert and --grpc-tls-key.
+    #[arg(long, env = "SKEIN_GRPC_TLS_CLIENT_CA", value_name = "PATH", requires = "grpc_tls_cert")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
 
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SKEIN_METRICS_LISTEN", default_value = "0.0.0.0:9477")]
@@ -171,7 +188,23 @@ impl Options {
         })
     }
 
-    /// The replica's settings.
+    /// The southbound server's TLS, read from the files the flags name (`None`:
+    /// plaintext). Errors name the flag and the file.
+    pub fn grpc_tls(&self) -> Result<Option<ServerTls>, String> {
+        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (None, None) if self.grpc_tls_client_ca.is_some() => {
+                Err("--grpc-tls-client-ca needs --grpc-tls-cert and --grpc-tls-key".to_owned())
+            }
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("--grpc-tls-cert needs --grpc-tls-key".to_owned()),
+            (None, Some(_)) => Err("--grpc-tls-key needs --grpc-tls-cert".to_owned()),
+            (Some(cert), Some(key)) => ServerTls::from_files(cert, key, self.grpc_tls_client_ca.as_deref())
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The replica's settings (reads the TLS files, if any).
     pub fn settings(&self) -> Result<MasterSettings, String> {
         if self.renew_deadline >= self.lease_duration {
             return Err(format!(
@@ -189,6 +222,7 @@ impl Options {
         Ok(MasterSettings {
             network: self.network(),
             grpc_listen: self.southbound_listen,
+            grpc_tls: self.grpc_tls()?,
             http_listen: self.metrics_listen,
             lease: (!self.no_leader_election).then(|| LeaseSettings {
                 namespace: self.lease_namespace.clone(),
@@ -239,5 +273,30 @@ mod tests {
             Cli::try_parse_from(["skein-master", "--cluster-cidr", "10.244.0.0/16=24,fd00:10:244::/48=64"]).unwrap();
         assert_eq!(dual.options.network().join_subnets.len(), 2);
         dual.options.network().validate().unwrap();
+    }
+
+    #[test]
+    fn tls_flags_come_as_a_pair_and_name_unreadable_files() {
+        let plain = Cli::try_parse_from(["skein-master"]).unwrap();
+        assert!(plain.options.settings().unwrap().grpc_tls.is_none(), "plaintext by default");
+        for args in [
+            &["--grpc-tls-cert", "/c"][..],
+            &["--grpc-tls-key", "/k"],
+            &["--grpc-tls-client-ca", "/ca"],
+            &["--grpc-tls-cert", "/c", "--grpc-tls-client-ca", "/ca"],
+        ] {
+            let e = Cli::try_parse_from(["skein-master"].iter().chain(args)).unwrap_err().to_string();
+            assert!(e.contains("--grpc-tls-"), "{args:?}: {e}");
+        }
+        let both = Cli::try_parse_from([
+            "skein-master",
+            "--grpc-tls-cert",
+            "/nonexistent/tls.crt",
+            "--grpc-tls-key",
+            "/nonexistent/tls.key",
+        ])
+        .unwrap();
+        let e = both.options.settings().unwrap_err();
+        assert!(e.contains("--grpc-tls-cert /nonexistent/tls.crt"), "{e}");
     }
 }

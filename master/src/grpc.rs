@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::state::Shared;
+use crate::tls::ServerTls;
 
 /// Records an agent's registration in the node's `skein.dev/chassis` annotation.
 #[tonic::async_trait]
@@ -49,13 +50,26 @@ impl SouthboundService {
         SouthboundService { shared, registrar, leading, shutdown }
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled.
-    pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    /// Serves on `listener` until `shutdown` is cancelled: over TLS with `tls`, else
+    /// plaintext.
+    pub async fn serve(self, listener: TcpListener, tls: Option<ServerTls>) -> Result<(), tonic::transport::Error> {
         let shutdown = self.shutdown.clone();
+        let transport = match &tls {
+            None => "plaintext",
+            Some(t) if t.requires_client_certificates() => "TLS, client certificates required",
+            Some(_) => "TLS",
+        };
         if let Ok(address) = listener.local_addr() {
-            info!(%address, "serving the southbound gRPC stream (plaintext)");
+            info!(%address, transport, "serving the southbound gRPC stream");
         }
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            // Name the crypto provider rather than rely on rustls guessing it from the
+            // crate features compiled in (it refuses to guess when there are two).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            server = server.tls_config(tls.to_tonic())?;
+        }
+        server
             .add_service(SouthboundServer::new(self).max_decoding_message_size(16 << 20))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
             .await

@@ -12,7 +12,7 @@
 //! - [`controller`]: batches → engine; allocation and annotations; Events;
 //! - [`annotate`]: conflict-safe annotation patches with retries;
 //! - [`state`]: the engine and the per-chassis fan-out, under one lock;
-//! - [`grpc`]: the southbound service;
+//! - [`grpc`]: the southbound service; [`tls`]: its optional TLS;
 //! - [`leader`]: leader election on a Lease;
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`dump`]: `skein-master dump`;
@@ -33,6 +33,7 @@ pub mod master;
 pub mod metrics;
 pub mod objects;
 pub mod state;
+pub mod tls;
 pub mod watch;
 
 pub use master::{Master, MasterError, MasterSettings};

@@ -20,6 +20,7 @@ use crate::grpc::{ChassisRegistrar, SouthboundService};
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::metrics::MasterMetrics;
 use crate::state::Shared;
+use crate::tls::ServerTls;
 use crate::{http, watch as watchers};
 
 /// Everything a master replica needs to start.
@@ -29,6 +30,8 @@ pub struct MasterSettings {
     pub network: NetworkConfig,
     /// Southbound gRPC address.
     pub grpc_listen: SocketAddr,
+    /// TLS of the southbound gRPC server; `None`: plaintext.
+    pub grpc_tls: Option<ServerTls>,
     /// `/metrics`, `/healthz`, `/readyz` address.
     pub http_listen: SocketAddr,
     /// Leader election; `None`: this replica leads unconditionally (a single replica).
@@ -169,7 +172,7 @@ impl Master {
             stop: shutdown.clone(),
         });
         let service = SouthboundService::new(Arc::clone(&shared), registrar, leading.clone(), shutdown.clone());
-        let grpc_task = tokio::spawn(service.serve(grpc_listener));
+        let grpc_task = tokio::spawn(service.serve(grpc_listener, settings.grpc_tls.clone()));
 
         let leader_task = match settings.lease.clone() {
             Some(lease) => {

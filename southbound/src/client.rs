@@ -4,6 +4,9 @@
 //! leader changes. The node agent uses it; so do the master's tests and its bench, as
 //! in-process agents.
 //!
+//! `http://` endpoints are plaintext; `https://` endpoints use TLS with
+//! [`ClientSettings::tls`] (the CA to trust, optionally a client certificate).
+//!
 //! "Installing" here means holding the view: a real agent translates the view into
 //! datapath flows between [`Follower::apply`] and the ack, and this client reports each
 //! applied message on [`AgentClient::events`] for that.
@@ -20,10 +23,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::convert::{encap_to_proto, ip_to_proto};
 use crate::follower::{Applied, Follower};
+use crate::tls::{ClientTls, append_sources, error_chain};
 
 /// What an agent registers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,8 +72,11 @@ pub enum ClientEvent {
 /// Settings of [`AgentClient::start`].
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
-    /// The master's southbound endpoint, e.g. `http://127.0.0.1:6643`.
+    /// The master's southbound endpoint: `http://127.0.0.1:6643` (plaintext) or
+    /// `https://skein-master.kube-system.svc:6643` (TLS, with [`ClientSettings::tls`]).
     pub endpoint: String,
+    /// TLS for an `https://` endpoint (required there, refused with `http://`).
+    pub tls: Option<ClientTls>,
     /// What to register.
     pub registration: Registration,
     /// Schema version to offer.
@@ -80,14 +88,46 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// Defaults: this build's schema, backoff 100 ms → 5 s.
+    /// Defaults: no TLS, this build's schema, backoff 100 ms → 5 s.
     pub fn new(endpoint: impl Into<String>, registration: Registration) -> ClientSettings {
         ClientSettings {
             endpoint: endpoint.into(),
+            tls: None,
             registration,
             schema_version: pb::SCHEMA_VERSION,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClientSettings {
+    /// The tonic endpoint, with TLS configured for `https://`. Fails when the endpoint does
+    /// not parse, when its scheme and [`ClientSettings::tls`] disagree, or when the TLS
+    /// material is unusable; the error names the setting. [`AgentClient`] calls it on each
+    /// connection attempt (and reports the error as [`ClientEvent::Disconnected`]); an agent
+    /// calls it at start to refuse a bad configuration at once.
+    pub fn channel_endpoint(&self) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| format!("endpoint {:?}: {}", self.endpoint, error_chain(&e)))?;
+        let https = match endpoint.uri().scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("endpoint {:?}: the scheme must be http:// or https://", self.endpoint)),
+        };
+        match (&self.tls, https) {
+            (None, false) => Ok(endpoint),
+            (None, true) => {
+                Err(format!("endpoint {:?} is https:// but no TLS settings (the CA to trust) are given", self.endpoint))
+            }
+            (Some(_), false) => Err(format!(
+                "endpoint {:?} is plaintext http:// but TLS settings are given; use https://",
+                self.endpoint
+            )),
+            (Some(tls), true) => {
+                tls.check()?;
+                endpoint.tls_config(tls.to_tonic()).map_err(|e| format!("TLS settings: {}", error_chain(&e)))
+            }
         }
     }
 }
@@ -163,20 +203,22 @@ async fn session(
     events: &mpsc::UnboundedSender<ClientEvent>,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let mut client = SouthboundClient::connect(settings.endpoint.clone())
+    let channel = settings
+        .channel_endpoint()?
+        .connect()
         .await
-        .map_err(|e| format!("connecting to {}: {e}", settings.endpoint))?
-        .max_decoding_message_size(usize::MAX);
+        .map_err(|e| format!("connecting to {}: {}", settings.endpoint, error_chain(&e)))?;
+    let mut client = SouthboundClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
     let register = pb::AgentMessage {
         message: Some(pb::agent_message::Message::Register(settings.registration.to_proto(settings.schema_version))),
     };
     tx.send(register).await.map_err(|_| "stream closed before registering".to_owned())?;
-    let mut inbound = client.subscribe(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_owned())?.into_inner();
+    let mut inbound = client.subscribe(ReceiverStream::new(rx)).await.map_err(status_text)?.into_inner();
     let _ = events.send(ClientEvent::Connected);
     info!(node = %settings.registration.node_name, endpoint = %settings.endpoint, "subscribed to the southbound stream");
     while let Some(message) = inbound.next().await {
-        let message = message.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        let message = message.map_err(status_text)?;
         let result = follower.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).apply(&message);
         let reply = match result {
             Ok(applied) => {
@@ -198,4 +240,77 @@ async fn session(
         tx.send(pb::AgentMessage { message: Some(reply) }).await.map_err(|_| "stream closed".to_owned())?;
     }
     Ok(())
+}
+
+/// A status as `code: message[: source chain]` (a TLS refusal arrives as a transport error
+/// whose reason is in the sources).
+fn status_text(status: tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = format!("{}: {}", status.code(), status.message());
+    append_sources(&mut text, status.source());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::tls::TlsIdentity;
+
+    fn settings(endpoint: &str) -> ClientSettings {
+        ClientSettings::new(
+            endpoint,
+            Registration {
+                node_name: "n1".to_owned(),
+                chassis_id: "c1".to_owned(),
+                tunnel_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                encap: Encap::Geneve,
+            },
+        )
+    }
+
+    fn pems() -> (String, String, String) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["n1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+        (ca, cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn the_scheme_and_the_tls_settings_must_agree() {
+        let (ca, cert, key) = pems();
+        settings("http://127.0.0.1:6643").channel_endpoint().unwrap();
+        let e = settings("https://127.0.0.1:6643").channel_endpoint().unwrap_err();
+        assert!(e.contains("no TLS settings"), "{e}");
+        let e = settings("ftp://127.0.0.1:6643").channel_endpoint().unwrap_err();
+        assert!(e.contains("http:// or https://"), "{e}");
+
+        let mut tls = ClientTls::new(ca.clone());
+        let mut s = settings("http://127.0.0.1:6643");
+        s.tls = Some(tls.clone());
+        assert!(s.channel_endpoint().unwrap_err().contains("use https://"));
+        s.endpoint = "https://127.0.0.1:6643".to_owned();
+        s.channel_endpoint().unwrap();
+
+        tls.server_name = Some("skein-master.kube-system.svc".to_owned());
+        tls.identity = Some(TlsIdentity { certificate_pem: cert.clone().into(), key_pem: key.into() });
+        s.tls = Some(tls.clone());
+        s.channel_endpoint().unwrap();
+
+        // A key that is not the certificate's.
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        tls.identity = Some(TlsIdentity { certificate_pem: cert.into(), key_pem: other_key.into() });
+        s.tls = Some(tls.clone());
+        let e = s.channel_endpoint().unwrap_err();
+        assert!(e.starts_with("TLS settings: "), "{e}");
+
+        s.tls = Some(ClientTls::new("not PEM"));
+        let e = s.channel_endpoint().unwrap_err();
+        assert!(e.starts_with("tls.ca_certificate_pem: "), "{e}");
+    }
 }

@@ -5,7 +5,8 @@
 //! - [`convert`]: model ↔ wire. Wire → model validates untrusted input and names the
 //!   offending field;
 //! - [`follower`]: a chassis's view, kept up to date message by message (pure);
-//! - [`client`]: the agent's gRPC client (register, follow, ack, resync, reconnect).
+//! - [`client`]: the agent's gRPC client (register, follow, ack, resync, reconnect);
+//! - [`tls`]: the agent's TLS settings and the PEM checks the master shares.
 //!
 //! This crate exists so that the master and the agent share one implementation without
 //! depending on each other, and without `skein-proto` depending on `skein-netmodel`
@@ -16,7 +17,9 @@
 pub mod client;
 pub mod convert;
 pub mod follower;
+pub mod tls;
 
 pub use client::{AgentClient, ClientEvent, ClientSettings, Registration};
 pub use convert::ConvertError;
 pub use follower::{Applied, FollowError, Follower};
+pub use tls::{ClientTls, TlsIdentity};

@@ -208,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = SouthboundService::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     let addr = listener.local_addr()?;
     let service = SouthboundService::new(Arc::clone(&shared), Arc::new(NoRegistrar), leading, shutdown.clone());
-    let server = tokio::spawn(service.serve(listener));
+    let server = tokio::spawn(service.serve(listener, None));
 
     let mut acked = shared.acked();
     let start = Instant::now();

@@ -13,7 +13,7 @@ use skein_master::{Master, MasterSettings};
 use skein_netmodel::NetworkConfig;
 use skein_netmodel::annotations::Encap;
 use skein_netmodel::southbound::ChassisView;
-use skein_southbound::{AgentClient, ClientSettings, Registration};
+use skein_southbound::{AgentClient, ClientEvent, ClientSettings, ClientTls, Registration, TlsIdentity};
 
 /// The longest any wait in these tests lasts.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -22,6 +22,7 @@ pub fn settings(identity: &str, lease: Option<LeaseSettings>, grpc: SocketAddr) 
     MasterSettings {
         network: NetworkConfig::default(),
         grpc_listen: grpc,
+        grpc_tls: None,
         http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         lease,
         identity: identity.to_owned(),
@@ -136,4 +137,98 @@ pub fn pod_ip(server: &FakeApiServer, name: &str) -> Option<String> {
 
 pub fn view_of(agent: &AgentClient) -> Option<ChassisView> {
     agent.view()
+}
+
+/// A throw-away certificate authority for the TLS tests (rcgen, ECDSA P-256).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+/// A certificate and its key, PEM.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("no names");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let pem = params.self_signed(&key).expect("CA certificate").pem();
+        TestCa { issuer: rcgen::Issuer::new(params, key), pem }
+    }
+
+    fn issue(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> TestCert {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("a DNS name");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
+    /// A server certificate for DNS name `name`.
+    pub fn server(&self, name: &str) -> TestCert {
+        self.issue(name, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate for `name`.
+    pub fn client(&self, name: &str) -> TestCert {
+        self.issue(name, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// The name in the test masters' certificates (the agents connect to 127.0.0.1 and check
+/// this name instead).
+pub const MASTER_NAME: &str = "skein-master.test";
+
+/// An agent of `node` over TLS, trusting `ca`, with an optional client certificate.
+pub fn tls_agent(
+    master_grpc: SocketAddr,
+    node: &str,
+    tunnel: u8,
+    ca: &TestCa,
+    identity: Option<&TestCert>,
+) -> AgentClient {
+    let mut s = ClientSettings::new(
+        format!("https://{master_grpc}"),
+        Registration {
+            node_name: node.to_owned(),
+            chassis_id: format!("chassis-{node}"),
+            tunnel_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, tunnel)),
+            encap: Encap::Geneve,
+        },
+    );
+    let mut tls = ClientTls::new(ca.pem.clone());
+    tls.server_name = Some(MASTER_NAME.to_owned());
+    tls.identity =
+        identity.map(|c| TlsIdentity { certificate_pem: c.cert_pem.clone().into(), key_pem: c.key_pem.clone().into() });
+    s.tls = Some(tls);
+    s.min_backoff = Duration::from_millis(20);
+    s.max_backoff = Duration::from_millis(200);
+    s.channel_endpoint().expect("valid TLS settings");
+    AgentClient::start(s)
+}
+
+/// Waits (at most [`WAIT`]) until `agent` has been refused `times` times in a row without
+/// ever connecting; returns the last reason.
+pub async fn refused(agent: &mut AgentClient, times: usize) -> String {
+    let mut reasons = Vec::new();
+    while reasons.len() < times {
+        match tokio::time::timeout(WAIT, agent.events().recv()).await {
+            Ok(Some(ClientEvent::Disconnected(reason))) => reasons.push(reason),
+            Ok(Some(ClientEvent::Connected)) => {}
+            Ok(Some(other)) => panic!("a refused agent got {other:?}"),
+            Ok(None) => panic!("the agent stopped"),
+            Err(_) => panic!("timed out waiting for the agent to be refused"),
+        }
+    }
+    reasons.pop().unwrap_or_default()
 }
