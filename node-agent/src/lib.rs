@@ -7,3 +7,4 @@
 
 pub mod deviceplugin;
 pub mod metrics;
+pub mod translate;
