@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use skein_netmodel::annotations::{self, NODE_SUBNETS, POD_NETWORKS};
 use skein_netmodel::southbound::Owner;
@@ -269,6 +270,24 @@ impl Controller {
         self.reconcile();
     }
 
+    /// Reports a namespaced object's problems and turns it into an upsert, or — if it
+    /// cannot be programmed at all — into a delete of whatever it was before.
+    fn namespaced<T>(
+        &mut self,
+        kind: Kind,
+        meta: &ObjectMeta,
+        c: objects::Converted<T>,
+        upsert: fn(T) -> ClusterChange,
+        delete: fn(ObjectKey) -> ClusterChange,
+    ) -> ClusterChange {
+        let (ns, name) = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        self.report(kind, Some(&ns), &name, &c.problems);
+        match c.object {
+            Some(object) => upsert(object),
+            None => delete(ObjectKey::new(ns, name)),
+        }
+    }
+
     fn report(&mut self, kind: Kind, namespace: Option<&str>, name: &str, problems: &[Problem]) {
         let id = (kind, namespace.map(str::to_owned), name.to_owned());
         if problems.is_empty() {
@@ -343,37 +362,29 @@ impl Controller {
                 self.report(Kind::Namespace, None, n.metadata.name.as_deref().unwrap_or_default(), &c.problems);
                 changes.extend(c.object.map(ClusterChange::UpsertNamespace));
             }
-            WatchEvent::Apply(Object::Service(s)) => {
-                let c = objects::service(&s);
-                let (ns, name) =
-                    (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
-                self.report(Kind::Service, Some(&ns), &name, &c.problems);
-                changes.push(match c.object {
-                    Some(svc) => ClusterChange::UpsertService(svc),
-                    // Unprogrammable: treated as absent (its old load balancers go).
-                    None => ClusterChange::DeleteService(ObjectKey::new(ns, name)),
-                });
-            }
-            WatchEvent::Apply(Object::EndpointSlice(s)) => {
-                let c = objects::endpoint_slice(&s);
-                let (ns, name) =
-                    (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
-                self.report(Kind::EndpointSlice, Some(&ns), &name, &c.problems);
-                changes.push(match c.object {
-                    Some(slice) => ClusterChange::UpsertEndpointSlice(slice),
-                    None => ClusterChange::DeleteEndpointSlice(ObjectKey::new(ns, name)),
-                });
-            }
-            WatchEvent::Apply(Object::NetworkPolicy(p)) => {
-                let c = objects::network_policy(&p);
-                let (ns, name) =
-                    (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
-                self.report(Kind::NetworkPolicy, Some(&ns), &name, &c.problems);
-                changes.push(match c.object {
-                    Some(np) => ClusterChange::UpsertNetworkPolicy(np),
-                    None => ClusterChange::DeleteNetworkPolicy(ObjectKey::new(ns, name)),
-                });
-            }
+            // Unprogrammable objects are treated as absent (e.g. a Service's old load
+            // balancers go).
+            WatchEvent::Apply(Object::Service(s)) => changes.push(self.namespaced(
+                Kind::Service,
+                &s.metadata,
+                objects::service(&s),
+                ClusterChange::UpsertService,
+                ClusterChange::DeleteService,
+            )),
+            WatchEvent::Apply(Object::EndpointSlice(s)) => changes.push(self.namespaced(
+                Kind::EndpointSlice,
+                &s.metadata,
+                objects::endpoint_slice(&s),
+                ClusterChange::UpsertEndpointSlice,
+                ClusterChange::DeleteEndpointSlice,
+            )),
+            WatchEvent::Apply(Object::NetworkPolicy(p)) => changes.push(self.namespaced(
+                Kind::NetworkPolicy,
+                &p.metadata,
+                objects::network_policy(&p),
+                ClusterChange::UpsertNetworkPolicy,
+                ClusterChange::DeleteNetworkPolicy,
+            )),
             WatchEvent::Delete(kind, (ns, name)) => {
                 self.reported.remove(&(kind, ns.clone(), name.clone()));
                 let key = || ObjectKey::new(ns.clone().unwrap_or_default(), name.clone());

@@ -67,6 +67,9 @@ pub enum PortError {
         /// The system error.
         source: io::Error,
     },
+    /// port number {0} is given to two ports
+    #[error("port number {0} is given to two ports")]
+    DuplicateNumber(u32),
 }
 
 /// Receive counters of a port.
@@ -88,7 +91,6 @@ pub struct AfPacketPort {
     block_size: usize,
     block_nr: usize,
     frame_size: usize,
-    frame_nr: usize,
     /// V2: next frame slot. V3: current block.
     cursor: usize,
     /// V3: packets left in the current block and the offset of the next one.
@@ -106,21 +108,20 @@ impl AfPacketPort {
         let fd = sys::packet_socket().map_err(err("open AF_PACKET socket"))?;
         sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1).map_err(err("enable PACKET_VNET_HDR"))?;
         let page = 4096u32;
-        let (req, frame_nr) = match cfg.ring {
+        let req = match cfg.ring {
             RingKind::V2 => {
                 let frame_size = MAX_FRAME.div_ceil(page) * page;
                 // Seven slots per block keeps the kernel's power-of-two block allocation
                 // mostly used.
                 let block_size = frame_size * 7;
                 let block_nr = (cfg.ring_bytes / block_size).max(2);
-                (RingRequest { block_size, block_nr, frame_size, retire_tov_ms: 0 }, 7 * block_nr)
+                RingRequest { block_size, block_nr, frame_size, retire_tov_ms: 0 }
             }
             RingKind::V3 { retire_ms } => {
                 let block_size = (MAX_FRAME * 4).div_ceil(page) * page;
                 let block_nr = (cfg.ring_bytes / block_size).max(2);
                 let frame_size = 2048;
-                let req = RingRequest { block_size, block_nr, frame_size, retire_tov_ms: retire_ms.max(1) };
-                (req, block_size / frame_size * block_nr)
+                RingRequest { block_size, block_nr, frame_size, retire_tov_ms: retire_ms.max(1) }
             }
         };
         sys::set_rx_ring(&fd, matches!(cfg.ring, RingKind::V3 { .. }), &req).map_err(err("set PACKET_RX_RING"))?;
@@ -142,7 +143,6 @@ impl AfPacketPort {
             block_size: req.block_size as usize,
             block_nr: req.block_nr as usize,
             frame_size: req.frame_size as usize,
-            frame_nr: frame_nr as usize,
             cursor: 0,
             in_block: None,
             counters: RxCounters::default(),
@@ -192,7 +192,7 @@ impl AfPacketPort {
                 n += 1;
             }
             self.ring.store_status(off, TP_STATUS_KERNEL);
-            self.cursor = (self.cursor + 1) % self.frame_nr;
+            self.cursor = (self.cursor + 1) % (per_block * self.block_nr);
         }
         n
     }
@@ -317,30 +317,10 @@ impl AfPacketSender {
                 heads[i] = o.to_vnet();
             }
             let msgs: Vec<(&[u8], &[u8])> = chunk.iter().zip(heads.iter()).map(|((_, f), h)| (&h[..], *f)).collect();
-            sent += send_all(self.fd.as_raw_fd(), &msgs);
+            let mut lost = 0;
+            super::drive_send(msgs.len(), |from| sys::send_frames(self.fd.as_raw_fd(), &msgs[from..]), |_| lost += 1);
+            sent += msgs.len() - lost;
         }
         sent
     }
-}
-
-/// Sends a batch through `sendmmsg`, retrying a full buffer a few times and skipping a
-/// frame the kernel refuses. Returns how many were sent.
-pub(super) fn send_all(fd: RawFd, msgs: &[(&[u8], &[u8])]) -> usize {
-    let (mut done, mut failed, mut retries) = (0, 0, 0);
-    while done < msgs.len() {
-        match sys::send_frames(fd, &msgs[done..]) {
-            Ok(0) => break,
-            Ok(k) => done += k,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS)) && retries < 8 => {
-                retries += 1;
-                std::thread::yield_now();
-            }
-            // Anything else (e.g. EMSGSIZE for one bad frame): skip that frame.
-            Err(_) => {
-                done += 1;
-                failed += 1;
-            }
-        }
-    }
-    done - failed
 }

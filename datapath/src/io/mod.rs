@@ -11,3 +11,30 @@ pub mod udp;
 
 pub use afpacket::{AfPacketPort, PortConfig, PortError, RingKind};
 pub use switch::{PortSpec, PortStats, Switch, SwitchConfig, SwitchStats, now_ns};
+
+/// Drives a batched send to completion. `send(from)` hands messages `from..` to the kernel
+/// and returns how many it took; a full socket buffer (`EAGAIN`, `ENOBUFS`) is retried a
+/// few times, then, like any other refusal, the first remaining message goes to
+/// `refused(index)` (which may send it another way, or count it lost) and is skipped.
+pub(crate) fn drive_send(
+    len: usize,
+    mut send: impl FnMut(usize) -> std::io::Result<usize>,
+    mut refused: impl FnMut(usize),
+) {
+    const RETRIES: u32 = 8;
+    let (mut done, mut retries) = (0, 0);
+    while done < len {
+        match send(done) {
+            Ok(0) => break,
+            Ok(k) => done += k,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) && retries < RETRIES => {
+                retries += 1;
+                std::thread::yield_now();
+            }
+            Err(_) => {
+                refused(done);
+                done += 1;
+            }
+        }
+    }
+}

@@ -171,15 +171,9 @@ impl Switch {
     /// Opens every port and starts the workers. Fails (opening nothing) if any port
     /// cannot be opened or two ports share a number.
     pub fn start(dp: Arc<Datapath>, specs: &[PortSpec], cfg: SwitchConfig) -> Result<Switch, PortError> {
-        let mut seen = HashMap::new();
-        for s in specs {
-            if let Some(prev) = seen.insert(s.number(), s) {
-                return Err(PortError::Sys {
-                    name: format!("{prev:?} and {s:?}"),
-                    op: "assign port numbers",
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "duplicate port number"),
-                });
-            }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = specs.iter().map(PortSpec::number).find(|n| !seen.insert(*n)) {
+            return Err(PortError::DuplicateNumber(dup));
         }
         let mut tx = Vec::new();
         let mut rx = Vec::new();
@@ -335,11 +329,15 @@ struct BatchSink<'a> {
 }
 
 impl BatchSink<'_> {
+    /// The index of port `port`, counting an output to a port the switch does not have.
+    fn port_index(&mut self, port: u32) -> Option<usize> {
+        let i = self.by_number.get(&port).copied();
+        self.unknown_port += u64::from(i.is_none());
+        i
+    }
+
     fn queue(&mut self, port: u32, offload: Offload, frame: &[u8]) {
-        let Some(&i) = self.by_number.get(&port) else {
-            self.unknown_port += 1;
-            return;
-        };
+        let Some(i) = self.port_index(port) else { return };
         let start = self.arena.len();
         self.arena.extend_from_slice(frame);
         self.queued.push((i, offload, Bytes::Arena(start, self.arena.len())));
@@ -468,10 +466,7 @@ impl OutputSink for BatchSink<'_> {
     }
 
     fn output_last(&mut self, packet: usize, port: u32, frame: &[u8]) {
-        let Some(&i) = self.by_number.get(&port) else {
-            self.unknown_port += 1;
-            return;
-        };
+        let Some(i) = self.port_index(port) else { return };
         let offload = self.offload_of(packet, frame);
         self.queued.push((i, offload, Bytes::Packet(packet)));
     }

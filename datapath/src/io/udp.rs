@@ -7,6 +7,7 @@
 //! Ethernet/IPv4/UDP/Geneve frames from [`crate::exec::tunnel_output`]) are sent as UDP
 //! payloads to their outer destination address.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -154,49 +155,32 @@ impl GeneveSender {
                 _ => trains.push(Train { to: Some(to), segs: vec![payload], seg: payload.len() as u16 }),
             }
         }
-        let mut sent = 0;
-        let mut done = 0;
-        let mut retries = 0;
-        while done < trains.len() {
-            match sys::send_trains(self.socket.as_raw_fd(), &trains[done..]) {
-                Ok(0) => break,
-                Ok(k) => {
-                    sent += trains[done..done + k].iter().map(|t| t.segs.len()).sum::<usize>();
-                    done += k;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && retries < 8 => {
-                    retries += 1;
-                    std::thread::yield_now();
-                }
-                Err(_) => {
-                    // The kernel refused the train as a whole (e.g. a path that cannot
-                    // offload UDP segmentation): send its datagrams one by one.
-                    sent += self.send_each(&trains[done]);
-                    done += 1;
-                }
-            }
-        }
-        sent
+        let fd = self.socket.as_raw_fd();
+        let sent = Cell::new(0);
+        super::drive_send(
+            trains.len(),
+            |from| {
+                let k = sys::send_trains(fd, &trains[from..])?;
+                sent.set(sent.get() + trains[from..from + k].iter().map(|t| t.segs.len()).sum::<usize>());
+                Ok(k)
+            },
+            // The kernel refused the train as a whole (e.g. a path that cannot offload UDP
+            // segmentation): send its datagrams one by one.
+            |i| sent.set(sent.get() + self.send_each(&trains[i])),
+        );
+        sent.get()
     }
 
     fn send_each(&self, t: &Train<'_>) -> usize {
         let Some(to) = t.to else { return 0 };
         let msgs: Vec<(SocketAddrV4, &[u8])> = t.segs.iter().map(|s| (to, *s)).collect();
-        let mut sent = 0;
-        for chunk in msgs.chunks(sys::MAX_MSGS) {
-            let mut done = 0;
-            while done < chunk.len() {
-                match sys::send_datagrams(self.socket.as_raw_fd(), &chunk[done..]) {
-                    Ok(0) => break,
-                    Ok(k) => {
-                        done += k;
-                        sent += k;
-                    }
-                    // E.g. no route to that chassis: drop this datagram, keep the rest.
-                    Err(_) => done += 1,
-                }
-            }
-        }
-        sent
+        let mut lost = 0;
+        // A datagram refused (e.g. no route to that chassis) is dropped; the rest go.
+        super::drive_send(
+            msgs.len(),
+            |from| sys::send_datagrams(self.socket.as_raw_fd(), &msgs[from..]),
+            |_| lost += 1,
+        );
+        msgs.len() - lost
     }
 }
