@@ -377,3 +377,94 @@ impl HostNetwork for NetlinkHost {
             .collect())
     }
 }
+
+/// One interface of the calling thread's namespace (for the node agent's own set-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    /// Name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// MAC address, if it has one.
+    pub mac: Option<MacAddr>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+    /// Addresses with prefix lengths.
+    pub addresses: Vec<IpNet>,
+}
+
+/// Every interface of the calling thread's namespace, with its addresses.
+pub fn interfaces() -> Result<Vec<InterfaceInfo>, NetError> {
+    let mut sock = RouteSocket::open()?;
+    let links = sock.dump_links()?;
+    let mut out = Vec::with_capacity(links.len());
+    for link in links {
+        let Some(name) = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let index = link.header.index;
+        out.push(InterfaceInfo {
+            name,
+            index,
+            mac: mac_of(&link),
+            mtu: mtu_of(&link),
+            up: link.header.flags.contains(LinkFlags::Up),
+            addresses: sock.addresses_of(index)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The routes of the main table of the calling thread's namespace.
+pub fn main_routes() -> Result<Vec<RouteSpec>, NetError> {
+    RouteSocket::open()?.main_table_routes()
+}
+
+/// Creates a veth pair `a` ↔ `b` in the calling thread's namespace (both ends up). Fails
+/// with [`NetError::Exists`] if either name exists.
+pub fn create_veth_pair(a: &str, b: &str) -> Result<(), NetError> {
+    NetlinkHost.create_veth(a, Path::new("/proc/thread-self/ns/net"), b).map(|_| ())
+}
+
+/// Sets `name`'s MAC (when given) and MTU and brings it up.
+pub fn set_link(name: &str, mac: Option<MacAddr>, mtu: u32) -> Result<(), NetError> {
+    let mut sock = RouteSocket::open()?;
+    let link = sock.require_link(name)?;
+    let mut attributes = vec![LinkAttribute::Mtu(mtu)];
+    if let Some(mac) = mac {
+        attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    }
+    sock.set_link(link.header.index, attributes, true, &format!("configuring {name}"))
+}
+
+/// Adds `address` to `name` unless it is there; returns whether it was added.
+pub fn ensure_address(name: &str, address: IpNet) -> Result<bool, NetError> {
+    let mut sock = RouteSocket::open()?;
+    let link = sock.require_link(name)?;
+    if sock.addresses_of(link.header.index)?.contains(&address) {
+        return Ok(false);
+    }
+    sock.add_address(link.header.index, name, address).map(|()| true)
+}
+
+/// Adds `route` through `name` unless a main-table route to the same destination with
+/// the same next hop exists; returns whether it was added.
+pub fn ensure_route(name: &str, route: &RouteSpec) -> Result<bool, NetError> {
+    let mut sock = RouteSocket::open()?;
+    let link = sock.require_link(name)?;
+    let want = RouteSpec { dst: route.dst.network(), gw: route.gw };
+    if sock.main_table_routes()?.iter().any(|r| r.dst.network() == want.dst && r.gw == want.gw) {
+        return Ok(false);
+    }
+    sock.add_route(link.header.index, name, route).map(|()| true)
+}
+
+/// Deletes the interface `name` in the calling thread's namespace; `Ok(false)` if absent.
+pub fn delete_link(name: &str) -> Result<bool, NetError> {
+    NetlinkHost.delete_host_link(name)
+}

@@ -631,6 +631,7 @@ impl Conntrack {
         c.expires = now + to;
         if nat.is_some() {
             apply_nat(frame, offs, c, dir);
+            state_bits |= nat_state(c.flags, dir);
         }
         CtResult { state: state_bits, mark: c.mark, label: c.label(), error: None, existing: true }
     }
@@ -666,7 +667,7 @@ impl Conntrack {
             }
             L4::Other => State::OtherFirst,
         };
-        let bits = ct_state::TRK | ct_state::NEW;
+        let mut bits = ct_state::TRK | ct_state::NEW;
         if !commit {
             return CtResult { state: bits, ..Default::default() };
         }
@@ -702,6 +703,7 @@ impl Conntrack {
         }
         if nat.is_some() {
             apply_nat(frame, offs, &snapshot, Dir::Orig);
+            bits |= nat_state(snapshot.flags, Dir::Orig);
         }
         CtResult { state: bits, mark, label, error: None, existing: true }
     }
@@ -810,9 +812,23 @@ impl Conntrack {
         }
         if nat && c.flags & (F_SNAT | F_DNAT) != 0 {
             translate_icmp_error(frame, offs, &c, dir, v6);
+            bits |= nat_state(c.flags, dir);
         }
         CtResult { state: bits, mark: c.mark, label: c.label(), error: None, existing: true }
     }
+}
+
+/// The `ct_state` NAT bits of a packet of `c` travelling in `dir` whose translation was
+/// applied: what was rewritten in this packet, as Open vSwitch reports it — the original
+/// direction carries the connection's own NAT kinds, the reply direction their reverse
+/// (un-doing a source NAT rewrites the reply's destination).
+fn nat_state(flags: u8, dir: Dir) -> u8 {
+    let (snat, dnat) = (flags & F_SNAT != 0, flags & F_DNAT != 0);
+    let (src_rewritten, dst_rewritten) = match dir {
+        Dir::Orig => (snat, dnat),
+        Dir::Reply => (dnat, snat),
+    };
+    (if src_rewritten { ct_state::SNAT } else { 0 }) | (if dst_rewritten { ct_state::DNAT } else { 0 })
 }
 
 fn apply_mark_label(c: &mut Conn, set_mark: Option<(u32, u32)>, set_label: Option<(u128, u128)>) {
@@ -1097,12 +1113,81 @@ mod tests {
         assert!(packet::checksums_valid(&f));
         let mut r = tcp(B, A, 8080, 1000, 0x12);
         let s = track(&mut ct, &mut r, false, Some(NatAction::Stored), 1);
-        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::RPL);
+        // Un-DNATing the reply rewrote its source.
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::RPL | ct_state::SNAT);
         assert_eq!(fields(&r), (VIP, A, 80, 1000));
         assert!(packet::checksums_valid(&r));
         let mut f2 = tcp(A, VIP, 1000, 80, 0x10);
-        track(&mut ct, &mut f2, false, Some(NatAction::Stored), 2);
+        let s = track(&mut ct, &mut f2, false, Some(NatAction::Stored), 2);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::DNAT);
         assert_eq!(fields(&f2), (A, B, 1000, 8080));
+        // Without nat, nothing is translated and no NAT bit is set.
+        let mut f3 = tcp(A, VIP, 1000, 80, 0x10);
+        let s = track(&mut ct, &mut f3, false, None, 3);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST);
+        assert_eq!(fields(&f3), (A, VIP, 1000, 80));
+    }
+
+    #[test]
+    fn nat_bits_say_what_was_rewritten_in_this_packet() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let nat = |r| Some(NatAction::Src(r));
+        // A new connection committed with SNAT: the first packet is +snat.
+        let mut f = tcp(A, B, 1000, 80, 0x02);
+        let s = track(&mut ct, &mut f, true, nat(NatRange::v4(NODE)), 0);
+        assert_eq!(s.state, ct_state::TRK | ct_state::NEW | ct_state::SNAT);
+        // Its reply is un-SNATed: the destination changes, +dnat.
+        let mut r = tcp(B, NODE, 80, 1000, 0x12);
+        let s = track(&mut ct, &mut r, false, Some(NatAction::Stored), 1);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::RPL | ct_state::DNAT);
+        // A committed connection without NAT has no NAT bits, with or without nat.
+        let mut g = tcp(A, B, 2000, 80, 0x02);
+        let s = track(&mut ct, &mut g, true, Some(NatAction::Stored), 2);
+        assert_eq!(s.state, ct_state::TRK | ct_state::NEW);
+        // A DNAT that had to move the source port rewrote both.
+        let mut h = tcp(A, VIP, 3000, 80, 0x02);
+        let s = track(&mut ct, &mut h, true, Some(NatAction::Dst(NatRange::v4_port(B, 80))), 3);
+        assert_eq!(s.state & (ct_state::SNAT | ct_state::DNAT), ct_state::DNAT);
+        let mut clash = tcp(A, VIP + 1, 3000, 80, 0x02);
+        let s = track(&mut ct, &mut clash, true, Some(NatAction::Dst(NatRange::v4_port(B, 80))), 3);
+        assert_eq!(s.state, ct_state::TRK | ct_state::NEW | ct_state::SNAT | ct_state::DNAT);
+        assert_ne!(fields(&clash).2, 3000);
+    }
+
+    /// The agent's SNAT range for pod egress: every allocation stays inside it, and a
+    /// full range refuses new connections (`nat_exhausted`) until one ends.
+    #[test]
+    fn snat_port_range_is_never_left_and_exhaustion_is_a_drop() {
+        let (lo, hi) = (61000u16, 65535u16);
+        let range = NatRange { addr_min: v4(NODE), addr_max: v4(NODE), port_min: lo, port_max: hi };
+        let mut ct = Conntrack::new(CtConfig::default());
+        let mut seen = std::collections::HashSet::new();
+        let n = u32::from(hi - lo) + 1;
+        for client in 0..n {
+            // Every pod uses source port 40000 towards one server.
+            let mut f = tcp(0x0a00_0000 + client, B, 40000, 443, 0x02);
+            let s = track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 0);
+            assert_eq!(s.error, None, "client {client}");
+            let (src, _, sport, _) = fields(&f);
+            assert_eq!(src, NODE);
+            assert!((lo..=hi).contains(&sport), "port {sport} outside the range");
+            assert!(seen.insert(sport), "port {sport} given twice");
+        }
+        // Full: a new connection is refused and nothing is created.
+        let mut f = tcp(0x0b00_0001, B, 40000, 443, 0x02);
+        let s = track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 1);
+        assert_eq!(s.error, Some(CtError::NatExhausted));
+        assert_eq!(ct.len(), n as usize);
+        assert_eq!(fields(&f), (0x0b00_0001, B, 40000, 443), "a refused packet is not rewritten");
+        // Another destination has a range of its own.
+        let mut g = tcp(0x0b00_0001, B + 1, 40000, 443, 0x02);
+        assert_eq!(track(&mut ct, &mut g, true, Some(NatAction::Src(range)), 1).error, None);
+        assert!((lo..=hi).contains(&fields(&g).2));
+        // Once connections expire, their ports are free again.
+        let later = CtTimeouts::default().tcp_syn_sent + 1;
+        let mut h = tcp(0x0b00_0002, B, 40000, 443, 0x02);
+        assert_eq!(track(&mut ct, &mut h, true, Some(NatAction::Src(range)), later).error, None);
+        assert!((lo..=hi).contains(&fields(&h).2));
     }
 
     #[test]
@@ -1168,7 +1253,7 @@ mod tests {
         err[35] = 3;
         packet::fill_checksums(&mut err);
         let s = track(&mut ct, &mut err, false, Some(NatAction::Stored), 1);
-        assert_eq!(s.state, ct_state::TRK | ct_state::REL | ct_state::RPL);
+        assert_eq!(s.state, ct_state::TRK | ct_state::REL | ct_state::RPL | ct_state::DNAT);
         let (src, dst, _, _) = fields(&err);
         assert_eq!((src, dst), (B, A), "outer destination un-NATed");
         let q = &err[34 + 8..];
@@ -1217,7 +1302,7 @@ mod tests {
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&syn, &mut key);
         let r = ct.track(&mut syn, &offs, &key, &CtRequest::zone(9).commit().nat(&dnat), 0);
-        assert_eq!(r.state, ct_state::TRK | ct_state::NEW);
+        assert_eq!(r.state, ct_state::TRK | ct_state::NEW | ct_state::DNAT);
         let mut k = FlowKey::ZERO;
         parse_frame(&syn, &mut k);
         assert_eq!(k.get(Field::Ipv6Dst), b6);
@@ -1229,7 +1314,7 @@ mod tests {
         let offs = parse_frame(&other, &mut key);
         assert_eq!(ct.track(&mut other, &offs, &key, &CtRequest::zone(1), 1).state, ct_state::TRK | ct_state::INV);
         let r = ct.track(&mut other, &offs, &key, &CtRequest::zone(9).nat(&NatAction::Stored), 1);
-        assert_eq!(r.state, ct_state::TRK | ct_state::EST | ct_state::RPL);
+        assert_eq!(r.state, ct_state::TRK | ct_state::EST | ct_state::RPL | ct_state::SNAT);
         let mut k = FlowKey::ZERO;
         parse_frame(&other, &mut k);
         assert_eq!((k.get(Field::Ipv6Src), k.get(Field::TpSrc)), (vip6, 80));

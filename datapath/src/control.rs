@@ -77,27 +77,41 @@ impl Control {
     }
 
     /// Replaces everything installed with the flow file `text`, in one atomic step:
-    /// the file is checked first (nothing changes if any line is bad); unchanged flows
-    /// keep their counters and cached decisions; removed ones go; new and changed ones
-    /// are installed; the caches are revalidated once.
+    /// the file is parsed first (nothing changes if any line is bad), then installed as
+    /// [`Control::install`] does.
     pub fn reload(&self, text: &str) -> Result<ReloadReport, ControlError> {
         let new = flowtext::parse_flow_file(text)?;
+        self.install(&new)
+    }
+
+    /// Replaces everything installed with `file`, in one atomic step: the file is checked
+    /// against an empty datapath first (nothing changes if the pipeline refuses any
+    /// entry); unchanged flows keep their counters and cached decisions; removed ones go;
+    /// new and changed ones are installed; the caches are revalidated once. For callers
+    /// that build the flows in memory (the node agent) rather than as text.
+    pub fn install(&self, file: &FlowFile) -> Result<ReloadReport, ControlError> {
         // Check the whole file against an empty datapath before touching the live one.
         let scratch = Datapath::new(*self.dp.config());
-        let all = new.to_mods();
+        let all = file.to_mods();
         if let Err((index, e, _)) = scratch.apply(&all) {
             return Err(ControlError::Refused { item: describe(all.get(index)), reason: e.to_string() });
         }
         let mut installed = self.installed.lock();
-        let (mods, mut report) = diff(&installed, &new);
+        let (mods, mut report) = diff(&installed, file);
         let r = self.dp.apply(&mods).map_err(|(index, e, _)| ControlError::Refused {
             item: describe(mods.get(index)),
             reason: e.to_string(),
         })?;
         report.megaflows_checked = r.checked;
         report.megaflows_invalidated = r.invalidated;
-        *installed = new;
+        *installed = file.clone();
         Ok(report)
+    }
+
+    /// A copy of what is installed: the last file [`Control::reload`] or
+    /// [`Control::install`] accepted (empty before the first).
+    pub fn installed(&self) -> FlowFile {
+        self.installed.lock().clone()
     }
 
     /// Answers one request: `command [argument]` on the first line, a body after it
@@ -463,6 +477,28 @@ table=0,priority=0,actions=drop
         let e = c.reload(refused).unwrap_err().to_string();
         assert!(e.starts_with("flow table=1,priority=5,actions=goto_table:0: refused: "), "{e}");
         assert_eq!(forward(&c, 0x0a00_0002), vec![2]);
+    }
+
+    #[test]
+    fn install_takes_a_parsed_file_and_installed_returns_it() {
+        let c = control();
+        assert_eq!(c.installed(), FlowFile::default(), "nothing is installed at first");
+        let file = flowtext::parse_flow_file(FLOWS).unwrap();
+        let r = c.install(&file).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (3, 0, 0));
+        assert_eq!(c.installed(), file);
+        assert_eq!(forward(&c, 0x0a00_0002), vec![2]);
+        // The same file again changes nothing; reload of its text agrees with install.
+        let r = c.install(&file).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (0, 0, 3));
+        let r = c.reload(FLOWS).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (0, 0, 3));
+        // A file the pipeline refuses is not installed, and what was installed stays.
+        let refused = flowtext::parse_flow_file("table=1,priority=5,actions=goto_table:0\n").unwrap();
+        let e = c.install(&refused).unwrap_err().to_string();
+        assert!(e.contains("refused"), "{e}");
+        assert_eq!(c.installed(), file);
+        assert_eq!(forward(&c, 0x0a00_0003), vec![3]);
     }
 
     #[test]

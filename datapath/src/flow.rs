@@ -99,6 +99,22 @@ pub enum Action {
     /// Answer the packet from the datapath: the answer (if the packet is one the
     /// responder answers) leaves through the port the packet came in on.
     Respond(Responder),
+    /// Copy bits from one field to another, as Open vSwitch's `move`: the destination
+    /// bits get the source bits as the packet has them at this point. A header field may
+    /// be written in part (the rest of it keeps its value). The megaflow then matches the
+    /// source bits, so a cached decision is never reused for a packet whose source bits
+    /// differ.
+    Move {
+        /// Bits read.
+        src: Subfield,
+        /// Bits written (a [writable](Field::writable) field; same width as `src`).
+        dst: Subfield,
+    },
+    /// Forget the packet's conntrack state, as Open vSwitch's `ct_clear`: `ct_state`,
+    /// `ct_zone`, `ct_mark` and `ct_label` read as 0 until the next recirculating `ct`.
+    /// (A packet carries no other conntrack association: each `ct` looks its connection
+    /// up from the headers.)
+    CtClear,
     /// Load-balance through conntrack: a packet of a known connection keeps its
     /// translation; a new one is given a backend of load balancer `lb` and committed with
     /// destination NAT to it; with no backends the client gets a TCP reset or an ICMP
@@ -111,6 +127,69 @@ pub enum Action {
         /// Table to resume in (must then be the flow's last action).
         table: Option<u8>,
     },
+}
+
+/// A range of bits of a field, as Open vSwitch's `NXM` subfields: `bits` bits starting
+/// at bit `offset` (bit 0 is the least significant bit of the field's value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Subfield {
+    /// The field.
+    pub field: Field,
+    /// Lowest bit.
+    pub offset: u8,
+    /// Number of bits (at least 1).
+    pub bits: u8,
+}
+
+impl Subfield {
+    /// The whole field.
+    pub const fn whole(field: Field) -> Subfield {
+        Subfield { field, offset: 0, bits: field.bits() as u8 }
+    }
+
+    /// Bits `first..=last` of `field` (OVS's `field[first..last]`).
+    pub const fn range(field: Field, first: u8, last: u8) -> Subfield {
+        Subfield { field, offset: first, bits: last.wrapping_sub(first).wrapping_add(1) }
+    }
+
+    /// True if the bits lie inside the field and there is at least one.
+    pub const fn is_valid(&self) -> bool {
+        self.bits >= 1 && self.offset as u32 + self.bits as u32 <= self.field.bits()
+    }
+
+    /// The subfield's bits as a mask of the field's value (0 if invalid).
+    pub const fn mask(&self) -> u128 {
+        if !self.is_valid() {
+            return 0;
+        }
+        let ones = if self.bits >= 128 { u128::MAX } else { (1u128 << self.bits) - 1 };
+        ones << self.offset
+    }
+
+    /// The subfield's bits of `key`, shifted down to bit 0.
+    pub fn read(&self, key: &FlowKey) -> u128 {
+        (key.get(self.field) & self.mask()) >> self.offset
+    }
+
+    /// Writes the low bits of `value` into the subfield of `key`.
+    pub fn write(&self, key: &mut FlowKey, value: u128) {
+        key.set_masked(self.field, value << self.offset, self.mask());
+    }
+}
+
+impl std::fmt::Display for Subfield {
+    /// `name[]` for the whole field, `name[N]` for one bit, `name[FIRST..LAST]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.field.name();
+        if self.offset == 0 && self.bits as u32 == self.field.bits() {
+            write!(f, "{name}[]")
+        } else if self.bits == 1 {
+            write!(f, "{name}[{}]", self.offset)
+        } else {
+            // An empty (invalid) range prints as `[N..N-1]`.
+            write!(f, "{name}[{}..{}]", self.offset, i32::from(self.offset) + i32::from(self.bits) - 1)
+        }
+    }
 }
 
 /// The datapath's responders.

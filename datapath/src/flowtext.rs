@@ -16,7 +16,9 @@ use thiserror::Error;
 
 use crate::conntrack::{self, NatAction, NatRange};
 use crate::exec::DpAction;
-use crate::flow::{Action, Bucket, CtSpec, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort};
+use crate::flow::{
+    Action, Bucket, CtSpec, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, Subfield, TunnelPort,
+};
 use crate::key::{Field, FlowKey, ct_state, eth_type, ip_proto};
 use crate::lb::{Backend, LoadBalancer};
 
@@ -667,16 +669,23 @@ fn format_masked(f: Field, v: u128, m: u128) -> String {
     format!("{value}/{}", format_mask(f, m))
 }
 
-const CT_FLAGS: [(&str, u8); 6] = [
+const CT_FLAGS: [(&str, u8); 8] = [
     ("new", ct_state::NEW),
     ("est", ct_state::EST),
     ("rel", ct_state::REL),
     ("rpl", ct_state::RPL),
     ("inv", ct_state::INV),
     ("trk", ct_state::TRK),
+    ("snat", ct_state::SNAT),
+    ("dnat", ct_state::DNAT),
 ];
 
-const CT_FLAG_BITS: u8 = 0x3f;
+const CT_FLAG_BITS: u8 = 0xff;
+
+fn not_a_ct_flag(name: &str) -> String {
+    let names: Vec<&str> = CT_FLAGS.iter().map(|(n, _)| *n).collect();
+    format!("{} is not a ct_state flag ({})", quoted(name), names.join(", "))
+}
 
 /// A `ct_state` value as flag names joined by `|` (`trk|new`), `0` for none — how
 /// `trace` shows the state of a recirculated packet.
@@ -691,11 +700,7 @@ pub fn parse_ct_state_flags(text: &str) -> Result<u8, FlowTextError> {
     let mut state = 0u8;
     for name in text.split([',', '|', '+']).map(str::trim).filter(|n| !n.is_empty()) {
         let Some(&(_, bit)) = CT_FLAGS.iter().find(|(n, _)| *n == name) else {
-            return Err(FlowTextError {
-                line: 1,
-                field: "ct_state".to_string(),
-                message: format!("{} is not a ct_state flag (new, est, rel, rpl, inv, trk)", quoted(name)),
-            });
+            return Err(FlowTextError { line: 1, field: "ct_state".to_string(), message: not_a_ct_flag(name) });
         };
         state |= bit;
     }
@@ -715,7 +720,7 @@ fn parse_ct_flags(s: &str) -> Result<(u128, u128), String> {
         let end = after.find(['+', '-']).unwrap_or(after.len());
         let (name, next) = after.split_at_checked(end).unwrap_or((after, ""));
         let Some(&(_, bit)) = CT_FLAGS.iter().find(|(n, _)| *n == name) else {
-            return Err(format!("{} is not a ct_state flag (new, est, rel, rpl, inv, trk)", quoted(name)));
+            return Err(not_a_ct_flag(name));
         };
         if mask & bit != 0 {
             return Err(format!("flag {name} is given twice"));
@@ -1073,6 +1078,8 @@ const ACTION_USAGE: &[(&str, &str)] = &[
     ("group", "group:GROUP"),
     ("ct", "ct(zone=Z,commit,nat(...),exec(...),table=T)"),
     ("ct_lb", "ct_lb(lb=ID,zone=Z,table=T)"),
+    ("ct_clear", "ct_clear"),
+    ("move", "move:FIELD[A..B]->FIELD[C..D]"),
     ("arp_responder", "arp_responder(mac=MAC)"),
     ("icmp_echo_responder", "icmp_echo_responder"),
     ("time_exceeded", "time_exceeded(mac=MAC,ip=IPv4[,ip6=IPv6])"),
@@ -1125,6 +1132,8 @@ fn parse_action(token: &str, ctx: &str) -> Res<Action> {
                 table: args.get("table", |s| int(s, u8::MAX))?,
             }
         }
+        ("ct_clear", Arg::None) => Action::CtClear,
+        ("move", Arg::Colon(a)) => parse_move(a).in_field(f)?,
         ("arp_responder", Arg::Parens(a)) => {
             let args = Args::parse(a, f, &["mac"])?;
             Action::Respond(Responder::Arp { mac: args.need("mac", mac)? })
@@ -1161,6 +1170,46 @@ fn parse_set_field(a: &str) -> Result<Action, String> {
         None => (field_value(field, lhs)?, u128::MAX),
     };
     Ok(Action::SetField { field, value, mask })
+}
+
+/// `SRC->DST`, each a subfield ([`subfield`]) of the same width; DST writable.
+fn parse_move(a: &str) -> Result<Action, String> {
+    let (src, dst) = a.split_once("->").ok_or_else(|| format!("{} is not move:FIELD[A..B]->FIELD[C..D]", quoted(a)))?;
+    let (src, dst) = (subfield(src)?, subfield(dst)?);
+    if !dst.field.writable() {
+        return Err(format!("{} is not writable", dst.field.name()));
+    }
+    if src.bits != dst.bits {
+        return Err(format!("{src} is {} bits but {dst} is {}: the widths must be equal", src.bits, dst.bits));
+    }
+    Ok(Action::Move { src, dst })
+}
+
+/// `FIELD`, `FIELD[]` (the whole field), `FIELD[N]` (one bit) or `FIELD[A..B]` (bits A to
+/// B, bit 0 the least significant), as Open vSwitch writes subfields.
+fn subfield(s: &str) -> Result<Subfield, String> {
+    let s = s.trim();
+    let (name, bits) = match s.split_once('[') {
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix(']').ok_or_else(|| format!("{} does not end with ']'", quoted(s)))?;
+            (name.trim(), Some(inner.trim()))
+        }
+        None => (s, None),
+    };
+    let field = field_named(name).ok_or_else(|| format!("{} is not a field", quoted(name)))?;
+    let sub = match bits {
+        None | Some("") => Subfield::whole(field),
+        Some(range) => {
+            let (first, last) = range.split_once("..").unwrap_or((range, range));
+            let bit = |b: &str| int(b.trim(), u8::MAX).map_err(|_| format!("{} is not a bit range", quoted(s)));
+            let (first, last) = (bit(first)?, bit(last)?);
+            if first > last || u32::from(last) >= field.bits() {
+                return Err(format!("{}: {} has bits 0..{}", quoted(s), field.name(), field.bits() - 1));
+            }
+            Subfield::range(field, first, last)
+        }
+    };
+    Ok(sub)
 }
 
 fn resubmit_table(a: &str) -> Result<u8, String> {
@@ -1316,6 +1365,8 @@ fn format_action(a: &Action) -> String {
             format!("ct({})", parts.join(","))
         }
         Action::Respond(r) => format_responder(r),
+        Action::Move { src, dst } => format!("move:{src}->{dst}"),
+        Action::CtClear => "ct_clear".into(),
         Action::CtLb { lb, zone, table } => {
             let table = table.map(|t| format!(",table={t}")).unwrap_or_default();
             format!("ct_lb(lb={lb},zone={}{table})", format_zone(*zone))
@@ -1674,6 +1725,14 @@ mod tests {
         // Two tokens on the same field combine when they agree.
         assert_eq!(matches("ct_state=+trk,ct_state=+new-est"), m);
         assert_eq!(format_match(&matches("ct_state=0x21")), "ct_state=0x21");
+        // The NAT bits, as Open vSwitch names them.
+        let m = matches("ct_state=+trk+dnat-snat");
+        assert_eq!(m.value.get(Field::CtState), u128::from(ct_state::TRK | ct_state::DNAT));
+        assert_eq!(m.mask.get(Field::CtState), u128::from(ct_state::TRK | ct_state::DNAT | ct_state::SNAT));
+        assert_eq!(format_match(&m), "ct_state=+trk-snat+dnat");
+        assert_eq!(matches("ct_state=0xa0/0xe0"), m);
+        assert_eq!(format_ct_state(0xe2), "est|trk|snat|dnat");
+        assert_eq!(parse_ct_state_flags("trk,est,snat").unwrap(), 0x62);
     }
 
     #[test]
@@ -1719,6 +1778,30 @@ mod tests {
             ("ct_lb(lb=4)", Action::CtLb { lb: 4, zone: CtZone::Const(0), table: None }),
             ("arp_responder(mac=02:00:00:00:00:01)", Action::Respond(Responder::Arp { mac: 0x0200_0000_0001 })),
             ("icmp_echo_responder", Action::Respond(Responder::IcmpEcho)),
+            ("ct_clear", Action::CtClear),
+            (
+                "move:nw_dst->eth_dst[0..31]",
+                Action::Move { src: Subfield::whole(Field::Ipv4Dst), dst: Subfield::range(Field::EthDst, 0, 31) },
+            ),
+            (
+                "move:reg1[]->eth_dst[0..31]",
+                Action::Move { src: Subfield::whole(Field::Reg1), dst: Subfield::range(Field::EthDst, 0, 31) },
+            ),
+            (
+                "move: ip_src [ 0..15 ] -> reg0[16..31]",
+                Action::Move { src: Subfield::range(Field::Ipv4Src, 0, 15), dst: Subfield::range(Field::Reg0, 16, 31) },
+            ),
+            (
+                "move:tp_dst[3]->metadata[63]",
+                Action::Move {
+                    src: Subfield::range(Field::TpDst, 3, 3),
+                    dst: Subfield::range(Field::Metadata, 63, 63),
+                },
+            ),
+            (
+                "move:ipv6_dst[]->ipv6_src[]",
+                Action::Move { src: Subfield::whole(Field::Ipv6Dst), dst: Subfield::whole(Field::Ipv6Src) },
+            ),
             (
                 "time_exceeded(mac=02:00:00:00:00:01,ip=10.0.0.1)",
                 Action::Respond(Responder::TimeExceeded { mac: 0x0200_0000_0001, ip: ip("10.0.0.1") as u32, ip6: 0 }),
@@ -1737,6 +1820,10 @@ mod tests {
             // And back: the formatted action parses to the same action.
             assert_eq!(action(&format_action(&expected)), expected, "{text}");
         }
+        // Subfields print as ovs-ofctl prints them: `[]` for a whole field.
+        assert_eq!(format_action(&action("move:nw_dst->eth_dst[0..31]")), "move:nw_dst[]->eth_dst[0..31]");
+        assert_eq!(format_action(&action("move:reg0[0..31]->metadata[5..36]")), "move:reg0[]->metadata[5..36]");
+        assert_eq!(format_action(&action("move:tp_dst[3..3]->reg2[0]")), "move:tp_dst[3]->reg2[0]");
     }
 
     #[test]
@@ -1927,6 +2014,9 @@ mod tests {
         assert_eq!(parse_packet("ipv6,nw_ttl=1").expect("packet").get(Field::NwTtl), 1);
         assert_eq!(parse_packet("arp").expect("packet").get(Field::NwTtl), 0);
         assert_eq!(parse_packet("ct_state=+trk+est").expect("packet").get(Field::CtState), 0x22);
+        let natted = parse_packet("ct_state=+trk+est+rpl+dnat").expect("packet");
+        assert_eq!(format_packet(&natted), "ct_state=+est+rpl+trk+dnat");
+        assert_eq!(parse_packet(&format_packet(&natted)), Ok(natted));
         assert_eq!(parse_packet("  \n# nothing\n"), Ok(FlowKey::ZERO));
 
         let e = parse_packet("ip,nw_src=10.0.0.0/8").expect_err("mask");
@@ -1992,6 +2082,15 @@ mod tests {
         // Actions.
         assert_error("actions=set_field:1->ct_state", 1, "actions/set_field", "ct_state is not writable");
         assert_error("actions=set_field:1->nope", 1, "actions/set_field", "not a field");
+        assert_error("actions=move:nw_dst->eth_dst", 1, "actions/move", "32 bits but eth_dst[] is 48");
+        assert_error("actions=move:reg0->ct_mark", 1, "actions/move", "ct_mark is not writable");
+        assert_error("actions=move:reg0[0..32]->reg1[]", 1, "actions/move", "reg0 has bits 0..31");
+        assert_error("actions=move:reg0[9..2]->reg1[0..7]", 1, "actions/move", "bits 0..31");
+        assert_error("actions=move:reg0[x]->reg1[0]", 1, "actions/move", "not a bit range");
+        assert_error("actions=move:reg0[0->reg1[0]", 1, "actions/move", "']'");
+        assert_error("actions=move:nope[]->reg1[]", 1, "actions/move", "\"nope\" is not a field");
+        assert_error("actions=move:reg0", 1, "actions/move", "FIELD[A..B]->FIELD[C..D]");
+        assert_error("actions=ct_clear(1)", 1, "actions/ct_clear", "is not ct_clear");
         assert_error("actions=resubmit(1,2)", 1, "actions/resubmit", "port");
         assert_error("actions=ct(commit,nat(src=10.0.0.9-10.0.0.1))", 1, "actions/ct/nat", "empty");
         assert_error("actions=ct(commit,nat(src=10.0.0.1:90-80))", 1, "actions/ct/nat", "empty");
@@ -2094,6 +2193,16 @@ mod tests {
             "reg0=0x,actions=drop",
             "in_port=999999999999999999999999999999999999999999,actions=drop",
             "actions=output:-1",
+            "actions=move:",
+            "actions=move:->",
+            "actions=move:[]->[]",
+            "actions=move:reg0[é]->reg1[]",
+            "actions=move:reg0[..]->reg1[..]",
+            "actions=move:reg0[0..]->reg1[..0]",
+            "actions=move:reg0[255..255]->reg1[0]",
+            "actions=move:reg0[0..255]->reg1[0..255]",
+            "actions=move:ipv6_src[0..127]->ct_label[0..127]",
+            "actions=move:reg0]->reg1[",
         ];
         for input in inputs {
             let _ = parse_flow_file(input);

@@ -30,6 +30,14 @@ pub mod ct_state {
     pub const INV: u8 = 0x10;
     /// Packet has been through connection tracking.
     pub const TRK: u8 = 0x20;
+    /// Packet's source (address or port) was translated by the `ct` action that tracked
+    /// it: the original direction of a source-NATed connection, or a reply of a
+    /// destination-NATed one (as Open vSwitch's `snat`).
+    pub const SNAT: u8 = 0x40;
+    /// Packet's destination was translated by the `ct` action that tracked it: the
+    /// original direction of a destination-NATed connection, or a reply of a source-NATed
+    /// one (as Open vSwitch's `dnat`).
+    pub const DNAT: u8 = 0x80;
 }
 
 /// A parsed packet's header fields plus pipeline metadata, as 23 little-endian-agnostic

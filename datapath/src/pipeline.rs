@@ -22,7 +22,11 @@
 //!   (through a resubmit) they end that bucket instead, and conntrack does not run;
 //! - decisions only execution can make — a conntrack error, a Service without backends, a
 //!   frame too big for a tunnel — drop the packet at that point; inside an `all` bucket
-//!   they end only that bucket's copy.
+//!   they end only that bucket's copy;
+//! - `move` reads the working key: the source bits the packet brought in (not written by
+//!   an earlier action) are un-wildcarded, and a header field written only in part is
+//!   committed whole with its unwritten bits un-wildcarded; `ct_clear` zeroes the `ct_*`
+//!   fields for the rest of the pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,6 +175,16 @@ pub enum PipelineError {
     CtInBucket {
         /// The group.
         group: u32,
+    },
+    /// A move whose bit ranges do not lie inside their fields or differ in width.
+    #[error("table {table}: move:{src}->{dst}: the bit ranges must lie inside their fields and have the same width")]
+    BadMove {
+        /// Table of the offending flow.
+        table: u8,
+        /// The source subfield, as written in flow syntax.
+        src: String,
+        /// The destination subfield.
+        dst: String,
     },
     /// A flow that matches on `recirc_id`, which the datapath owns.
     #[error("table {table}: recirc_id cannot be matched; match on ct_state instead")]
@@ -433,6 +447,14 @@ impl Pipeline {
                         return Err(PipelineError::MaskedHeaderWrite { table, field: f.name() });
                     }
                 }
+                Action::Move { src, dst } => {
+                    if !dst.field.writable() {
+                        return Err(PipelineError::FieldNotWritable { table, field: dst.field.name() });
+                    }
+                    if !src.is_valid() || !dst.is_valid() || src.bits != dst.bits {
+                        return Err(PipelineError::BadMove { table, src: src.to_string(), dst: dst.to_string() });
+                    }
+                }
                 Action::GotoTable(t) => {
                     if let Some(g) = group {
                         return Err(PipelineError::GotoInBucket { group: g });
@@ -582,6 +604,9 @@ struct Xlate<'a> {
     p: &'a Pipeline,
     key: FlowKey,
     wc: FlowKey,
+    /// Key bits whose current value an action wrote. Every other bit still holds the
+    /// packet's own value, so a decision that depends on it must un-wildcard it.
+    written: FlowKey,
     dirty: u32,
     out: Vec<DpAction>,
     rules: Vec<u32>,
@@ -603,6 +628,7 @@ impl<'a> Xlate<'a> {
             p,
             key,
             wc: FlowKey::ZERO,
+            written: FlowKey::ZERO,
             dirty: 0,
             out: Vec::new(),
             rules: Vec::new(),
@@ -700,9 +726,24 @@ impl<'a> Xlate<'a> {
             let slot = d.trailing_zeros() as usize;
             d &= d - 1;
             let f = slot_field(slot);
+            // A field written in part (by `move`) is committed whole: the bits no action
+            // wrote are the packet's own, and the megaflow must match them.
+            let unwritten = f.max_value() & !self.written.get(f);
+            if unwritten != 0 {
+                self.wc.set_masked(f, u128::MAX, unwritten);
+            }
             self.out.push(DpAction::Set(f, self.key.get(f)));
         }
         self.dirty = 0;
+    }
+
+    /// Writes the bits of `mask` of `field` in the working key.
+    fn write(&mut self, field: Field, value: u128, mask: u128) {
+        self.key.set_masked(field, value, mask);
+        self.written.set_masked(field, u128::MAX, mask);
+        if let Some(s) = commit_slot(field) {
+            self.dirty |= 1 << s;
+        }
     }
 
     fn actions(&mut self, actions: &[Action], depth: u32) {
@@ -739,10 +780,18 @@ impl<'a> Xlate<'a> {
                     self.outputs += 1;
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
-                Action::SetField { field, value, mask } => {
-                    self.key.set_masked(*field, *value, *mask);
-                    if let Some(s) = commit_slot(*field) {
-                        self.dirty |= 1 << s;
+                Action::SetField { field, value, mask } => self.write(*field, *value, *mask),
+                Action::Move { src, dst } => {
+                    // The result depends on the source bits the packet brought in (bits
+                    // an action wrote are already determined by the flows that ran).
+                    let unknown = src.mask() & !self.written.get(src.field);
+                    self.wc.set_masked(src.field, u128::MAX, unknown);
+                    let bits = src.read(&self.key);
+                    self.write(dst.field, bits << dst.offset, dst.mask());
+                }
+                Action::CtClear => {
+                    for f in [Field::CtState, Field::CtZone, Field::CtMark, Field::CtLabel] {
+                        self.write(f, 0, u128::MAX);
                     }
                 }
                 Action::DecTtl => {
@@ -754,8 +803,7 @@ impl<'a> Xlate<'a> {
                         if ttl <= 1 {
                             self.exit = Some(DropReason::TtlExpired);
                         } else {
-                            self.key.set(Field::NwTtl, ttl - 1);
-                            self.dirty |= 1 << commit_slot(Field::NwTtl).unwrap_or(0);
+                            self.write(Field::NwTtl, ttl - 1, u128::MAX);
                         }
                     }
                 }
@@ -767,6 +815,7 @@ impl<'a> Xlate<'a> {
                         self.commit();
                         let tci = *tci | VLAN_PRESENT;
                         self.key.set(Field::VlanTci, tci as u128);
+                        self.written.unwildcard(Field::VlanTci);
                         self.out.push(DpAction::PushVlan(tci));
                     }
                 }
@@ -775,6 +824,7 @@ impl<'a> Xlate<'a> {
                     if self.key.get(Field::VlanTci) as u16 & VLAN_PRESENT != 0 {
                         self.commit();
                         self.key.set(Field::VlanTci, 0);
+                        self.written.unwildcard(Field::VlanTci);
                         self.out.push(DpAction::PopVlan);
                     }
                 }
@@ -838,7 +888,7 @@ impl<'a> Xlate<'a> {
                     // Each bucket works on a copy: pending writes go to the shared
                     // packet first, the bucket's own effects stay inside a clone.
                     self.commit();
-                    let saved_key = self.key;
+                    let (saved_key, saved_written) = (self.key, self.written);
                     let saved_out = std::mem::take(&mut self.out);
                     self.in_bucket += 1;
                     self.actions(&b.actions, depth);
@@ -849,6 +899,7 @@ impl<'a> Xlate<'a> {
                         self.out.push(DpAction::Clone(inner));
                     }
                     self.key = saved_key;
+                    self.written = saved_written;
                     if self.exit != Some(DropReason::ResubmitLimit) {
                         self.exit = None;
                     }
@@ -861,7 +912,7 @@ impl<'a> Xlate<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::Bucket;
+    use crate::flow::{Bucket, Subfield};
 
     fn add(p: &mut Pipeline, table: u8, priority: u16, m: Match, actions: Vec<Action>) {
         p.apply(&FlowMod::AddFlow(Flow { table, priority, matches: m, cookie: 0, actions })).unwrap();
@@ -910,6 +961,93 @@ mod tests {
         assert_eq!(t.wc, want);
         let t = p.translate(&key_to(3));
         assert_eq!(t.drop, Some(DropReason::TableMiss));
+    }
+
+    fn mv(src: Subfield, dst: Subfield) -> Action {
+        Action::Move { src, dst }
+    }
+
+    #[test]
+    fn move_unwildcards_its_source_and_the_unwritten_bits_of_a_header() {
+        let low32 = Subfield::range(Field::EthDst, 0, 31);
+        let nw_dst = Subfield::whole(Field::Ipv4Dst);
+        let mut k = key_to(0x0af4_0003);
+        k.set(Field::EthDst, 0x0200_1111_2222);
+        k.set(Field::Ipv4Src, 0x0a00_0009);
+
+        // Into part of eth_dst: the other 16 bits are the packet's own, so they count.
+        let mut p = Pipeline::new();
+        add(&mut p, 0, 1, Match::ANY, vec![mv(nw_dst, low32), Action::Output(1)]);
+        let t = p.translate(&k);
+        assert_eq!(t.actions, vec![DpAction::Set(Field::EthDst, 0x0200_0af4_0003), DpAction::Output(1)]);
+        let mut want = FlowKey::field_mask(Field::RecircId);
+        want.or_assign(&FlowKey::field_mask(Field::Ipv4Dst));
+        want.set(Field::EthDst, 0xffff_0000_0000);
+        assert_eq!(t.wc, want);
+
+        // After a set of the whole field, only the source counts: OVN's derived MAC.
+        let mut p = Pipeline::new();
+        let prefix = Action::SetField { field: Field::EthDst, value: 0x0a58_0000_0000, mask: u128::MAX };
+        add(&mut p, 0, 1, Match::ANY, vec![prefix.clone(), mv(nw_dst, low32), Action::Output(1)]);
+        let t = p.translate(&k);
+        assert_eq!(t.actions, vec![DpAction::Set(Field::EthDst, 0x0a58_0af4_0003), DpAction::Output(1)]);
+        let mut want = FlowKey::field_mask(Field::RecircId);
+        want.or_assign(&FlowKey::field_mask(Field::Ipv4Dst));
+        assert_eq!(t.wc, want);
+
+        // A source an action wrote is known: reg1 set by a flow, then moved.
+        let mut p = Pipeline::new();
+        let reg1 = Action::SetField { field: Field::Reg1, value: 0x6440_0001, mask: u128::MAX };
+        let from_reg1 = mv(Subfield::whole(Field::Reg1), low32);
+        add(&mut p, 0, 1, Match::ANY, vec![reg1, prefix, from_reg1, Action::Output(1)]);
+        let t = p.translate(&k);
+        assert_eq!(t.actions, vec![DpAction::Set(Field::EthDst, 0x0a58_6440_0001), DpAction::Output(1)]);
+        assert_eq!(t.wc, FlowKey::field_mask(Field::RecircId));
+
+        // Into a register, then matched: the decision depends on the moved bits.
+        let mut p = Pipeline::new();
+        let src_low = Subfield::range(Field::Ipv4Src, 0, 7);
+        add(&mut p, 0, 1, Match::ANY, vec![mv(src_low, Subfield::range(Field::Reg0, 8, 15)), Action::Resubmit(1)]);
+        add(&mut p, 1, 1, Match::ANY.with(Field::Reg0, 0x0900), vec![Action::Output(9)]);
+        add(&mut p, 1, 0, Match::ANY, vec![Action::Output(2)]);
+        let t = p.translate(&k);
+        assert_eq!(t.actions, vec![DpAction::Output(9)]);
+        assert_eq!(t.wc.get(Field::Ipv4Src), 0xff, "only the moved bits of nw_src");
+        k.set(Field::Ipv4Src, 0x0a00_0008);
+        assert_eq!(p.translate(&k).actions, vec![DpAction::Output(2)]);
+    }
+
+    #[test]
+    fn bad_moves_are_refused() {
+        let mut p = Pipeline::new();
+        let cases = [
+            (mv(Subfield::whole(Field::Ipv4Dst), Subfield::range(Field::EthDst, 0, 15)), "same width"),
+            (mv(Subfield::range(Field::Reg0, 0, 40), Subfield::range(Field::EthDst, 0, 40)), "inside their fields"),
+            (mv(Subfield::whole(Field::Reg0), Subfield::whole(Field::CtMark)), "not writable"),
+            (mv(Subfield { field: Field::Reg0, offset: 0, bits: 0 }, Subfield::range(Field::Reg1, 0, 0)), "width"),
+        ];
+        for (a, needle) in cases {
+            let f = Flow { table: 0, priority: 1, matches: Match::ANY, cookie: 0, actions: vec![a] };
+            let e = p.apply(&FlowMod::AddFlow(f)).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        assert_eq!(p.flow_count(), 0);
+    }
+
+    #[test]
+    fn ct_clear_forgets_the_conntrack_fields() {
+        let mut p = Pipeline::new();
+        add(&mut p, 0, 1, Match::ANY, vec![Action::CtClear, Action::Resubmit(1)]);
+        let tracked = Match::ANY.with_masked(Field::CtState, 0x20, 0x20);
+        add(&mut p, 1, 2, tracked, vec![Action::Output(1)]);
+        add(&mut p, 1, 1, Match::ANY.with(Field::CtState, 0).with(Field::CtMark, 0), vec![Action::Output(2)]);
+        let mut k = key_to(1);
+        k.set(Field::CtState, 0x22);
+        k.set(Field::CtZone, 7);
+        k.set(Field::CtMark, 5);
+        k.set(Field::CtLabel, 9);
+        let (t, _) = p.trace(&k);
+        assert_eq!(t.actions, vec![DpAction::Output(2)]);
     }
 
     #[test]

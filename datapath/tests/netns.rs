@@ -1,7 +1,9 @@
 //! Network-namespace integration tests: `skein-dp` forwarding real traffic between pods.
 //! Each test builds its own nodes and pods (network namespaces wired with veth pairs),
-//! runs the switch binary inside a node namespace with a flow file, and drives ARP, ping
-//! and TCP through it from threads inside the pod namespaces.
+//! runs the switch binary inside a node namespace with a flow file (or, to change ports
+//! while it runs, a switch in the test process whose ports are opened from inside the node
+//! namespace), and drives ARP, ping and TCP through it from threads inside the pod
+//! namespaces.
 //!
 //! They need root. CI runs them as root; without root they fail, unless
 //! SKEIN_SKIP_NETNS_TESTS=1, which skips them (and says so).
@@ -13,10 +15,14 @@ mod traffic;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lab::{Dp, Lab, Pod, PodConfig};
-use traffic::{NameServer, TcpSink, TcpSource, fetch_answers, join_within};
+use skein_datapath::control::Control;
+use skein_datapath::io::{PortError, PortSpec, Switch, SwitchConfig, now_ns};
+use skein_datapath::{Datapath, DatapathConfig, flowtext};
+use traffic::{NameServer, TcpSink, TcpSource, fetch_answers, join_within, spawn_in};
 
 const MIB: u64 = 1 << 20;
 
@@ -25,6 +31,9 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Bound on a running stream making visible progress.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound on opening a port of an in-process switch.
+const ADD_PORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn addr(ip: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip.parse::<Ipv4Addr>().expect("test address"), port)
@@ -290,4 +299,98 @@ fn netns_vip_load_balancing() {
     lab.ensure(to_vip.iter().all(|l| backends.iter().any(|b| l.contains(&format!("reply=(src={},", b.ip)))), || {
         format!("every connection to the VIP should be answered by a backend:\n{conntrack}")
     });
+}
+
+/// Adds interface `ifname` of namespace `ns` to an in-process `switch` as port `number`,
+/// from a thread inside `ns`: there the name resolves and the packet socket is created.
+fn add_interface(lab: &Lab, ns: &str, switch: &Arc<Switch>, number: u32, ifname: &str) -> Result<(), PortError> {
+    let (sw, name) = (switch.clone(), ifname.to_string());
+    let adding =
+        spawn_in(ns, &format!("add port {number}"), move || Ok(sw.add_port(&PortSpec::Interface { number, name })));
+    join_within(adding, ADD_PORT_TIMEOUT).unwrap_or_else(|e| lab.fail(&e))
+}
+
+/// How many packet sockets of namespace `ns` are bound to interface `ifname`
+/// (`/proc/net/packet` lists them with the interface index).
+fn packet_sockets_on(lab: &Lab, ns: &str, ifname: &str) -> usize {
+    let link = lab.exec(ns, &["ip", "-o", "link", "show", ifname]);
+    let index = link.split(':').next().unwrap_or("").trim().to_string();
+    let sockets = lab.exec(ns, &["cat", "/proc/net/packet"]);
+    // Columns: sk RefCnt Type Proto Iface R Rmem User Inode.
+    sockets.lines().skip(1).filter(|l| l.split_whitespace().nth(4) == Some(index.as_str())).count()
+}
+
+/// Ports added to and removed from a running switch, as the node agent does for pods.
+#[test]
+fn netns_ports_added_and_removed_while_running() {
+    let Some(mut lab) = Lab::new("netns_ports_added_and_removed_while_running", "pc") else { return };
+    let node = lab.namespace("node");
+    let a = lab.pod(&node, PodConfig::new("a", "02:00:0a:0c:00:01", "10.12.0.1/24"));
+    let b = lab.pod(&node, PodConfig::new("b", "02:00:0a:0c:00:02", "10.12.0.2/24"));
+    // The switch runs in this process, started without ports, as the node agent starts it.
+    let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+    let switch = Arc::new(
+        Switch::start(dp.clone(), &[], SwitchConfig::default())
+            .unwrap_or_else(|e| lab.fail(&format!("start a switch without ports: {e}"))),
+    );
+    let control = {
+        let sw = switch.clone();
+        Control::new(dp, Box::new(move || sw.stats()), now_ns)
+    };
+    let flows = flowtext::parse_flow_file(&l2_flows(&a, &b)).unwrap_or_else(|e| lab.fail(&format!("flows: {e}")));
+    control.install(&flows).unwrap_or_else(|e| lab.fail(&format!("install: {e}")));
+    let numbers = || switch.port_stats().iter().map(|p| p.number).collect::<Vec<_>>();
+    let state = || format!("switch stats:\n{}", control.stats());
+
+    for (number, pod) in [(1, &a), (2, &b)] {
+        add_interface(&lab, &node, &switch, number, &pod.host_if)
+            .unwrap_or_else(|e| lab.fail(&format!("add port {number} ({}): {e}", pod.host_if)));
+    }
+    lab.ensure(numbers() == [1, 2], || format!("ports 1 and 2 should be listed; {}", state()));
+    lab.ping(&a.ns, &b.ip, 3);
+    let stats = switch.port_stats();
+    lab.ensure(stats[0].rx > 0 && stats[1].tx > 0, || format!("pings should cross port 1 to 2; {}", state()));
+
+    // A taken number and an interface that does not exist are refused; nothing changes.
+    let before = switch.stats();
+    match add_interface(&lab, &node, &switch, 1, &b.host_if) {
+        Err(PortError::DuplicateNumber(1)) => {}
+        other => lab.fail(&format!("adding a second port 1 should fail as a duplicate, got {other:?}")),
+    }
+    let missing = format!("{}zz", a.host_if);
+    match add_interface(&lab, &node, &switch, 3, &missing) {
+        Err(e) => lab.ensure(e.to_string().contains(&format!("{missing:?}")), || {
+            format!("the error for a missing interface should name {missing:?}: {e}")
+        }),
+        Ok(()) => lab.fail(&format!("interface {missing:?} does not exist, yet it was added as port 3")),
+    }
+    lab.ensure(numbers() == [1, 2] && switch.stats().unknown_port_drops == before.unknown_port_drops, || {
+        format!("refused additions changed the switch; {}", state())
+    });
+    lab.ensure(packet_sockets_on(&lab, &node, &b.host_if) == 1, || {
+        format!("the refused duplicate left a packet socket on {}", b.host_if)
+    });
+    lab.ping(&a.ns, &b.ip, 2);
+
+    // Port 2 removed: its socket is closed when remove_port returns, pings to b are
+    // dropped as output to an unknown port.
+    lab.ensure(switch.remove_port(2), || format!("port 2 should have existed; {}", state()));
+    lab.ensure(!switch.remove_port(2), || "port 2 was removed twice".to_string());
+    lab.ensure(numbers() == [1], || format!("only port 1 should be left; {}", state()));
+    let sockets = packet_sockets_on(&lab, &node, &b.host_if);
+    lab.ensure(sockets == 0, || format!("{sockets} packet sockets still bound to {} after remove_port", b.host_if));
+    let unknown = switch.stats().unknown_port_drops;
+    if let Ok(out) = lab::try_ping(&a.ns, &b.ip, 2, 2) {
+        lab.fail(&format!("port 2 is removed, yet ping got through:\n{out}"));
+    }
+    let now = switch.stats().unknown_port_drops;
+    lab.ensure(now > unknown, || format!("unknown_port_drops should grow ({unknown} → {now}); {}", state()));
+
+    // Back under the same number: pings pass again.
+    add_interface(&lab, &node, &switch, 2, &b.host_if)
+        .unwrap_or_else(|e| lab.fail(&format!("add port 2 again ({}): {e}", b.host_if)));
+    lab.ping(&a.ns, &b.ip, 3);
+    lab.ensure(numbers() == [1, 2], || format!("ports 1 and 2 should be listed again; {}", state()));
+    let stats = switch.port_stats();
+    lab.ensure(stats[1].tx > 0, || format!("the new port 2 should have sent the pings; {}", state()));
 }

@@ -199,8 +199,10 @@ fn switch_port_lookup(f: &mut Flows<'_>, dp: DatapathKey, port: &LogicalPort) {
 }
 
 /// Flows for a router port whose ingress happens on this chassis: admission, the
-/// router's own addresses, TTL expiry, delivery.
-fn router_port_local(f: &mut Flows<'_>, dp: DatapathKey, port: &LogicalPort) {
+/// router's own addresses, TTL expiry, delivery. Addresses in `snat_ips` are also the
+/// router's SNAT addresses: traffic to them is not dropped here but goes on to be
+/// un-SNATed (as in OVN, where `lr_in_ip_input` skips the drop for SNAT IPs).
+fn router_port_local(f: &mut Flows<'_>, dp: DatapathKey, port: &LogicalPort, snat_ips: &[IpAddr]) {
     match port.mac {
         Some(mac) => {
             f.add(dp, Stage::LrInAdmission, 50, Match::any().inport(port.key).eth_dst(mac), vec![Action::Next]);
@@ -237,7 +239,9 @@ fn router_port_local(f: &mut Flows<'_>, dp: DatapathKey, port: &LogicalPort) {
         echo.ip_proto = Some(IpProto::Icmp);
         echo.icmp_type = Some(if family == IpFamily::V4 { ICMP4_ECHO_REQUEST } else { ICMP6_ECHO_REQUEST });
         f.add(dp, Stage::LrInIpInput, 90, echo, vec![Action::IcmpEchoReply]);
-        f.add(dp, Stage::LrInIpInput, 60, Match::any().ip_dst(IpNet::host(ip.addr())), vec![Action::Drop]);
+        if !snat_ips.contains(&ip.addr()) {
+            f.add(dp, Stage::LrInIpInput, 60, Match::any().ip_dst(IpNet::host(ip.addr())), vec![Action::Drop]);
+        }
     }
     f.add(dp, Stage::LrOutDeliver, 100, Match::any().outport(port.key), vec![Action::Output]);
 }
@@ -306,7 +310,7 @@ pub(crate) fn compile_cluster(
     switch_defaults(&mut f, join.key, false, config);
     for port in router.ports.values() {
         out.ports.push(binding(router.key, port));
-        router_port_local(&mut f, router.key, port);
+        router_port_local(&mut f, router.key, port, &[]);
         router_port_resolve(&mut f, router.key, port);
     }
     for route in &router.routes {
@@ -342,7 +346,7 @@ pub(crate) fn compile_node(config: &NetworkConfig, frag: &NodeFragment, owner: &
     if !local {
         return;
     }
-    router_port_local(&mut f, cr, &frag.cluster_router_port);
+    router_port_local(&mut f, cr, &frag.cluster_router_port, &[]);
     switch_port_local(&mut f, join, &frag.join_port);
 
     let sw = &frag.switch;
@@ -359,9 +363,18 @@ pub(crate) fn compile_node(config: &NetworkConfig, frag: &NodeFragment, owner: &
     router_defaults(&mut f, gw.key);
     // Replies of connections DNATed here (NodePort, external IPs) are un-DNATed.
     f.add(gw.key, Stage::LrInDnat, 50, Match::any().l3(L3::Ip), vec![Action::CtNat { zone: ZoneScope::RouterDnat }]);
+    // The join address is the forced-SNAT address (below); NAT rules' external addresses too.
+    let snat_ips: Vec<IpAddr> = gw
+        .ports
+        .get(&port_keys::GATEWAY_JOIN)
+        .map(|p| p.ips.iter().map(|ip| ip.addr()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(gw.nat.iter().map(|n| n.external_ip))
+        .collect();
     for port in gw.ports.values() {
         out.ports.push(binding(gw.key, port));
-        router_port_local(&mut f, gw.key, port);
+        router_port_local(&mut f, gw.key, port, &snat_ips);
         router_port_resolve(&mut f, gw.key, port);
     }
     for route in &gw.routes {

@@ -1,34 +1,220 @@
 //! `skein-agent`: the Skein node agent binary. Parses flags, sets up logging, metrics
-//! and the Kubernetes client, then runs the agent's components until SIGTERM/SIGINT.
+//! and the Kubernetes client, then runs the agent's components until SIGTERM/SIGINT;
+//! its subcommands install the CNI plugin or ask a running agent (trace, dumps, stats).
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use prometheus_client::registry::Registry;
+use skein_agent::agent::{self, MasterLocation, MasterTls, NetworkSettings};
+use skein_agent::cniinstall::{self, CniInstall};
+use skein_agent::controlsock;
 use skein_agent::deviceplugin::annotation::{KubeNodeAnnotator, NodeAnnotator};
 use skein_agent::deviceplugin::dcb::NetlinkDcb;
 use skein_agent::deviceplugin::metrics::DevicePluginMetrics;
 use skein_agent::deviceplugin::sysfs::DiscoveryRoots;
 use skein_agent::deviceplugin::{self, ConfigSource, DevicePluginDeps, DevicePluginSettings, DevicePluginStatus};
+use skein_agent::host::UplinkPorts;
 use skein_agent::metrics;
+use skein_agent::netmetrics::NetMetrics;
+use skein_datapath::io::SwitchConfig;
+use skein_netmodel::IpNet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Skein node agent.
 ///
-/// Runs the RDMA device plugin: discovers RDMA HCAs from sysfs, advertises them to
-/// kubelet through the device plugin API v1beta1, gives them to containers, and reports
-/// RoCE QoS readiness in logs, in metrics and in the node annotation
-/// `skein.dev/rdma-readiness`. A bad device plugin configuration turns the device
-/// plugin off (and says why) while the rest of the agent keeps running.
+/// Runs the node's network: a userspace datapath forwarding between the pods' veths, the
+/// management port (host ↔ pods), the node's uplink (pod egress SNAT'ed to the node IP,
+/// NodePorts) and a Geneve tunnel to the other nodes; follows the master's southbound
+/// stream and installs each version of this node's logical flows atomically; answers the
+/// CNI plugin on a root-only Unix socket; installs `skein-cni` and `10-skein.conflist` on
+/// start. Also runs the RDMA device plugin (HCAs advertised to kubelet as
+/// `skein.dev/rdma`, RoCE readiness in the node annotation `skein.dev/rdma-readiness`).
+/// A bad device plugin configuration turns the device plugin off (and says why) while
+/// the rest of the agent keeps running.
 #[derive(Debug, Parser)]
-#[command(name = "skein-agent", version)]
+#[command(name = "skein-agent", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    run: Args,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy `skein-cni` into the CNI bin dir and write `10-skein.conflist` into the CNI
+    /// conf dir, then exit (for an init container).
+    InstallCni(InstallArgs),
+    /// Show a packet's walk through this node's flow tables, like `ovs-appctl
+    /// ofproto/trace`: `skein-agent trace 'in_port=100,ip,nw_src=10.244.0.5,nw_dst=10.96.0.10,tcp,tp_dst=80'`.
+    Trace {
+        /// The packet, in the flow syntax (`docs/flow-syntax.md`, "packets for trace").
+        packet: String,
+        /// `ct_state` flags for each conntrack recirculation, in order (e.g. `+trk+new`).
+        #[arg(long = "ct-next")]
+        ct_next: Vec<String>,
+        /// The agent's state directory (its control socket is `control.sock` there).
+        #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
+        state_dir: PathBuf,
+    },
+    /// Print the installed datapath flows with their counters.
+    DumpFlows {
+        /// The agent's state directory.
+        #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
+        state_dir: PathBuf,
+    },
+    /// Print the datapath's cached megaflows.
+    DumpCache {
+        /// The agent's state directory.
+        #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
+        state_dir: PathBuf,
+    },
+    /// Print the tracked connections.
+    DumpConntrack {
+        /// The agent's state directory.
+        #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
+        state_dir: PathBuf,
+    },
+    /// Print the datapath's and ports' counters as `name=value` lines.
+    Stats {
+        /// The agent's state directory.
+        #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// Directory the container runtime finds CNI plugins in.
+    #[arg(long, env = "SKEIN_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// Directory the container runtime reads CNI configurations from.
+    #[arg(long, env = "SKEIN_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The `skein-cni` binary to install (default: `skein-cni` next to this executable).
+    #[arg(long, env = "SKEIN_CNI_PLUGIN")]
+    cni_plugin: Option<PathBuf>,
+    /// The agent's CNI socket, written into the conflist.
+    #[arg(long, env = "SKEIN_CNI_SOCKET", default_value = "/var/run/skein/cni.sock")]
+    cni_socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
+    /// Name of this node: its Node object, its chassis, the pods it serves.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+
+    /// Kubeconfig file for the Kubernetes API. Without it the in-cluster service
+    /// account is used.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+
+    /// The master's southbound endpoint(s), comma-separated, tried in turn:
+    /// `http://10.0.0.5:6643` (or `https://` with --master-ca).
+    #[arg(long, env = "SKEIN_MASTER", value_delimiter = ',', conflicts_with = "master_service")]
+    master: Vec<String>,
+
+    /// Find the master through a Service: NAMESPACE/NAME. The agent reads its
+    /// EndpointSlices and connects to the ready endpoint's port named `southbound` (the
+    /// leader: a standby master is not ready).
+    #[arg(long, env = "SKEIN_MASTER_SERVICE")]
+    master_service: Option<String>,
+
+    /// CA certificate (PEM) that signed the master's certificate; makes the connection TLS.
+    #[arg(long, env = "SKEIN_MASTER_CA")]
+    master_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a master that requires mutual TLS. Needs --tls-key.
+    #[arg(long, env = "SKEIN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "SKEIN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+
+    /// Name to verify in the master's certificate (default: the endpoint's host).
+    #[arg(long, env = "SKEIN_MASTER_SERVER_NAME")]
+    master_server_name: Option<String>,
+
+    /// Tunnel endpoint address (and node IP for SNAT). Default: the Node's InternalIP.
+    #[arg(long, env = "SKEIN_TUNNEL_IP")]
+    tunnel_ip: Option<Ipv4Addr>,
+
+    /// The node's uplink interface. Default: the interface holding the node IP.
+    #[arg(long, env = "SKEIN_UPLINK_INTERFACE")]
+    uplink_interface: Option<String>,
+
+    /// Cluster CIDRs (comma-separated), routed from the host through the management port.
+    #[arg(long, env = "SKEIN_CLUSTER_CIDR", value_delimiter = ',', default_value = "10.244.0.0/16")]
+    cluster_cidr: Vec<IpNet>,
+
+    /// Service CIDRs (comma-separated), routed from the host through the management port.
+    #[arg(long, env = "SKEIN_SERVICE_CIDR", value_delimiter = ',', default_value = "10.96.0.0/12")]
+    service_cidr: Vec<IpNet>,
+
+    /// The CNI server's socket (mode 0600).
+    #[arg(long, env = "SKEIN_CNI_SOCKET", default_value = "/var/run/skein/cni.sock")]
+    cni_socket: PathBuf,
+
+    /// State kept across restarts (pod port records, the last flows, the chassis id) and
+    /// the control socket `control.sock`.
+    #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
+    state_dir: PathBuf,
+
+    /// Directory the container runtime finds CNI plugins in.
+    #[arg(long, env = "SKEIN_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+
+    /// Directory the container runtime reads CNI configurations from.
+    #[arg(long, env = "SKEIN_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+
+    /// The `skein-cni` binary to install (default: `skein-cni` next to this executable).
+    #[arg(long, env = "SKEIN_CNI_PLUGIN")]
+    cni_plugin: Option<PathBuf>,
+
+    /// Do not install the CNI plugin and configuration on start.
+    #[arg(long)]
+    no_cni_install: bool,
+
+    /// Longest time a CNI ADD waits for the pod's annotation and then its flows.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    add_timeout: Duration,
+
+    /// Forwarding threads (default: one per two CPUs, at least one).
+    #[arg(long, env = "SKEIN_WORKERS")]
+    workers: Option<usize>,
+
+    /// How long a forwarding thread keeps polling after its last packet before sleeping,
+    /// in microseconds (0: sleep at once; more trades CPU for latency).
+    #[arg(long, env = "SKEIN_BUSY_POLL_US", default_value_t = 0)]
+    busy_poll_us: u64,
+
+    /// NodePort range (the kernel is told to leave it to Skein on the node IP).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    node_port_range: (u16, u16),
+
+    /// Source ports of pods' SNAT'ed connections (must not overlap the host's
+    /// net.ipv4.ip_local_port_range).
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    snat_port_range: (u16, u16),
+
+    /// Do not run the node's network (only the device plugin).
+    #[arg(long)]
+    no_network: bool,
+
+    /// Do not run the RDMA device plugin.
+    #[arg(long)]
+    no_device_plugin: bool,
+
     /// Kubelet's device plugin directory: the plugin's sockets are created here and
     /// kubelet's registration socket `kubelet.sock` is expected here.
     #[arg(long, env = "SKEIN_DEVICE_PLUGIN_DIR", default_value = "/var/lib/kubelet/device-plugins")]
@@ -50,20 +236,11 @@ struct Args {
     #[arg(long, env = "SKEIN_RDMA_CONFIG")]
     rdma_config: Option<PathBuf>,
 
-    /// Name of this node: the Node whose `skein.dev/rdma-readiness` annotation is set.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
-
-    /// Address to serve Prometheus metrics on (`/metrics`).
+    /// Address to serve Prometheus metrics (`/metrics`) and liveness (`/healthz`) on.
     #[arg(long, env = "SKEIN_METRICS_LISTEN", default_value = "0.0.0.0:9476")]
     metrics_listen: SocketAddr,
 
-    /// Kubeconfig file for the Kubernetes API. Without it the in-cluster service
-    /// account is used when running in a pod; otherwise the annotation is not written.
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-
-    /// Do not write the readiness node annotation even if an API client is available.
+    /// Do not write the RDMA readiness node annotation even if an API client is available.
     #[arg(long)]
     no_annotation: bool,
 
@@ -81,6 +258,16 @@ struct Args {
     log: String,
 }
 
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text.split_once('-').ok_or_else(|| format!("{text:?} is not a range such as 30000-32767"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("{text:?}: {lo:?} is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("{text:?}: {hi:?} is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{text:?}: the range must be 1-65535 with the first port not above the last"));
+    }
+    Ok((lo, hi))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, ""), |at| text.split_at(at));
     let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 250ms or 30s"))?;
@@ -93,14 +280,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     .and_then(|d| if d.is_zero() { Err(format!("{text:?} must be more than zero")) } else { Ok(d) })
 }
 
-async fn kube_annotator(args: &Args) -> anyhow::Result<Option<Arc<dyn NodeAnnotator>>> {
-    if args.no_annotation {
-        return Ok(None);
-    }
-    let Some(node) = args.node_name.clone() else {
-        warn!("no --node-name (NODE_NAME): the readiness annotation is not written");
-        return Ok(None);
-    };
+/// The Kubernetes client: from --kubeconfig, else in-cluster; `None` when neither works.
+async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -112,18 +293,93 @@ async fn kube_annotator(args: &Args) -> anyhow::Result<Option<Arc<dyn NodeAnnota
         None => match kube::Config::incluster() {
             Ok(config) => config,
             Err(e) => {
-                warn!(error = %e, "not in a cluster and no --kubeconfig: the readiness annotation is not written");
+                warn!(error = %e, "not in a cluster and no --kubeconfig: no Kubernetes API");
                 return Ok(None);
             }
         },
     };
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-    Ok(Some(Arc::new(KubeNodeAnnotator::new(client, node))))
+    Ok(Some(kube::Client::try_from(config).context("building the Kubernetes client")?))
+}
+
+fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSettings> {
+    let master = match (&args.master_service, args.master.is_empty()) {
+        (Some(service), _) => {
+            let (namespace, name) = service
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                .with_context(|| format!("--master-service {service:?}: expected NAMESPACE/NAME"))?;
+            MasterLocation::Service { namespace: namespace.to_owned(), name: name.to_owned() }
+        }
+        (None, false) => MasterLocation::Endpoints(args.master.clone()),
+        (None, true) => {
+            bail!("the node network needs the master: give --master URL or --master-service NAMESPACE/NAME")
+        }
+    };
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = args.workers.unwrap_or(cpus / 2).max(1);
+    Ok(NetworkSettings {
+        node_name,
+        master,
+        tls: MasterTls {
+            ca: args.master_ca.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            server_name: args.master_server_name.clone(),
+        },
+        tunnel_ip: args.tunnel_ip,
+        uplink_interface: args.uplink_interface.clone(),
+        cluster_cidrs: args.cluster_cidr.clone(),
+        service_cidrs: args.service_cidr.clone(),
+        cni_socket: args.cni_socket.clone(),
+        state_dir: args.state_dir.clone(),
+        cni_install: (!args.no_cni_install).then(|| CniInstall {
+            plugin: args.cni_plugin.clone().unwrap_or_else(cniinstall::default_plugin),
+            bin_dir: args.cni_bin_dir.clone(),
+            conf_dir: args.cni_conf_dir.clone(),
+            socket: args.cni_socket.clone(),
+        }),
+        add_timeout: args.add_timeout,
+        switch: SwitchConfig {
+            workers,
+            busy_poll: Duration::from_micros(args.busy_poll_us),
+            ..SwitchConfig::default()
+        },
+        uplink_ports: UplinkPorts { node_ports: args.node_port_range, snat_ports: args.snat_port_range },
+        gateway_wait: Duration::from_secs(10),
+    })
+}
+
+fn control_request(state_dir: &Path, request: &str) -> anyhow::Result<()> {
+    let body = controlsock::request(&state_dir.join("control.sock"), request).map_err(anyhow::Error::msg)?;
+    print!("{body}");
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = cli.run;
+    match cli.command {
+        None => {}
+        Some(Command::InstallCni(i)) => {
+            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
+            return CniInstall {
+                plugin: i.cni_plugin.unwrap_or_else(cniinstall::default_plugin),
+                bin_dir: i.cni_bin_dir,
+                conf_dir: i.cni_conf_dir,
+                socket: i.cni_socket,
+            }
+            .run()
+            .context("installing the CNI plugin");
+        }
+        Some(Command::Trace { packet, ct_next, state_dir }) => {
+            return control_request(&state_dir, &format!("trace {packet}\n{}", ct_next.join("\n")));
+        }
+        Some(Command::DumpFlows { state_dir }) => return control_request(&state_dir, "dump-flows"),
+        Some(Command::DumpCache { state_dir }) => return control_request(&state_dir, "dump-cache"),
+        Some(Command::DumpConntrack { state_dir }) => return control_request(&state_dir, "dump-conntrack"),
+        Some(Command::Stats { state_dir }) => return control_request(&state_dir, "stats"),
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).with_context(|| format!("--log {:?}", args.log))?,
@@ -133,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
     let device_plugin_metrics = DevicePluginMetrics::register(&mut registry);
+    let net_metrics = NetMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
     let listener = metrics::bind(args.metrics_listen)
@@ -140,26 +397,49 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding metrics address {}", args.metrics_listen))?;
     let metrics_task = tokio::spawn(metrics::serve(listener, registry, shutdown.clone()));
 
-    if let Err(problem) = deviceplugin::check_plugin_dir(&args.device_plugin_dir) {
-        warn!(%problem, "device plugin directory not usable yet; will keep trying");
-    }
-    let annotator = kube_annotator(&args).await?;
-    let settings = DevicePluginSettings {
-        roots: DiscoveryRoots { sysfs: args.sysfs_root.clone(), dev: args.dev_root.clone() },
-        config: args.rdma_config.clone().map_or(ConfigSource::Default, ConfigSource::File),
-        discovery_interval: args.discovery_interval,
-        readiness_interval: args.readiness_interval,
-        ..DevicePluginSettings::new(&args.device_plugin_dir)
+    let client = kube_client(&args).await?;
+    let _network = if args.no_network {
+        info!("--no-network: the node network is not run");
+        None
+    } else {
+        let node = args.node_name.clone().context("the node network needs --node-name (NODE_NAME)")?;
+        let settings = network_settings(&args, node)?;
+        let client =
+            client.clone().context("the node network needs the Kubernetes API: give --kubeconfig or run in a pod")?;
+        Some(agent::start(settings, client, net_metrics, shutdown.clone()).await?)
     };
-    let deps = DevicePluginDeps { metrics: device_plugin_metrics, annotator, dcb: Arc::new(NetlinkDcb) };
-    let device_plugin = match deviceplugin::launch(settings, deps, shutdown.clone()) {
-        DevicePluginStatus::Running(running) => Some(running),
-        // Already logged by `launch`; the agent's other functions carry on.
-        DevicePluginStatus::Disabled(_) => None,
+
+    let device_plugin = if args.no_device_plugin {
+        None
+    } else {
+        if let Err(problem) = deviceplugin::check_plugin_dir(&args.device_plugin_dir) {
+            warn!(%problem, "device plugin directory not usable yet; will keep trying");
+        }
+        let annotator: Option<Arc<dyn NodeAnnotator>> = match (&client, &args.node_name, args.no_annotation) {
+            (Some(client), Some(node), false) => Some(Arc::new(KubeNodeAnnotator::new(client.clone(), node.clone()))),
+            (_, None, false) => {
+                warn!("no --node-name (NODE_NAME): the readiness annotation is not written");
+                None
+            }
+            _ => None,
+        };
+        let settings = DevicePluginSettings {
+            roots: DiscoveryRoots { sysfs: args.sysfs_root.clone(), dev: args.dev_root.clone() },
+            config: args.rdma_config.clone().map_or(ConfigSource::Default, ConfigSource::File),
+            discovery_interval: args.discovery_interval,
+            readiness_interval: args.readiness_interval,
+            ..DevicePluginSettings::new(&args.device_plugin_dir)
+        };
+        let deps = DevicePluginDeps { metrics: device_plugin_metrics, annotator, dcb: Arc::new(NetlinkDcb) };
+        match deviceplugin::launch(settings, deps, shutdown.clone()) {
+            DevicePluginStatus::Running(running) => Some(running),
+            // Already logged by `launch`; the agent's other functions carry on.
+            DevicePluginStatus::Disabled(_) => None,
+        }
     };
 
     wait_for_signal().await?;
-    info!("shutting down");
+    info!("shutting down; pods' interfaces and the records that rebuild them stay");
     shutdown.cancel();
     if let Some(device_plugin) = device_plugin {
         device_plugin.wait().await;

@@ -1,4 +1,5 @@
-//! The agent's Prometheus registry and the HTTP endpoint that serves it on `/metrics`.
+//! The agent's Prometheus registry and the HTTP endpoint that serves it on `/metrics`
+//! (and answers `/healthz` while the process runs).
 //!
 //! Every component registers its metric families into one [`Registry`] at start-up;
 //! the registry is then shared read-only with [`serve`].
@@ -36,7 +37,12 @@ fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<By
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, OPENMETRICS_CONTENT_TYPE, render(registry)),
         (_, "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "metrics are at /metrics\n".to_owned()),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "metrics are at /metrics, liveness at /healthz\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use skein_datapath::conntrack::{NatAction, NatRange};
-use skein_datapath::flow::{CtSpec, CtZone, Responder, TunnelPort};
+use skein_datapath::flow::{CtSpec, CtZone, Responder, Subfield, TunnelPort};
 use skein_datapath::flowtext::{FlowFile, format_flow};
 use skein_datapath::lb::{Backend as DpBackend, LoadBalancer};
 use skein_datapath::{Action as DpAction, Bucket, Field, Flow, Group, GroupKind, Match as DpMatch};
@@ -74,11 +74,11 @@ pub mod regs {
 /// delivery, next-hop MACs).
 pub const INFRA_COOKIE: u64 = 0x736b_6e00_0000_0000;
 
-/// `nexthop = ip.dst` routes to prefixes of at most this many host bits get one MAC flow
-/// per host; larger prefixes only for the port addresses the view holds.
-const HOST_ENUM_MAX_BITS: u8 = 10;
-
-/// The node's uplink (a gateway router's `External` port).
+/// The node's uplink (a gateway router's `External` port): the node's NIC, opened so that
+/// the datapath receives a copy of everything the NIC receives. Only Skein's own traffic
+/// enters the gateway router from it (see `docs/agent-translation.md`); the host kernel
+/// handles the rest, and is told to drop what Skein takes (TCP and UDP to the node IP on
+/// `node_port_range` and `snat_ports`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Uplink {
     /// Datapath port number.
@@ -87,7 +87,39 @@ pub struct Uplink {
     pub mac: MacAddr,
     /// The MAC of the node's default gateway (`nexthop = uplink`).
     pub gateway_mac: MacAddr,
+    /// Source ports (inclusive) that pod egress SNATed to the node IP is given; replies to
+    /// them enter the datapath. Must not overlap the host's ephemeral ports
+    /// (`net.ipv4.ip_local_port_range`). Default [`Uplink::DEFAULT_SNAT_PORTS`].
+    pub snat_ports: (u16, u16),
+    /// NodePort range (inclusive): TCP and UDP to the node IP on these ports enter the
+    /// datapath. Default [`Uplink::DEFAULT_NODE_PORT_RANGE`] (Kubernetes' default).
+    pub node_port_range: (u16, u16),
 }
+
+impl Uplink {
+    /// 61000–65535: above Linux's default ephemeral range (32768–60999).
+    pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
+    /// 30000–32767, Kubernetes' default `--service-node-port-range`.
+    pub const DEFAULT_NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+
+    /// An uplink with the default port ranges.
+    pub fn new(port: u32, mac: MacAddr, gateway_mac: MacAddr) -> Uplink {
+        Uplink {
+            port,
+            mac,
+            gateway_mac,
+            snat_ports: Self::DEFAULT_SNAT_PORTS,
+            node_port_range: Self::DEFAULT_NODE_PORT_RANGE,
+        }
+    }
+}
+
+/// ICMP types that may reach the node IP from the uplink: answers and errors about
+/// traffic the gateway router sent (echo reply, destination unreachable, time exceeded).
+const UPLINK_ICMP_TYPES: [u8; 3] = [0, 3, 11];
+
+/// Priority of the uplink's own drop flow in table 0: below every admitting flow.
+const UPLINK_DROP_PRIORITY: u16 = 1;
 
 /// The Geneve tunnel of this chassis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +155,6 @@ pub struct LocalBindings {
 /// Why one logical flow cannot be translated yet.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum Unsupported {
-    /// The datapath's `ct_state` has no DNAT/SNAT bits.
-    #[error("ct_state bits {0:#x} (ct.dnat/ct.snat) have no datapath equivalent")]
-    CtStateBits(u8),
     /// No reject action in the datapath.
     #[error("reject has no datapath action")]
     Reject,
@@ -209,6 +238,16 @@ pub enum TranslateError {
     /// Two datapath flows with one table, priority and match.
     #[error("two flows with one table, priority and match: {0}")]
     DuplicateFlow(String),
+    /// A port range of the uplink is empty or starts at port 0.
+    #[error("uplink {name} {lo}-{hi}: a range must be 1-65535 with the first port not above the last")]
+    BadPortRange {
+        /// Which range (`snat_ports`, `node_port_range`).
+        name: &'static str,
+        /// First port.
+        lo: u16,
+        /// Last port.
+        hi: u16,
+    },
 }
 
 fn list(flows: &[UntranslatedFlow]) -> String {
@@ -234,6 +273,13 @@ pub fn translate(view: &ChassisView, local: &LocalBindings) -> Result<FlowFile, 
 /// (never dropping one silently). Structural problems (a port on an unknown chassis, a
 /// load balancer id collision) still fail the whole translation.
 pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Translation, TranslateError> {
+    if let Some(u) = &local.uplink {
+        for (name, (lo, hi)) in [("snat_ports", u.snat_ports), ("node_port_range", u.node_port_range)] {
+            if lo == 0 || lo > hi {
+                return Err(TranslateError::BadPortRange { name, lo, hi });
+            }
+        }
+    }
     let cx = Context::new(view, local)?;
     let mut flows = Vec::new();
     let mut untranslated = Vec::new();
@@ -383,6 +429,19 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The SNAT source ports for `ip` on `datapath`, if `ip` is an address of that
+    /// router's `External` port here (the node IP): the uplink's range, or the default
+    /// one while the uplink is not bound.
+    fn snat_ports(&self, datapath: DatapathKey, ip: IpAddr) -> Option<(u16, u16)> {
+        let is_node_ip = self.view.items.ports.iter().any(|p| {
+            p.datapath == datapath
+                && matches!(p.kind, PortKind::External)
+                && !self.is_remote(p)
+                && p.ips.iter().any(|n| n.addr() == ip)
+        });
+        is_node_ip.then(|| self.local.uplink.map_or(Uplink::DEFAULT_SNAT_PORTS, |u| u.snat_ports))
+    }
+
     fn tunnel_port(&self) -> TunnelPort {
         let t = &self.local.tunnel;
         TunnelPort {
@@ -525,12 +584,14 @@ impl<'a> Context<'a> {
                     out.push(DpAction::CtLb { lb: id, zone: self.zone(lf, *zone)?, table: ct_table()? });
                 }
                 Action::CtSnat { ip, zone } => {
-                    let range = match ip {
-                        IpAddr::V4(a) => NatRange::v4(u32::from(*a)),
-                        IpAddr::V6(a) => {
-                            NatRange { addr_min: a.octets(), addr_max: a.octets(), port_min: 0, port_max: 0 }
-                        }
+                    let addr = match ip {
+                        IpAddr::V4(a) => skein_datapath::conntrack::v4(u32::from(*a)),
+                        IpAddr::V6(a) => a.octets(),
                     };
+                    // SNAT to the node IP: source ports from the uplink's range only, so
+                    // that the host kernel can leave their replies to the datapath.
+                    let (port_min, port_max) = self.snat_ports(lf.datapath, *ip).unwrap_or((0, 0));
+                    let range = NatRange { addr_min: addr, addr_max: addr, port_min, port_max };
                     out.push(DpAction::Ct(Box::new(CtSpec {
                         zone: self.zone(lf, *zone)?,
                         commit: true,
@@ -568,12 +629,11 @@ impl<'a> Context<'a> {
             if let Some(n) = self.local_port(p) {
                 let mut actions = Self::enter_ingress(p.datapath, p.key);
                 actions.push(DpAction::GotoTable(tables::INGRESS));
-                flows.push(Self::infra(
-                    tables::CLASSIFY,
-                    100,
-                    DpMatch::ANY.with(Field::InPort, u128::from(n)),
-                    actions,
-                ));
+                let from_port = DpMatch::ANY.with(Field::InPort, u128::from(n));
+                match (&p.kind, self.local.uplink) {
+                    (PortKind::External, Some(u)) => flows.extend(self.uplink_flows(p, &u, &actions)),
+                    _ => flows.push(Self::infra(tables::CLASSIFY, 100, from_port, actions)),
+                }
             }
             // OVN's remote output: a port that resides here receives its datapath's
             // egress pipeline from other chassis.
@@ -592,6 +652,74 @@ impl<'a> Context<'a> {
             }
         }
         flows
+    }
+
+    /// Table 0 for the uplink: the NIC hands the datapath a copy of everything it
+    /// receives, and only Skein's own traffic may enter the gateway router — ARP for the
+    /// node IP and ARP replies from the gateway; TCP and UDP to the node IP on the NodePort
+    /// and SNAT ranges; ICMP replies and errors to the node IP; anything to an external or
+    /// LoadBalancer VIP of the router. One flow drops the rest (the host kernel has it).
+    fn uplink_flows(&self, external: &PortBinding, uplink: &Uplink, enter: &[DpAction]) -> Vec<Flow> {
+        let from_uplink = DpMatch::ANY.with(Field::InPort, u128::from(uplink.port));
+        let node_ips: Vec<Ipv4Addr> = external
+            .ips
+            .iter()
+            .filter_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let mut admit: Vec<DpMatch> = Vec::new();
+        let mut push = |m: DpMatch| {
+            let m = m.normalized();
+            if !admit.contains(&m) {
+                admit.push(m);
+            }
+        };
+        for ip in &node_ips {
+            let arp = from_uplink.with(Field::EthType, 0x0806).with(Field::ArpTpa, v4(*ip));
+            push(arp.with(Field::ArpOp, 1));
+            push(arp.with(Field::ArpOp, 2).with(Field::ArpSha, mac(uplink.gateway_mac)));
+            let to_node = |proto: u8| {
+                from_uplink
+                    .with(Field::EthType, 0x0800)
+                    .with(Field::NwProto, u128::from(proto))
+                    .with(Field::Ipv4Dst, v4(*ip))
+            };
+            for proto in [6, 17] {
+                for (lo, hi) in [uplink.node_port_range, uplink.snat_ports] {
+                    for (value, mask) in port_masks(lo, hi) {
+                        push(to_node(proto).with_masked(Field::TpDst, u128::from(value), u128::from(mask)));
+                    }
+                }
+            }
+            for ty in UPLINK_ICMP_TYPES {
+                push(to_node(1).with(Field::IcmpType, u128::from(ty)));
+            }
+        }
+        for vip in self.external_vips(external.datapath, &node_ips) {
+            push(from_uplink.with(Field::EthType, 0x0800).with(Field::Ipv4Dst, v4(vip)));
+        }
+        let mut flows: Vec<Flow> =
+            admit.into_iter().map(|m| Self::infra(tables::CLASSIFY, 100, m, enter.to_vec())).collect();
+        flows.push(Self::infra(tables::CLASSIFY, UPLINK_DROP_PRIORITY, from_uplink, vec![DpAction::Drop]));
+        flows
+    }
+
+    /// IPv4 VIPs load-balanced on `router` (external IPs, LoadBalancer ingress), other
+    /// than the node's own addresses (whose NodePorts are admitted by port range).
+    fn external_vips(&self, router: DatapathKey, node_ips: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+        self.view
+            .items
+            .flows
+            .iter()
+            .filter(|f| f.datapath == router && f.actions.iter().any(|a| matches!(a, Action::CtLb { .. })))
+            .filter_map(|f| f.matches.ip_dst)
+            .filter_map(|n| match n.addr() {
+                IpAddr::V4(a) if n.prefix_len() == 32 && !node_ips.contains(&a) => Some(a),
+                _ => None,
+            })
+            .collect()
     }
 
     fn output_flows(&self) -> Result<(Vec<Flow>, Vec<Group>), TranslateError> {
@@ -652,12 +780,16 @@ impl<'a> Context<'a> {
             flows.push(Self::infra(tables::DELIVER, 110, back, vec![DpAction::Drop]));
             let actions = match &p.kind {
                 PortKind::Patch { peer_datapath, peer_port } => {
+                    // The peer's pipeline starts afresh: no registers, and an untracked
+                    // packet (OVN's ct_clear), so that its ct_state matches see only its
+                    // own conntrack.
                     let mut a = Self::enter_ingress(*peer_datapath, *peer_port);
                     a.extend([
                         set(regs::OUTPORT, 0),
                         set(regs::FLAGS, 0),
                         set(regs::NEXT_HOP, 0),
                         set(regs::NEXT_HOP_KIND, 0),
+                        DpAction::CtClear,
                         DpAction::Resubmit(tables::INGRESS),
                     ]);
                     a
@@ -676,58 +808,53 @@ impl<'a> Context<'a> {
         flows
     }
 
-    /// `eth.dst = mac(nexthop)` per router: explicit next hops, the uplink gateway, and
-    /// for `nexthop = ip.dst` every host of small connected prefixes (at most
-    /// 2^HOST_ENUM_MAX_BITS) or else the port addresses of the view inside the prefix.
+    /// `eth.dst = mac(nexthop)`: per router, at most one flow per kind of next hop. Every
+    /// logical port's MAC is derived from its address (`0a:58` + the IPv4 address, or the
+    /// last four bytes of an IPv6 one), so the MAC is written as that prefix with the
+    /// address moved into its low 32 bits — from `reg1` for an explicit next hop, from the
+    /// destination for `nexthop = ip.dst` — and no flow names a host.
     fn next_hop_flows(&self) -> Vec<Flow> {
-        let mut explicit: BTreeSet<(DatapathKey, Ipv4Addr)> = BTreeSet::new();
-        let mut hosts: BTreeSet<(DatapathKey, Ipv4Addr)> = BTreeSet::new();
+        let mut by_address: BTreeSet<DatapathKey> = BTreeSet::new();
+        let mut by_destination: BTreeSet<(DatapathKey, IpFamily)> = BTreeSet::new();
         let mut uplink: BTreeSet<DatapathKey> = BTreeSet::new();
         for f in &self.view.items.flows {
             for a in &f.actions {
                 match a {
-                    Action::SetNextHop(NextHop::Ip(IpAddr::V4(ip))) => {
-                        explicit.insert((f.datapath, *ip));
+                    Action::SetNextHop(NextHop::Ip(IpAddr::V4(_))) => {
+                        by_address.insert(f.datapath);
                     }
                     Action::SetNextHop(NextHop::Uplink) => {
                         uplink.insert(f.datapath);
                     }
-                    Action::SetNextHop(NextHop::Destination) => {
-                        if let Some(net) = f.matches.ip_dst
-                            && net.family() == IpFamily::V4
-                        {
-                            self.hosts_of(f.datapath, &net, &mut hosts);
+                    Action::SetNextHop(NextHop::Destination) => match f.matches.ip_dst.map(|n| n.family()) {
+                        Some(family) => {
+                            by_destination.insert((f.datapath, family));
                         }
-                    }
+                        None => by_destination.extend([(f.datapath, IpFamily::V4), (f.datapath, IpFamily::V6)]),
+                    },
                     _ => {}
                 }
             }
         }
+        let prefix = mac(MacAddr::derived(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        let derive = |src: Subfield| {
+            vec![set(Field::EthDst, prefix), DpAction::Move { src, dst: Subfield::range(Field::EthDst, 0, 31) }]
+        };
         let mut flows = Vec::new();
-        for (d, ip) in explicit {
-            let m = DpMatch::ANY
-                .with(regs::DATAPATH, u128::from(d.get()))
-                .with(regs::NEXT_HOP_KIND, regs::NEXT_HOP_IP)
-                .with(regs::NEXT_HOP, v4(ip));
-            flows.push(Self::infra(
-                tables::NEXT_HOP_MAC,
-                100,
-                m,
-                vec![set(Field::EthDst, mac(MacAddr::derived(ip.into())))],
-            ));
+        for d in by_address {
+            let m = DpMatch::ANY.with(regs::DATAPATH, u128::from(d.get())).with(regs::NEXT_HOP_KIND, regs::NEXT_HOP_IP);
+            flows.push(Self::infra(tables::NEXT_HOP_MAC, 100, m, derive(Subfield::whole(regs::NEXT_HOP))));
         }
-        for (d, ip) in hosts {
+        for (d, family) in by_destination {
+            let (eth_type, src) = match family {
+                IpFamily::V4 => (0x0800, Subfield::whole(Field::Ipv4Dst)),
+                IpFamily::V6 => (0x86dd, Subfield::range(Field::Ipv6Dst, 0, 31)),
+            };
             let m = DpMatch::ANY
                 .with(regs::DATAPATH, u128::from(d.get()))
                 .with(regs::NEXT_HOP_KIND, regs::NEXT_HOP_DESTINATION)
-                .with(Field::EthType, 0x0800)
-                .with(Field::Ipv4Dst, v4(ip));
-            flows.push(Self::infra(
-                tables::NEXT_HOP_MAC,
-                100,
-                m,
-                vec![set(Field::EthDst, mac(MacAddr::derived(ip.into())))],
-            ));
+                .with(Field::EthType, eth_type);
+            flows.push(Self::infra(tables::NEXT_HOP_MAC, 100, m, derive(src)));
         }
         if let Some(u) = self.local.uplink {
             for d in uplink {
@@ -739,26 +866,22 @@ impl<'a> Context<'a> {
         }
         flows
     }
+}
 
-    fn hosts_of(&self, d: DatapathKey, net: &IpNet, out: &mut BTreeSet<(DatapathKey, Ipv4Addr)>) {
-        if net.host_bits() <= HOST_ENUM_MAX_BITS {
-            for i in 0..net.size() {
-                if let Some(IpAddr::V4(ip)) = net.nth(i) {
-                    out.insert((d, ip));
-                }
-            }
-        } else {
-            for p in &self.view.items.ports {
-                for n in &p.ips {
-                    if let IpAddr::V4(ip) = n.addr()
-                        && net.contains(n.addr())
-                    {
-                        out.insert((d, ip));
-                    }
-                }
-            }
+/// The masked values that cover the ports `lo..=hi` exactly (largest aligned blocks
+/// first): what a port range costs in flows.
+fn port_masks(lo: u16, hi: u16) -> Vec<(u16, u16)> {
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut bits = lo.trailing_zeros().min(16);
+        while lo + (1 << bits) - 1 > hi {
+            bits -= 1;
         }
+        out.push((lo as u16, (0xffff_u32 << bits) as u16));
+        lo += 1 << bits;
     }
+    out
 }
 
 /// A logical match as one or more datapath matches (without the datapath): `ip` (either
@@ -794,7 +917,7 @@ fn expand_match(m: &Match) -> Result<Vec<DpMatch>, Unsupported> {
         (Some(L3::Ip), None) => both,
         (None, _) => vec![None],
     };
-    let ct_state = ct_state(m.ct_state.value.0, m.ct_state.mask.0)?;
+    let ct_state = ct_state(m.ct_state.value.0, m.ct_state.mask.0);
     let mut out = Vec::new();
     for alt in l3 {
         let mut d = DpMatch::ANY;
@@ -880,27 +1003,33 @@ fn prefix(d: DpMatch, field: Field, net: &IpNet) -> DpMatch {
     d.with_masked(field, value, mask)
 }
 
-/// Logical `ct_state` bits → the datapath's, or the bits that have no equivalent.
-fn ct_state(value: u8, mask: u8) -> Result<Option<(u128, u128)>, Unsupported> {
+/// Logical `ct_state` bits → the datapath's (the same flags, numbered as in Open vSwitch).
+fn ct_state(value: u8, mask: u8) -> Option<(u128, u128)> {
     use skein_datapath::key::ct_state as dp;
-    const MAP: [(u8, u8); 6] = [(1, dp::TRK), (2, dp::NEW), (4, dp::EST), (8, dp::REL), (16, dp::RPL), (32, dp::INV)];
-    let unknown = mask & !0x3f;
-    if unknown != 0 {
-        return Err(Unsupported::CtStateBits(unknown));
-    }
+    use skein_netmodel::southbound::CtState as L;
+    const MAP: [(L, u8); 8] = [
+        (L::TRACKED, dp::TRK),
+        (L::NEW, dp::NEW),
+        (L::ESTABLISHED, dp::EST),
+        (L::RELATED, dp::REL),
+        (L::REPLY, dp::RPL),
+        (L::INVALID, dp::INV),
+        (L::DNAT, dp::DNAT),
+        (L::SNAT, dp::SNAT),
+    ];
     if mask == 0 {
-        return Ok(None);
+        return None;
     }
     let (mut v, mut m) = (0u8, 0u8);
     for (logical, physical) in MAP {
-        if mask & logical != 0 {
+        if mask & logical.0 != 0 {
             m |= physical;
-            if value & logical != 0 {
+            if value & logical.0 != 0 {
                 v |= physical;
             }
         }
     }
-    Ok(Some((u128::from(v), u128::from(m))))
+    Some((u128::from(v), u128::from(m)))
 }
 
 #[cfg(test)]
@@ -1031,6 +1160,9 @@ mod tests {
     const UNDERLAY: u32 = 101;
     const MGMT: u32 = 50;
     const UPLINK: u32 = 51;
+    const NIC_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x11]);
+    const GATEWAY_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+    const NODE_A: &str = "192.0.2.10";
 
     fn mac_of(s: &str) -> MacAddr {
         MacAddr::derived(ip(s))
@@ -1045,11 +1177,7 @@ mod tests {
         LocalBindings {
             ports: ports.iter().map(|(n, p)| (n.to_string(), *p)).collect(),
             management_port: Some(MGMT),
-            uplink: Some(Uplink {
-                port: UPLINK,
-                mac: MacAddr([0x02, 0, 0, 0, 0, 0x11]),
-                gateway_mac: MacAddr([0x02, 0, 0, 0, 0, 0xfe]),
-            }),
+            uplink: Some(Uplink::new(UPLINK, NIC_MAC, GATEWAY_MAC)),
             tunnel: Tunnel {
                 port: TUN,
                 underlay_port: UNDERLAY,
@@ -1073,11 +1201,17 @@ mod tests {
     }
 
     fn run(dp: &Datapath, packets: Vec<Packet>) -> Vec<(usize, u32, Vec<u8>)> {
-        let mut worker = dp.worker();
-        let mut packets = packets;
-        let mut sink = CollectSink::default();
-        dp.process_batch(&mut worker, &mut packets, 1_000_000, &mut sink);
-        sink.outputs
+        run_at(dp, packets, 1_000_000)
+    }
+
+    /// The datapath of `chassis` for `local`.
+    fn datapath_with(view: &ChassisView, local: &LocalBindings) -> Datapath {
+        let file = translate(view, local).unwrap();
+        let dp = Datapath::new(DatapathConfig::default());
+        if let Err((i, err, _)) = dp.apply(&file.to_mods()) {
+            panic!("modification {i} refused: {err}");
+        }
+        dp
     }
 
     fn tcp(eth_src: MacAddr, eth_dst: MacAddr, src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -1103,6 +1237,54 @@ mod tests {
         f.extend_from_slice(&t);
         fill_checksums(&mut f);
         f
+    }
+
+    /// An IPv4 frame around `l4` (TTL 64), checksums filled.
+    fn ipv4(eth_src: MacAddr, eth_dst: MacAddr, proto: u8, src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&eth_dst.0);
+        f.extend_from_slice(&eth_src.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ipv4 = [0u8; 20];
+        ipv4[0] = 0x45;
+        ipv4[2..4].copy_from_slice(&(20 + l4.len() as u16).to_be_bytes());
+        ipv4[8] = 64;
+        ipv4[9] = proto;
+        ipv4[12..16].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
+        ipv4[16..20].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
+        f.extend_from_slice(&ipv4);
+        f.extend_from_slice(l4);
+        fill_checksums(&mut f);
+        f
+    }
+
+    fn udp(eth_src: MacAddr, eth_dst: MacAddr, src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+        let mut l4 = [0u8; 12];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        l4[4..6].copy_from_slice(&12u16.to_be_bytes());
+        ipv4(eth_src, eth_dst, 17, src, dst, &l4)
+    }
+
+    /// ICMP echo request (`ty` 8) or reply (0) with this id.
+    fn echo(eth_src: MacAddr, eth_dst: MacAddr, src: &str, dst: &str, ty: u8, id: u16) -> Vec<u8> {
+        let mut l4 = [0u8; 16];
+        l4[0] = ty;
+        l4[4..6].copy_from_slice(&id.to_be_bytes());
+        l4[6..8].copy_from_slice(&1u16.to_be_bytes());
+        ipv4(eth_src, eth_dst, 1, src, dst, &l4)
+    }
+
+    fn ports(f: &[u8]) -> (u16, u16) {
+        (u16::from_be_bytes([f[34], f[35]]), u16::from_be_bytes([f[36], f[37]]))
+    }
+
+    fn run_at(dp: &Datapath, packets: Vec<Packet>, now: u64) -> Vec<(usize, u32, Vec<u8>)> {
+        let mut worker = dp.worker();
+        let mut packets = packets;
+        let mut sink = CollectSink::default();
+        dp.process_batch(&mut worker, &mut packets, now, &mut sink);
+        sink.outputs
     }
 
     fn arp_request(sha: MacAddr, spa: &str, tpa: &str) -> Vec<u8> {
@@ -1263,23 +1445,32 @@ mod tests {
     }
 
     #[test]
-    fn what_cannot_be_translated_is_listed_not_dropped() {
+    fn every_logical_flow_translates() {
         let e = engine();
-        let view = e.snapshot("a").unwrap();
-        let t = translate_partial(&view, &bindings("a")).unwrap();
-        // The hairpin SNAT flows match ct.dnat, which the datapath's ct_state lacks.
-        assert_eq!(t.untranslated.len(), 2, "{:?}", t.untranslated);
-        assert!(t.untranslated.iter().all(|u| u.reason == Unsupported::CtStateBits(0x40)));
-        match translate(&view, &bindings("a")) {
-            Err(TranslateError::Untranslatable(list)) => assert_eq!(list, t.untranslated),
-            other => panic!("{other:?}"),
-        }
-        // Every other logical flow produced at least one datapath flow.
-        let cookies: BTreeSet<u64> = t.file.flows.iter().map(|f| f.cookie).collect();
-        for f in &view.items.flows {
-            if !t.untranslated.iter().any(|u| &u.flow == f) {
+        for chassis in ["a", "b"] {
+            let view = e.snapshot(chassis).unwrap();
+            // Including the hairpin SNAT flows, which match ct.dnat.
+            let file = translate(&view, &bindings(chassis)).unwrap();
+            assert_eq!(translate_partial(&view, &bindings(chassis)).unwrap().untranslated, vec![]);
+            let cookies: BTreeSet<u64> = file.flows.iter().map(|f| f.cookie).collect();
+            for f in &view.items.flows {
                 assert!(cookies.contains(&fnv1a(f.owner.to_string().as_bytes())), "{f}");
             }
+        }
+        // What cannot be translated is listed, not dropped: `nexthop = uplink` without one.
+        let view = e.snapshot("a").unwrap();
+        let t = translate_partial(&view, &LocalBindings { uplink: None, ..bindings("a") }).unwrap();
+        assert!(!t.untranslated.is_empty());
+        assert!(
+            t.untranslated
+                .iter()
+                .all(|u| matches!(u.reason, Unsupported::UplinkNotBound | Unsupported::NoRouterMac(_))),
+            "{:?}",
+            t.untranslated
+        );
+        match translate(&view, &LocalBindings { uplink: None, ..bindings("a") }) {
+            Err(TranslateError::Untranslatable(list)) => assert_eq!(list, t.untranslated),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -1314,11 +1505,7 @@ mod tests {
                     .map(|(p, i)| (p.name.clone(), i))
                     .collect();
                 let t = translate_partial(&view, &local).unwrap();
-                assert!(
-                    t.untranslated.iter().all(|u| u.reason == Unsupported::CtStateBits(0x40)),
-                    "{:?}",
-                    t.untranslated
-                );
+                assert_eq!(t.untranslated, vec![]);
                 let dp = Datapath::new(DatapathConfig::default());
                 if let Err((i, err, _)) = dp.apply(&t.file.to_mods()) {
                     panic!("{n}: modification {i} refused: {err}");
@@ -1370,7 +1557,13 @@ mod tests {
         let bad = Match::any().l3(L3::Ip6).ip_dst("10.0.0.0/8".parse().unwrap());
         let bad = Match { l3: Some(L3::Ip6), ..bad };
         assert_eq!(expand_match(&bad), Err(Unsupported::FamilyMismatch));
-        assert_eq!(expand_match(&Match::any().ct_set(CtState::DNAT)).map(|_| ()), Err(Unsupported::CtStateBits(0x40)));
+        // The NAT bits, numbered as the datapath (Open vSwitch) numbers them.
+        use skein_datapath::key::ct_state as dp;
+        let mut m = Match::any().ct_set(CtState::DNAT);
+        m.ct_state.mask.0 |= CtState::SNAT.0;
+        let d = &expand_match(&m).unwrap()[0];
+        assert_eq!((d.value.get(Field::CtState), d.mask.get(Field::CtState)), (0x80, 0xc0));
+        assert_eq!((dp::DNAT, dp::SNAT), (0x80, 0x40));
     }
 
     #[test]
@@ -1385,5 +1578,331 @@ mod tests {
         assert!(
             t.file.flows.iter().any(|f| f.actions.iter().any(|a| matches!(a, DpAction::CtLb { lb, .. } if *lb == id)))
         );
+    }
+
+    // ---- NAT bits, hairpin, ct_clear ----
+
+    #[test]
+    fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
+        let (dp, _) = datapath_of(&engine(), "a");
+        let (p2, gateway) = (mac_of("10.244.0.4"), mac_of("10.244.0.1"));
+        let syn = tcp(p2, gateway, "10.244.0.4", "10.96.0.10", 40000, 80, SYN);
+        let out = run(&dp, vec![Packet::new(syn, 2)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, 2, "back to p2, the only backend");
+        assert_eq!(ip_src(f), "169.254.169.5".parse::<Ipv4Addr>().unwrap(), "SNATed to the hairpin address");
+        assert_eq!(ip_dst(f), "10.244.0.4".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ports(f).1, 8080);
+        assert_eq!(eth_dst(f), p2);
+        assert!(skein_datapath::packet::checksums_valid(f));
+
+        // p2 answers the hairpin address; it gets the answer as the VIP's.
+        let sport = ports(f).0;
+        let synack = tcp(p2, gateway, "10.244.0.4", "169.254.169.5", 8080, sport, SYN_ACK);
+        let out = run(&dp, vec![Packet::new(synack, 2)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, 2);
+        assert_eq!(ip_src(f), "10.96.0.10".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ip_dst(f), "10.244.0.4".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ports(f), (80, 40000));
+        assert!(skein_datapath::packet::checksums_valid(f));
+    }
+
+    #[test]
+    fn service_backend_on_another_node_round_trip() {
+        let mut e = engine();
+        e.apply([
+            UpsertService(service("far", "10.96.0.11", 80, None, false)),
+            UpsertEndpointSlice(slice("far-1", "far", &[("10.244.1.3", "b")])),
+        ]);
+        assert_eq!(e.issues().count(), 0);
+        let (dp_a, _) = datapath_of(&e, "a");
+        let (dp_b, _) = datapath_of(&e, "b");
+        let p1 = mac_of("10.244.0.3");
+        let syn = tcp(p1, mac_of("10.244.0.1"), "10.244.0.3", "10.96.0.11", 40000, 80, SYN);
+        let out = run(&dp_a, vec![Packet::new(syn, 1)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].1, UNDERLAY, "DNATed on the client's chassis, tunnelled to the backend's");
+        let out = run(&dp_b, vec![Packet::from_geneve(&out[0].2, TUN).unwrap()]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, 1, "q1");
+        assert_eq!((ip_src(f), ip_dst(f)), ("10.244.0.3".parse().unwrap(), "10.244.1.3".parse().unwrap()));
+        assert_eq!(ports(f), (40000, 8080));
+
+        let q1 = mac_of("10.244.1.3");
+        let synack = tcp(q1, mac_of("10.244.1.1"), "10.244.1.3", "10.244.0.3", 8080, 40000, SYN_ACK);
+        let out = run(&dp_b, vec![Packet::new(synack, 1)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].1, UNDERLAY);
+        let out = run(&dp_a, vec![Packet::from_geneve(&out[0].2, TUN).unwrap()]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, 1, "p1");
+        assert_eq!(ip_src(f), "10.96.0.11".parse::<Ipv4Addr>().unwrap(), "un-DNATed on the client's chassis");
+        assert_eq!(ports(f), (80, 40000));
+        assert_eq!(eth_dst(f), p1);
+        assert!(skein_datapath::packet::checksums_valid(f));
+    }
+
+    #[test]
+    fn crossing_a_patch_port_clears_the_conntrack_state() {
+        let file = translate(&engine().snapshot("a").unwrap(), &bindings("a")).unwrap();
+        let patches: Vec<&Flow> = file
+            .flows
+            .iter()
+            .filter(|f| f.table == tables::DELIVER && f.actions.contains(&DpAction::Resubmit(tables::INGRESS)))
+            .collect();
+        assert!(!patches.is_empty());
+        for f in patches {
+            let n = f.actions.len();
+            assert_eq!(f.actions[n - 2], DpAction::CtClear, "{}", format_flow(f));
+        }
+    }
+
+    // ---- next-hop MACs ----
+
+    #[test]
+    fn next_hop_macs_take_one_flow_per_router_and_kind() {
+        let e = engine();
+        let nh = |e: &Engine| -> Vec<String> {
+            let file = translate(&e.snapshot("a").unwrap(), &bindings("a")).unwrap();
+            file.flows.iter().filter(|f| f.table == tables::NEXT_HOP_MAC).map(format_flow).collect()
+        };
+        let flows = nh(&e);
+        // The cluster router: address in reg1 (to the gateways), destination; the
+        // gateway router: address in reg1 (to the cluster router), destination (the join
+        // subnet), uplink.
+        assert_eq!(flows.len(), 5, "{flows:#?}");
+        let derive_from_dst = "set_field:0a:58:00:00:00:00->eth_dst,move:nw_dst[]->eth_dst[0..31]";
+        let derive_from_reg1 = "set_field:0a:58:00:00:00:00->eth_dst,move:reg1[]->eth_dst[0..31]";
+        assert_eq!(flows.iter().filter(|f| f.contains("reg2=0x2") && f.ends_with(derive_from_dst)).count(), 2);
+        assert_eq!(flows.iter().filter(|f| f.contains("reg2=0x1") && f.ends_with(derive_from_reg1)).count(), 2);
+
+        // More nodes and pods add no next-hop flow.
+        let mut bigger = engine();
+        let mut changes = vec![UpsertNode(node("c", 2, "198.51.100.3"))];
+        for host in 10..60 {
+            changes.push(UpsertPod(pod(&format!("x{host}"), "b", 1, host)));
+            changes.push(UpsertPod(pod(&format!("y{host}"), "c", 2, host)));
+            changes.push(UpsertPod(pod(&format!("z{host}"), "a", 0, host)));
+        }
+        bigger.apply(changes);
+        assert_eq!(bigger.issues().count(), 0);
+        assert_eq!(nh(&bigger), flows);
+    }
+
+    // ---- the uplink ----
+
+    const EXTERNAL_IP: &str = "203.0.113.50";
+    const OUTSIDE: &str = "198.51.100.77";
+
+    /// `engine()` plus Service np: NodePort 30080 and external IP 203.0.113.50, port 80 →
+    /// p2:8080.
+    fn engine_with_gateway_services() -> Engine {
+        let mut e = engine();
+        let np = Service { external_ips: vec![ip(EXTERNAL_IP)], ..service("np", "10.96.0.20", 80, Some(30080), false) };
+        e.apply([UpsertService(np), UpsertEndpointSlice(slice("np-1", "np", &[("10.244.0.4", "a")]))]);
+        assert_eq!(e.issues().count(), 0);
+        e
+    }
+
+    #[test]
+    fn nodeport_and_external_ip_traffic_from_outside_reaches_the_backend() {
+        let (dp, _) = datapath_of(&engine_with_gateway_services(), "a");
+        let syn = tcp(GATEWAY_MAC, NIC_MAC, OUTSIDE, NODE_A, 5555, 30080, SYN);
+        let out = run(&dp, vec![Packet::new(syn, UPLINK)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, 2, "p2");
+        assert_eq!(ip_dst(f), "10.244.0.4".parse::<Ipv4Addr>().unwrap(), "DNATed to the backend");
+        assert_eq!(ports(f).1, 8080);
+        assert!(skein_datapath::packet::checksums_valid(f));
+
+        // The backend's answer leaves through the uplink, from the NodePort.
+        let (src, sport) = (ip_src(f).to_string(), ports(f).0);
+        let p2 = mac_of("10.244.0.4");
+        let synack = tcp(p2, mac_of("10.244.0.1"), "10.244.0.4", &src, 8080, sport, SYN_ACK);
+        let out = run(&dp, vec![Packet::new(synack, 2)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, UPLINK);
+        assert_eq!((ip_src(f), ip_dst(f)), (NODE_A.parse().unwrap(), OUTSIDE.parse().unwrap()));
+        assert_eq!(ports(f), (30080, 5555));
+        assert_eq!((eth_src(f), eth_dst(f)), (NIC_MAC, GATEWAY_MAC));
+
+        // The external IP.
+        let syn = tcp(GATEWAY_MAC, NIC_MAC, OUTSIDE, EXTERNAL_IP, 5556, 80, SYN);
+        let out = run(&dp, vec![Packet::new(syn, UPLINK)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].1, 2);
+        assert_eq!(ip_dst(&out[0].2), "10.244.0.4".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn the_hosts_own_traffic_on_the_uplink_is_left_to_the_kernel() {
+        let e = engine_with_gateway_services();
+        let (dp, t) = datapath_of(&e, "a");
+        let host_traffic = [
+            ("ssh", tcp(GATEWAY_MAC, NIC_MAC, OUTSIDE, NODE_A, 5557, 22, SYN)),
+            ("kubelet", tcp(GATEWAY_MAC, NIC_MAC, OUTSIDE, NODE_A, 5558, 10250, SYN)),
+            ("a reply to the host's own connection", tcp(GATEWAY_MAC, NIC_MAC, OUTSIDE, NODE_A, 443, 45000, SYN_ACK)),
+            ("Geneve to the node IP", udp(GATEWAY_MAC, NIC_MAC, TUNNEL_B, NODE_A, 40000, 6081)),
+            ("Geneve to the tunnel IP", udp(GATEWAY_MAC, NIC_MAC, TUNNEL_B, TUNNEL_A, 40000, 6081)),
+            ("a ping of the node", echo(GATEWAY_MAC, NIC_MAC, OUTSIDE, NODE_A, 8, 7)),
+            ("a ping of a VIP-less address", echo(GATEWAY_MAC, NIC_MAC, OUTSIDE, "192.0.2.99", 8, 7)),
+            (
+                "SCTP to a NodePort",
+                ipv4(GATEWAY_MAC, NIC_MAC, 132, OUTSIDE, NODE_A, &[0x15, 0xb3, 0x75, 0x60, 0, 0, 0, 0]),
+            ),
+        ];
+        for (what, frame) in &host_traffic {
+            assert_eq!(run(&dp, vec![Packet::new(frame.clone(), UPLINK)]), vec![], "{what}");
+        }
+        // All by the uplink's one drop flow (its counters show the host's share).
+        let stats = dp.flow_stats();
+        let drop = stats
+            .iter()
+            .find(|s| s.flow.table == tables::CLASSIFY && s.flow.priority == UPLINK_DROP_PRIORITY)
+            .expect("the uplink drop flow");
+        assert_eq!(drop.packets, host_traffic.len() as u64);
+        assert_eq!(
+            format_flow(&drop.flow),
+            format!("table=0,priority=1,cookie={INFRA_COOKIE:#x},in_port={UPLINK},actions=drop")
+        );
+
+        // ARP for the node IP enters, but nothing answers it: the host kernel does.
+        let arp = arp_request(GATEWAY_MAC, "192.0.2.1", NODE_A);
+        assert_eq!(run(&dp, vec![Packet::new(arp, UPLINK)]), vec![]);
+        assert_eq!(dp.flow_stats().iter().find(|s| s.flow == drop.flow).unwrap().packets, host_traffic.len() as u64);
+        // No datapath flow answers ARP or ping for the node IP at all.
+        let node_ip = v4(NODE_A.parse().unwrap());
+        for f in &t.file.flows {
+            let answers =
+                f.actions.iter().any(|a| matches!(a, DpAction::Respond(Responder::Arp { .. } | Responder::IcmpEcho)));
+            let for_node = f.matches.mask.get(Field::Ipv4Dst) != 0 && f.matches.value.get(Field::Ipv4Dst) == node_ip;
+            assert!(!(answers && for_node), "{}", format_flow(f));
+        }
+    }
+
+    #[test]
+    fn replies_to_snatted_pod_traffic_come_back_through_the_uplink() {
+        let (dp, _) = datapath_of(&engine(), "a");
+        let (p1, gateway) = (mac_of("10.244.0.3"), mac_of("10.244.0.1"));
+        let syn = tcp(p1, gateway, "10.244.0.3", "8.8.8.8", 40000, 443, SYN);
+        let out = run(&dp, vec![Packet::new(syn, 1)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, UPLINK);
+        let (sport, _) = ports(f);
+        assert!((61000..=65535).contains(&sport), "source port {sport} outside the SNAT range");
+
+        let synack = tcp(GATEWAY_MAC, NIC_MAC, "8.8.8.8", NODE_A, 443, sport, SYN_ACK);
+        let out = run(&dp, vec![Packet::new(synack, UPLINK)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!(*port, 1, "p1");
+        assert_eq!((ip_src(f), ip_dst(f)), ("8.8.8.8".parse().unwrap(), "10.244.0.3".parse().unwrap()));
+        assert_eq!(ports(f), (443, 40000));
+        assert_eq!(eth_dst(f), p1);
+        assert!(skein_datapath::packet::checksums_valid(f));
+
+        // A ping: its echo id is the SNAT "port", and the reply finds its way back.
+        let ping = echo(p1, gateway, "10.244.0.3", "8.8.8.8", 8, 7);
+        let out = run(&dp, vec![Packet::new(ping, 1)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let id = u16::from_be_bytes([out[0].2[38], out[0].2[39]]);
+        assert!((61000..=65535).contains(&id));
+        let pong = echo(GATEWAY_MAC, NIC_MAC, "8.8.8.8", NODE_A, 0, id);
+        let out = run(&dp, vec![Packet::new(pong, UPLINK)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, port, f) = &out[0];
+        assert_eq!((*port, ip_dst(f), u16::from_be_bytes([f[38], f[39]])), (1, "10.244.0.3".parse().unwrap(), 7));
+    }
+
+    /// Node a with `n` pods s0.. (10.244.0.10..) on ports 1..=n.
+    fn node_with_pods(n: u8) -> (Engine, LocalBindings) {
+        let mut e = Engine::new(NetworkConfig::default()).unwrap();
+        let mut changes = vec![UpsertNode(node("a", 0, TUNNEL_A)), UpsertNode(node("b", 1, TUNNEL_B))];
+        changes.extend((0..n).map(|i| UpsertPod(pod(&format!("s{i}"), "a", 0, 10 + i))));
+        e.apply(changes);
+        assert_eq!(e.issues().count(), 0);
+        let ports = (0..n).map(|i| (format!("default_s{i}"), u32::from(i) + 1)).collect();
+        (e, LocalBindings { ports, ..bindings("a") })
+    }
+
+    fn syn_from_pod(i: u8) -> Packet {
+        let src = format!("10.244.0.{}", 10 + i);
+        Packet::new(tcp(mac_of(&src), mac_of("10.244.0.1"), &src, "8.8.8.8", 40000, 443, SYN), u32::from(i) + 1)
+    }
+
+    #[test]
+    fn pod_egress_snat_uses_only_the_snat_range_and_a_full_range_drops_new_connections() {
+        let n = 40;
+        let (e, local) = node_with_pods(n);
+        let view = e.snapshot("a").unwrap();
+        let dp = datapath_with(&view, &local);
+        let mut seen = BTreeSet::new();
+        for i in 0..n {
+            // Every pod uses source port 40000 towards the same server.
+            let out = run(&dp, vec![syn_from_pod(i)]);
+            assert_eq!(out.len(), 1, "pod {i}: {out:?}");
+            assert_eq!((out[0].1, ip_src(&out[0].2)), (UPLINK, NODE_A.parse().unwrap()));
+            let sport = ports(&out[0].2).0;
+            assert!((61000..=65535).contains(&sport), "pod {i}: port {sport}");
+            assert!(seen.insert(sport), "pod {i}: port {sport} given twice");
+        }
+
+        // A range of four ports: the fifth connection to the same server is dropped
+        // (nat_exhausted) until an earlier one ends.
+        let small = Uplink { snat_ports: (61000, 61003), ..Uplink::new(UPLINK, NIC_MAC, GATEWAY_MAC) };
+        let local = LocalBindings { uplink: Some(small), ..local };
+        let file = translate(&view, &local).unwrap();
+        assert!(format_flow_file(&file).contains("nat(src=192.0.2.10:61000-61003)"));
+        let dp = datapath_with(&view, &local);
+        let t0 = 1_000_000;
+        let mut seen = BTreeSet::new();
+        for i in 0..4 {
+            let out = run_at(&dp, vec![syn_from_pod(i)], t0);
+            assert_eq!(out.len(), 1, "pod {i}: {out:?}");
+            seen.insert(ports(&out[0].2).0);
+        }
+        assert_eq!(seen, (61000..=61003).collect());
+        assert_eq!(run_at(&dp, vec![syn_from_pod(4)], t0), vec![]);
+        assert!(dp.stats().drops.contains(&(skein_datapath::DropReason::NatExhausted, 1)), "{:?}", dp.stats().drops);
+        // The unanswered SYNs expire after 30 s; their ports are free again.
+        let later = t0 + 31_000_000_000;
+        let out = run_at(&dp, vec![syn_from_pod(4)], later);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!((61000..=61003).contains(&ports(&out[0].2).0));
+    }
+
+    #[test]
+    fn uplink_port_ranges_are_checked() {
+        let view = engine().snapshot("a").unwrap();
+        for (snat, node_ports) in [((0, 10), (30000, 32767)), ((61000, 65535), (32767, 30000))] {
+            let uplink =
+                Uplink { snat_ports: snat, node_port_range: node_ports, ..Uplink::new(UPLINK, NIC_MAC, GATEWAY_MAC) };
+            let err = translate(&view, &LocalBindings { uplink: Some(uplink), ..bindings("a") }).unwrap_err();
+            assert!(matches!(err, TranslateError::BadPortRange { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn port_ranges_become_few_masked_matches() {
+        let cover = |lo: u16, hi: u16| {
+            let masks = port_masks(lo, hi);
+            let ports: Vec<u16> = (0..=u16::MAX).filter(|p| masks.iter().any(|(v, m)| p & m == *v)).collect();
+            assert_eq!(ports, (lo..=hi).collect::<Vec<_>>(), "{lo}-{hi}");
+            masks.len()
+        };
+        assert_eq!(cover(30000, 32767), 5);
+        assert_eq!(cover(61000, 65535), 6);
+        assert_eq!(cover(1, 65535), 16);
+        assert_eq!(cover(80, 80), 1);
+        assert_eq!(cover(65535, 65535), 1);
+        assert_eq!(port_masks(0, 65535), vec![(0, 0)]);
     }
 }

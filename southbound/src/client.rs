@@ -7,9 +7,10 @@
 //! `http://` endpoints are plaintext; `https://` endpoints use TLS with
 //! [`ClientSettings::tls`] (the CA to trust, optionally a client certificate).
 //!
-//! "Installing" here means holding the view: a real agent translates the view into
-//! datapath flows between [`Follower::apply`] and the ack, and this client reports each
-//! applied message on [`AgentClient::events`] for that.
+//! "Installing" is holding the view, plus — when [`ClientSettings::installer`] is set — the
+//! installer's work (the node agent translates the view into datapath flows) between
+//! [`Follower::apply`] and the ack: a version is acknowledged only once installed. Each
+//! applied message is also reported on [`AgentClient::events`].
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,14 @@ impl Registration {
     }
 }
 
+/// Installs a chassis view between its application and its ack (see [`ClientSettings::installer`]).
+pub trait Installer: Send + Sync + std::fmt::Debug + 'static {
+    /// Installs `view` (whole: the installer diffs against what it installed before).
+    /// An error withholds the ack; the view stays applied, so the next message installs
+    /// the whole view again.
+    fn install(&self, view: &ChassisView) -> Result<(), String>;
+}
+
 /// Something the client did, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -67,6 +76,13 @@ pub enum ClientEvent {
     Resync(String),
     /// The stream ended (it is reopened after a backoff).
     Disconnected(String),
+    /// A message applied but the installer failed: the version is not acknowledged.
+    InstallFailed {
+        /// The version not installed.
+        version: u64,
+        /// The installer's error.
+        error: String,
+    },
 }
 
 /// Settings of [`AgentClient::start`].
@@ -85,6 +101,8 @@ pub struct ClientSettings {
     pub min_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
+    /// Installs each applied view before its ack (none: the view is only held).
+    pub installer: Option<Arc<dyn Installer>>,
 }
 
 impl ClientSettings {
@@ -97,6 +115,7 @@ impl ClientSettings {
             schema_version: pb::SCHEMA_VERSION,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            installer: None,
         }
     }
 }
@@ -219,14 +238,35 @@ async fn session(
     info!(node = %settings.registration.node_name, endpoint = %settings.endpoint, "subscribed to the southbound stream");
     while let Some(message) = inbound.next().await {
         let message = message.map_err(status_text)?;
-        let result = follower.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).apply(&message);
+        let (result, view) = {
+            let mut follower = follower.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let result = follower.apply(&message);
+            let view = match (&result, &settings.installer) {
+                (Ok(_), Some(_)) => follower.view().cloned(),
+                _ => None,
+            };
+            (result, view)
+        };
         let reply = match result {
             Ok(applied) => {
                 *backoff = settings.min_backoff;
-                version.send_replace(Some(applied.version()));
-                let version = applied.version();
+                let applied_version = applied.version();
+                if let (Some(installer), Some(view)) = (settings.installer.clone(), view) {
+                    let outcome = tokio::task::spawn_blocking(move || installer.install(&view))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the installer panicked: {e}")));
+                    if let Err(error) = outcome {
+                        warn!(version = applied_version, %error, "view not installed; not acknowledged");
+                        let _ = events.send(ClientEvent::InstallFailed { version: applied_version, error });
+                        continue;
+                    }
+                }
+                version.send_replace(Some(applied_version));
                 let _ = events.send(ClientEvent::Applied(applied));
-                pb::agent_message::Message::Ack(pb::Ack { schema_version: settings.schema_version, version })
+                pb::agent_message::Message::Ack(pb::Ack {
+                    schema_version: settings.schema_version,
+                    version: applied_version,
+                })
             }
             Err(e) => {
                 warn!(error = %e, "southbound message not applied; asking for a snapshot");

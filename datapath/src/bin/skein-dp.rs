@@ -59,9 +59,9 @@ enum Command {
         /// decapsulated packets arrive with this in_port.
         #[arg(long = "geneve", value_name = "N=IP[:PORT]")]
         geneve: Vec<String>,
-        /// Forwarding threads (each owns some ports; default: one per port, at most half
-        /// the CPUs — the pods need the rest, and a reply that comes back to a port of the
-        /// same worker is forwarded without waking another thread).
+        /// Forwarding threads (each owns some ports, so at most one per port; default: one
+        /// per port, at most half the CPUs — the pods need the rest, and a reply that comes
+        /// back to a port of the same worker is forwarded without waking another thread).
         #[arg(long)]
         workers: Option<usize>,
         /// Microseconds a worker keeps polling after its last packet before sleeping
@@ -202,7 +202,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let dp = Arc::new(Datapath::new(DatapathConfig::default()));
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             let cfg = SwitchConfig {
-                workers: workers.unwrap_or(specs.len().min(cpus / 2)).max(1),
+                // `skein-dp` never adds ports, so a worker beyond one per port would idle.
+                workers: workers.unwrap_or(cpus / 2).clamp(1, specs.len()),
                 busy_poll: Duration::from_micros(busy_poll_us),
                 coalesce: Duration::from_micros(coalesce_us),
                 batch: 64,
@@ -212,6 +213,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                         Ring::V3 => RingKind::V3 { retire_ms: v3_retire_ms },
                     },
                     ring_bytes: ring_mib.saturating_mul(1 << 20),
+                    promiscuous: true,
+                    filter: None,
                 },
             };
             let switch = Arc::new(Switch::start(dp.clone(), &specs, cfg)?);

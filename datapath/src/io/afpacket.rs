@@ -46,11 +46,18 @@ pub struct PortConfig {
     pub ring: RingKind,
     /// Receive ring size in bytes (rounded to whole blocks).
     pub ring_bytes: u32,
+    /// Receive frames for any destination MAC (a veth's host end carries a pod's traffic
+    /// to every address). Off for a node's NIC used as an uplink: only its own unicast,
+    /// broadcast and multicast frames are the switch's.
+    pub promiscuous: bool,
+    /// Accept only what this filter passes (attached as a socket filter before the
+    /// socket is bound, so nothing else ever reaches the ring).
+    pub filter: Option<super::UplinkFilter>,
 }
 
 impl Default for PortConfig {
     fn default() -> Self {
-        PortConfig { ring: RingKind::V2, ring_bytes: 32 << 20 }
+        PortConfig { ring: RingKind::V2, ring_bytes: 32 << 20, promiscuous: true, filter: None }
     }
 }
 
@@ -101,11 +108,14 @@ pub struct AfPacketPort {
 impl AfPacketPort {
     /// Opens interface `name`: a packet socket with a virtio-net header on every frame,
     /// a receive ring, outgoing frames not looped back, the qdisc bypassed, the interface
-    /// promiscuous.
+    /// promiscuous if `cfg.promiscuous`.
     pub fn open(name: &str, cfg: &PortConfig) -> Result<AfPacketPort, PortError> {
         let err = |op: &'static str| move |source: io::Error| PortError::Sys { name: name.to_string(), op, source };
         let ifindex = sys::if_index(name).map_err(err("look up interface"))?;
         let fd = sys::packet_socket().map_err(err("open AF_PACKET socket"))?;
+        if let Some(filter) = &cfg.filter {
+            sys::attach_filter(&fd, &filter.program()).map_err(err("attach the socket filter"))?;
+        }
         sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1).map_err(err("enable PACKET_VNET_HDR"))?;
         let page = 4096u32;
         let req = match cfg.ring {
@@ -134,7 +144,9 @@ impl AfPacketPort {
         // Room for a few super-frames in flight; failing to raise it only costs speed.
         let _ = sys::set_int_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
         sys::bind_packet(&fd, ifindex).map_err(err("bind"))?;
-        sys::set_promiscuous(&fd, ifindex).map_err(err("set promiscuous"))?;
+        if cfg.promiscuous {
+            sys::set_promiscuous(&fd, ifindex).map_err(err("set promiscuous"))?;
+        }
         Ok(AfPacketPort {
             name: name.to_string(),
             fd: Arc::new(fd),

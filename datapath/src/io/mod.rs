@@ -8,9 +8,11 @@ pub mod afpacket;
 pub mod switch;
 pub mod sys;
 pub mod udp;
+pub mod uplinkfilter;
 
 pub use afpacket::{AfPacketPort, PortConfig, PortError, RingKind};
 pub use switch::{PortSpec, PortStats, Switch, SwitchConfig, SwitchStats, now_ns};
+pub use uplinkfilter::UplinkFilter;
 
 /// Drives a batched send to completion. `send(from)` hands messages `from..` to the kernel
 /// and returns how many it took; a full socket buffer (`EAGAIN`, `ENOBUFS`) is retried a

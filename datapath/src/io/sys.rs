@@ -425,6 +425,16 @@ impl Epoll {
         Ok(())
     }
 
+    /// Stops watching `fd`. Safe to call while another thread waits on this instance.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // Ignored for EPOLL_CTL_DEL, but kernels before 2.6.9 require a non-null pointer.
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: `ev` is a valid epoll_event that outlives the call; the kernel only
+        // reads it (if at all). A stale `fd` only makes the call fail.
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) })?;
+        Ok(())
+    }
+
     /// Waits up to `timeout_ms` (−1: forever) and returns how many events arrived;
     /// their tokens are written to `tokens`.
     pub fn wait(&self, tokens: &mut [u64], timeout_ms: i32) -> io::Result<usize> {
@@ -479,5 +489,48 @@ impl EventFd {
         unsafe {
             libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8);
         }
+    }
+}
+
+/// Attaches a classic BPF socket filter (`SO_ATTACH_FILTER`) to `fd`.
+pub fn attach_filter(fd: &OwnedFd, program: &[super::uplinkfilter::BpfInsn]) -> io::Result<()> {
+    let insns: Vec<libc::sock_filter> =
+        program.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+    let len = u16::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let prog = libc::sock_fprog { len, filter: insns.as_ptr().cast_mut() };
+    // SAFETY: `prog` points at `insns`, which outlives the call; the kernel copies the
+    // program during setsockopt(2) and keeps no pointer to it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_reports_a_watched_descriptor_until_it_is_deleted() {
+        let epoll = Epoll::new().unwrap();
+        let event = EventFd::new().unwrap();
+        epoll.add(event.raw(), 7).unwrap();
+        event.signal();
+        let mut tokens = [0u64; 4];
+        assert_eq!(epoll.wait(&mut tokens, 1000).unwrap(), 1);
+        assert_eq!(tokens[0], 7);
+        epoll.delete(event.raw()).unwrap();
+        // Still readable, but no longer watched.
+        assert_eq!(epoll.wait(&mut tokens, 0).unwrap(), 0);
+        assert!(epoll.delete(event.raw()).is_err(), "deleting twice is refused");
+        epoll.add(event.raw(), 8).unwrap();
+        assert_eq!(epoll.wait(&mut tokens, 0).unwrap(), 1);
+        assert_eq!(tokens[0], 8);
     }
 }

@@ -394,6 +394,12 @@ impl State<'_> {
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
                 Action::SetField { field, value, mask } => self.set(*field, *value, *mask),
+                Action::Move { src, dst } => self.set(dst.field, src.read(&self.pkt.key) << dst.offset, dst.mask()),
+                Action::CtClear => {
+                    for f in [Field::CtState, Field::CtZone, Field::CtMark, Field::CtLabel] {
+                        self.pkt.key.set(f, 0);
+                    }
+                }
                 Action::DecTtl => {
                     let ty = self.pkt.key.get(Field::EthType) as u16;
                     if ty == eth_type::IPV4 || ty == eth_type::IPV6 {

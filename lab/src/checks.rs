@@ -1,0 +1,729 @@
+//! The checks: derived from whatever is deployed (pure), run through a [`Prober`] (the real
+//! one sends requests from inside pod namespaces; tests use a model), and reported as a
+//! table. The disruptive checks (a deleted pod, a restarted agent) live in `cli`, which can
+//! change the cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use crate::echo::{Attempt, ProbeOptions, Proto, ServePort, Target, TargetReport};
+use crate::endpointslices::{pod_ips, pod_ready, resolve_target_port, selector_matches};
+use crate::kubelet::workload_ports;
+use crate::layout::{Layout, OUTSIDE_IP, OUTSIDE_PORT};
+use crate::scheduler::pod_finished;
+
+/// A node as the checks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// InternalIP.
+    pub ip: IpAddr,
+}
+
+/// A pod as the checks see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Node it runs on.
+    pub node: String,
+    /// Its sandbox.
+    pub netns: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Ports its workload serves.
+    pub ports: Vec<ServePort>,
+    /// The pod object (for selectors and named ports).
+    pub pod: Pod,
+}
+
+impl PodInfo {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The port pod → pod checks use: its first TCP port, else its first port.
+    pub fn probe_port(&self) -> ServePort {
+        self.ports
+            .iter()
+            .find(|p| p.proto == Proto::Tcp)
+            .or(self.ports.first())
+            .copied()
+            .unwrap_or(crate::kubelet::DEFAULT_PORT)
+    }
+}
+
+/// What is deployed: Ready nodes and pods with addresses, and Services.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// Ready, running, pod-network pods with an address, sorted by namespace and name.
+    pub pods: Vec<PodInfo>,
+    /// Pods that exist but are not (yet) ready: `namespace/name` → why.
+    pub not_ready: BTreeMap<String, String>,
+    /// Services.
+    pub services: Vec<Service>,
+}
+
+fn node_internal_ip(node: &Node) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())
+}
+
+impl ClusterView {
+    /// Builds the view from the API's objects.
+    pub fn new(layout: &Layout, nodes: &[Node], pods: &[Pod], services: &[Service]) -> ClusterView {
+        let mut view = ClusterView {
+            nodes: nodes
+                .iter()
+                .filter_map(|n| Some(NodeInfo { name: n.name_any(), ip: node_internal_ip(n)? }))
+                .collect(),
+            services: services.to_vec(),
+            ..Default::default()
+        };
+        view.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for pod in pods {
+            if pod_finished(pod) || pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+                continue;
+            }
+            let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+            let ip = pod_ips(pod).into_iter().next();
+            match (node.is_empty(), ip, pod_ready(pod)) {
+                (true, _, _) => {
+                    view.not_ready.insert(key, "not scheduled".into());
+                }
+                (false, Some(ip), true) => view.pods.push(PodInfo {
+                    namespace: pod.namespace().unwrap_or_default(),
+                    name: pod.name_any(),
+                    netns: layout.pod_netns(&node, &pod.uid().unwrap_or_default()),
+                    node,
+                    ip,
+                    ports: workload_ports(pod),
+                    pod: pod.clone(),
+                }),
+                (false, _, _) => {
+                    view.not_ready.insert(key, format!("on {node}, not ready"));
+                }
+            }
+        }
+        view.pods.sort_by_key(PodInfo::key);
+        view
+    }
+
+    fn node_ip(&self, node: &str) -> Option<IpAddr> {
+        self.nodes.iter().find(|n| n.name == node).map(|n| n.ip)
+    }
+}
+
+/// What a check expects of its answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Each target answers with its own name (index-aligned with the probe's targets).
+    Names(Vec<String>),
+    /// Every request answered, by the backends in the set, and every backend at least once.
+    AllBackends(BTreeSet<String>),
+    /// Every request answered by one and the same backend of the set.
+    OneBackend(BTreeSet<String>),
+    /// Every request answered, and the server saw the client as this address.
+    SeenAs(IpAddr),
+    /// No answer at all.
+    Silence,
+}
+
+/// One check: where the requests come from, where they go, what must come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The row's title.
+    pub title: String,
+    /// The namespace the requests are sent from.
+    pub from_netns: String,
+    /// The targets.
+    pub targets: Vec<Target>,
+    /// Requests per target.
+    pub count: usize,
+    /// The expectation.
+    pub expect: Expect,
+}
+
+/// How many requests a Service check sends: enough that missing one of `backends` by chance
+/// is unlikely (3 backends, 36 requests: (2/3)^36 · 3 ≈ 1e-6).
+pub fn requests_for(backends: usize) -> usize {
+    (12 * backends).max(12)
+}
+
+/// The Service port's backends: ready pods selected by the Service whose target port
+/// resolves, by name.
+fn backends(view: &ClusterView, service: &Service, port: &k8s_openapi::api::core::v1::ServicePort) -> BTreeSet<String> {
+    let namespace = service.namespace().unwrap_or_default();
+    let Some(selector) = service.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) else {
+        return BTreeSet::new();
+    };
+    view.pods
+        .iter()
+        .filter(|p| p.namespace == namespace && selector_matches(selector, p.pod.labels()))
+        .filter(|p| resolve_target_port(port, &p.pod).is_some())
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+fn target_port_text(port: &k8s_openapi::api::core::v1::ServicePort) -> String {
+    match &port.target_port {
+        Some(IntOrString::String(name)) => format!("→ {name}"),
+        Some(IntOrString::Int(n)) => format!("→ {n}"),
+        None => format!("→ {}", port.port),
+    }
+}
+
+/// The non-disruptive checks for what is deployed.
+pub fn plan(view: &ClusterView, layout: &Layout) -> Vec<Check> {
+    let mut checks = Vec::new();
+    // Every pod → every other pod.
+    for from in &view.pods {
+        let others: Vec<&PodInfo> = view.pods.iter().filter(|p| p.key() != from.key()).collect();
+        if others.is_empty() {
+            continue;
+        }
+        let same = others.iter().filter(|p| p.node == from.node).count();
+        checks.push(Check {
+            title: format!(
+                "pod {} ({}) → {} pods ({same} same node, {} other nodes)",
+                from.key(),
+                from.node,
+                others.len(),
+                others.len() - same
+            ),
+            from_netns: from.netns.clone(),
+            targets: others
+                .iter()
+                .map(|p| {
+                    let port = p.probe_port();
+                    Target { proto: port.proto, addr: SocketAddr::new(p.ip, port.port) }
+                })
+                .collect(),
+            count: 1,
+            expect: Expect::Names(others.iter().map(|p| p.name.clone()).collect()),
+        });
+    }
+    // Services: every port from a client pod; affinity; NodePorts from outside.
+    let mut services: Vec<&Service> = view.services.iter().collect();
+    services.sort_by_key(|s| (s.namespace(), s.name_any()));
+    for service in services {
+        let Some(spec) = service.spec.as_ref() else { continue };
+        let key = format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any());
+        let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok());
+        let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        for port in spec.ports.iter().flatten() {
+            let Some(proto) = Proto::from_kubernetes(port.protocol.as_deref()) else { continue };
+            let Ok(service_port) = u16::try_from(port.port) else { continue };
+            let expected = backends(view, service, port);
+            if expected.is_empty() {
+                continue;
+            }
+            let client = view
+                .pods
+                .iter()
+                .find(|p| !expected.contains(&p.name) || p.namespace != service.namespace().unwrap_or_default())
+                .or(view.pods.first());
+            let port_text = format!("{service_port}/{} ({})", proto.kubernetes_name(), target_port_text(port));
+            if let (Some(ip), Some(client)) = (cluster_ip, client) {
+                let target = Target { proto, addr: SocketAddr::new(ip, service_port) };
+                checks.push(Check {
+                    title: format!("service {key} {port_text} from {}: {} backends", client.name, expected.len()),
+                    from_netns: client.netns.clone(),
+                    targets: vec![target],
+                    count: requests_for(expected.len()),
+                    expect: if affinity {
+                        Expect::OneBackend(expected.clone())
+                    } else {
+                        Expect::AllBackends(expected.clone())
+                    },
+                });
+            }
+            let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()) else { continue };
+            for node in &view.nodes {
+                let expected: BTreeSet<String> = if local {
+                    view.pods
+                        .iter()
+                        .filter(|p| p.node == node.name && expected.contains(&p.name))
+                        .map(|p| p.name.clone())
+                        .collect()
+                } else {
+                    expected.clone()
+                };
+                if expected.is_empty() {
+                    continue;
+                }
+                checks.push(Check {
+                    title: format!(
+                        "nodeport {key} {}:{node_port}/{} from outside via {}: {} backends",
+                        node.ip,
+                        proto.kubernetes_name(),
+                        node.name,
+                        expected.len()
+                    ),
+                    from_netns: layout.outside_netns(),
+                    targets: vec![Target { proto, addr: SocketAddr::new(node.ip, node_port) }],
+                    count: requests_for(expected.len()),
+                    expect: if affinity { Expect::OneBackend(expected) } else { Expect::AllBackends(expected) },
+                });
+            }
+        }
+    }
+    // Pod → outside, seen as the node.
+    for pod in &view.pods {
+        let Some(node_ip) = view.node_ip(&pod.node) else { continue };
+        checks.push(Check {
+            title: format!("pod {} → outside {OUTSIDE_IP}:{OUTSIDE_PORT} seen as {} ({node_ip})", pod.key(), pod.node),
+            from_netns: pod.netns.clone(),
+            targets: vec![Target { proto: Proto::Tcp, addr: SocketAddr::new(IpAddr::V4(OUTSIDE_IP), OUTSIDE_PORT) }],
+            count: 1,
+            expect: Expect::SeenAs(node_ip),
+        });
+    }
+    checks
+}
+
+/// Sends requests from inside a namespace.
+pub trait Prober: Sync {
+    /// Probes `targets` from `netns`.
+    fn probe(
+        &self,
+        netns: &str,
+        targets: &[Target],
+        options: ProbeOptions,
+    ) -> impl Future<Output = Result<Vec<TargetReport>, String>> + Send;
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The row's title.
+    pub title: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What went wrong, or a short note.
+    pub detail: String,
+    /// Median latency of the answered requests.
+    pub latency: Option<Duration>,
+    /// How many times it ran (failures are retried until a deadline).
+    pub tries: u32,
+}
+
+fn median_latency(attempts: &[&Attempt]) -> Option<Duration> {
+    let mut answered: Vec<u64> = attempts.iter().filter(|a| a.reply.is_some()).map(|a| a.latency_us).collect();
+    if answered.is_empty() {
+        return None;
+    }
+    answered.sort_unstable();
+    Some(Duration::from_micros(answered[answered.len() / 2]))
+}
+
+/// Judges the answers to a check. Pure.
+pub fn judge(check: &Check, reports: &[TargetReport]) -> (bool, String, Option<Duration>) {
+    let attempts: Vec<&Attempt> = reports.iter().flat_map(|r| r.attempts.iter()).collect();
+    let latency = median_latency(&attempts);
+    let unanswered: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.attempts.iter().filter(|a| a.reply.is_none()).map(move |a| (r.target, a)))
+        .map(|(t, a)| format!("{t}: {}", a.error.as_deref().unwrap_or("no answer")))
+        .collect();
+    let names: BTreeMap<String, usize> =
+        attempts.iter().filter_map(|a| a.reply.as_ref()).fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.name.clone()).or_default() += 1;
+            m
+        });
+    let first_unanswered = |n: usize| -> String {
+        let mut text = unanswered.iter().take(n).cloned().collect::<Vec<_>>().join("; ");
+        if unanswered.len() > n {
+            text.push_str(&format!("; … {} more", unanswered.len() - n));
+        }
+        text
+    };
+    let total = attempts.len();
+    match &check.expect {
+        Expect::Names(expected) => {
+            let mut wrong = Vec::new();
+            for (i, report) in reports.iter().enumerate() {
+                let want = expected.get(i).map(String::as_str).unwrap_or("");
+                for attempt in &report.attempts {
+                    match &attempt.reply {
+                        Some(reply) if reply.name == want => {}
+                        Some(reply) => {
+                            wrong.push(format!("{}: answered by {} instead of {want}", report.target, reply.name))
+                        }
+                        None => wrong.push(format!(
+                            "{} ({want}): {}",
+                            report.target,
+                            attempt.error.as_deref().unwrap_or("no answer")
+                        )),
+                    }
+                }
+            }
+            if wrong.is_empty() {
+                (true, format!("{total}/{total} answered"), latency)
+            } else {
+                let shown = wrong.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+                (false, format!("{}/{total} failed: {shown}", wrong.len()), latency)
+            }
+        }
+        Expect::AllBackends(expected) => {
+            let unexpected: Vec<&String> = names.keys().filter(|n| !expected.contains(*n)).collect();
+            let missing: Vec<&String> = expected.iter().filter(|n| !names.contains_key(*n)).collect();
+            let spread = names.iter().map(|(n, c)| format!("{n}×{c}")).collect::<Vec<_>>().join(" ");
+            if unanswered.is_empty() && unexpected.is_empty() && missing.is_empty() {
+                (true, format!("{total} requests: {spread}"), latency)
+            } else {
+                let mut problems = Vec::new();
+                if !unanswered.is_empty() {
+                    problems.push(format!("{}/{total} unanswered ({})", unanswered.len(), first_unanswered(2)));
+                }
+                if !missing.is_empty() {
+                    problems.push(format!("never reached: {}", join(&missing)));
+                }
+                if !unexpected.is_empty() {
+                    problems.push(format!("answered by non-backends: {}", join(&unexpected)));
+                }
+                let spread = if spread.is_empty() { String::new() } else { format!(" [{spread}]") };
+                (false, format!("{}{spread}", problems.join("; ")), latency)
+            }
+        }
+        Expect::OneBackend(expected) => {
+            let spread = names.iter().map(|(n, c)| format!("{n}×{c}")).collect::<Vec<_>>().join(" ");
+            let sticky = names.len() == 1 && names.keys().all(|n| expected.contains(n));
+            if unanswered.is_empty() && sticky {
+                (true, format!("{total} requests, all to {spread} (ClientIP affinity)"), latency)
+            } else if !unanswered.is_empty() {
+                (false, format!("{}/{total} unanswered ({})", unanswered.len(), first_unanswered(2)), latency)
+            } else {
+                (false, format!("affinity broken: answered by {spread}"), latency)
+            }
+        }
+        Expect::SeenAs(ip) => {
+            let seen: BTreeSet<IpAddr> =
+                attempts.iter().filter_map(|a| a.reply.as_ref()).map(|r| r.from.ip()).collect();
+            if unanswered.is_empty() && seen.iter().all(|s| s == ip) && !seen.is_empty() {
+                (true, format!("seen as {ip}"), latency)
+            } else if !unanswered.is_empty() {
+                (false, first_unanswered(2), latency)
+            } else {
+                (
+                    false,
+                    format!(
+                        "seen as {} instead of {ip}",
+                        seen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    latency,
+                )
+            }
+        }
+        Expect::Silence => {
+            if names.is_empty() {
+                (true, "no answer, as expected".into(), None)
+            } else {
+                (false, format!("still answered by {}", names.keys().cloned().collect::<Vec<_>>().join(", ")), latency)
+            }
+        }
+    }
+}
+
+fn join(names: &[&String]) -> String {
+    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs one check once.
+pub async fn run_once<P: Prober>(prober: &P, check: &Check, timeout: Duration) -> (bool, String, Option<Duration>) {
+    let options = ProbeOptions { count: check.count, timeout, udp_tries: 2, give_up_after: 3 };
+    match prober.probe(&check.from_netns, &check.targets, options).await {
+        Ok(reports) => judge(check, &reports),
+        Err(error) => (false, format!("probe failed: {error}"), None),
+    }
+}
+
+/// Runs every check (in parallel, a few at a time); a failing check is tried again until
+/// `retry_for` has passed since the start, so that flows still being installed are waited
+/// for rather than reported.
+pub async fn run_all<P: Prober>(
+    prober: &P,
+    checks: &[Check],
+    timeout: Duration,
+    retry_for: Duration,
+    mut progress: impl FnMut(usize, usize),
+) -> Vec<CheckResult> {
+    let started = Instant::now();
+    let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
+    let mut tries = vec![0u32; checks.len()];
+    loop {
+        let pending: Vec<usize> =
+            (0..checks.len()).filter(|&i| results[i].as_ref().is_none_or(|r| !r.passed)).collect();
+        let mut done = checks.len() - pending.len();
+        progress(done, checks.len());
+        for chunk in pending.chunks(8) {
+            let outcomes = futures_join(chunk.iter().map(|&i| run_once(prober, &checks[i], timeout))).await;
+            for (&i, (passed, detail, latency)) in chunk.iter().zip(outcomes) {
+                tries[i] += 1;
+                results[i] =
+                    Some(CheckResult { title: checks[i].title.clone(), passed, detail, latency, tries: tries[i] });
+                if passed {
+                    done += 1;
+                }
+            }
+            progress(done, checks.len());
+        }
+        let all_passed = results.iter().all(|r| r.as_ref().is_some_and(|r| r.passed));
+        if all_passed || started.elapsed() >= retry_for {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// Awaits futures concurrently (a tiny `join_all`, to avoid a dependency).
+async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, future) in set.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => outputs[i] = Some(output),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Formats a latency for the table.
+pub fn format_latency(latency: Option<Duration>) -> String {
+    match latency {
+        None => "-".into(),
+        Some(d) if d < Duration::from_millis(10) => format!("{:.2} ms", d.as_secs_f64() * 1e3),
+        Some(d) if d < Duration::from_secs(10) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+        Some(d) => format!("{:.1} s", d.as_secs_f64()),
+    }
+}
+
+/// The result table (check, result, latency), the failures' details, and the closing
+/// `checks passed: N/M` line.
+pub fn table(results: &[CheckResult]) -> String {
+    let width = results.iter().map(|r| r.title.chars().count()).max().unwrap_or(5).max(5);
+    let mut out = format!("{:<width$}  {:<6}  {:>9}  {}\n", "CHECK", "RESULT", "LATENCY", "DETAIL");
+    for r in results {
+        let result = if r.passed { "ok" } else { "FAIL" };
+        let mut detail = r.detail.clone();
+        if r.tries > 1 {
+            detail.push_str(&format!(" (try {})", r.tries));
+        }
+        out.push_str(&format!("{:<width$}  {:<6}  {:>9}  {}\n", r.title, result, format_latency(r.latency), detail));
+    }
+    let passed = results.iter().filter(|r| r.passed).count();
+    out.push_str(&format!("checks passed: {passed}/{}\n", results.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::echo::Reply;
+    use serde_json::{Value, json};
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    fn node(i: u8) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": format!("node{i}")},
+            "status": {"addresses": [{"type": "InternalIP", "address": format!("172.18.0.{}", 10 + i)}]}}))
+        .unwrap()
+    }
+
+    fn pod(name: &str, node: u8, ip: &str, labels: Value, ports: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "demo", "uid": format!("uid-{name}"), "labels": labels},
+            "spec": {"nodeName": format!("node{node}"), "containers": [{"name": "c", "ports": ports}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    }
+
+    fn scenario() -> ClusterView {
+        let http = json!([{"name": "http", "containerPort": 8080}, {"containerPort": 5300, "protocol": "UDP"}]);
+        let pods = [
+            pod("web-1", 1, "10.244.1.5", json!({"app": "web"}), http.clone()),
+            pod("web-2", 2, "10.244.2.5", json!({"app": "web"}), http.clone()),
+            pod("client", 1, "10.244.1.6", json!({}), json!([])),
+        ];
+        let mut pending = pod("late", 2, "10.244.2.9", json!({}), json!([]));
+        pending.status.as_mut().unwrap().conditions = None;
+        let services: Vec<Service> = vec![
+            serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "demo"}, "spec": {
+                "type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080},
+                          {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5300}]}}))
+            .unwrap(),
+            serde_json::from_value(json!({"metadata": {"name": "sticky", "namespace": "demo"}, "spec": {
+                "clusterIP": "10.96.0.11", "selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}}))
+            .unwrap(),
+        ];
+        let mut all = pods.to_vec();
+        all.push(pending);
+        ClusterView::new(&Layout::new("sklab").unwrap(), &[node(1), node(2)], &all, &services)
+    }
+
+    /// A model of a working cluster: pods answer on their ports, Services spread (or stick),
+    /// NodePorts reach backends, egress is SNATed to the node. `broken` backends never answer
+    /// through a Service.
+    struct Model {
+        view: ClusterView,
+        broken: Vec<String>,
+        calls: Mutex<usize>,
+    }
+
+    impl Prober for Model {
+        async fn probe(
+            &self,
+            netns: &str,
+            targets: &[Target],
+            options: ProbeOptions,
+        ) -> Result<Vec<TargetReport>, String> {
+            let from_pod = self.view.pods.iter().find(|p| p.netns == netns);
+            let from_ip = from_pod.map(|p| p.ip).unwrap_or(IpAddr::V4(Ipv4Addr::new(172, 18, 0, 254)));
+            let mut reports = Vec::new();
+            for target in targets {
+                let mut attempts = Vec::new();
+                for n in 0..options.count {
+                    *self.calls.lock().unwrap() += 1;
+                    let answer = |name: &str, from: IpAddr| Attempt {
+                        reply: Some(Reply { name: name.into(), from: SocketAddr::new(from, 40000) }),
+                        latency_us: 300,
+                        error: None,
+                    };
+                    let silence = Attempt { reply: None, latency_us: 2_000_000, error: Some("no answer".into()) };
+                    let ip = target.addr.ip();
+                    let attempt = if let Some(p) = self.view.pods.iter().find(|p| p.ip == ip) {
+                        answer(&p.name, from_ip)
+                    } else if ip == IpAddr::V4(OUTSIDE_IP) {
+                        let node = from_pod.map(|p| p.node.clone()).unwrap_or_default();
+                        answer("outside", self.view.node_ip(&node).unwrap())
+                    } else {
+                        let sticky = ip.to_string() == "10.96.0.11";
+                        let backends = ["web-1", "web-2"];
+                        let name = if sticky { backends[0] } else { backends[n % 2] };
+                        if self.broken.iter().any(|b| b == name) { silence } else { answer(name, from_ip) }
+                    };
+                    attempts.push(attempt);
+                }
+                reports.push(TargetReport { target: *target, attempts });
+            }
+            Ok(reports)
+        }
+    }
+
+    #[test]
+    fn checks_are_derived_from_what_is_deployed() {
+        let view = scenario();
+        assert_eq!(view.pods.len(), 3);
+        assert_eq!(view.not_ready["demo/late"], "on node2, not ready");
+        let checks = plan(&view, &Layout::new("sklab").unwrap());
+        let titles: Vec<&str> = checks.iter().map(|c| c.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "pod demo/client (node1) → 2 pods (1 same node, 1 other nodes)",
+                "pod demo/web-1 (node1) → 2 pods (1 same node, 1 other nodes)",
+                "pod demo/web-2 (node2) → 2 pods (0 same node, 2 other nodes)",
+                "service demo/sticky 80/TCP (→ 8080) from client: 2 backends",
+                "service demo/web 80/TCP (→ http) from client: 2 backends",
+                "nodeport demo/web 172.18.0.11:30080/TCP from outside via node1: 2 backends",
+                "nodeport demo/web 172.18.0.12:30080/TCP from outside via node2: 2 backends",
+                "service demo/web 53/UDP (→ 5300) from client: 2 backends",
+                "pod demo/client → outside 198.51.100.1:80 seen as node1 (172.18.0.11)",
+                "pod demo/web-1 → outside 198.51.100.1:80 seen as node1 (172.18.0.11)",
+                "pod demo/web-2 → outside 198.51.100.1:80 seen as node2 (172.18.0.12)",
+            ]
+        );
+        // Pod → pod goes to each pod's first TCP port; the UDP Service port to 53/UDP.
+        assert_eq!(checks[0].targets[0].to_string(), "tcp:10.244.1.5:8080");
+        assert_eq!(checks[7].targets[0].to_string(), "udp:10.96.0.10:53");
+        assert_eq!(checks[7].count, 24);
+        assert!(matches!(&checks[3].expect, Expect::OneBackend(b) if b.len() == 2));
+        assert_eq!(checks[5].from_netns, "sklab-outside");
+    }
+
+    #[tokio::test]
+    async fn a_working_cluster_passes_and_a_dead_backend_is_named() {
+        let view = scenario();
+        let checks = plan(&view, &Layout::new("sklab").unwrap());
+        let model = Model { view: view.clone(), broken: vec![], calls: Mutex::new(0) };
+        let results = run_all(&model, &checks, Duration::from_secs(1), Duration::ZERO, |_, _| {}).await;
+        assert!(results.iter().all(|r| r.passed), "{}", table(&results));
+        let text = table(&results);
+        assert!(text.ends_with("checks passed: 11/11\n"), "{text}");
+        assert!(text.contains("0.30 ms"), "{text}");
+
+        let model = Model { view, broken: vec!["web-2".into()], calls: Mutex::new(0) };
+        let results = run_all(&model, &checks, Duration::from_secs(1), Duration::ZERO, |_, _| {}).await;
+        let failed: Vec<&CheckResult> = results.iter().filter(|r| !r.passed).collect();
+        assert_eq!(failed.len(), 4, "{}", table(&results));
+        assert!(failed[0].detail.contains("never reached: web-2"), "{}", failed[0].detail);
+        assert!(table(&results).ends_with("checks passed: 7/11\n"));
+    }
+
+    #[test]
+    fn judging_affinity_egress_and_silence() {
+        let target: Target = "tcp:10.96.0.11:80".parse().unwrap();
+        let reply = |name: &str, from: &str| Attempt {
+            reply: Some(Reply { name: name.into(), from: from.parse().unwrap() }),
+            latency_us: 1000,
+            error: None,
+        };
+        let check =
+            |expect| Check { title: "t".into(), from_netns: "x".into(), targets: vec![target], count: 2, expect };
+        let both: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let report = |attempts| vec![TargetReport { target, attempts }];
+        let (ok, detail, _) = judge(
+            &check(Expect::OneBackend(both.clone())),
+            &report(vec![reply("a", "1.1.1.1:1"), reply("b", "1.1.1.1:2")]),
+        );
+        assert!(!ok && detail.contains("affinity broken"), "{detail}");
+        let (ok, _, _) =
+            judge(&check(Expect::OneBackend(both)), &report(vec![reply("a", "1.1.1.1:1"), reply("a", "1.1.1.1:2")]));
+        assert!(ok);
+        let node: IpAddr = "172.18.0.11".parse().unwrap();
+        let (ok, detail, _) = judge(&check(Expect::SeenAs(node)), &report(vec![reply("outside", "10.244.1.5:3")]));
+        assert!(!ok && detail.contains("seen as 10.244.1.5 instead of 172.18.0.11"), "{detail}");
+        let none = Attempt { reply: None, latency_us: 5, error: Some("connect: refused".into()) };
+        let (ok, _, latency) = judge(&check(Expect::Silence), &report(vec![none.clone()]));
+        assert!(ok && latency.is_none());
+        let (ok, detail, _) = judge(&check(Expect::Silence), &report(vec![reply("old", "1.1.1.1:1")]));
+        assert!(!ok && detail.contains("still answered by old"));
+        let (ok, detail, _) = judge(&check(Expect::Names(vec!["p".into()])), &report(vec![none]));
+        assert!(!ok && detail.contains("connect: refused"), "{detail}");
+    }
+}

@@ -1,0 +1,81 @@
+//! The demo's scenario: on every node a `web` pod (a named TCP port and a UDP port) and a
+//! `client` pod (no ports: the workload's default 8080/TCP), two `api` pods; a ClusterIP
+//! Service with a named and a numbered target port (TCP and UDP), a NodePort Service, and a
+//! Service with ClientIP session affinity. Standard Kubernetes YAML, applied like a user's.
+
+/// The demo's namespace.
+pub const NAMESPACE: &str = "demo";
+/// The NodePort of the `web-nodeport` Service.
+pub const NODE_PORT: u16 = 30080;
+
+fn pod(name: &str, node: &str, labels: &str, ports: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels: {{{labels}}}\nspec:\n  \
+         nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers:\n  - name: main\n    image: skein-lab/echo\n{ports}"
+    )
+}
+
+/// The scenario for a lab of `nodes` nodes, as multi-document YAML.
+pub fn demo_yaml(nodes: usize) -> String {
+    let nodes = nodes.max(1);
+    let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
+    let web_ports =
+        "    ports:\n    - {name: http, containerPort: 8080}\n    - {name: dns, containerPort: 5353, protocol: UDP}\n";
+    for i in 1..=nodes {
+        let node = format!("node{i}");
+        yaml.push_str(&pod(&format!("web-{i}"), &node, "app: web", web_ports));
+        yaml.push_str(&pod(&format!("client-{i}"), &node, "role: client", ""));
+    }
+    for i in 1..=2 {
+        let node = format!("node{}", (i - 1) % nodes + 1);
+        yaml.push_str(&pod(
+            &format!("api-{i}"),
+            &node,
+            "app: api",
+            "    ports:\n    - {name: grpc, containerPort: 9000}\n",
+        ));
+    }
+    yaml.push_str(&format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {NAMESPACE}\nspec:\n  selector: {{app: web}}\n  ports:\n  \
+         - {{name: http, port: 80, targetPort: http}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web-nodeport\n  namespace: {NAMESPACE}\nspec:\n  type: NodePort\n  \
+         selector: {{app: web}}\n  ports:\n  - {{port: 80, targetPort: 8080, nodePort: {NODE_PORT}}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: {NAMESPACE}\nspec:\n  selector: {{app: api}}\n  \
+         sessionAffinity: ClientIP\n  ports:\n  - {{name: grpc, port: 9000, targetPort: grpc}}\n"
+    ));
+    yaml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Manifest, parse};
+
+    #[test]
+    fn the_scenario_is_valid_yaml_for_the_lab() {
+        let manifests = parse(&demo_yaml(3), "default").unwrap();
+        let described: Vec<String> = manifests.iter().map(Manifest::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "namespace/demo",
+                "pod/web-1",
+                "pod/client-1",
+                "pod/web-2",
+                "pod/client-2",
+                "pod/web-3",
+                "pod/client-3",
+                "pod/api-1",
+                "pod/api-2",
+                "service/web",
+                "service/web-nodeport",
+                "service/api"
+            ]
+        );
+        let Manifest::Service(nodeport) = &manifests[10] else { panic!() };
+        let spec = nodeport.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30080));
+        assert_eq!(parse(&demo_yaml(1), "default").unwrap().len(), 8);
+    }
+}

@@ -1,0 +1,71 @@
+//! The underlay: a bridge in the root namespace holding the host's address, one namespace
+//! per node with `eth0` on the bridge and a default route to the outside namespace, which
+//! stands for the world beyond the nodes' gateway (and holds the "internet" address).
+//! `destroy` removes everything named with the prefix, whether or not a daemon is alive.
+
+use std::collections::BTreeSet;
+
+use crate::layout::{GATEWAY_IP, HOST_IP, Layout, OUTSIDE_IP, UNDERLAY_MTU, UNDERLAY_PREFIX_LEN};
+use crate::sys::{self, CommandError};
+
+fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<(), CommandError> {
+    sys::run("ip", ["netns", "exec", netns, "sysctl", "-q", "-w", &format!("{key}={value}")]).map(|_| ())
+}
+
+fn add_veth_into(layout: &Layout, root_end: &str, netns: &str, address: &str) -> Result<(), CommandError> {
+    sys::ip(&["netns", "add", netns])?;
+    sys::ip(&["link", "add", root_end, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+    sys::ip(&["link", "set", root_end, "mtu", &UNDERLAY_MTU.to_string(), "master", &layout.bridge(), "up"])?;
+    sys::ip_in(netns, &["link", "set", "lo", "up"])?;
+    sys::ip_in(netns, &["link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string(), "up"])?;
+    sys::ip_in(netns, &["addr", "add", &format!("{address}/{UNDERLAY_PREFIX_LEN}"), "dev", "eth0"])?;
+    Ok(())
+}
+
+/// Creates the bridge, `nodes` node namespaces and the outside namespace.
+pub fn create(layout: &Layout, nodes: usize) -> Result<(), CommandError> {
+    let bridge = layout.bridge();
+    sys::ip(&["link", "add", &bridge, "type", "bridge"])?;
+    sys::ip(&["link", "set", &bridge, "mtu", &UNDERLAY_MTU.to_string()])?;
+    sys::ip(&["addr", "add", &format!("{HOST_IP}/{UNDERLAY_PREFIX_LEN}"), "dev", &bridge])?;
+    sys::ip(&["link", "set", &bridge, "up"])?;
+    for index in 1..=nodes {
+        let netns = layout.node_netns(&Layout::node_name(index));
+        add_veth_into(layout, &layout.node_uplink_peer(index), &netns, &Layout::node_ip(index).to_string())?;
+        sys::ip_in(&netns, &["route", "add", "default", "via", &GATEWAY_IP.to_string()])?;
+        sysctl_in(&netns, "net.ipv4.ip_forward", "1")?;
+    }
+    let outside = layout.outside_netns();
+    add_veth_into(layout, &layout.outside_peer(), &outside, &GATEWAY_IP.to_string())?;
+    sys::ip_in(&outside, &["addr", "add", &format!("{OUTSIDE_IP}/32"), "dev", "lo"])?;
+    sysctl_in(&outside, "net.ipv4.ip_forward", "1")?;
+    Ok(())
+}
+
+/// Removes every namespace and root link of the lab, killing the processes inside the
+/// namespaces first. Returns what it removed.
+pub fn destroy(layout: &Layout) -> Vec<String> {
+    let mut removed = Vec::new();
+    let namespaces: Vec<String> =
+        sys::netns_list().unwrap_or_default().into_iter().filter(|n| layout.owns_netns(n)).collect();
+    // Pods first, then nodes and outside: a pod's workload dies before its node's agent.
+    let (pods, others): (Vec<&String>, Vec<&String>) = namespaces.iter().partition(|n| {
+        let rest = n.strip_prefix(layout.prefix()).unwrap_or("");
+        rest.matches('-').count() >= 2
+    });
+    for netns in pods.into_iter().chain(others) {
+        let pids: BTreeSet<i32> = sys::netns_pids(netns).into_iter().collect();
+        for pid in &pids {
+            sys::signal(*pid, rustix::process::Signal::KILL);
+        }
+        if sys::ip(&["netns", "del", netns]).is_ok() {
+            removed.push(format!("netns {netns}"));
+        }
+    }
+    for link in sys::root_links().unwrap_or_default().into_iter().filter(|l| layout.owns_link(l)) {
+        if sys::ip(&["link", "del", &link]).is_ok() {
+            removed.push(format!("link {link}"));
+        }
+    }
+    removed
+}

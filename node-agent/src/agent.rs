@@ -1,0 +1,469 @@
+//! The node agent's network side, put together: uplink and management port, the switch,
+//! the southbound client installing every view, the CNI server, the control socket.
+//! `docs/node-agent.md` describes the whole.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use skein_datapath::control::Control;
+use skein_datapath::datapath::{Datapath, DatapathConfig};
+use skein_datapath::io::{PortSpec, Switch, SwitchConfig, UplinkFilter, now_ns};
+use skein_netmodel::annotations::{CHASSIS, ChassisAnnotation, Encap, format_chassis};
+use skein_netmodel::southbound::{ChassisView, PortKind};
+use skein_netmodel::{IpNet, MacAddr};
+use skein_southbound::{AgentClient, ClientEvent, ClientSettings, ClientTls, Registration, TlsIdentity};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cniinstall::CniInstall;
+use crate::cniserver::{self, CniServer};
+use crate::deviceplugin::annotation::{KubeNodeAnnotator, NodeAnnotator};
+use crate::host::{self, ManagementSpec, UplinkPorts};
+use crate::netmetrics::NetMetrics;
+use crate::node::{GENEVE_PORT, MANAGEMENT_PORT, NodeNetwork, UPLINK_PORT};
+use crate::pods::NodePods;
+use crate::translate::{Tunnel, Uplink};
+
+/// Where the master is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterLocation {
+    /// Fixed endpoints, tried in turn.
+    Endpoints(Vec<String>),
+    /// A Service whose ready endpoints (port `southbound`) are looked up in its EndpointSlices.
+    Service {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// TLS towards the master.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MasterTls {
+    /// CA to trust (PEM file).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM file).
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
+    /// Name to verify in the master's certificate.
+    pub server_name: Option<String>,
+}
+
+/// Everything the network side needs.
+#[derive(Clone, Debug)]
+pub struct NetworkSettings {
+    /// Node name.
+    pub node_name: String,
+    /// The master.
+    pub master: MasterLocation,
+    /// TLS to the master.
+    pub tls: MasterTls,
+    /// Tunnel IP (default: the node's InternalIP).
+    pub tunnel_ip: Option<Ipv4Addr>,
+    /// Uplink interface (default: the one holding the node IP).
+    pub uplink_interface: Option<String>,
+    /// Cluster CIDRs (routed from the host through the management port).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Service CIDRs (routed likewise).
+    pub service_cidrs: Vec<IpNet>,
+    /// CNI socket.
+    pub cni_socket: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// CNI install, unless disabled.
+    pub cni_install: Option<CniInstall>,
+    /// Longest ADD wait.
+    pub add_timeout: Duration,
+    /// Switch settings.
+    pub switch: SwitchConfig,
+    /// Ports Skein answers on the node IP.
+    pub uplink_ports: UplinkPorts,
+    /// How long to wait for the gateway's MAC at start.
+    pub gateway_wait: Duration,
+}
+
+/// The running network side.
+#[derive(Debug)]
+pub struct RunningNetwork {
+    /// The node's datapath and bindings.
+    pub net: Arc<NodeNetwork>,
+}
+
+/// Starts everything; returns once the CNI server listens and the client runs.
+pub async fn start(
+    settings: NetworkSettings,
+    client: Client,
+    metrics: NetMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningNetwork> {
+    let s = settings;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get(&s.node_name).await.with_context(|| format!("reading Node {}", s.node_name))?;
+    let internal_ip = node
+        .status
+        .as_ref()
+        .and_then(|st| st.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP").and_then(|a| a.address.parse::<Ipv4Addr>().ok()));
+    let node_ip = s.tunnel_ip.or(internal_ip);
+    let uplink = {
+        let (ip, name) = (node_ip, s.uplink_interface.clone());
+        tokio::task::spawn_blocking(move || host::find_uplink(ip, name.as_deref())).await??
+    };
+    let node_ip = uplink.node_ip;
+    info!(
+        interface = %uplink.name,
+        %node_ip,
+        mac = %uplink.mac,
+        mtu = uplink.mtu,
+        gateway = ?uplink.gateway,
+        "uplink found"
+    );
+    host::check_ephemeral_ports(s.uplink_ports.snat_ports);
+
+    // The chassis: an id kept across restarts, the annotation the contract asks for.
+    std::fs::create_dir_all(&s.state_dir).with_context(|| format!("creating {}", s.state_dir.display()))?;
+    let chassis_id = chassis_id(&s.state_dir)?;
+    let annotation = format_chassis(&ChassisAnnotation {
+        id: chassis_id.clone(),
+        tunnel_ip: IpAddr::V4(node_ip),
+        encap: Encap::Geneve,
+    });
+    {
+        let annotator = KubeNodeAnnotator::new(client.clone(), s.node_name.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match annotator.annotate(CHASSIS, &annotation).await {
+                    Ok(()) => {
+                        info!(annotation = CHASSIS, value = %annotation, "chassis annotation written");
+                        return;
+                    }
+                    Err(e) => warn!(error = %e, "writing the chassis annotation failed; retrying"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    // The switch: uplink, management port, Geneve endpoint.
+    tokio::task::spawn_blocking(host::ensure_management_link).await??;
+    let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+    let specs = [
+        PortSpec::Uplink {
+            number: UPLINK_PORT,
+            name: uplink.name.clone(),
+            filter: Some(UplinkFilter { node_ip, port_ranges: [s.uplink_ports.node_ports, s.uplink_ports.snat_ports] }),
+        },
+        PortSpec::Interface { number: MANAGEMENT_PORT, name: host::MANAGEMENT_DP_IFNAME.to_owned() },
+        PortSpec::Geneve {
+            number: GENEVE_PORT,
+            local: SocketAddrV4::new(node_ip, skein_datapath::io::udp::GENEVE_PORT),
+        },
+    ];
+    let switch = Arc::new(Switch::start(dp.clone(), &specs, s.switch).context("starting the switch")?);
+    let control = {
+        let sw = switch.clone();
+        Arc::new(Control::new(dp.clone(), Box::new(move || sw.stats()), now_ns))
+    };
+    let gateway_mac = match uplink.gateway {
+        Some(gw) => {
+            let (name, wait) = (uplink.name.clone(), s.gateway_wait);
+            match tokio::task::spawn_blocking(move || host::resolve_mac(gw, &name, wait)).await? {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    warn!(error = %e, "pods cannot reach beyond the node until the gateway answers");
+                    None
+                }
+            }
+        }
+        None => {
+            warn!("no IPv4 default route: pod egress and NodePort replies have no next hop");
+            None
+        }
+    };
+    let tunnel = Tunnel {
+        port: GENEVE_PORT,
+        underlay_port: GENEVE_PORT,
+        local_ip: node_ip,
+        local_mac: uplink.mac,
+        next_hop_mac: gateway_mac.unwrap_or(MacAddr([0; 6])),
+        mtu: u16::try_from(uplink.mtu).unwrap_or(u16::MAX),
+    };
+    let net =
+        NodeNetwork::new(dp.clone(), switch.clone(), control.clone(), &s.state_dir, tunnel, Some(MANAGEMENT_PORT));
+    if let Some(gateway_mac) = gateway_mac {
+        let up = Uplink {
+            port: UPLINK_PORT,
+            mac: uplink.mac,
+            gateway_mac,
+            snat_ports: s.uplink_ports.snat_ports,
+            node_port_range: s.uplink_ports.node_ports,
+        };
+        if let Err(e) = net.set_uplink(Some(up)) {
+            warn!(error = %e, "binding the uplink failed");
+        }
+    }
+    tokio::task::spawn_blocking(move || host::ensure_uplink_rules(node_ip, s.uplink_ports)).await??;
+    crate::controlsock::serve(&s.state_dir.join("control.sock"), control.clone())
+        .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
+
+    // Housekeeping: expire idle cache entries and connections.
+    {
+        let dp = dp.clone();
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new().name("skein-agent-maint".into()).spawn(move || {
+            while !shutdown.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(100));
+                dp.maintain(now_ns());
+            }
+        })?;
+    }
+
+    // The management port follows the view.
+    tokio::spawn(follow_management(
+        net.clone(),
+        s.node_name.clone(),
+        s.cluster_cidrs.clone(),
+        s.service_cidrs.clone(),
+        uplink.mtu.saturating_sub(host::GENEVE_OVERHEAD),
+        shutdown.clone(),
+    ));
+
+    // Pods, the CNI server, the plugin install.
+    let pods = NodePods::start(client.clone(), &s.node_name);
+    let listener = cniserver::bind(&s.cni_socket).with_context(|| format!("binding {}", s.cni_socket.display()))?;
+    let server = CniServer::new(net.clone(), pods, s.add_timeout, metrics.clone());
+    // The configuration appears once the socket it names answers (STATUS says "not ready"
+    // until the master's first view is installed).
+    tokio::spawn(server.serve(listener, s.cni_socket.clone(), shutdown.clone()));
+    if let Some(install) = &s.cni_install {
+        install.run().context("installing the CNI plugin")?;
+    }
+    // The master.
+    let registration = Registration {
+        node_name: s.node_name.clone(),
+        chassis_id,
+        tunnel_ip: IpAddr::V4(node_ip),
+        encap: Encap::Geneve,
+    };
+    let tls = client_tls(&s.tls)?;
+    tokio::spawn(follow_master(client.clone(), s.master.clone(), tls, registration, net.clone(), shutdown.clone()));
+
+    tokio::spawn(metrics.sample(net.clone(), shutdown.clone()));
+    info!(node = %s.node_name, "node network running");
+    Ok(RunningNetwork { net })
+}
+
+/// The chassis id in `<state>/chassis-id`, created on first start.
+fn chassis_id(state: &std::path::Path) -> anyhow::Result<String> {
+    let path = state.join("chassis-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_owned();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .context("reading /proc/sys/kernel/random/uuid for a chassis id")?
+        .trim()
+        .to_owned();
+    crate::node::write_atomically(&path, id.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+fn client_tls(tls: &MasterTls) -> anyhow::Result<Option<ClientTls>> {
+    let Some(ca) = &tls.ca else {
+        if tls.cert.is_some() || tls.key.is_some() {
+            bail!("--tls-cert/--tls-key need --master-ca (the CA that signed the master's certificate)");
+        }
+        return Ok(None);
+    };
+    let read = |p: &PathBuf, flag: &str| std::fs::read_to_string(p).with_context(|| format!("{flag} {}", p.display()));
+    let mut out = ClientTls::new(read(ca, "--master-ca")?);
+    out.server_name = tls.server_name.clone();
+    match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => {
+            out.identity = Some(TlsIdentity {
+                certificate_pem: read(c, "--tls-cert")?.into(),
+                key_pem: read(k, "--tls-key")?.into(),
+            })
+        }
+        (None, None) => {}
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
+    Ok(Some(out))
+}
+
+/// The endpoints to try, in order.
+async fn master_endpoints(client: &Client, master: &MasterLocation, tls: bool) -> Vec<String> {
+    match master {
+        MasterLocation::Endpoints(list) => list.clone(),
+        MasterLocation::Service { namespace, name } => {
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+            let params = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+            let slices = match api.list(&params).await {
+                Ok(list) => list.items,
+                Err(e) => {
+                    warn!(service = %format!("{namespace}/{name}"), error = %e, "listing the master's EndpointSlices failed");
+                    return Vec::new();
+                }
+            };
+            let scheme = if tls { "https" } else { "http" };
+            let mut out = Vec::new();
+            for slice in slices {
+                let port = slice
+                    .ports
+                    .as_ref()
+                    .and_then(|ports| {
+                        ports.iter().find(|p| p.name.as_deref() == Some("southbound")).or_else(|| ports.first())
+                    })
+                    .and_then(|p| p.port)
+                    .unwrap_or(6643);
+                for ep in &slice.endpoints {
+                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                        continue;
+                    }
+                    for address in &ep.addresses {
+                        let host = if address.contains(':') { format!("[{address}]") } else { address.clone() };
+                        out.push(format!("{scheme}://{host}:{port}"));
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Follows the master: connects to an endpoint, installs every view, moves on to the next
+/// endpoint (re-resolving a Service) when one keeps refusing.
+async fn follow_master(
+    client: Client,
+    master: MasterLocation,
+    tls: Option<ClientTls>,
+    registration: Registration,
+    net: Arc<NodeNetwork>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt = 0usize;
+    loop {
+        let endpoints = master_endpoints(&client, &master, tls.is_some()).await;
+        if endpoints.is_empty() {
+            warn!(master = ?master, "no master endpoint known yet; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+            }
+        }
+        let endpoint = endpoints[attempt % endpoints.len()].clone();
+        attempt += 1;
+        let mut settings = ClientSettings::new(endpoint.clone(), registration.clone());
+        settings.tls = tls.clone();
+        settings.installer = Some(net.clone());
+        if let Err(e) = settings.channel_endpoint() {
+            warn!(%endpoint, error = %e, "master endpoint unusable");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        info!(%endpoint, "following the master");
+        let mut agent = AgentClient::start(settings);
+        let mut failures = 0;
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = agent.events().recv() => event,
+            };
+            match event {
+                Some(ClientEvent::Connected) => debug!(%endpoint, "connected to the master"),
+                Some(ClientEvent::Applied(applied)) => {
+                    failures = 0;
+                    debug!(version = applied.version(), "view installed and acknowledged");
+                }
+                Some(ClientEvent::Resync(reason)) => warn!(%reason, "asked the master for a snapshot"),
+                Some(ClientEvent::InstallFailed { version, error }) => {
+                    warn!(version, %error, "view not installed")
+                }
+                Some(ClientEvent::Disconnected(reason)) => {
+                    failures += 1;
+                    warn!(%endpoint, %reason, failures, "southbound stream ended");
+                    if failures >= 3 && (endpoints.len() > 1 || matches!(master, MasterLocation::Service { .. })) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Configures the management interface from the view's management port, whenever it changes.
+async fn follow_management(
+    net: Arc<NodeNetwork>,
+    node: String,
+    cluster: Vec<IpNet>,
+    services: Vec<IpNet>,
+    mtu: u32,
+    shutdown: CancellationToken,
+) {
+    let mut installed = net.installed();
+    let mut last: Option<ManagementSpec> = None;
+    loop {
+        if let Some(view) = net.view()
+            && let Some(spec) = management_spec(&view, &node, &cluster, &services, mtu)
+            && last.as_ref() != Some(&spec)
+        {
+            let s = spec.clone();
+            match tokio::task::spawn_blocking(move || host::configure_management(&s)).await {
+                Ok(Ok(())) => {
+                    info!(mac = %spec.mac, addresses = ?spec.addresses, "management port configured");
+                    last = Some(spec);
+                }
+                Ok(Err(e)) => warn!(error = %e, "configuring the management port failed; retrying on the next view"),
+                Err(e) => warn!(error = %e, "configuring the management port panicked"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = installed.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The management interface's configuration from the view: its port's MAC and
+/// addresses, the gateway (the router port's address on the node switch — the first
+/// address of the subnet).
+pub fn management_spec(
+    view: &ChassisView,
+    node: &str,
+    cluster: &[IpNet],
+    services: &[IpNet],
+    mtu: u32,
+) -> Option<ManagementSpec> {
+    let port = view
+        .items
+        .ports
+        .iter()
+        .find(|p| matches!(p.kind, PortKind::Management) && p.chassis.as_deref().is_none_or(|c| c == node))?;
+    let mac = port.mac?;
+    let first = port.ips.first()?;
+    let gateway = match first.network().addr() {
+        IpAddr::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n).wrapping_add(1))),
+        IpAddr::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n).wrapping_add(1))),
+    };
+    let mut routes: Vec<IpNet> = cluster.to_vec();
+    routes.extend_from_slice(services);
+    Some(ManagementSpec { mac, addresses: port.ips.clone(), gateway, routes, mtu })
+}

@@ -1,0 +1,362 @@
+//! The CNI server: `skein-cni` asks the agent here, one request and one response per
+//! connection on a root-only Unix socket (protocol: `skein_cni::agent_protocol`).
+//!
+//! ADD waits (at most `add_timeout`) for the master's `skein.dev/pod-networks`
+//! annotation, binds the veth's host end as a datapath port, and answers only when the
+//! pod's flows are installed — the first packet the pod sends passes. Calls for one
+//! container are serialised; calls for different containers run concurrently.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skein_cni::agent_protocol::{
+    AddResult, AgentCommand, AgentError, AgentRequest, AgentResponse, InterfaceConfig, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION, RouteConfig, StatusResult,
+};
+use skein_netmodel::annotations::PodNetwork;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::netmetrics::NetMetrics;
+use crate::node::{NodeNetwork, PortRecord, logical_port_name};
+use crate::pods::{NodePods, PodWaitError};
+
+/// CNI error code: try again later.
+pub const CODE_TRY_AGAIN: u32 = 11;
+/// Skein's code: the request is incomplete.
+pub const CODE_BAD_REQUEST: u32 = 7;
+/// Skein's code: the pod's annotation is malformed.
+pub const CODE_BAD_ANNOTATION: u32 = 104;
+/// Skein's code: the datapath could not bind the interface.
+pub const CODE_BIND_FAILED: u32 = 105;
+/// Skein's code: CHECK found the pod not bound or its flows not installed.
+pub const CODE_NOT_BOUND: u32 = 106;
+
+/// What the server needs.
+#[derive(Clone, Debug)]
+pub struct CniServer {
+    /// The node's network.
+    pub net: Arc<NodeNetwork>,
+    /// This node's pods.
+    pub pods: NodePods,
+    /// Longest ADD wait.
+    pub add_timeout: Duration,
+    /// Metrics.
+    pub metrics: NetMetrics,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Binds the socket at `path` (mode 0600; a stale file is replaced, a live one refused).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use: another agent serves it", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+impl CniServer {
+    /// A server for `net` and `pods`.
+    pub fn new(net: Arc<NodeNetwork>, pods: NodePods, add_timeout: Duration, metrics: NetMetrics) -> CniServer {
+        CniServer { net, pods, add_timeout, metrics, locks: Arc::default() }
+    }
+
+    /// Serves `listener` until `shutdown`.
+    pub async fn serve(self, listener: UnixListener, path: PathBuf, shutdown: CancellationToken) {
+        info!(socket = %path.display(), "CNI server listening");
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "CNI socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let server = self.clone();
+            tokio::spawn(async move { server.connection(stream).await });
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    async fn connection(&self, mut stream: UnixStream) {
+        let response = match read_request(&mut stream).await {
+            Ok(request) => self.handle(request).await,
+            Err(msg) => error(CODE_BAD_REQUEST, msg, String::new()),
+        };
+        let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+        bytes.push(b'\n');
+        if let Err(e) = stream.write_all(&bytes).await {
+            warn!(error = %e, "the CNI plugin left before the answer");
+        }
+        let _ = stream.shutdown().await;
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: AgentRequest) -> AgentResponse {
+        let started = std::time::Instant::now();
+        let command = request.command;
+        let name = format!("{command:?}").to_uppercase();
+        let response = if request.version != PROTOCOL_VERSION {
+            error(
+                1,
+                format!(
+                    "protocol version {} is not spoken here (this agent speaks {PROTOCOL_VERSION})",
+                    request.version
+                ),
+                "update skein-cni and skein-agent together".to_owned(),
+            )
+        } else {
+            let lock = request.container_id.as_ref().map(|id| self.lock_for(id));
+            let _guard = match &lock {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
+            let response = match command {
+                AgentCommand::Add => self.add(&request).await,
+                AgentCommand::Del => self.del(&request),
+                AgentCommand::Check => self.check(&request),
+                AgentCommand::Status => self.status(),
+                AgentCommand::Gc => self.gc(&request),
+            };
+            drop(_guard);
+            if let Some(id) = &request.container_id {
+                self.release_lock(id);
+            }
+            response
+        };
+        let ok = !matches!(response, AgentResponse::Error(_));
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.observe_cni(&name, ok, seconds);
+        match &response {
+            AgentResponse::Error(e) => warn!(
+                command = %name,
+                container = request.container_id.as_deref().unwrap_or("-"),
+                code = e.code,
+                error = %e.msg,
+                "CNI request failed"
+            ),
+            _ => info!(
+                command = %name,
+                container = request.container_id.as_deref().unwrap_or("-"),
+                ms = seconds * 1000.0,
+                "CNI request served"
+            ),
+        }
+        response
+    }
+
+    fn lock_for(&self, container: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(container.to_owned()).or_default())
+    }
+
+    fn release_lock(&self, container: &str) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.get(container).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(container);
+        }
+    }
+
+    async fn add(&self, request: &AgentRequest) -> AgentResponse {
+        let (Some(container_id), Some(ifname), Some(host_ifname), Some(pod)) =
+            (&request.container_id, &request.ifname, &request.host_ifname, &request.pod)
+        else {
+            return error(
+                CODE_BAD_REQUEST,
+                "ADD needs container_id, ifname, host_ifname and pod".to_owned(),
+                String::new(),
+            );
+        };
+        let deadline = Instant::now() + self.add_timeout;
+        let network = match self.pods.wait_network(&pod.namespace, &pod.name, pod.uid.as_deref(), deadline).await {
+            Ok(network) => network,
+            Err(e @ PodWaitError::Timeout { .. }) => {
+                return error(CODE_TRY_AGAIN, format!("the pod's network is not assigned yet: {e}"), String::new());
+            }
+            Err(e @ PodWaitError::Malformed { .. }) => return error(CODE_BAD_ANNOTATION, e.to_string(), String::new()),
+        };
+        let logical_port = logical_port_name(&pod.namespace, &pod.name);
+        let record = PortRecord {
+            logical_port: logical_port.clone(),
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            uid: pod.uid.clone(),
+            container_id: container_id.clone(),
+            ifname: ifname.clone(),
+            host_ifname: host_ifname.clone(),
+            port: 0,
+        };
+        let record = match self.net.bind_pod(record) {
+            Ok(record) => record,
+            Err(e) => return error(CODE_BIND_FAILED, e.to_string(), String::new()),
+        };
+        let mut installed = self.net.installed();
+        let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                let state = self.net.installed().borrow().clone();
+                self.net.unbind(&record.host_ifname);
+                let why = match (state.version, state.error) {
+                    (_, Some(e)) => format!("installing flows fails: {e}"),
+                    (None, None) => "no view from the master yet".to_owned(),
+                    (Some(v), None) => {
+                        format!("the master's view (version {v}) does not place the pod on this node yet")
+                    }
+                };
+                return error(
+                    CODE_TRY_AGAIN,
+                    format!(
+                        "the flows of pod {}/{} are not installed after {:?}: {why}",
+                        pod.namespace, pod.name, self.add_timeout
+                    ),
+                    String::new(),
+                );
+            }
+        }
+        AgentResponse::Ok(AddResult { interface: interface_config(&network) })
+    }
+
+    fn del(&self, request: &AgentRequest) -> AgentResponse {
+        if let Some(host) = &request.host_ifname {
+            self.net.unbind(host);
+        }
+        AgentResponse::Done
+    }
+
+    fn check(&self, request: &AgentRequest) -> AgentResponse {
+        let Some(host) = &request.host_ifname else {
+            return error(CODE_BAD_REQUEST, "CHECK needs host_ifname".to_owned(), String::new());
+        };
+        let Some(record) = self.net.record(host) else {
+            return error(CODE_NOT_BOUND, format!("interface {host} is not bound to the datapath"), String::new());
+        };
+        if !self.net.installed().borrow().ready_ports.contains(&record.logical_port) {
+            return error(
+                CODE_NOT_BOUND,
+                format!("the flows of {} are not installed", record.logical_port),
+                String::new(),
+            );
+        }
+        AgentResponse::Done
+    }
+
+    fn status(&self) -> AgentResponse {
+        let state = self.net.installed().borrow().clone();
+        let (ready, message) = match (state.version, state.error) {
+            (Some(_), None) => (true, String::new()),
+            (_, Some(e)) => (false, format!("installing flows fails: {e}")),
+            (None, None) => (false, "no view from the master yet".to_owned()),
+        };
+        AgentResponse::Status(StatusResult { ready, message })
+    }
+
+    fn gc(&self, request: &AgentRequest) -> AgentResponse {
+        let Some(valid) = &request.valid_attachments else {
+            return error(CODE_BAD_REQUEST, "GC needs valid_attachments".to_owned(), String::new());
+        };
+        for record in self.net.records() {
+            if !valid.iter().any(|a| a.container_id == record.container_id && a.ifname == record.ifname) {
+                info!(pod = %record.logical_port, container = %record.container_id, "GC: attachment no longer valid");
+                self.net.unbind(&record.host_ifname);
+            }
+        }
+        AgentResponse::Done
+    }
+}
+
+/// The pod interface configuration of an annotation: addresses, MAC, MTU, a default
+/// route through each family's gateway, then the annotation's routes.
+pub fn interface_config(network: &PodNetwork) -> InterfaceConfig {
+    let mut routes = Vec::new();
+    for gw in &network.gateway_ips {
+        let dst = match gw {
+            IpAddr::V4(_) => "0.0.0.0/0",
+            IpAddr::V6(_) => "::/0",
+        };
+        routes.push(RouteConfig { dst: dst.to_owned(), gw: Some(gw.to_string()) });
+    }
+    for r in &network.routes {
+        routes.push(RouteConfig { dst: r.dest.to_string(), gw: Some(r.next_hop.to_string()) });
+    }
+    InterfaceConfig {
+        mac: network.mac_address.to_string(),
+        ips: network.ip_addresses.iter().map(ToString::to_string).collect(),
+        gateways: network.gateway_ips.iter().map(ToString::to_string).collect(),
+        routes,
+        mtu: u32::from(network.mtu),
+    }
+}
+
+fn error(code: u32, msg: String, details: String) -> AgentResponse {
+    AgentResponse::Error(AgentError { code, msg, details })
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<AgentRequest, String> {
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.map_err(|e| format!("reading the request: {e}"))?;
+            if n == 0 {
+                return Ok::<(), String>(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > MAX_MESSAGE_BYTES {
+                return Err(format!("the request exceeds {MAX_MESSAGE_BYTES} bytes"));
+            }
+            if buf.contains(&b'\n') {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| "the request did not arrive within 10 s".to_owned())??;
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    serde_json::from_slice(&buf[..end]).map_err(|e| format!("the request is not valid: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_config_has_a_default_route_per_gateway_then_the_annotation_routes() {
+        let network = skein_netmodel::annotations::parse_pod_networks(
+            r#"{"default":{"ip_addresses":["10.244.1.5/24"],"mac_address":"0a:58:0a:f4:01:05","gateway_ips":["10.244.1.1"],"routes":[{"dest":"10.96.0.0/12","nextHop":"10.244.1.1"}],"mtu":1400}}"#,
+        )
+        .unwrap();
+        let c = interface_config(&network);
+        assert_eq!(c.mac, "0a:58:0a:f4:01:05");
+        assert_eq!(c.ips, vec!["10.244.1.5/24"]);
+        assert_eq!(c.gateways, vec!["10.244.1.1"]);
+        assert_eq!(c.mtu, 1400);
+        assert_eq!(
+            c.routes,
+            vec![
+                RouteConfig { dst: "0.0.0.0/0".into(), gw: Some("10.244.1.1".into()) },
+                RouteConfig { dst: "10.96.0.0/12".into(), gw: Some("10.244.1.1".into()) },
+            ]
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The agent's control socket (`<state-dir>/control.sock`, mode 0600): the datapath's
+//! read-only requests — `dump-flows`, `dump-cache`, `dump-conntrack`, `stats`, `trace` —
+//! for `skein-agent trace` and friends. Flows are the agent's to install: `reload` is
+//! refused here.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_datapath::control::Control;
+use tracing::warn;
+
+/// Binds `path` and serves requests on a thread until the process ends.
+pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use: another agent runs with this state directory", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new().name("skein-agent-ctl".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(stream) => answer(&control, stream),
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn answer(control: &Control, mut stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request = String::new();
+    let reply = match stream.read_to_string(&mut request) {
+        Err(e) => format!("error\nreading the request: {e}\n"),
+        Ok(_) if request.trim_start().starts_with("reload") => {
+            "error\nthe agent installs flows from the master's view; reload is not accepted here\n".to_owned()
+        }
+        Ok(_) => match control.handle(&request) {
+            Ok(body) => format!("ok\n{body}"),
+            Err(e) => format!("error\n{e}\n"),
+        },
+    };
+    let _ = stream.write_all(reply.as_bytes());
+}
+
+/// Sends `request` to the agent at `path`; returns the answer's body, or the agent's error.
+pub fn request(path: &Path, request: &str) -> Result<String, String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        format!("connecting to {} (is skein-agent running with this --state-dir?): {e}", path.display())
+    })?;
+    stream.write_all(request.as_bytes()).map_err(|e| format!("sending the request: {e}"))?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(|e| format!("reading the answer: {e}"))?;
+    match reply.split_once('\n') {
+        Some(("ok", body)) => Ok(body.to_owned()),
+        Some(("error", body)) => Err(body.trim_end().to_owned()),
+        _ => Err(format!("unexpected answer: {reply:?}")),
+    }
+}

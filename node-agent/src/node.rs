@@ -1,0 +1,420 @@
+//! The node's datapath as the agent runs it: the switch and its ports, the bindings of
+//! logical ports to datapath ports, and the installation of each chassis view.
+//!
+//! Every install translates the whole view with the current bindings
+//! ([`crate::translate`]) and hands the result to [`Control::install`], which changes
+//! only what differs in one atomic step: a packet sees the old version or the new one,
+//! never half of each, and flows that did not change keep their counters and cached
+//! decisions.
+//!
+//! What must survive an agent restart is kept in the state directory: one record per
+//! bound pod port (`ports/<host interface>.json`: pod, container, port number) and the
+//! last installed flow file (`flows.txt`). A restarted agent re-opens the ports whose
+//! interfaces still exist, re-installs the last flows at once — pods forward again before
+//! the master has answered — and then installs the master's snapshot over them, which
+//! changes nothing that is still valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use skein_datapath::control::{Control, ReloadReport};
+use skein_datapath::datapath::Datapath;
+use skein_datapath::flowtext::format_flow_file;
+use skein_datapath::io::{PortError, PortSpec, Switch};
+use skein_netmodel::southbound::{ChassisView, PortKind};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::translate::{LocalBindings, Tunnel, Uplink, translate_partial};
+
+/// Datapath port number of the uplink (the node's NIC).
+pub const UPLINK_PORT: u32 = 1;
+/// Datapath port number of the management port's datapath end.
+pub const MANAGEMENT_PORT: u32 = 2;
+/// Datapath port number of the Geneve UDP endpoint. It is also the tunnel port: flows
+/// output to it to encapsulate (the tunnel port sends through the endpoint of the same
+/// number), and decapsulated packets arrive with it as `in_port`.
+pub const GENEVE_PORT: u32 = 3;
+/// The first datapath port number given to pods.
+pub const FIRST_POD_PORT: u32 = 100;
+
+/// A pod port the agent bound, as recorded in the state directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRecord {
+    /// Logical port name (`<namespace>_<pod>`).
+    pub logical_port: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID, when the runtime sent it.
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// The veth's host end (the datapath port's interface).
+    pub host_ifname: String,
+    /// Datapath port number.
+    pub port: u32,
+}
+
+/// The logical port name of a pod.
+pub fn logical_port_name(namespace: &str, pod: &str) -> String {
+    format!("{namespace}_{pod}")
+}
+
+/// What is installed now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstallState {
+    /// The view version installed last (`None` before the first snapshot).
+    pub version: Option<u64>,
+    /// Pod logical ports bound here whose flows are installed (in the view, on this
+    /// chassis, and bound to a datapath port).
+    pub ready_ports: BTreeSet<String>,
+    /// Logical flows of the view that could not be translated.
+    pub untranslated: usize,
+    /// Flows installed.
+    pub flows: usize,
+    /// Why the last install failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Why a bind failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The datapath could not open the interface.
+    #[error("opening {interface} as datapath port {port}: {source}")]
+    Port {
+        /// Interface.
+        interface: String,
+        /// Port number.
+        port: u32,
+        /// Why.
+        source: PortError,
+    },
+    /// The record could not be written.
+    #[error("recording the binding in {path}: {source}")]
+    Record {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+struct Inner {
+    view: Option<ChassisView>,
+    bindings: LocalBindings,
+    /// By host interface name.
+    records: BTreeMap<String, PortRecord>,
+}
+
+/// The node's datapath, bindings and installed state.
+pub struct NodeNetwork {
+    dp: Arc<Datapath>,
+    switch: Arc<Switch>,
+    control: Arc<Control>,
+    inner: Mutex<Inner>,
+    installed: watch::Sender<InstallState>,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for NodeNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeNetwork").field("state_dir", &self.state_dir).finish_non_exhaustive()
+    }
+}
+
+impl NodeNetwork {
+    /// Takes over a running switch: reads the port records in `state_dir`, re-opens the
+    /// ports whose interfaces still exist (forgetting the others), and re-installs the
+    /// flows of the previous run, if any.
+    pub fn new(
+        dp: Arc<Datapath>,
+        switch: Arc<Switch>,
+        control: Arc<Control>,
+        state_dir: &Path,
+        tunnel: Tunnel,
+        management_port: Option<u32>,
+    ) -> Arc<NodeNetwork> {
+        let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
+        let net = NodeNetwork {
+            dp,
+            switch,
+            control,
+            inner: Mutex::new(Inner { view: None, bindings, records: BTreeMap::new() }),
+            installed: watch::Sender::new(InstallState::default()),
+            state_dir: state_dir.to_path_buf(),
+        };
+        net.restore();
+        Arc::new(net)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ports_dir(&self) -> PathBuf {
+        self.state_dir.join("ports")
+    }
+
+    fn flows_path(&self) -> PathBuf {
+        self.state_dir.join("flows.txt")
+    }
+
+    fn restore(&self) {
+        let dir = self.ports_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the port records; starting without them");
+                return;
+            }
+        };
+        let mut inner = self.lock();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let record: PortRecord = match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(record) => record,
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "unreadable port record removed");
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let spec = PortSpec::Interface { number: record.port, name: record.host_ifname.clone() };
+            match self.switch.add_port(&spec) {
+                Ok(()) => {
+                    info!(pod = %record.logical_port, interface = %record.host_ifname, port = record.port, "pod port re-opened");
+                    inner.bindings.ports.insert(record.logical_port.clone(), record.port);
+                    inner.records.insert(record.host_ifname.clone(), record);
+                }
+                Err(e) => {
+                    info!(pod = %record.logical_port, interface = %record.host_ifname, error = %e, "pod port gone; record removed");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        drop(inner);
+        match fs::read_to_string(self.flows_path()) {
+            Ok(text) => match self.control.reload(&text) {
+                Ok(r) => {
+                    self.switch.wake();
+                    info!(flows = r.flows_added, "flows of the previous run re-installed until the master answers");
+                }
+                Err(e) => warn!(error = %e, "the previous run's flows do not load; waiting for the master"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(error = %e, "cannot read the previous run's flows"),
+        }
+    }
+
+    /// The datapath.
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.dp
+    }
+
+    /// The switch.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+
+    /// The control interface (dumps, trace).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Follows what is installed.
+    pub fn installed(&self) -> watch::Receiver<InstallState> {
+        self.installed.subscribe()
+    }
+
+    /// The view installed last.
+    pub fn view(&self) -> Option<ChassisView> {
+        self.lock().view.clone()
+    }
+
+    /// The pod port records.
+    pub fn records(&self) -> Vec<PortRecord> {
+        self.lock().records.values().cloned().collect()
+    }
+
+    /// The record of a host interface.
+    pub fn record(&self, host_ifname: &str) -> Option<PortRecord> {
+        self.lock().records.get(host_ifname).cloned()
+    }
+
+    /// Binds (or rebinds) the uplink and installs again.
+    pub fn set_uplink(&self, uplink: Option<Uplink>) -> Result<(), String> {
+        let mut inner = self.lock();
+        if inner.bindings.uplink == uplink {
+            return Ok(());
+        }
+        inner.bindings.uplink = uplink;
+        self.reinstall(&mut inner)
+    }
+
+    /// Installs `view`.
+    pub fn install_view(&self, view: &ChassisView) -> Result<(), String> {
+        let mut inner = self.lock();
+        inner.view = Some(view.clone());
+        self.reinstall(&mut inner)
+    }
+
+    /// Binds a pod's host interface as a datapath port (replacing an older binding of the
+    /// same pod), records it, and installs again. The pod's flows are installed when
+    /// [`InstallState::ready_ports`] has its logical port.
+    pub fn bind_pod(&self, mut record: PortRecord) -> Result<PortRecord, BindError> {
+        let mut inner = self.lock();
+        if let Some(existing) = inner.records.get(&record.host_ifname) {
+            // The same attachment again (a retried ADD): keep it.
+            return Ok(existing.clone());
+        }
+        let stale: Vec<String> = inner
+            .records
+            .values()
+            .filter(|r| r.logical_port == record.logical_port)
+            .map(|r| r.host_ifname.clone())
+            .collect();
+        for host in stale {
+            info!(pod = %record.logical_port, interface = %host, "replacing the pod's previous interface");
+            self.forget(&mut inner, &host);
+        }
+        let used: BTreeSet<u32> = inner.records.values().map(|r| r.port).collect();
+        let port = (FIRST_POD_PORT..).find(|p| !used.contains(p)).unwrap_or(FIRST_POD_PORT);
+        record.port = port;
+        let spec = PortSpec::Interface { number: port, name: record.host_ifname.clone() };
+        self.switch.add_port(&spec).map_err(|source| BindError::Port {
+            interface: record.host_ifname.clone(),
+            port,
+            source,
+        })?;
+        let path = self.ports_dir().join(format!("{}.json", record.host_ifname));
+        if let Err(source) = write_atomically(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default()) {
+            self.switch.remove_port(port);
+            return Err(BindError::Record { path, source });
+        }
+        inner.bindings.ports.insert(record.logical_port.clone(), port);
+        inner.records.insert(record.host_ifname.clone(), record.clone());
+        info!(pod = %record.logical_port, interface = %record.host_ifname, port, "pod port bound");
+        if let Err(e) = self.reinstall(&mut inner) {
+            warn!(pod = %record.logical_port, error = %e, "install after binding failed");
+        }
+        Ok(record)
+    }
+
+    /// Unbinds the pod port on `host_ifname`; returns its record if it was bound.
+    pub fn unbind(&self, host_ifname: &str) -> Option<PortRecord> {
+        let mut inner = self.lock();
+        let record = self.forget(&mut inner, host_ifname)?;
+        if let Err(e) = self.reinstall(&mut inner) {
+            warn!(pod = %record.logical_port, error = %e, "install after unbinding failed");
+        }
+        Some(record)
+    }
+
+    fn forget(&self, inner: &mut Inner, host_ifname: &str) -> Option<PortRecord> {
+        let record = inner.records.remove(host_ifname)?;
+        if inner.bindings.ports.get(&record.logical_port) == Some(&record.port) {
+            inner.bindings.ports.remove(&record.logical_port);
+        }
+        self.switch.remove_port(record.port);
+        let _ = fs::remove_file(self.ports_dir().join(format!("{host_ifname}.json")));
+        info!(pod = %record.logical_port, interface = %host_ifname, port = record.port, "pod port unbound");
+        Some(record)
+    }
+
+    fn reinstall(&self, inner: &mut Inner) -> Result<(), String> {
+        let Some(view) = &inner.view else {
+            return Ok(());
+        };
+        let result = install(&self.control, view, &inner.bindings);
+        match result {
+            Ok((report, untranslated, text)) => {
+                self.switch.wake();
+                if let Err(e) = write_atomically(&self.flows_path(), text.as_bytes()) {
+                    warn!(error = %e, "cannot save the installed flows for a restart");
+                }
+                let ready = ready_ports(view, &inner.bindings);
+                debug!(
+                    version = view.version,
+                    added = report.flows_added,
+                    removed = report.flows_removed,
+                    kept = report.flows_kept,
+                    "view installed"
+                );
+                let flows = report.flows_added + report.flows_kept;
+                self.installed.send_replace(InstallState {
+                    version: Some(view.version),
+                    ready_ports: ready,
+                    untranslated,
+                    flows,
+                    error: None,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.installed.send_modify(|s| s.error = Some(e.clone()));
+                Err(e)
+            }
+        }
+    }
+}
+
+impl skein_southbound::Installer for NodeNetwork {
+    fn install(&self, view: &ChassisView) -> Result<(), String> {
+        self.install_view(view)
+    }
+}
+
+/// Translates and installs; returns the report, the count of untranslated logical flows
+/// and the installed file's text.
+fn install(
+    control: &Control,
+    view: &ChassisView,
+    bindings: &LocalBindings,
+) -> Result<(ReloadReport, usize, String), String> {
+    let translation =
+        translate_partial(view, bindings).map_err(|e| format!("translating version {}: {e}", view.version))?;
+    for u in &translation.untranslated {
+        debug!(flow = ?u, "logical flow not translated");
+    }
+    let report = control.install(&translation.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
+    Ok((report, translation.untranslated.len(), format_flow_file(&translation.file)))
+}
+
+/// The bound pod ports of `view` that reside on its chassis.
+fn ready_ports(view: &ChassisView, bindings: &LocalBindings) -> BTreeSet<String> {
+    view.items
+        .ports
+        .iter()
+        .filter(|p| {
+            matches!(p.kind, PortKind::Pod { .. })
+                && p.chassis.as_deref() == Some(view.chassis.as_str())
+                && bindings.ports.contains_key(&p.name)
+        })
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, creating the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}

@@ -1,0 +1,301 @@
+//! The node agent and the CNI plugin end to end, in network namespaces: the in-process
+//! API fake and master feed real `skein-agent` processes (one per node namespace), pods
+//! get their interfaces from the real `skein-cni` invoked as containerd does, and real
+//! packets cross the agents' datapaths, the Geneve tunnel and the gateways.
+//!
+//! They need root. CI runs them as root; without root they fail, unless
+//! SKEIN_SKIP_NETNS_TESTS=1, which skips them (and says so).
+
+#[path = "cluster/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "../../datapath/tests/netns/traffic.rs"]
+#[allow(dead_code)]
+mod traffic;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::time::{Duration, Instant};
+
+use harness::{Cluster, INTERNET, exec, ping, try_run};
+use serde_json::json;
+use skein_kube_fake::Kind;
+use traffic::{NameServer, TcpSink, TcpSource, fetch_answers, join_within, spawn_in};
+
+fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse::<Ipv4Addr>().expect("address"), port)
+}
+
+/// A server in `ns` answering each connection with the client's address.
+fn echo_peer_server(ns: &str, at: SocketAddrV4) -> std::thread::JoinHandle<Result<(), String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = spawn_in(ns, "peer echo", move || {
+        let listener = TcpListener::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
+        let _ = tx.send(());
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = writeln!(s, "{}", peer.ip());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(10));
+    handle
+}
+
+fn fetch_one(ns: &str, dst: SocketAddrV4) -> Result<String, String> {
+    join_within(fetch_answers(ns, dst, 1), Duration::from_secs(40)).map(|mut v| v.pop().unwrap_or_default())
+}
+
+#[test]
+fn pods_get_their_network_and_reach_pods_services_and_the_outside() {
+    let Some(mut c) = Cluster::new("agent_cluster", "a", 2) else { return };
+
+    // The agent installed the plugin and its configuration.
+    let conflist = std::fs::read_to_string(c.nodes[0].cni_conf.join("10-skein.conflist"))
+        .unwrap_or_else(|e| c.fail(&format!("the conflist is not written: {e}")));
+    skein_cni::ConfList::parse(conflist.as_bytes()).expect("the conflist parses");
+    assert!(c.nodes[0].cni_bin.join("skein-cni").exists(), "skein-cni installed");
+
+    let p1 = c.add_pod("p1", 0, "client");
+    let p2 = c.add_pod("p2", 0, "web");
+    let p3 = c.add_pod("p3", 1, "web");
+
+    // p1 has exactly its annotation's address, MAC, MTU and routes.
+    let ann = c.pod_annotation("p1");
+    let link = exec(&p1.ns, &["ip", "-o", "link", "show", "eth0"]).expect("link");
+    assert!(link.contains(ann["mac_address"].as_str().unwrap()), "MAC of {ann}: {link}");
+    assert!(link.contains(&format!("mtu {}", ann["mtu"])), "MTU of {ann}: {link}");
+    let addrs = exec(&p1.ns, &["ip", "-o", "-4", "addr", "show", "eth0"]).expect("addresses");
+    assert!(addrs.contains(ann["ip_addresses"][0].as_str().unwrap()), "{addrs}");
+    let gateway = ann["gateway_ips"][0].as_str().unwrap().to_owned();
+    let routes = exec(&p1.ns, &["ip", "-4", "route", "show"]).expect("routes");
+    assert!(routes.contains(&format!("default via {gateway} dev eth0")), "{routes}");
+    assert_eq!(p1.result["ips"][0]["gateway"], json!(gateway));
+
+    // The first packet passes: ADD answered only once the flows were installed.
+    if let Err(e) = ping(&p1.ns, &gateway, 1, 5) {
+        c.fail(&format!("p1 → its gateway: {e}"));
+    }
+    if let Err(e) = ping(&p1.ns, &p2.ip, 3, 10) {
+        c.fail(&format!("p1 → p2 (same node): {e}"));
+    }
+    if let Err(e) = ping(&p1.ns, &p3.ip, 3, 10) {
+        c.fail(&format!("p1 → p3 (other node, Geneve): {e}"));
+    }
+    if let Err(e) = ping(&p3.ns, &p1.ip, 3, 10) {
+        c.fail(&format!("p3 → p1 (other node, Geneve): {e}"));
+    }
+
+    // A ClusterIP Service with a backend on each node, and a NodePort on it.
+    let _s2 = NameServer::start(&p2.ns, addr("0.0.0.0", 8080), "p2").expect("server p2");
+    let _s3 = NameServer::start(&p3.ns, addr("0.0.0.0", 8080), "p3").expect("server p3");
+    c.insert(
+        Kind::Service,
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"type": "NodePort", "clusterIP": "10.96.0.50", "selector": {"app": "web"},
+                        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}]}}),
+    );
+    c.insert(
+        Kind::EndpointSlice,
+        json!({"metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [
+                   {"addresses": [p2.ip], "conditions": {"ready": true}, "nodeName": "node1"},
+                   {"addresses": [p3.ip], "conditions": {"ready": true}, "nodeName": "node2"}]}),
+    );
+    let vip = addr("10.96.0.50", 80);
+    c.wait_for("the Service to answer", Duration::from_secs(30), || fetch_one(&p1.ns, vip).is_ok());
+    let answers = join_within(fetch_answers(&p1.ns, vip, 40), Duration::from_secs(120))
+        .unwrap_or_else(|e| c.fail(&format!("p1 → 10.96.0.50:80: {e}")));
+    let seen: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    assert_eq!(seen, BTreeSet::from(["p2", "p3"]), "every backend answers over 40 connections: {answers:?}");
+
+    // NodePort from the outside, on both nodes.
+    for n in 0..2 {
+        let at = addr(&c.nodes[n].ip, 30080);
+        let answer = fetch_one(&c.outside, at).unwrap_or_else(|e| c.fail(&format!("outside → {at}: {e}")));
+        assert!(answer == "p2" || answer == "p3", "NodePort on {at} answered {answer:?}");
+    }
+
+    // The outside sees a pod with its node's IP.
+    let _echo = echo_peer_server(&c.outside, addr(INTERNET, 7000));
+    let seen_as = fetch_one(&p1.ns, addr(INTERNET, 7000)).unwrap_or_else(|e| c.fail(&format!("p1 → outside: {e}")));
+    assert_eq!(seen_as, c.nodes[0].ip, "the outside sees p1 as its node");
+    let seen_as = fetch_one(&p3.ns, addr(INTERNET, 7000)).unwrap_or_else(|e| c.fail(&format!("p3 → outside: {e}")));
+    assert_eq!(seen_as, c.nodes[1].ip, "the outside sees p3 as its node");
+
+    // The host reaches pods and Services through the management port.
+    if let Err(e) = ping(&c.nodes[0].ns, &p2.ip, 2, 10) {
+        c.fail(&format!("node1 host → p2: {e}"));
+    }
+    let from_host = fetch_one(&c.nodes[0].ns, vip).unwrap_or_else(|e| c.fail(&format!("node1 host → the VIP: {e}")));
+    assert!(from_host == "p2" || from_host == "p3", "{from_host}");
+
+    // `skein-agent trace` shows the walk of a packet from p1 to the VIP.
+    let trace = try_run(&[
+        harness::AGENT,
+        "trace",
+        "--state-dir",
+        c.nodes[0].state.to_str().unwrap(),
+        &format!(
+            "in_port=100,dl_src={},dl_dst=0a:58:0a:f4:00:01,tcp,nw_src={},nw_dst=10.96.0.50,tp_src=40000,tp_dst=80,tcp_flags=0x2",
+            ann["mac_address"].as_str().unwrap_or_default(),
+            p1.ip
+        ),
+    ])
+    .unwrap_or_else(|e| c.fail(&format!("trace: {e}")));
+    assert!(trace.contains("ct_lb") || trace.contains("ct("), "the trace reaches the load balancer:\n{trace}");
+
+    // /metrics on the agent.
+    let metrics = exec(
+        &c.nodes[0].ns,
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9476; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    )
+    .unwrap_or_default();
+    for name in [
+        "cni_request_duration_seconds_bucket",
+        "skein_flows_installed",
+        "skein_installed_version",
+        "skein_conntrack_entries",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("command=\"ADD\",result=\"ok\"") || metrics.contains("result=\"ok\",command=\"ADD\""),
+        "{metrics}"
+    );
+    drop(c);
+}
+
+#[test]
+fn cni_edge_cases_against_the_real_agent() {
+    let Some(mut c) = Cluster::new("agent_cni_edges", "b", 1) else { return };
+    // A runtime that negotiated CNI 1.0.0 (Debian's containerd with its portmap) gets a
+    // 1.0.0 result.
+    let p1 = c.add_pod_in_version("e1", 0, "x", "1.0.0");
+    assert_eq!(p1.result["cniVersion"], json!("1.0.0"), "answered in kind: {}", p1.result);
+    let netns = format!("/run/netns/{}", p1.ns);
+    let args = Cluster::cni_args("e1", &p1.container, "");
+
+    // CHECK after ADD, with the ADD result as prevResult.
+    let mut conf = c.plugin_conf(0, "1.0.0");
+    conf["prevResult"] = p1.result.clone();
+    let out = c.cni_raw(0, "CHECK", &p1.container, &netns, "eth0", &args, Some(&conf.to_string()));
+    assert_eq!(out.code, 0, "CHECK after ADD: {out:?}");
+
+    // Chained with the reference portmap plugin (Debian's speaks CNI up to 1.0.0, so the
+    // chain runs at 1.0.0 as a runtime negotiates it).
+    let portmap = std::path::Path::new("/usr/lib/cni/portmap");
+    assert!(portmap.exists(), "the reference portmap plugin is installed (containernetworking-plugins)");
+    let pm_conf = json!({"cniVersion": "1.0.0", "name": "skein", "type": "portmap", "capabilities": {"portMappings": true},
+                          "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]},
+                          "prevResult": p1.result});
+    let out = c.exec_plugin(0, portmap, "ADD", &p1.container, &netns, "eth0", &args, &pm_conf.to_string());
+    assert_eq!(out.code, 0, "portmap after skein-cni: {out:?}");
+    assert_eq!(out.json()["ips"], p1.result["ips"], "portmap passes Skein's result on");
+    let nat = exec(&c.nodes[0].ns, &["iptables", "-t", "nat", "-S"]).expect("iptables");
+    assert!(nat.contains("18080"), "portmap's hostPort rule:\n{nat}");
+    let out = c.exec_plugin(0, portmap, "DEL", &p1.container, &netns, "eth0", &args, &pm_conf.to_string());
+    assert_eq!(out.code, 0, "portmap DEL: {out:?}");
+
+    // DEL twice, DEL without ADD.
+    let out = c.cni_raw(0, "DEL", &p1.container, &netns, "eth0", &args, None);
+    assert_eq!(out.code, 0, "DEL: {out:?}");
+    let links = exec(&c.nodes[0].ns, &["ip", "-o", "link"]).expect("links");
+    assert!(!links.contains(&skein_cni::host::host_ifname(&p1.container, "eth0")), "host end removed:\n{links}");
+    let out = c.cni_raw(0, "DEL", &p1.container, &netns, "eth0", &args, None);
+    assert_eq!(out.code, 0, "DEL again: {out:?}");
+    let out = c.cni_raw(0, "DEL", "never-added", "", "eth0", "", None);
+    assert_eq!(out.code, 0, "DEL without ADD: {out:?}");
+
+    // GC removes an attachment the runtime no longer lists.
+    let p2 = c.add_pod("e2", 0, "x");
+    let p3 = c.add_pod("e3", 0, "x");
+    let mut gc = c.plugin_conf(0, "1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": p2.container, "ifname": "eth0"}]);
+    let out = c.cni_raw(0, "GC", "", "", "", "", Some(&gc.to_string()));
+    assert_eq!(out.code, 0, "GC: {out:?}");
+    let links = exec(&c.nodes[0].ns, &["ip", "-o", "link"]).expect("links");
+    assert!(links.contains(&skein_cni::host::host_ifname(&p2.container, "eth0")), "valid attachment kept");
+    assert!(!links.contains(&skein_cni::host::host_ifname(&p3.container, "eth0")), "leaked attachment removed");
+    if let Err(e) = ping(&p2.ns, p2.result["ips"][0]["gateway"].as_str().unwrap(), 1, 5) {
+        c.fail(&format!("the kept pod still forwards after GC: {e}"));
+    }
+
+    // Malformed input, unknown version, missing netns.
+    let out = c.cni_raw(0, "ADD", "c-bad", &netns, "eth0", &args, Some("{not json"));
+    assert_eq!(out.error_code(), Some(6), "malformed JSON: {out:?}");
+    let bad_version = c.plugin_conf(0, "9.9.9").to_string();
+    let out = c.cni_raw(0, "ADD", "c-bad", &format!("/run/netns/{}", p2.ns), "eth1", &args, Some(&bad_version));
+    assert_eq!(out.error_code(), Some(1), "unknown cniVersion: {out:?}");
+    let out = c.cni_raw(0, "ADD", "c-bad", "/run/netns/does-not-exist", "eth0", &args, None);
+    assert_eq!(out.error_code(), Some(4), "missing netns: {out:?}");
+
+    // STATUS while the agent is down; then up again, and the pod kept forwarding state.
+    c.stop_agent(0);
+    let out = c.cni_raw(0, "STATUS", "", "", "", "", None);
+    assert_eq!(out.error_code(), Some(50), "STATUS with the agent down: {out:?}");
+    c.start_agent(0);
+    c.wait_ready(0);
+    if let Err(e) = ping(&p2.ns, p2.result["ips"][0]["gateway"].as_str().unwrap(), 1, 10) {
+        c.fail(&format!("the pod forwards after the agent restarted: {e}"));
+    }
+}
+
+#[test]
+fn an_established_tcp_stream_survives_an_agent_restart() {
+    let Some(mut c) = Cluster::new("agent_restart", "c", 1) else { return };
+    let a = c.add_pod("r1", 0, "x");
+    let b = c.add_pod("r2", 0, "x");
+    let sink = TcpSink::start(&b.ns, addr(&b.ip, 5201)).expect("sink");
+    let source = TcpSource::start(&a.ns, addr(&b.ip, 5201), None);
+    c.wait_for("the stream to flow", Duration::from_secs(20), || sink.received() > 1 << 20);
+    // Sample progress every 5 ms across the restart; the longest pause is the stall.
+    let mut last = (Instant::now(), sink.received());
+    let mut longest = Duration::ZERO;
+    let sample_until = |c: &Cluster, until: Instant, last: &mut (Instant, u64), longest: &mut Duration| {
+        while Instant::now() < until {
+            let now = sink.received();
+            if now != last.1 {
+                *longest = (*longest).max(last.0.elapsed());
+                *last = (Instant::now(), now);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = c;
+        }
+    };
+    sample_until(&c, Instant::now() + Duration::from_millis(500), &mut last, &mut longest);
+    let before = longest;
+    c.stop_agent(0);
+    c.start_agent(0);
+    sample_until(&c, Instant::now() + Duration::from_secs(8), &mut last, &mut longest);
+    let stalled = sink.received();
+    source.stop();
+    let sent =
+        source.finish(Duration::from_secs(30)).unwrap_or_else(|e| c.fail(&format!("the source failed (reset?): {e}")));
+    let received = sink.finish(Duration::from_secs(30)).unwrap_or_else(|e| c.fail(&format!("the sink failed: {e}")));
+    assert_eq!(sent.bytes, received.bytes, "every byte arrived, in order");
+    assert!(stalled > 0);
+    eprintln!(
+        "agent_restart_tcp_stall_ms={} (longest pause before the restart: {} ms)",
+        longest.as_millis(),
+        before.as_millis()
+    );
+    // Nothing was torn down: the pods' interfaces are the same.
+    let links = exec(&c.nodes[0].ns, &["ip", "-o", "link"]).expect("links");
+    assert!(links.contains(&skein_cni::host::host_ifname(&a.container, "eth0")));
+}
