@@ -278,8 +278,11 @@ impl HostNetwork for NetlinkHost {
         // a pod name that also exists on the host (`eth0`) never clashes.
         peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
         let mut msg = LinkMessage::default();
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
+        // The host end is a datapath port, not a host interface: it must never answer ARP
+        // (the node's kernel would claim the node's addresses to the pod, racing the
+        // datapath's own answers).
+        msg.header.flags = LinkFlags::Up | LinkFlags::Noarp;
+        msg.header.change_mask = LinkFlags::Up | LinkFlags::Noarp;
         msg.attributes.push(LinkAttribute::IfName(host_ifname.to_string()));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),

@@ -476,7 +476,10 @@ fn execute_in(
                 i += used - 1;
                 let mut fresh = FlowKey::ZERO;
                 let k = if modified {
+                    // Re-parsed after a rewrite: the frame's checksum state stays what it was.
+                    let partial = offs.csum_partial;
                     *offs = parse_frame(frame, &mut fresh);
+                    offs.csum_partial = partial;
                     &fresh
                 } else {
                     key
@@ -753,5 +756,51 @@ mod tests {
             execute(&w, &mut frame, &mut offs, &key, 0, &mut sink, &ctx);
             assert_eq!(sink.0, want, "{acts:?}");
         }
+    }
+
+    #[test]
+    fn a_partial_checksum_survives_a_rewrite_before_a_nat() {
+        // Conntrack without recirculation (here a DNAT lookup) and then an SNAT in the
+        // same pass, as a gateway router does: the re-parse before the second `ct` must
+        // keep the frame's checksum partial, or the source change is applied to the seed
+        // as if it were a complete checksum.
+        let mut full = crate::offload::tests::tcp_frame(120, false);
+        full[34 + 13] = 0x02; // a SYN: the connection is new and gets its SNAT
+        crate::packet::fill_checksums(&mut full);
+        let mut partial = full.clone();
+        let offload = crate::offload::tests::make_partial(&mut partial, false);
+        let acts = vec![
+            DpAction::Set(Field::EthDst, 0x0a58_0a00_0001),
+            DpAction::Set(Field::NwTtl, 63),
+            DpAction::Ct { zone: 1, commit: false, nat: Some(NatAction::Stored), mark: None, label: None, recirc: 0 },
+            DpAction::Ct {
+                zone: 0,
+                commit: true,
+                nat: Some(NatAction::Src(NatRange::v4(0x6440_0003))),
+                mark: None,
+                label: None,
+                recirc: 0,
+            },
+            DpAction::Output(1),
+        ];
+        let mut w = Vec::new();
+        encode(&acts, &mut w);
+        let run = |frame: &mut Vec<u8>, csum_partial: bool| -> Vec<u8> {
+            let mut key = crate::key::FlowKey::ZERO;
+            let mut offs = crate::parse::parse_frame(frame, &mut key);
+            offs.csum_partial = csum_partial;
+            let ct = Mutex::new(Conntrack::new(Default::default()));
+            let lbs = Mutex::new(HashMap::new());
+            let ctx = ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload };
+            let mut sink = CollectSink::default();
+            execute(&w, frame, &mut offs, &key, 0, &mut sink, &ctx);
+            sink.outputs.pop().map(|o| o.2).unwrap_or_default()
+        };
+        let want = run(&mut full.clone(), false);
+        assert!(crate::packet::checksums_valid(&want));
+        assert_eq!(want[26..30], [100, 64, 0, 3], "SNAT applied");
+        let mut got = run(&mut partial, true);
+        crate::offload::complete_checksum(&mut got, &offload).unwrap();
+        assert_eq!(got, want);
     }
 }

@@ -314,13 +314,13 @@ fn pseudo_header_sum(f: &[u8], offs: &HeaderOffsets, l4_len: usize) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::key::FlowKey;
     use crate::packet::{checksums_valid, fill_checksums};
     use crate::parse::parse_frame;
 
-    fn tcp_frame(payload: usize, v6: bool) -> Vec<u8> {
+    pub(crate) fn tcp_frame(payload: usize, v6: bool) -> Vec<u8> {
         let mut f = vec![0u8; 14];
         f[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
         let tcp_len = 20 + payload;
@@ -351,7 +351,7 @@ mod tests {
     }
 
     /// Turns a frame's complete TCP checksum into the partial one a veth hands over.
-    fn make_partial(f: &mut [u8], v6: bool) -> Offload {
+    pub(crate) fn make_partial(f: &mut [u8], v6: bool) -> Offload {
         let l4 = if v6 { 54 } else { 34 };
         let l4_len = f.len() - l4;
         let mut key = FlowKey::ZERO;

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::netmetrics::NetMetrics;
 use crate::node::{NodeNetwork, PortRecord, logical_port_name};
@@ -186,7 +186,8 @@ impl CniServer {
                 String::new(),
             );
         };
-        let deadline = Instant::now() + self.add_timeout;
+        let started = Instant::now();
+        let deadline = started + self.add_timeout;
         let network = match self.pods.wait_network(&pod.namespace, &pod.name, pod.uid.as_deref(), deadline).await {
             Ok(network) => network,
             Err(e @ PodWaitError::Timeout { .. }) => {
@@ -194,6 +195,7 @@ impl CniServer {
             }
             Err(e @ PodWaitError::Malformed { .. }) => return error(CODE_BAD_ANNOTATION, e.to_string(), String::new()),
         };
+        let annotated = Instant::now();
         let logical_port = logical_port_name(&pod.namespace, &pod.name);
         let record = PortRecord {
             logical_port: logical_port.clone(),
@@ -209,6 +211,7 @@ impl CniServer {
             Ok(record) => record,
             Err(e) => return error(CODE_BIND_FAILED, e.to_string(), String::new()),
         };
+        let bound = Instant::now();
         let mut installed = self.net.installed();
         let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
         match tokio::time::timeout_at(deadline, wait).await {
@@ -233,6 +236,14 @@ impl CniServer {
                 );
             }
         }
+        let done = Instant::now();
+        debug!(
+            pod = %logical_port,
+            annotation_ms = (annotated - started).as_secs_f64() * 1e3,
+            bind_ms = (bound - annotated).as_secs_f64() * 1e3,
+            flows_ms = (done - bound).as_secs_f64() * 1e3,
+            "ADD: where the time went"
+        );
         AgentResponse::Ok(AddResult { interface: interface_config(&network) })
     }
 

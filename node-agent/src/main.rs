@@ -22,7 +22,7 @@ use skein_agent::deviceplugin::{self, ConfigSource, DevicePluginDeps, DevicePlug
 use skein_agent::host::UplinkPorts;
 use skein_agent::metrics;
 use skein_agent::netmetrics::NetMetrics;
-use skein_datapath::io::SwitchConfig;
+use skein_datapath::io::{PortConfig, SwitchConfig};
 use skein_netmodel::IpNet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -198,6 +198,12 @@ struct Args {
     #[arg(long, env = "SKEIN_BUSY_POLL_US", default_value_t = 0)]
     busy_poll_us: u64,
 
+    /// Receive ring of each datapath port, in MiB. The kernel allocates it when a pod's
+    /// port is opened (part of every CNI ADD) and keeps it per pod: larger rings absorb
+    /// longer bursts, smaller ones open faster and cost less memory per pod.
+    #[arg(long, env = "SKEIN_RING_MIB", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    ring_mib: u32,
+
     /// NodePort range (the kernel is told to leave it to Skein on the node IP).
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     node_port_range: (u16, u16),
@@ -342,6 +348,7 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         switch: SwitchConfig {
             workers,
             busy_poll: Duration::from_micros(args.busy_poll_us),
+            port: PortConfig { ring_bytes: args.ring_mib.saturating_mul(1 << 20), ..PortConfig::default() },
             ..SwitchConfig::default()
         },
         uplink_ports: UplinkPorts { node_ports: args.node_port_range, snat_ports: args.snat_port_range },

@@ -293,12 +293,16 @@ impl NodeNetwork {
         let used: BTreeSet<u32> = inner.records.values().map(|r| r.port).collect();
         let port = (FIRST_POD_PORT..).find(|p| !used.contains(p)).unwrap_or(FIRST_POD_PORT);
         record.port = port;
+        // A datapath port speaks no IPv6 of its own (no router solicitations, no DAD).
+        let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", record.host_ifname), "1");
         let spec = PortSpec::Interface { number: port, name: record.host_ifname.clone() };
+        let opening = std::time::Instant::now();
         self.switch.add_port(&spec).map_err(|source| BindError::Port {
             interface: record.host_ifname.clone(),
             port,
             source,
         })?;
+        debug!(port, ms = opening.elapsed().as_secs_f64() * 1e3, "datapath port opened");
         let path = self.ports_dir().join(format!("{}.json", record.host_ifname));
         if let Err(source) = write_atomically(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default()) {
             self.switch.remove_port(port);

@@ -105,18 +105,24 @@ pub struct AfPacketPort {
     counters: RxCounters,
 }
 
-impl AfPacketPort {
-    /// Opens interface `name`: a packet socket with a virtio-net header on every frame,
-    /// a receive ring, outgoing frames not looped back, the qdisc bypassed, the interface
-    /// promiscuous if `cfg.promiscuous`.
-    pub fn open(name: &str, cfg: &PortConfig) -> Result<AfPacketPort, PortError> {
-        let err = |op: &'static str| move |source: io::Error| PortError::Sys { name: name.to_string(), op, source };
-        let ifindex = sys::if_index(name).map_err(err("look up interface"))?;
-        let fd = sys::packet_socket().map_err(err("open AF_PACKET socket"))?;
-        if let Some(filter) = &cfg.filter {
-            sys::attach_filter(&fd, &filter.program()).map_err(err("attach the socket filter"))?;
-        }
-        sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1).map_err(err("enable PACKET_VNET_HDR"))?;
+/// A packet socket with its virtio-net header and receive ring set up, not yet bound to
+/// an interface. Setting up a ring makes the kernel wait for an RCU grace period (tens
+/// of milliseconds in a VM); preparing sockets ahead of time takes that off the path of
+/// adding a port (a pod's CNI ADD).
+#[derive(Debug)]
+pub struct PreparedSocket {
+    fd: OwnedFd,
+    ring: RingMap,
+    req: RingRequest,
+    kind: RingKind,
+}
+
+impl PreparedSocket {
+    /// A socket with `cfg`'s ring; the error names the step that failed.
+    pub fn new(cfg: &PortConfig) -> Result<PreparedSocket, (&'static str, io::Error)> {
+        let fd = sys::packet_socket().map_err(|e| ("open AF_PACKET socket", e))?;
+        sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)
+            .map_err(|e| ("enable PACKET_VNET_HDR", e))?;
         let page = 4096u32;
         let req = match cfg.ring {
             RingKind::V2 => {
@@ -134,9 +140,41 @@ impl AfPacketPort {
                 RingRequest { block_size, block_nr, frame_size, retire_tov_ms: retire_ms.max(1) }
             }
         };
-        sys::set_rx_ring(&fd, matches!(cfg.ring, RingKind::V3 { .. }), &req).map_err(err("set PACKET_RX_RING"))?;
+        sys::set_rx_ring(&fd, matches!(cfg.ring, RingKind::V3 { .. }), &req).map_err(|e| ("set PACKET_RX_RING", e))?;
         let ring = RingMap::map(&fd, (req.block_size as usize) * (req.block_nr as usize))
-            .map_err(err("map the receive ring"))?;
+            .map_err(|e| ("map the receive ring", e))?;
+        Ok(PreparedSocket { fd, ring, req, kind: cfg.ring })
+    }
+
+    /// Whether it was prepared with `cfg`'s ring settings.
+    pub fn fits(&self, cfg: &PortConfig) -> bool {
+        self.kind == cfg.ring && PreparedSocket::block_nr_for(cfg, self.req.block_size) == self.req.block_nr
+    }
+
+    fn block_nr_for(cfg: &PortConfig, block_size: u32) -> u32 {
+        (cfg.ring_bytes / block_size.max(1)).max(2)
+    }
+}
+
+impl AfPacketPort {
+    /// Opens interface `name`: a packet socket with a virtio-net header on every frame,
+    /// a receive ring, outgoing frames not looped back, the qdisc bypassed, the interface
+    /// promiscuous if `cfg.promiscuous`.
+    pub fn open(name: &str, cfg: &PortConfig) -> Result<AfPacketPort, PortError> {
+        let prepared =
+            PreparedSocket::new(cfg).map_err(|(op, source)| PortError::Sys { name: name.to_string(), op, source })?;
+        AfPacketPort::open_prepared(name, cfg, prepared)
+    }
+
+    /// Opens interface `name` with a socket prepared earlier by [`PreparedSocket::new`]
+    /// with the same `cfg` ring settings: only the binding is left, which is fast.
+    pub fn open_prepared(name: &str, cfg: &PortConfig, prepared: PreparedSocket) -> Result<AfPacketPort, PortError> {
+        let err = |op: &'static str| move |source: io::Error| PortError::Sys { name: name.to_string(), op, source };
+        let ifindex = sys::if_index(name).map_err(err("look up interface"))?;
+        let PreparedSocket { fd, ring, req, kind } = prepared;
+        if let Some(filter) = &cfg.filter {
+            sys::attach_filter(&fd, &filter.program()).map_err(err("attach the socket filter"))?;
+        }
         sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
             .map_err(err("set PACKET_IGNORE_OUTGOING"))?;
         sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)
@@ -151,7 +189,7 @@ impl AfPacketPort {
             name: name.to_string(),
             fd: Arc::new(fd),
             ring,
-            kind: cfg.ring,
+            kind,
             block_size: req.block_size as usize,
             block_nr: req.block_nr as usize,
             frame_size: req.frame_size as usize,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::afpacket::{AfPacketPort, AfPacketSender, PortConfig, PortError};
+use super::afpacket::{AfPacketPort, AfPacketSender, PortConfig, PortError, PreparedSocket};
 use super::sys::{Epoll, EventFd};
 use super::udp::{GenevePort, GeneveSender};
 use crate::datapath::{Datapath, Packet};
@@ -194,8 +194,6 @@ struct OwnedPort {
     port: Arc<TxPort>,
     rx: RxPort,
     seen_dropped: u64,
-    /// An uplink: partial checksums are completed on arrival (see [`complete_on_arrival`]).
-    uplink: bool,
 }
 
 /// A change to a worker's receive ports, sent before the generation that announces it.
@@ -275,6 +273,65 @@ pub struct Switch {
     workers: Vec<WorkerLink>,
     registry: Mutex<Registry>,
     port_config: PortConfig,
+    pool: Arc<SocketPool>,
+}
+
+/// Interface sockets prepared ahead of time (see [`PreparedSocket`]), so that adding an
+/// interface port only binds one. Each is tagged with the network namespace it was made
+/// in: a port is opened in the caller's namespace.
+struct SocketPool {
+    cfg: PortConfig,
+    ready: Mutex<Vec<(u64, PreparedSocket)>>,
+    filling: AtomicBool,
+}
+
+/// Prepared sockets kept ready.
+const POOL_TARGET: usize = 2;
+
+/// The calling thread's network namespace (its inode), 0 if unknown.
+fn netns_id() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino()).unwrap_or(0)
+}
+
+impl SocketPool {
+    fn take(&self, cfg: &PortConfig) -> Option<PreparedSocket> {
+        if !self.cfg.ring.eq(&cfg.ring) || self.cfg.ring_bytes != cfg.ring_bytes {
+            return None;
+        }
+        let ns = netns_id();
+        let mut ready = self.ready.lock();
+        let i = ready.iter().position(|(n, _)| *n == ns)?;
+        Some(ready.swap_remove(i).1)
+    }
+
+    /// Tops the pool up for the calling thread's namespace, on a thread of its own
+    /// (threads start in their creator's namespace).
+    fn refill(self: &Arc<Self>) {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("skein-dp-pool".into()).spawn(move || {
+            let ns = netns_id();
+            loop {
+                if pool.ready.lock().iter().filter(|(n, _)| *n == ns).count() >= POOL_TARGET {
+                    break;
+                }
+                match PreparedSocket::new(&pool.cfg) {
+                    Ok(p) => pool.ready.lock().push((ns, p)),
+                    Err((op, e)) => {
+                        tracing::debug!(op, error = %e, "preparing a packet socket failed");
+                        break;
+                    }
+                }
+            }
+            pool.filling.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.filling.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Switch {
@@ -319,7 +376,13 @@ impl Switch {
             workers: Vec::new(),
             registry: Mutex::new(Registry { owner, handovers: Vec::new() }),
             port_config: cfg.port,
+            pool: Arc::new(SocketPool {
+                cfg: PortConfig { filter: None, ..cfg.port },
+                ready: Mutex::new(Vec::new()),
+                filling: AtomicBool::new(false),
+            }),
         };
+        switch.pool.refill();
         // On an error below, dropping `switch` stops the workers already started.
         for (w, mine) in owned.into_iter().enumerate() {
             let sys = |op: &'static str| move |source| PortError::Sys { name: format!("worker {w}"), op, source };
@@ -373,7 +436,17 @@ impl Switch {
         if registry.owner.contains_key(&number) {
             return Err(PortError::DuplicateNumber(number));
         }
-        let opened = open_port(spec, &self.port_config)?;
+        let t0 = Instant::now();
+        let prepared = match spec {
+            PortSpec::Interface { .. } => self.pool.take(&self.port_config),
+            _ => None,
+        };
+        let opened = open_port_with(spec, &self.port_config, prepared);
+        if matches!(spec, PortSpec::Interface { .. }) {
+            self.pool.refill();
+        }
+        let opened = opened?;
+        let open_time = t0.elapsed();
         let port = opened.port.clone();
         let stopped = |name: &str| PortError::Sys {
             name: name.to_string(),
@@ -400,8 +473,15 @@ impl Switch {
             return Err(stopped(&port.name));
         }
         registry.owner.insert(number, w);
-        tracing::info!(port = number, name = %port.name, worker = w, "port added");
-        self.publish(|t| t.with(port));
+        self.publish(|t| t.with(port.clone()));
+        tracing::info!(
+            port = number,
+            name = %port.name,
+            worker = w,
+            open_ms = open_time.as_secs_f64() * 1e3,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "port added"
+        );
         Ok(())
     }
 
@@ -524,32 +604,23 @@ impl Drop for Switch {
     }
 }
 
-/// Completes the partial checksums of frames that arrived from an uplink. A NIC hands
-/// over frames with complete (or verified) checksums; only host-local traffic, such as
-/// a bridge or veth in front of the uplink, carries partial ones, and those take the
-/// full-checksum path through the gateway's NAT and the tunnel, the one the lab checks
-/// end to end (a partial checksum through forced SNAT and a tunnel arrives wrong —
-/// docs/port-io.md, "Known problems").
-fn complete_on_arrival(batch: &mut [Packet]) {
-    for p in batch.iter_mut() {
-        if p.offload.csum_partial()
-            && !p.offload.is_gso()
-            && offload::complete_checksum(&mut p.data, &p.offload).is_ok()
-        {
-            p.offload = Offload::NONE;
-        }
-    }
-}
-
 /// Opens the port `spec` describes: its shared half and its receive side.
 fn open_port(spec: &PortSpec, cfg: &PortConfig) -> Result<OwnedPort, PortError> {
+    open_port_with(spec, cfg, None)
+}
+
+/// [`open_port`], with a prepared socket for an interface when there is one.
+fn open_port_with(spec: &PortSpec, cfg: &PortConfig, prepared: Option<PreparedSocket>) -> Result<OwnedPort, PortError> {
     let (port, rx) = match spec {
         PortSpec::Interface { number, name } | PortSpec::Uplink { number, name, .. } => {
             let cfg = match spec {
                 PortSpec::Uplink { filter, .. } => PortConfig { promiscuous: false, filter: *filter, ..*cfg },
                 _ => PortConfig { filter: None, ..*cfg },
             };
-            let p = AfPacketPort::open(name, &cfg)?;
+            let p = match prepared {
+                Some(prepared) => AfPacketPort::open_prepared(name, &cfg, prepared)?,
+                None => AfPacketPort::open(name, &cfg)?,
+            };
             let port = TxPort {
                 number: *number,
                 name: name.clone(),
@@ -576,7 +647,7 @@ fn open_port(spec: &PortSpec, cfg: &PortConfig) -> Result<OwnedPort, PortError> 
             (port, RxPort::Geneve(p))
         }
     };
-    Ok(OwnedPort { port: Arc::new(port), rx, seen_dropped: 0, uplink: matches!(spec, PortSpec::Uplink { .. }) })
+    Ok(OwnedPort { port: Arc::new(port), rx, seen_dropped: 0 })
 }
 
 /// Where a queued frame's bytes are.
@@ -813,9 +884,6 @@ impl Worker {
                 let gso = batch.iter().filter(|p| p.offload.is_gso()).count();
                 if gso > 0 {
                     counters.rx_gso.fetch_add(gso as u64, Ordering::Relaxed);
-                }
-                if p.uplink {
-                    complete_on_arrival(&mut batch);
                 }
                 sink.meta.clear();
                 sink.meta.extend(batch.iter().map(|p| (p.offload, p.data.len())));

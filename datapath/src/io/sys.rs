@@ -40,9 +40,12 @@ pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
     Ok(())
 }
 
-/// A non-blocking `AF_PACKET`/`SOCK_RAW` socket receiving every protocol.
+/// A non-blocking `AF_PACKET`/`SOCK_RAW` socket that receives nothing until it is bound
+/// ([`bind_packet`] names the protocols and the interface). Created without a protocol,
+/// it has no receive hook yet, so setting its ring and binding it do not each wait for
+/// the kernel to remove one (an RCU grace period, tens of milliseconds in a VM).
 pub fn packet_socket() -> io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+    let proto = 0;
     // SAFETY: plain socket(2) call; the returned descriptor is owned below.
     let fd = cvt(unsafe {
         libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto)

@@ -540,6 +540,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Ok(dir) = std::env::var("SKEIN_TEST_KEEP_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            for n in &self.nodes {
+                let _ = std::fs::copy(&n.log, Path::new(&dir).join(format!("{}-{}.log", self.prefix, n.name)));
+            }
+        }
         for i in 0..self.nodes.len() {
             if let Some(mut child) = self.nodes[i].agent.take() {
                 let _ = child.kill();
