@@ -51,7 +51,7 @@ struct Cli {
 enum Command {
     /// Copy `skein-cni` into the CNI bin dir and write `10-skein.conflist` into the CNI
     /// conf dir, then exit (for an init container).
-    InstallCni(InstallArgs),
+    InstallCni(CniPaths),
     /// Show a packet's walk through this node's flow tables, like `ovs-appctl
     /// ofproto/trace`: `skein-agent trace 'in_port=100,ip,nw_src=10.244.0.5,nw_dst=10.96.0.10,tcp,tp_dst=80'`.
     Trace {
@@ -90,8 +90,9 @@ enum Command {
     },
 }
 
+/// Where the CNI plugin and its configuration go (shared by the agent and `install-cni`).
 #[derive(Debug, clap::Args)]
-struct InstallArgs {
+struct CniPaths {
     /// Directory the container runtime finds CNI plugins in.
     #[arg(long, env = "SKEIN_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     cni_bin_dir: PathBuf,
@@ -101,7 +102,7 @@ struct InstallArgs {
     /// The `skein-cni` binary to install (default: `skein-cni` next to this executable).
     #[arg(long, env = "SKEIN_CNI_PLUGIN")]
     cni_plugin: Option<PathBuf>,
-    /// The agent's CNI socket, written into the conflist.
+    /// The agent's CNI socket (mode 0600), written into the conflist.
     #[arg(long, env = "SKEIN_CNI_SOCKET", default_value = "/var/run/skein/cni.sock")]
     cni_socket: PathBuf,
 }
@@ -160,26 +161,13 @@ struct Args {
     #[arg(long, env = "SKEIN_SERVICE_CIDR", value_delimiter = ',', default_value = "10.96.0.0/12")]
     service_cidr: Vec<IpNet>,
 
-    /// The CNI server's socket (mode 0600).
-    #[arg(long, env = "SKEIN_CNI_SOCKET", default_value = "/var/run/skein/cni.sock")]
-    cni_socket: PathBuf,
+    #[command(flatten)]
+    cni: CniPaths,
 
     /// State kept across restarts (pod port records, the last flows, the chassis id) and
     /// the control socket `control.sock`.
     #[arg(long, env = "SKEIN_STATE_DIR", default_value = "/var/run/skein")]
     state_dir: PathBuf,
-
-    /// Directory the container runtime finds CNI plugins in.
-    #[arg(long, env = "SKEIN_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
-    cni_bin_dir: PathBuf,
-
-    /// Directory the container runtime reads CNI configurations from.
-    #[arg(long, env = "SKEIN_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
-    cni_conf_dir: PathBuf,
-
-    /// The `skein-cni` binary to install (default: `skein-cni` next to this executable).
-    #[arg(long, env = "SKEIN_CNI_PLUGIN")]
-    cni_plugin: Option<PathBuf>,
 
     /// Do not install the CNI plugin and configuration on start.
     #[arg(long)]
@@ -264,6 +252,17 @@ struct Args {
     log: String,
 }
 
+impl CniPaths {
+    fn install(&self) -> CniInstall {
+        CniInstall {
+            plugin: self.cni_plugin.clone().unwrap_or_else(cniinstall::default_plugin),
+            bin_dir: self.cni_bin_dir.clone(),
+            conf_dir: self.cni_conf_dir.clone(),
+            socket: self.cni_socket.clone(),
+        }
+    }
+}
+
 fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = text.split_once('-').ok_or_else(|| format!("{text:?} is not a range such as 30000-32767"))?;
     let lo: u16 = lo.trim().parse().map_err(|_| format!("{text:?}: {lo:?} is not a port"))?;
@@ -336,14 +335,9 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         uplink_interface: args.uplink_interface.clone(),
         cluster_cidrs: args.cluster_cidr.clone(),
         service_cidrs: args.service_cidr.clone(),
-        cni_socket: args.cni_socket.clone(),
+        cni_socket: args.cni.cni_socket.clone(),
         state_dir: args.state_dir.clone(),
-        cni_install: (!args.no_cni_install).then(|| CniInstall {
-            plugin: args.cni_plugin.clone().unwrap_or_else(cniinstall::default_plugin),
-            bin_dir: args.cni_bin_dir.clone(),
-            conf_dir: args.cni_conf_dir.clone(),
-            socket: args.cni_socket.clone(),
-        }),
+        cni_install: (!args.no_cni_install).then(|| args.cni.install()),
         add_timeout: args.add_timeout,
         switch: SwitchConfig {
             workers,
@@ -370,14 +364,7 @@ async fn main() -> anyhow::Result<()> {
         None => {}
         Some(Command::InstallCni(i)) => {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
-            return CniInstall {
-                plugin: i.cni_plugin.unwrap_or_else(cniinstall::default_plugin),
-                bin_dir: i.cni_bin_dir,
-                conf_dir: i.cni_conf_dir,
-                socket: i.cni_socket,
-            }
-            .run()
-            .context("installing the CNI plugin");
+            return i.install().run().context("installing the CNI plugin");
         }
         Some(Command::Trace { packet, ct_next, state_dir }) => {
             return control_request(&state_dir, &format!("trace {packet}\n{}", ct_next.join("\n")));
