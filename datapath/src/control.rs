@@ -4,7 +4,6 @@
 //! body — and the reply; everything here works on a [`Datapath`] and is tested without
 //! sockets.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
@@ -84,20 +83,33 @@ impl Control {
         self.install(&new)
     }
 
-    /// Replaces everything installed with `file`, in one atomic step: the file is checked
-    /// against an empty datapath first (nothing changes if the pipeline refuses any
-    /// entry); unchanged flows keep their counters and cached decisions; removed ones go;
-    /// new and changed ones are installed; the caches are revalidated once. For callers
-    /// that build the flows in memory (the node agent) rather than as text.
+    /// Replaces everything installed with `file`, in one atomic step: what differs from
+    /// the installed file is computed first and checked against an empty datapath
+    /// (nothing changes if the pipeline refuses any entry — every check is on one entry,
+    /// so checking the new and changed entries is checking the file); unchanged flows
+    /// keep their counters and cached decisions; removed ones go; new and changed ones are
+    /// installed; the caches are revalidated once. For callers that build the flows in
+    /// memory (the node agent) rather than as text.
     pub fn install(&self, file: &FlowFile) -> Result<ReloadReport, ControlError> {
-        // Check the whole file against an empty datapath before touching the live one.
-        let scratch = Datapath::new(*self.dp.config());
-        let all = file.to_mods();
-        if let Err((index, e, _)) = scratch.apply(&all) {
-            return Err(ControlError::Refused { item: describe(all.get(index)), reason: e.to_string() });
-        }
         let mut installed = self.installed.lock();
         let (mods, mut report) = diff(&installed, file);
+        let additions: Vec<FlowMod> = mods
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m,
+                    FlowMod::AddFlow(_)
+                        | FlowMod::AddGroup(_)
+                        | FlowMod::AddLoadBalancer(_)
+                        | FlowMod::AddTunnelPort(_)
+                )
+            })
+            .cloned()
+            .collect();
+        let scratch = Datapath::new(*self.dp.config());
+        if let Err((index, e, _)) = scratch.apply(&additions) {
+            return Err(ControlError::Refused { item: describe(additions.get(index)), reason: e.to_string() });
+        }
         let r = self.dp.apply(&mods).map_err(|(index, e, _)| ControlError::Refused {
             item: describe(mods.get(index)),
             reason: e.to_string(),
@@ -105,6 +117,63 @@ impl Control {
         report.megaflows_checked = r.checked;
         report.megaflows_invalidated = r.invalidated;
         *installed = file.clone();
+        Ok(report)
+    }
+
+    /// Changes some flows of what is installed, in one atomic step: adds (or replaces)
+    /// the flows `add` and removes those with the (table, priority, match) of `remove`;
+    /// groups, load balancers and tunnel ports stay. The new flows are checked against an
+    /// empty datapath first (nothing changes if the pipeline refuses one); every other
+    /// flow keeps its counters and cached decisions. What is installed afterwards is what
+    /// [`Control::install`] of the resulting file would give — without translating or
+    /// comparing the whole file, which is what makes binding one pod port cheap.
+    pub fn update_flows(&self, add: &[Flow], remove: &[(u8, u16, Match)]) -> Result<ReloadReport, ControlError> {
+        let additions: Vec<FlowMod> = add.iter().cloned().map(FlowMod::AddFlow).collect();
+        let scratch = Datapath::new(*self.dp.config());
+        if let Err((index, e, _)) = scratch.apply(&additions) {
+            return Err(ControlError::Refused { item: describe(additions.get(index)), reason: e.to_string() });
+        }
+        let mut installed = self.installed.lock();
+        let key = |f: &Flow| (f.table, f.priority, f.matches.normalized());
+        let replaced: hashbrown::HashSet<_> = add.iter().map(key).collect();
+        let removed: hashbrown::HashSet<_> =
+            remove.iter().map(|(t, p, m)| (*t, *p, m.normalized())).filter(|k| !replaced.contains(k)).collect();
+        // Only flows in the tables named are looked at.
+        let mut touched = [false; 256];
+        for t in add.iter().map(|f| f.table).chain(remove.iter().map(|r| r.0)) {
+            touched[usize::from(t)] = true;
+        }
+        let mut report = ReloadReport::default();
+        let mut mods = Vec::with_capacity(add.len() + remove.len());
+        let keep: Vec<bool> = installed
+            .flows
+            .iter()
+            .map(|f| {
+                if !touched[usize::from(f.table)] {
+                    return true;
+                }
+                let k = key(f);
+                if removed.contains(&k) {
+                    mods.push(FlowMod::DeleteFlowStrict { table: f.table, priority: f.priority, matches: f.matches });
+                    report.flows_removed += 1;
+                    false
+                } else {
+                    !replaced.contains(&k)
+                }
+            })
+            .collect();
+        mods.extend(additions);
+        let r = self.dp.apply(&mods).map_err(|(index, e, _)| ControlError::Refused {
+            item: describe(mods.get(index)),
+            reason: e.to_string(),
+        })?;
+        let mut keep = keep.into_iter();
+        installed.flows.retain(|_| keep.next().unwrap_or(true));
+        report.flows_kept = installed.flows.len();
+        report.flows_added = add.len();
+        installed.flows.extend(add.iter().cloned());
+        report.megaflows_checked = r.checked;
+        report.megaflows_invalidated = r.invalidated;
         Ok(report)
     }
 
@@ -362,6 +431,7 @@ fn addr(a: &[u8; 16]) -> String {
 /// The modifications that turn `old` into `new`, touching only what changed, plus the
 /// flow counts of the change.
 fn diff(old: &FlowFile, new: &FlowFile) -> (Vec<FlowMod>, ReloadReport) {
+    use hashbrown::HashMap;
     let mut mods = Vec::new();
     let mut report = ReloadReport::default();
     // Tunnels, load balancers and groups first (flows may name them), then flows.
@@ -499,6 +569,53 @@ table=0,priority=0,actions=drop
         assert!(e.contains("refused"), "{e}");
         assert_eq!(c.installed(), file);
         assert_eq!(forward(&c, 0x0a00_0003), vec![3]);
+    }
+
+    #[test]
+    fn update_flows_changes_only_the_flows_named_and_refuses_atomically() {
+        let c = control();
+        c.reload(FLOWS).unwrap();
+        let parsed = |text: &str| flowtext::parse_flow_file(text).unwrap().flows;
+        let add = parsed("table=0,priority=100,ip,nw_dst=10.0.0.4,actions=output:4\n");
+        let gone = parsed("table=0,priority=100,ip,nw_dst=10.0.0.2,actions=output:2\n");
+        let remove: Vec<(u8, u16, Match)> = gone.iter().map(|f| (f.table, f.priority, f.matches)).collect();
+        let r = c.update_flows(&add, &remove).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (1, 1, 2));
+        assert_eq!(forward(&c, 0x0a00_0004), vec![4], "the added flow is live");
+        assert_eq!(forward(&c, 0x0a00_0002), Vec::<u32>::new(), "the removed flow is gone, no stale cache entry");
+        assert_eq!(forward(&c, 0x0a00_0003), vec![3], "the others stay");
+        // What is installed is what installing the resulting file would give.
+        let mut expected = flowtext::parse_flow_file(
+            &FLOWS.replace("nw_dst=10.0.0.2,actions=output:2", "nw_dst=10.0.0.4,actions=output:4"),
+        )
+        .unwrap();
+        let mut installed = c.installed();
+        expected.flows.sort_by_key(flowtext::format_flow);
+        installed.flows.sort_by_key(flowtext::format_flow);
+        assert_eq!(installed, expected);
+        // A replaced flow (same table, priority and match) is replaced, not doubled.
+        let changed = parsed("table=0,priority=100,ip,nw_dst=10.0.0.4,actions=output:5\n");
+        let r = c.update_flows(&changed, &[]).unwrap();
+        assert_eq!((r.flows_added, r.flows_removed, r.flows_kept), (1, 0, 2));
+        assert_eq!(forward(&c, 0x0a00_0004), vec![5]);
+        assert_eq!(c.installed().flows.len(), 3);
+        // A refused flow changes nothing, removals included.
+        let refused = parsed("table=1,priority=5,actions=goto_table:0\n");
+        let e = c.update_flows(&refused, &remove_of(&c, 0x0a00_0003)).unwrap_err().to_string();
+        assert!(e.contains("refused"), "{e}");
+        assert_eq!(forward(&c, 0x0a00_0003), vec![3]);
+        assert_eq!(c.installed().flows.len(), 3);
+    }
+
+    /// The key of the installed flow that matches `nw_dst=dst`.
+    fn remove_of(c: &Control, dst: u32) -> Vec<(u8, u16, Match)> {
+        let text = format!("nw_dst={}", std::net::Ipv4Addr::from(dst));
+        c.installed()
+            .flows
+            .iter()
+            .filter(|f| flowtext::format_flow(f).contains(&format!("{text},")))
+            .map(|f| (f.table, f.priority, f.matches))
+            .collect()
     }
 
     #[test]

@@ -281,7 +281,8 @@ fn chassis_id(state: &std::path::Path) -> anyhow::Result<String> {
         .context("reading /proc/sys/kernel/random/uuid for a chassis id")?
         .trim()
         .to_owned();
-    crate::node::write_atomically(&path, id.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    crate::node::write_atomically(&path, id.as_bytes(), crate::node::Durability::Reboot)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
 }
 

@@ -186,10 +186,12 @@ struct Args {
     #[arg(long, env = "SKEIN_BUSY_POLL_US", default_value_t = 0)]
     busy_poll_us: u64,
 
-    /// Receive ring of each datapath port, in MiB. The kernel allocates it when a pod's
-    /// port is opened (part of every CNI ADD) and keeps it per pod: larger rings absorb
-    /// longer bursts, smaller ones open faster and cost less memory per pod.
-    #[arg(long, env = "SKEIN_RING_MIB", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// Receive ring of each datapath port, in MiB. The kernel allocates and zeroes it for
+    /// every pod port (ahead of the CNI ADD, on a background thread, but on the node's
+    /// CPUs) and keeps it per pod: larger rings absorb longer bursts of small packets,
+    /// smaller ones cost less CPU per pod start and less memory per pod. TCP throughput
+    /// between pods was the same from 1 to 4 MiB here; see docs/node-agent.md.
+    #[arg(long, env = "SKEIN_RING_MIB", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     ring_mib: u32,
 
     /// NodePort range (the kernel is told to leave it to Skein on the node IP).
@@ -435,6 +437,11 @@ async fn main() -> anyhow::Result<()> {
     wait_for_signal().await?;
     info!("shutting down; pods' interfaces and the records that rebuild them stay");
     shutdown.cancel();
+    if let Some(network) = &_network
+        && !network.net.save_flows(std::time::Duration::from_secs(5))
+    {
+        warn!("the installed flows were not saved within 5 s; a restart restores older ones until the master answers");
+    }
     if let Some(device_plugin) = device_plugin {
         device_plugin.wait().await;
     }

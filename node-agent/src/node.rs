@@ -1,15 +1,20 @@
 //! The node's datapath as the agent runs it: the switch and its ports, the bindings of
 //! logical ports to datapath ports, and the installation of each chassis view.
 //!
-//! Every install translates the whole view with the current bindings
-//! ([`crate::translate`]) and hands the result to [`Control::install`], which changes
-//! only what differs in one atomic step: a packet sees the old version or the new one,
-//! never half of each, and flows that did not change keep their counters and cached
-//! decisions.
+//! Every install translates the view with the current bindings ([`crate::translate`])
+//! and hands the result to [`Control::install`], which changes only what differs in one
+//! atomic step: a packet sees the old version or the new one, never half of each, and
+//! flows that did not change keep their counters and cached decisions. Binding or
+//! unbinding a pod (the CNI ADD and DEL paths) changes only the pod ports' own flows
+//! ([`pod_port_flows`]): those are computed alone and their difference is installed with
+//! [`Control::update_flows`], so an ADD costs the same with 10 pods or 500.
 //!
 //! What must survive an agent restart is kept in the state directory: one record per
-//! bound pod port (`ports/<host interface>.json`: pod, container, port number) and the
-//! last installed flow file (`flows.txt`). A restarted agent re-opens the ports whose
+//! bound pod port (`ports/<host interface>.json`: pod, container, port number), written
+//! before the pod's flows are installed, and the last installed flow file (`flows.txt`),
+//! written by a thread after each install (a burst of installs costs one write; an agent
+//! killed before the write restores the previous flows and gets the rest from the
+//! master's snapshot). A restarted agent re-opens the ports whose
 //! interfaces still exist, re-installs the last flows at once — pods forward again before
 //! the master has answered — and then installs the master's snapshot over them, which
 //! changes nothing that is still valid.
@@ -18,7 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use skein_datapath::control::{Control, ReloadReport};
@@ -29,7 +35,7 @@ use skein_netmodel::southbound::{ChassisView, PortKind};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::translate::{LocalBindings, Tunnel, Uplink, translate_partial};
+use crate::translate::{LocalBindings, Tunnel, Uplink, pod_port_delta, pod_port_flows, translate_partial};
 
 /// Datapath port number of the uplink (the node's NIC).
 pub const UPLINK_PORT: u32 = 1;
@@ -110,6 +116,9 @@ pub enum BindError {
 
 struct Inner {
     view: Option<ChassisView>,
+    /// The pod-port flows installed with `view`, while the datapath holds `view`'s
+    /// translation (`None` after a failed install: the next change installs in full).
+    pod_flows: Option<Vec<skein_datapath::Flow>>,
     bindings: LocalBindings,
     /// By host interface name.
     records: BTreeMap<String, PortRecord>,
@@ -123,6 +132,7 @@ pub struct NodeNetwork {
     inner: Mutex<Inner>,
     installed: watch::Sender<InstallState>,
     state_dir: PathBuf,
+    saver: FlowSaver,
 }
 
 impl std::fmt::Debug for NodeNetwork {
@@ -144,13 +154,15 @@ impl NodeNetwork {
         management_port: Option<u32>,
     ) -> Arc<NodeNetwork> {
         let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
+        let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"));
         let net = NodeNetwork {
             dp,
             switch,
             control,
-            inner: Mutex::new(Inner { view: None, bindings, records: BTreeMap::new() }),
+            inner: Mutex::new(Inner { view: None, pod_flows: None, bindings, records: BTreeMap::new() }),
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
+            saver,
         };
         net.restore();
         Arc::new(net)
@@ -304,14 +316,16 @@ impl NodeNetwork {
         })?;
         debug!(port, ms = opening.elapsed().as_secs_f64() * 1e3, "datapath port opened");
         let path = self.ports_dir().join(format!("{}.json", record.host_ifname));
-        if let Err(source) = write_atomically(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default()) {
+        if let Err(source) =
+            write_atomically(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), Durability::Restart)
+        {
             self.switch.remove_port(port);
             return Err(BindError::Record { path, source });
         }
         inner.bindings.ports.insert(record.logical_port.clone(), port);
         inner.records.insert(record.host_ifname.clone(), record.clone());
         info!(pod = %record.logical_port, interface = %record.host_ifname, port, "pod port bound");
-        if let Err(e) = self.reinstall(&mut inner) {
+        if let Err(e) = self.update_ports(&mut inner) {
             warn!(pod = %record.logical_port, error = %e, "install after binding failed");
         }
         Ok(record)
@@ -321,7 +335,7 @@ impl NodeNetwork {
     pub fn unbind(&self, host_ifname: &str) -> Option<PortRecord> {
         let mut inner = self.lock();
         let record = self.forget(&mut inner, host_ifname)?;
-        if let Err(e) = self.reinstall(&mut inner) {
+        if let Err(e) = self.update_ports(&mut inner) {
             warn!(pod = %record.logical_port, error = %e, "install after unbinding failed");
         }
         Some(record)
@@ -338,33 +352,33 @@ impl NodeNetwork {
         Some(record)
     }
 
+    /// Writes `flows.txt` now if an install has not been saved yet; waits at most
+    /// `timeout`. Returns whether the file is up to date. For a clean shutdown.
+    pub fn save_flows(&self, timeout: Duration) -> bool {
+        self.saver.flush(timeout)
+    }
+
+    /// Translates and installs the whole view.
     fn reinstall(&self, inner: &mut Inner) -> Result<(), String> {
         let Some(view) = &inner.view else {
             return Ok(());
         };
-        let result = install(&self.control, view, &inner.bindings);
+        let started = std::time::Instant::now();
+        inner.pod_flows = None;
+        let translation =
+            translate_partial(view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
+        let result = translation.and_then(|t| {
+            for u in &t.untranslated {
+                debug!(flow = ?u, "logical flow not translated");
+            }
+            let report =
+                self.control.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
+            Ok((report, t.untranslated.len()))
+        });
         match result {
-            Ok((report, untranslated, text)) => {
-                self.switch.wake();
-                if let Err(e) = write_atomically(&self.flows_path(), text.as_bytes()) {
-                    warn!(error = %e, "cannot save the installed flows for a restart");
-                }
-                let ready = ready_ports(view, &inner.bindings);
-                debug!(
-                    version = view.version,
-                    added = report.flows_added,
-                    removed = report.flows_removed,
-                    kept = report.flows_kept,
-                    "view installed"
-                );
-                let flows = report.flows_added + report.flows_kept;
-                self.installed.send_replace(InstallState {
-                    version: Some(view.version),
-                    ready_ports: ready,
-                    untranslated,
-                    flows,
-                    error: None,
-                });
+            Ok((report, untranslated)) => {
+                inner.pod_flows = Some(pod_port_flows(view, &inner.bindings));
+                self.installed_now(view, &inner.bindings, report, Some(untranslated), started);
                 Ok(())
             }
             Err(e) => {
@@ -372,6 +386,64 @@ impl NodeNetwork {
                 Err(e)
             }
         }
+    }
+
+    /// Installs what a changed pod binding changes: the difference between the pod-port
+    /// flows installed and those of the bindings now. Falls back to [`Self::reinstall`]
+    /// when the datapath does not hold the view's translation.
+    fn update_ports(&self, inner: &mut Inner) -> Result<(), String> {
+        let Some(view) = &inner.view else {
+            return Ok(());
+        };
+        let Some(old) = inner.pod_flows.take() else {
+            return self.reinstall(inner);
+        };
+        let started = std::time::Instant::now();
+        let new = pod_port_flows(view, &inner.bindings);
+        let (add, remove) = pod_port_delta(&old, &new);
+        match self.control.update_flows(&add, &remove) {
+            Ok(report) => {
+                inner.pod_flows = Some(new);
+                self.installed_now(view, &inner.bindings, report, None, started);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(version = view.version, error = %e, "pod port flows refused; installing the whole view");
+                self.reinstall(inner)
+            }
+        }
+    }
+
+    /// Publishes a successful install of `view` (`untranslated`: the new count, or the
+    /// last one's when only pod ports changed).
+    fn installed_now(
+        &self,
+        view: &ChassisView,
+        bindings: &LocalBindings,
+        report: ReloadReport,
+        untranslated: Option<usize>,
+        started: std::time::Instant,
+    ) {
+        self.switch.wake();
+        self.saver.mark();
+        debug!(
+            version = view.version,
+            added = report.flows_added,
+            removed = report.flows_removed,
+            kept = report.flows_kept,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "view installed"
+        );
+        let ready = ready_ports(view, bindings);
+        self.installed.send_modify(|s| {
+            s.version = Some(view.version);
+            s.ready_ports = ready;
+            if let Some(n) = untranslated {
+                s.untranslated = n;
+            }
+            s.flows = report.flows_added + report.flows_kept;
+            s.error = None;
+        });
     }
 }
 
@@ -381,20 +453,126 @@ impl skein_southbound::Installer for NodeNetwork {
     }
 }
 
-/// Translates and installs; returns the report, the count of untranslated logical flows
-/// and the installed file's text.
-fn install(
-    control: &Control,
-    view: &ChassisView,
-    bindings: &LocalBindings,
-) -> Result<(ReloadReport, usize, String), String> {
-    let translation =
-        translate_partial(view, bindings).map_err(|e| format!("translating version {}: {e}", view.version))?;
-    for u in &translation.untranslated {
-        debug!(flow = ?u, "logical flow not translated");
+/// Writes the installed flows to `flows.txt` off the install path: an install only marks
+/// the file stale, and a thread formats and writes what is installed then, so a burst of
+/// installs costs one write and a CNI ADD never waits for the disk.
+struct FlowSaver {
+    shared: Arc<(Mutex<SaveState>, Condvar)>,
+    /// Set when the thread could not be started: each install then writes the file.
+    inline: Option<(Arc<Control>, PathBuf)>,
+}
+
+#[derive(Default)]
+struct SaveState {
+    /// Installs so far.
+    wanted: u64,
+    /// The install count the file on disk reflects.
+    saved: u64,
+    /// Set when the network is dropped: the thread ends.
+    closed: bool,
+    /// Set while [`FlowSaver::flush`] waits: write without settling.
+    flushing: bool,
+}
+
+/// How long the flow-saving thread lets installs accumulate before it writes.
+const SAVE_SETTLE: Duration = Duration::from_millis(100);
+
+impl FlowSaver {
+    fn start(control: Arc<Control>, path: PathBuf) -> FlowSaver {
+        let shared = Arc::new((Mutex::new(SaveState::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let (control2, path2) = (control.clone(), path.clone());
+        let spawned = std::thread::Builder::new().name("skein-flow-save".into()).spawn(move || {
+            if let Err(e) = skein_datapath::io::sys::idle_priority() {
+                debug!(error = %e, "the flow-saving thread keeps its priority");
+            }
+            let (lock, cv) = &*theirs;
+            let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                while state.wanted == state.saved && !state.closed {
+                    state = cv.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.closed {
+                    return;
+                }
+                // Let a burst of installs (pods starting together) settle into one write,
+                // unless a shutdown is waiting for it.
+                let settled = std::time::Instant::now() + SAVE_SETTLE;
+                while !state.flushing && !state.closed {
+                    let left = settled.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    state = cv.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                if state.closed {
+                    return;
+                }
+                let target = state.wanted;
+                drop(state);
+                save(&control, &path);
+                state = lock.lock().unwrap_or_else(|p| p.into_inner());
+                state.saved = target;
+                cv.notify_all();
+            }
+        });
+        let inline = match spawned {
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot start the flow-saving thread; each install writes flows.txt itself");
+                Some((control2, path2))
+            }
+        };
+        FlowSaver { shared, inline }
     }
-    let report = control.install(&translation.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
-    Ok((report, translation.untranslated.len(), format_flow_file(&translation.file)))
+
+    fn lock(&self) -> MutexGuard<'_, SaveState> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something new was installed.
+    fn mark(&self) {
+        if let Some((control, path)) = &self.inline {
+            save(control, path);
+            return;
+        }
+        self.lock().wanted += 1;
+        self.shared.1.notify_all();
+    }
+
+    /// Waits until the file reflects every install marked so far, at most `timeout`.
+    fn flush(&self, timeout: Duration) -> bool {
+        let mut state = self.lock();
+        state.flushing = true;
+        self.shared.1.notify_all();
+        let target = state.wanted;
+        let (state, _) = self
+            .shared
+            .1
+            .wait_timeout_while(state, timeout, |s| s.saved < target && !s.closed)
+            .unwrap_or_else(|p| p.into_inner());
+        let mut state = state;
+        state.flushing = false;
+        state.saved >= target
+    }
+}
+
+/// Writes what `control` has installed to `path`, by table and priority (pod-port
+/// updates append their flows to the installed file).
+fn save(control: &Control, path: &Path) {
+    let mut file = control.installed();
+    file.flows.sort_by_key(|f| (f.table, std::cmp::Reverse(f.priority)));
+    let text = format_flow_file(&file);
+    if let Err(e) = write_atomically(path, text.as_bytes(), Durability::Restart) {
+        warn!(file = %path.display(), error = %e, "cannot save the installed flows for a restart");
+    }
+}
+
+impl Drop for FlowSaver {
+    fn drop(&mut self) {
+        self.lock().closed = true;
+        self.shared.1.notify_all();
+    }
 }
 
 /// The bound pod ports of `view` that reside on its chassis.
@@ -411,14 +589,28 @@ fn ready_ports(view: &ChassisView, bindings: &LocalBindings) -> BTreeSet<String>
         .collect()
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, creating the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// How far a written file must get before [`write_atomically`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (fsync): it must survive a reboot (the chassis id).
+    Reboot,
+    /// In the page cache: it must survive the agent's restart only. A port record
+    /// describes an interface that a reboot removes anyway, and the restore path drops a
+    /// record it cannot read; an fsync would cost a CNI ADD milliseconds for nothing.
+    Restart,
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (readers see the old
+/// content or the new, never part), creating the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durability == Durability::Reboot {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, path)
 }

@@ -289,19 +289,20 @@ pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Tr
             Err(reason) => untranslated.push(UntranslatedFlow { flow: lf.clone(), reason }),
         }
     }
-    flows.extend(cx.classify_flows());
+    flows.extend(cx.classify_flows(Part::View));
     let (mut out, groups) = cx.output_flows()?;
     flows.append(&mut out);
-    flows.extend(cx.deliver_flows());
+    flows.extend(cx.deliver_flows(Part::View));
     flows.extend(cx.next_hop_flows());
+    flows.extend(cx.classify_flows(Part::Pods));
+    flows.extend(cx.deliver_flows(Part::Pods));
 
     let mut keyed: Vec<(u8, std::cmp::Reverse<u16>, String, Flow)> =
         flows.into_iter().map(|f| (f.table, std::cmp::Reverse(f.priority), format_flow(&f), f)).collect();
-    keyed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-    let mut seen = BTreeSet::new();
+    keyed.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    let mut seen = hashbrown::HashSet::with_capacity(keyed.len());
     for (_, _, _, f) in &keyed {
-        let m = format!("{:?}", f.matches.normalized());
-        if !seen.insert((f.table, f.priority, m)) {
+        if !seen.insert((f.table, f.priority, f.matches.normalized())) {
             return Err(TranslateError::DuplicateFlow(format_flow(f)));
         }
     }
@@ -312,6 +313,45 @@ pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Tr
         tunnels: vec![cx.tunnel_port()],
     };
     Ok(Translation { file, untranslated })
+}
+
+/// The flows of `local`'s pod ports alone — classification from each bound pod port and
+/// delivery to it — as [`translate_partial`] emits them: the only flows that binding or
+/// unbinding a pod changes (no logical flow, group or load balancer names a datapath
+/// port). The agent installs the difference between two of these on the CNI ADD and DEL
+/// paths instead of translating the whole view.
+pub fn pod_port_flows(view: &ChassisView, local: &LocalBindings) -> Vec<Flow> {
+    let cx = Context::for_ports(view, local);
+    let mut flows = cx.classify_flows(Part::Pods);
+    flows.extend(cx.deliver_flows(Part::Pods));
+    flows
+}
+
+/// What turns the pod-port flows `old` into `new` (both from [`pod_port_flows`]): the
+/// flows to add or replace, and the (table, priority, match) of those to remove.
+pub fn pod_port_delta(old: &[Flow], new: &[Flow]) -> (Vec<Flow>, Vec<(u8, u16, DpMatch)>) {
+    let key = |f: &Flow| (f.table, f.priority, f.matches.normalized());
+    let before: hashbrown::HashMap<_, &Flow> = old.iter().map(|f| (key(f), f)).collect();
+    let after: hashbrown::HashSet<_> = new.iter().map(key).collect();
+    let add = new.iter().filter(|f| before.get(&key(f)).is_none_or(|o| *o != *f)).cloned().collect();
+    let remove = old.iter().map(key).filter(|k| !after.contains(k)).collect();
+    (add, remove)
+}
+
+/// Which flows a pass over the ports emits: those of pod ports, which depend on the pod
+/// bindings, or the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Default flows and the flows of non-pod ports.
+    View,
+    /// The flows of pod ports.
+    Pods,
+}
+
+impl Part {
+    fn has(self, p: &PortBinding) -> bool {
+        matches!(p.kind, PortKind::Pod { .. }) == (self == Part::Pods)
+    }
 }
 
 /// The datapath id of a load balancer: a hash of its identity, stable across restarts
@@ -398,6 +438,20 @@ impl<'a> Context<'a> {
             }
         }
         Ok(cx)
+    }
+
+    /// A context for the pod ports' flows only ([`Part::Pods`]): they use neither load
+    /// balancers nor conntrack zones, so those are left empty, and checking the remote
+    /// chassis is left to the full translation.
+    fn for_ports(view: &'a ChassisView, local: &'a LocalBindings) -> Self {
+        Context {
+            view,
+            local,
+            kinds: BTreeMap::new(),
+            load_balancers: BTreeMap::new(),
+            zoned_switch: None,
+            zoned_router: None,
+        }
     }
 
     fn is_remote(&self, p: &PortBinding) -> bool {
@@ -623,9 +677,12 @@ impl<'a> Context<'a> {
         ]
     }
 
-    fn classify_flows(&self) -> Vec<Flow> {
-        let mut flows = vec![Self::infra(tables::CLASSIFY, 0, DpMatch::ANY, vec![DpAction::Drop])];
-        for p in &self.view.items.ports {
+    fn classify_flows(&self, part: Part) -> Vec<Flow> {
+        let mut flows = Vec::new();
+        if part == Part::View {
+            flows.push(Self::infra(tables::CLASSIFY, 0, DpMatch::ANY, vec![DpAction::Drop]));
+        }
+        for p in self.view.items.ports.iter().filter(|p| part.has(p)) {
             if let Some(n) = self.local_port(p) {
                 let mut actions = Self::enter_ingress(p.datapath, p.key);
                 actions.push(DpAction::GotoTable(tables::INGRESS));
@@ -770,9 +827,12 @@ impl<'a> Context<'a> {
         Ok((flows, groups))
     }
 
-    fn deliver_flows(&self) -> Vec<Flow> {
-        let mut flows = vec![Self::infra(tables::DELIVER, 0, DpMatch::ANY, vec![DpAction::Drop])];
-        for p in self.view.items.ports.iter().filter(|p| !self.is_remote(p)) {
+    fn deliver_flows(&self, part: Part) -> Vec<Flow> {
+        let mut flows = Vec::new();
+        if part == Part::View {
+            flows.push(Self::infra(tables::DELIVER, 0, DpMatch::ANY, vec![DpAction::Drop]));
+        }
+        for p in self.view.items.ports.iter().filter(|p| part.has(p) && !self.is_remote(p)) {
             let k = u128::from(p.key.get());
             let m = DpMatch::ANY.with(regs::DATAPATH, u128::from(p.datapath.get())).with(regs::OUTPORT, k);
             // A flood does not go back out of its input port.
@@ -1442,6 +1502,51 @@ mod tests {
                 one.file.flows.iter().map(|f| (f.table, std::cmp::Reverse(f.priority))).collect();
             assert!(order.windows(2).all(|w| w[0] <= w[1]));
         }
+    }
+
+    #[test]
+    fn binding_a_pod_changes_only_its_port_flows_and_the_delta_reaches_the_full_translation() {
+        let e = engine();
+        let view = e.snapshot("a").unwrap();
+        let full = bindings("a");
+        let mut fewer = full.clone();
+        fewer.ports.remove("default_p2");
+        let before = translate(&view, &fewer).unwrap();
+        let after = translate(&view, &full).unwrap();
+        // The whole difference between the two translations is the pod-port flows'.
+        let changed: Vec<&Flow> = after.flows.iter().filter(|f| !before.flows.contains(f)).collect();
+        let gone: Vec<&Flow> = before.flows.iter().filter(|f| !after.flows.contains(f)).collect();
+        assert!(gone.is_empty(), "{gone:#?}");
+        assert_eq!(
+            (before.groups.clone(), before.load_balancers.clone()),
+            (after.groups.clone(), after.load_balancers.clone())
+        );
+        let (add, remove) = pod_port_delta(&pod_port_flows(&view, &fewer), &pod_port_flows(&view, &full));
+        assert!(remove.is_empty());
+        assert_eq!(add.iter().collect::<Vec<_>>(), changed, "the delta adds exactly what the full translation adds");
+        let added: Vec<String> = add.iter().map(format_flow).collect();
+        assert_eq!(added.len(), 2, "{added:#?}");
+        assert!(added.iter().any(|f| f.starts_with("table=0,") && f.contains("in_port=2")), "{added:#?}");
+        assert!(added.iter().any(|f| f.starts_with("table=64,") && f.ends_with("actions=output:2")), "{added:#?}");
+        // Applied to a datapath that holds the translation without the pod, and back.
+        let control = skein_datapath::control::Control::new(
+            std::sync::Arc::new(Datapath::new(DatapathConfig::default())),
+            Box::new(Default::default),
+            || 1,
+        );
+        let sorted = |file: FlowFile| {
+            let mut flows: Vec<String> = file.flows.iter().map(format_flow).collect();
+            flows.sort();
+            flows
+        };
+        control.install(&before).unwrap();
+        control.update_flows(&add, &remove).unwrap();
+        assert_eq!(sorted(control.installed()), sorted(after.clone()));
+        let (add, remove) = pod_port_delta(&pod_port_flows(&view, &full), &pod_port_flows(&view, &fewer));
+        assert!(add.is_empty());
+        assert_eq!(remove.len(), 2);
+        control.update_flows(&add, &remove).unwrap();
+        assert_eq!(sorted(control.installed()), sorted(before));
     }
 
     #[test]

@@ -279,14 +279,20 @@ pub struct Switch {
 /// Interface sockets prepared ahead of time (see [`PreparedSocket`]), so that adding an
 /// interface port only binds one. Each is tagged with the network namespace it was made
 /// in: a port is opened in the caller's namespace.
+///
+/// Preparing one costs milliseconds of CPU in the kernel (it allocates and zeroes the
+/// ring, which a VM's first touch of fresh memory makes slower still). The pool is
+/// topped up at idle priority as soon as a socket is taken: waiting for a quiet moment
+/// instead was measured to drain the pool when pods arrive steadily, and a port opened
+/// without a prepared socket waits for the whole set-up plus an RCU grace period.
 struct SocketPool {
     cfg: PortConfig,
     ready: Mutex<Vec<(u64, PreparedSocket)>>,
     filling: AtomicBool,
 }
 
-/// Prepared sockets kept ready.
-const POOL_TARGET: usize = 2;
+/// Prepared sockets kept ready: enough for a burst of pods starting together.
+const POOL_TARGET: usize = 4;
 
 /// The calling thread's network namespace (its inode), 0 if unknown.
 fn netns_id() -> u64 {
@@ -313,6 +319,11 @@ impl SocketPool {
         }
         let pool = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("skein-dp-pool".into()).spawn(move || {
+            // Setting up a ring zeroes megabytes: on a busy node that waits for idle CPU
+            // rather than delaying the ADD that is binding the previous socket.
+            if let Err(e) = super::sys::idle_priority() {
+                tracing::debug!(error = %e, "the socket pool thread keeps its priority");
+            }
             let ns = netns_id();
             loop {
                 if pool.ready.lock().iter().filter(|(n, _)| *n == ns).count() >= POOL_TARGET {

@@ -20,6 +20,16 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
+/// Moves the calling thread to `SCHED_IDLE`: it runs only when a CPU has nothing else
+/// to do. For background work (preparing sockets, saving state) that must not take CPU
+/// time from forwarding or from a CNI ADD on a small node.
+pub fn idle_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call; pid 0 is the
+    // calling thread.
+    cvt(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }).map(|_| ())
+}
+
 /// The index of network interface `name`.
 pub fn if_index(name: &str) -> io::Result<u32> {
     let c = CString::new(name)
