@@ -251,6 +251,29 @@ impl Kubelet {
         }
     }
 
+    /// Reports a failed step of a pod's set-up (a warning and an Event with `failed`'s
+    /// reason), then waits `backoff` — doubled for the next failure, at most 5 s — unless
+    /// the pod is deleted or the kubelet stops first.
+    async fn set_up_failed(
+        &self,
+        client: &Client,
+        pod: &Pod,
+        failed: Failure<'_>,
+        backoff: &mut Duration,
+        deleted: &CancellationToken,
+        stop: &CancellationToken,
+    ) -> AfterFailure {
+        tracing::warn!(pod = %pod_key(pod), node = %self.node, reason = failed.reason, "{}", failed.message);
+        self.event(client, pod, "Warning", failed.reason, failed.message).await;
+        tokio::select! {
+            () = deleted.cancelled() => return AfterFailure::Deleted,
+            () = stop.cancelled() => return AfterFailure::Stopped,
+            () = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        AfterFailure::Retry
+    }
+
     /// One pod's life on this node: set up (retrying with backoff), run, tear down.
     async fn run_pod(
         self: Arc<Self>,
@@ -273,15 +296,12 @@ impl Kubelet {
                 match self.create_sandbox(&pod, &netns).await {
                     Ok(created) => sandbox = Some(created),
                     Err(message) => {
-                        tracing::warn!(pod = %key, node = %self.node, "{message}");
-                        self.event(&client, &pod, "Warning", "FailedCreatePodSandBox", &message).await;
-                        tokio::select! {
-                            () = deleted.cancelled() => break 'life,
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                        let failed = Failure { reason: "FailedCreatePodSandBox", message: &message };
+                        match self.set_up_failed(&client, &pod, failed, &mut backoff, &deleted, &stop).await {
+                            AfterFailure::Retry => continue,
+                            AfterFailure::Deleted => break 'life,
+                            AfterFailure::Stopped => return,
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
                     }
                 }
             }
@@ -292,15 +312,12 @@ impl Kubelet {
             match self.start_workload(&pod, &netns).await {
                 Ok(child) => workload = Some(child),
                 Err(message) => {
-                    tracing::warn!(pod = %key, "{message}");
-                    self.event(&client, &pod, "Warning", "Failed", &message).await;
-                    tokio::select! {
-                        () = deleted.cancelled() => break 'life,
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    let failed = Failure { reason: "Failed", message: &message };
+                    match self.set_up_failed(&client, &pod, failed, &mut backoff, &deleted, &stop).await {
+                        AfterFailure::Retry => continue,
+                        AfterFailure::Deleted => break 'life,
+                        AfterFailure::Stopped => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
                 }
             }
             self.report_running(&client, &pod, &ips, restarts).await;
@@ -440,6 +457,25 @@ impl Kubelet {
         }
     }
 }
+
+/// A failed step of a pod's set-up: the Event reason and what went wrong.
+struct Failure<'a> {
+    reason: &'static str,
+    message: &'a str,
+}
+
+/// What follows a failed set-up step.
+enum AfterFailure {
+    /// Try again (the backoff has passed).
+    Retry,
+    /// The pod was deleted meanwhile: tear down.
+    Deleted,
+    /// The kubelet is stopping: leave everything as it is.
+    Stopped,
+}
+
+/// Longest wait between two attempts to set a pod up.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

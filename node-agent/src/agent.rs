@@ -263,7 +263,7 @@ pub async fn start(
     let tls = client_tls(&s.tls)?;
     tokio::spawn(follow_master(client.clone(), s.master.clone(), tls, registration, net.clone(), shutdown.clone()));
 
-    tokio::spawn(metrics.sample(net.clone(), shutdown.clone()));
+    metrics.attach(net.clone());
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
 }

@@ -191,9 +191,9 @@ pub struct ManagementSpec {
 
 /// Creates the management veth pair if it does not exist (keeping it if it does).
 pub fn ensure_management_link() -> Result<bool, HostError> {
-    let exists = netlink::interfaces()?.iter().any(|i| i.name == MANAGEMENT_IFNAME);
-    let peer_exists = netlink::interfaces()?.iter().any(|i| i.name == MANAGEMENT_DP_IFNAME);
-    if exists && peer_exists {
+    let interfaces = netlink::interfaces()?;
+    let has = |name: &str| interfaces.iter().any(|i| i.name == name);
+    if has(MANAGEMENT_IFNAME) && has(MANAGEMENT_DP_IFNAME) {
         return Ok(false);
     }
     let _ = netlink::delete_link(MANAGEMENT_IFNAME);

@@ -1,17 +1,17 @@
-//! Metrics of the node's network: CNI requests, installed flows and version, and the
-//! datapath's caches, upcalls and conntrack (sampled from the datapath every second).
+//! Metrics of the node's network: CNI requests (recorded as they are served), and the
+//! installed flows and version, pod ports, and the datapath's caches, upcalls and
+//! conntrack — read from the running network when `/metrics` is scraped, so nothing is
+//! sampled while nobody asks.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::node::NodeNetwork;
 
@@ -36,24 +36,8 @@ pub struct CacheLabels {
 pub struct NetMetrics {
     /// Duration of CNI requests served, by command and result.
     pub cni_requests: Family<CniLabels, Histogram>,
-    /// Datapath flows installed.
-    pub flows_installed: Gauge,
-    /// View version installed (0 before the first).
-    pub installed_version: Gauge,
-    /// Logical flows that could not be translated.
-    pub untranslated: Gauge,
-    /// Pod ports bound.
-    pub pod_ports: Gauge,
-    /// Hit ratio of each cache since start (per mille would lose precision; a float).
-    pub cache_hit_ratio: Family<CacheLabels, Gauge<f64, AtomicU64>>,
-    /// Packets processed.
-    pub packets: Counter,
-    /// Upcalls (packets that went through the flow tables).
-    pub upcalls: Counter,
-    /// Tracked connections.
-    pub conntrack_entries: Gauge,
-    /// Megaflows cached.
-    pub megaflows: Gauge,
+    /// The running network, once there is one (read at scrape time).
+    network: Arc<OnceLock<Arc<NodeNetwork>>>,
 }
 
 impl NetMetrics {
@@ -65,46 +49,14 @@ impl NetMetrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
                 ])
             }),
-            flows_installed: Gauge::default(),
-            installed_version: Gauge::default(),
-            untranslated: Gauge::default(),
-            pod_ports: Gauge::default(),
-            cache_hit_ratio: Family::default(),
-            packets: Counter::default(),
-            upcalls: Counter::default(),
-            conntrack_entries: Gauge::default(),
-            megaflows: Gauge::default(),
+            network: Arc::new(OnceLock::new()),
         };
         registry.register(
             "cni_request_duration_seconds",
             "Time to answer a CNI request (ADD includes waiting for the pod's annotation and flows)",
             m.cni_requests.clone(),
         );
-        registry.register("skein_flows_installed", "Datapath flows installed", m.flows_installed.clone());
-        registry.register(
-            "skein_installed_version",
-            "Version of the chassis view installed",
-            m.installed_version.clone(),
-        );
-        registry.register(
-            "skein_untranslated_flows",
-            "Logical flows not translated (see the log)",
-            m.untranslated.clone(),
-        );
-        registry.register("skein_pod_ports", "Pod ports bound to the datapath", m.pod_ports.clone());
-        registry.register(
-            "skein_cache_hit_ratio",
-            "Share of packets answered by each datapath cache since start",
-            m.cache_hit_ratio.clone(),
-        );
-        registry.register("skein_datapath_packets", "Packets processed by the datapath", m.packets.clone());
-        registry.register(
-            "skein_datapath_upcalls",
-            "Packets that missed the caches and ran the flow tables",
-            m.upcalls.clone(),
-        );
-        registry.register("skein_conntrack_entries", "Connections tracked", m.conntrack_entries.clone());
-        registry.register("skein_megaflows", "Megaflows cached", m.megaflows.clone());
+        registry.register_collector(Box::new(NetworkCollector { network: m.network.clone() }));
         m
     }
 
@@ -118,28 +70,70 @@ impl NetMetrics {
             .observe(seconds);
     }
 
-    /// Samples `net` every second until `shutdown`.
-    pub async fn sample(self, net: Arc<NodeNetwork>, shutdown: CancellationToken) {
-        let (mut packets, mut upcalls) = (0u64, 0u64);
-        loop {
-            let s = net.datapath().stats();
-            self.packets.inc_by(s.packets.saturating_sub(packets));
-            self.upcalls.inc_by(s.upcalls.saturating_sub(upcalls));
-            (packets, upcalls) = (s.packets.max(packets), s.upcalls.max(upcalls));
-            let ratio = |hits: u64| if s.packets == 0 { 0.0 } else { hits as f64 / s.packets as f64 };
-            self.cache_hit_ratio.get_or_create(&CacheLabels { cache: "microflow".into() }).set(ratio(s.microflow_hits));
-            self.cache_hit_ratio.get_or_create(&CacheLabels { cache: "megaflow".into() }).set(ratio(s.megaflow_hits));
-            self.conntrack_entries.set(s.connections as i64);
-            self.megaflows.set(s.megaflows as i64);
-            let installed = net.installed().borrow().clone();
-            self.flows_installed.set(installed.flows as i64);
-            self.installed_version.set(installed.version.unwrap_or(0) as i64);
-            self.untranslated.set(installed.untranslated as i64);
-            self.pod_ports.set(net.records().len() as i64);
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+    /// From now on `/metrics` reports `net` (the first network attached stays).
+    pub fn attach(&self, net: Arc<NodeNetwork>) {
+        let _ = self.network.set(net);
+    }
+}
+
+/// Reads the network's figures on each scrape.
+#[derive(Debug)]
+struct NetworkCollector {
+    network: Arc<OnceLock<Arc<NodeNetwork>>>,
+}
+
+impl Collector for NetworkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(net) = self.network.get() else {
+            return Ok(());
+        };
+        let s = net.datapath().stats();
+        let installed = net.installed().borrow().clone();
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge(&mut encoder, "skein_flows_installed", "Datapath flows installed", as_gauge(installed.flows))?;
+        gauge(
+            &mut encoder,
+            "skein_installed_version",
+            "Version of the chassis view installed (0 before the first)",
+            i64::try_from(installed.version.unwrap_or(0)).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            &mut encoder,
+            "skein_untranslated_flows",
+            "Logical flows not translated (see the log)",
+            as_gauge(installed.untranslated),
+        )?;
+        gauge(&mut encoder, "skein_pod_ports", "Pod ports bound to the datapath", as_gauge(net.records().len()))?;
+        gauge(&mut encoder, "skein_conntrack_entries", "Connections tracked", as_gauge(s.connections))?;
+        gauge(&mut encoder, "skein_megaflows", "Megaflows cached", as_gauge(s.megaflows))?;
+
+        let ratio = |hits: u64| if s.packets == 0 { 0.0 } else { hits as f64 / s.packets as f64 };
+        let kind = ConstGauge::new(0.0f64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "skein_cache_hit_ratio",
+            "Share of packets answered by each datapath cache since start",
+            None,
+            kind,
+        )?;
+        for (cache, hits) in [("microflow", s.microflow_hits), ("megaflow", s.megaflow_hits)] {
+            let labels = CacheLabels { cache: cache.into() };
+            ConstGauge::new(ratio(hits)).encode(family.encode_family(&labels)?)?;
         }
+
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+        };
+        counter(&mut encoder, "skein_datapath_packets", "Packets processed by the datapath", s.packets)?;
+        counter(
+            &mut encoder,
+            "skein_datapath_upcalls",
+            "Packets that missed the caches and ran the flow tables",
+            s.upcalls,
+        )
     }
 }

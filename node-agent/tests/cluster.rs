@@ -176,9 +176,23 @@ fn pods_get_their_network_and_reach_pods_services_and_the_outside() {
         "skein_flows_installed",
         "skein_installed_version",
         "skein_conntrack_entries",
+        "skein_cache_hit_ratio{cache=\"megaflow\"}",
+        "skein_datapath_upcalls_total",
     ] {
         assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
     }
+    // Read when scraped: what is installed now, not a sample from before.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no value in /metrics:\n{metrics}"))
+    };
+    assert!(value("skein_installed_version") >= 1.0, "{metrics}");
+    assert!(value("skein_pod_ports") >= 1.0, "{metrics}");
+    assert!(value("skein_flows_installed") >= 100.0, "{metrics}");
+    assert!(value("skein_datapath_packets_total") >= 1.0, "{metrics}");
     assert!(
         metrics.contains("command=\"ADD\",result=\"ok\"") || metrics.contains("result=\"ok\",command=\"ADD\""),
         "{metrics}"

@@ -15,14 +15,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "command.rs"]
+mod command;
+use command::is_root;
+pub use command::try_run;
+
 /// Set to 1 to skip these tests where they cannot run (not root).
 const SKIP_ENV: &str = "SKEIN_SKIP_NETNS_TESTS";
 
 /// The switch binary under test.
 const SKEIN_DP: &str = env!("CARGO_BIN_EXE_skein-dp");
-
-/// Bound on any one command (`ip`, `ethtool`, a `skein-dp` control request, a ping).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bound on a switch opening its ports and control socket.
 const SWITCH_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -272,7 +274,7 @@ impl Lab {
         stats.get(name).copied().unwrap_or_else(|| self.fail(&format!("switch {} reports no counter {name}", dp.name)))
     }
 
-    /// Runs a command (bounded by [`COMMAND_TIMEOUT`]); its stdout, or the test fails.
+    /// Runs a command (bounded by [`command::COMMAND_TIMEOUT`]); its stdout, or the test fails.
     pub fn run(&self, args: &[&str]) -> String {
         try_run(args).unwrap_or_else(|e| self.fail(&e))
     }
@@ -365,27 +367,6 @@ impl Drop for Lab {
     }
 }
 
-/// Runs a command under `timeout(1)`; its stdout, or an error with everything it printed.
-pub fn try_run(args: &[&str]) -> Result<String, String> {
-    let secs = COMMAND_TIMEOUT.as_secs().to_string();
-    let shown = args.join(" ");
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", &secs])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("`{shown}`: cannot run: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        return Ok(stdout);
-    }
-    let why = match out.status.code() {
-        Some(124) => format!("timed out after {secs}s"),
-        _ => out.status.to_string(),
-    };
-    Err(format!("`{shown}` failed ({why})\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr)))
-}
-
 /// Runs a command inside namespace `ns`.
 pub fn try_exec(ns: &str, args: &[&str]) -> Result<String, String> {
     let mut all = vec!["ip", "netns", "exec", ns];
@@ -398,14 +379,4 @@ pub fn try_exec(ns: &str, args: &[&str]) -> Result<String, String> {
 pub fn try_ping(from: &str, to: &str, count: u32, deadline_secs: u32) -> Result<String, String> {
     // With both a count and a deadline, ping succeeds only if every request is answered.
     try_exec(from, &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-w", &deadline_secs.to_string(), to])
-}
-
-fn is_root() -> bool {
-    // The effective uid is the second field of `Uid:` in /proc/self/status.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .is_some_and(|euid| euid == "0")
 }

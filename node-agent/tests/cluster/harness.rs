@@ -17,47 +17,19 @@ use skein_master::annotate::Backoff;
 use skein_master::{Master, MasterSettings};
 use skein_netmodel::NetworkConfig;
 
+#[path = "../../../datapath/tests/netns/command.rs"]
+mod command;
+use command::is_root;
+pub use command::try_run;
+
 /// The agent under test.
 pub const AGENT: &str = env!("CARGO_BIN_EXE_skein-agent");
 
 /// The address pods reach "on the internet" (on the outside namespace's loopback).
 pub const INTERNET: &str = "198.51.100.1";
 
-/// Bound on any one command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Set to 1 to skip where these tests cannot run (not root).
 const SKIP_ENV: &str = "SKEIN_SKIP_NETNS_TESTS";
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .is_some_and(|euid| euid == "0")
-}
-
-/// Runs a command under `timeout(1)`; its stdout, or an error with all it printed.
-pub fn try_run(args: &[&str]) -> Result<String, String> {
-    let secs = COMMAND_TIMEOUT.as_secs().to_string();
-    let shown = args.join(" ");
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", &secs])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("`{shown}`: cannot run: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        return Ok(stdout);
-    }
-    Err(format!(
-        "`{shown}` failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    ))
-}
 
 /// Runs a command and panics with its output if it fails.
 pub fn run(args: &[&str]) -> String {
