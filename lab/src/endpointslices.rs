@@ -342,15 +342,11 @@ mod tests {
     async fn keeps_slices_in_step_with_pods_and_services() {
         let server = skein_kube_fake::FakeApiServer::start().await;
         let store = server.store();
-        store
-            .insert_object(&*pod(
-                "a",
-                json!({"app": "web"}),
-                Some("10.244.1.5"),
-                true,
-                json!([{"name": "http", "containerPort": 8080}]),
-            ))
-            .unwrap();
+        let add_web_pod = |name: &str, ip: &str| {
+            let ports = json!([{"name": "http", "containerPort": 8080}]);
+            store.insert_object(&*pod(name, json!({"app": "web"}), Some(ip), true, ports)).unwrap();
+        };
+        add_web_pod("a", "10.244.1.5");
         let api = Api::<Service>::namespaced(server.client(), "demo");
         api.create(&PostParams::default(), &service(json!([{"name": "http", "port": 80, "targetPort": "http"}])))
             .await
@@ -377,15 +373,7 @@ mod tests {
         let slices = wait_for(1).await;
         assert_eq!(slices[0]["ports"][0]["port"], 8080);
         assert_eq!(slices[0]["endpoints"][0]["targetRef"]["name"], "a");
-        store
-            .insert_object(&*pod(
-                "b",
-                json!({"app": "web"}),
-                Some("10.244.2.5"),
-                true,
-                json!([{"name": "http", "containerPort": 8080}]),
-            ))
-            .unwrap();
+        add_web_pod("b", "10.244.2.5");
         wait_for(2).await;
         store.delete(skein_kube_fake::Kind::Pod, Some("demo"), "a");
         wait_for(1).await;

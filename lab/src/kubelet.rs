@@ -251,6 +251,25 @@ impl Kubelet {
         }
     }
 
+    /// Sets a pod up: its sandbox (unless it has one, or uses the host's network), then
+    /// its workload.
+    async fn set_up(
+        &self,
+        pod: &Pod,
+        netns: &str,
+        host_net: bool,
+        sandbox: &mut Option<Sandbox>,
+    ) -> Result<Child, Failure> {
+        if sandbox.is_none() && !host_net {
+            let created = self
+                .create_sandbox(pod, netns)
+                .await
+                .map_err(|message| Failure { reason: "FailedCreatePodSandBox", message })?;
+            *sandbox = Some(created);
+        }
+        self.start_workload(pod, netns).await.map_err(|message| Failure { reason: "Failed", message })
+    }
+
     /// Reports a failed step of a pod's set-up (a warning and an Event with `failed`'s
     /// reason), then waits `backoff` — doubled for the next failure, at most 5 s — unless
     /// the pod is deleted or the kubelet stops first.
@@ -258,13 +277,13 @@ impl Kubelet {
         &self,
         client: &Client,
         pod: &Pod,
-        failed: Failure<'_>,
+        failed: &Failure,
         backoff: &mut Duration,
         deleted: &CancellationToken,
         stop: &CancellationToken,
     ) -> AfterFailure {
         tracing::warn!(pod = %pod_key(pod), node = %self.node, reason = failed.reason, "{}", failed.message);
-        self.event(client, pod, "Warning", failed.reason, failed.message).await;
+        self.event(client, pod, "Warning", failed.reason, &failed.message).await;
         tokio::select! {
             () = deleted.cancelled() => return AfterFailure::Deleted,
             () = stop.cancelled() => return AfterFailure::Stopped,
@@ -288,38 +307,22 @@ impl Kubelet {
         let netns = if host_net { self.layout.node_netns(&self.node) } else { self.layout.pod_netns(&self.node, &uid) };
         let mut backoff = Duration::from_millis(500);
         let seen = Instant::now();
-        let mut sandbox: Option<(Attachment, Option<Value>, crate::cni_runtime::LoadedConf)> = None;
+        let mut sandbox: Option<Sandbox> = None;
         let mut workload: Option<Child> = None;
         let mut restarts = 0u32;
         'life: loop {
-            if sandbox.is_none() && !host_net {
-                match self.create_sandbox(&pod, &netns).await {
-                    Ok(created) => sandbox = Some(created),
-                    Err(message) => {
-                        let failed = Failure { reason: "FailedCreatePodSandBox", message: &message };
-                        match self.set_up_failed(&client, &pod, failed, &mut backoff, &deleted, &stop).await {
-                            AfterFailure::Retry => continue,
-                            AfterFailure::Deleted => break 'life,
-                            AfterFailure::Stopped => return,
-                        }
-                    }
-                }
+            match self.set_up(&pod, &netns, host_net, &mut sandbox).await {
+                Ok(child) => workload = Some(child),
+                Err(failed) => match self.set_up_failed(&client, &pod, &failed, &mut backoff, &deleted, &stop).await {
+                    AfterFailure::Retry => continue,
+                    AfterFailure::Deleted => break 'life,
+                    AfterFailure::Stopped => return,
+                },
             }
             let ips: Vec<String> = match &sandbox {
                 Some((_, Some(result), _)) => pod_ips(result, crate::kubelet::POD_IFNAME),
                 _ => vec![self.node_ip.to_string()],
             };
-            match self.start_workload(&pod, &netns).await {
-                Ok(child) => workload = Some(child),
-                Err(message) => {
-                    let failed = Failure { reason: "Failed", message: &message };
-                    match self.set_up_failed(&client, &pod, failed, &mut backoff, &deleted, &stop).await {
-                        AfterFailure::Retry => continue,
-                        AfterFailure::Deleted => break 'life,
-                        AfterFailure::Stopped => return,
-                    }
-                }
-            }
             self.report_running(&client, &pod, &ips, restarts).await;
             tracing::info!(pod = %key, node = %self.node, ips = ?ips, netns = %netns, seconds = seen.elapsed().as_secs_f64(), "pod running");
             let exited = {
@@ -358,11 +361,7 @@ impl Kubelet {
 
     /// Creates the namespace and runs ADD; after a failed ADD runs DEL and removes the
     /// namespace (a runtime always follows ADD with DEL).
-    async fn create_sandbox(
-        &self,
-        pod: &Pod,
-        netns: &str,
-    ) -> Result<(Attachment, Option<Value>, crate::cni_runtime::LoadedConf), String> {
+    async fn create_sandbox(&self, pod: &Pod, netns: &str) -> Result<Sandbox, String> {
         let conf = self.cni.load().map_err(|e| e.to_string())?;
         let _ = sys::ip(&["netns", "del", netns]);
         sys::ip(&["netns", "add", netns]).map_err(|e| format!("creating the sandbox: {e}"))?;
@@ -458,10 +457,14 @@ impl Kubelet {
     }
 }
 
+/// A pod's sandbox: its CNI attachment, the result of ADD, and the configuration it was
+/// added with (for DEL).
+type Sandbox = (Attachment, Option<Value>, crate::cni_runtime::LoadedConf);
+
 /// A failed step of a pod's set-up: the Event reason and what went wrong.
-struct Failure<'a> {
+struct Failure {
     reason: &'static str,
-    message: &'a str,
+    message: String,
 }
 
 /// What follows a failed set-up step.

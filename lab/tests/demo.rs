@@ -9,17 +9,8 @@ use std::process::Command;
 
 const LAB: &str = env!("CARGO_BIN_EXE_skein-lab");
 
-fn netns_tests_enabled() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false) {
-        return true;
-    }
-    if std::env::var("SKEIN_SKIP_NETNS_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: the lab needs root (SKEIN_SKIP_NETNS_TESTS=1)");
-        return false;
-    }
-    panic!("the lab test needs root; run as root or set SKEIN_SKIP_NETNS_TESTS=1 to skip it");
-}
+#[path = "../../datapath/tests/netns/command.rs"]
+mod command;
 
 /// The binaries the lab runs sit next to skein-lab. `cargo test --workspace` builds them (their
 /// packages have integration tests); a lone `cargo test -p skein-lab` may not, so build them.
@@ -41,7 +32,7 @@ fn ensure_binaries(dir: &Path) {
 
 #[test]
 fn netns_demo_passes_every_check() {
-    if !netns_tests_enabled() {
+    if !command::root_or_skip("the lab demo", "network namespaces") {
         return;
     }
     let dir: PathBuf = Path::new(LAB).parent().expect("skein-lab has a directory").to_path_buf();

@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 #[path = "../tests/cluster/harness.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod harness;
 
 use std::io::Write;

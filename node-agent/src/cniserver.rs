@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,19 +54,9 @@ pub struct CniServer {
 
 /// Binds the socket at `path` (mode 0600; a stale file is replaced, a live one refused).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("{} is in use: another agent serves it", path.display()),
-        ));
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let listener = skein_datapath::io::bind_private_socket(path, "another agent serves it")?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
 }
 
 impl CniServer {

@@ -4,8 +4,7 @@
 //! refused here.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +14,7 @@ use tracing::warn;
 
 /// Binds `path` and serves requests on a thread until the process ends.
 pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("{} is in use: another agent runs with this state directory", path.display()),
-        ));
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = skein_datapath::io::bind_private_socket(path, "another agent runs with this state directory")?;
     std::thread::Builder::new().name("skein-agent-ctl".into()).spawn(move || {
         for conn in listener.incoming() {
             match conn {

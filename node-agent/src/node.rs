@@ -373,11 +373,11 @@ impl NodeNetwork {
             }
             let report =
                 self.control.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
-            Ok((report, t.untranslated.len()))
+            Ok((report, t.untranslated.len(), t.pod_port_flows))
         });
         match result {
-            Ok((report, untranslated)) => {
-                inner.pod_flows = Some(pod_port_flows(view, &inner.bindings));
+            Ok((report, untranslated, pod_flows)) => {
+                inner.pod_flows = Some(pod_flows);
                 self.installed_now(view, &inner.bindings, report, Some(untranslated), started);
                 Ok(())
             }

@@ -261,6 +261,10 @@ pub struct Translation {
     pub file: FlowFile,
     /// The logical flows left out, sorted, each with its reason.
     pub untranslated: Vec<UntranslatedFlow>,
+    /// The pod ports' own flows (also in `file`): what [`pod_port_flows`] gives for the
+    /// same view and bindings, kept so that a later binding change installs only the
+    /// difference ([`pod_port_delta`]).
+    pub pod_port_flows: Vec<Flow>,
 }
 
 /// Translates `view` for this chassis; fails if any logical flow cannot be translated.
@@ -294,8 +298,8 @@ pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Tr
     flows.append(&mut out);
     flows.extend(cx.deliver_flows(Part::View));
     flows.extend(cx.next_hop_flows());
-    flows.extend(cx.classify_flows(Part::Pods));
-    flows.extend(cx.deliver_flows(Part::Pods));
+    let pod_port_flows = cx.pod_port_flows();
+    flows.extend(pod_port_flows.iter().cloned());
 
     let mut keyed: Vec<(u8, std::cmp::Reverse<u16>, String, Flow)> =
         flows.into_iter().map(|f| (f.table, std::cmp::Reverse(f.priority), format_flow(&f), f)).collect();
@@ -312,7 +316,7 @@ pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Tr
         load_balancers: cx.load_balancers.values().cloned().collect(),
         tunnels: vec![cx.tunnel_port()],
     };
-    Ok(Translation { file, untranslated })
+    Ok(Translation { file, untranslated, pod_port_flows })
 }
 
 /// The flows of `local`'s pod ports alone — classification from each bound pod port and
@@ -321,10 +325,7 @@ pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Tr
 /// port). The agent installs the difference between two of these on the CNI ADD and DEL
 /// paths instead of translating the whole view.
 pub fn pod_port_flows(view: &ChassisView, local: &LocalBindings) -> Vec<Flow> {
-    let cx = Context::for_ports(view, local);
-    let mut flows = cx.classify_flows(Part::Pods);
-    flows.extend(cx.deliver_flows(Part::Pods));
-    flows
+    Context::for_ports(view, local).pod_port_flows()
 }
 
 /// What turns the pod-port flows `old` into `new` (both from [`pod_port_flows`]): the
@@ -452,6 +453,13 @@ impl<'a> Context<'a> {
             zoned_switch: None,
             zoned_router: None,
         }
+    }
+
+    /// Classification from and delivery to the bound pod ports.
+    fn pod_port_flows(&self) -> Vec<Flow> {
+        let mut flows = self.classify_flows(Part::Pods);
+        flows.extend(self.deliver_flows(Part::Pods));
+        flows
     }
 
     fn is_remote(&self, p: &PortBinding) -> bool {
@@ -1521,6 +1529,7 @@ mod tests {
             (before.groups.clone(), before.load_balancers.clone()),
             (after.groups.clone(), after.load_balancers.clone())
         );
+        assert_eq!(translate_partial(&view, &full).unwrap().pod_port_flows, pod_port_flows(&view, &full));
         let (add, remove) = pod_port_delta(&pod_port_flows(&view, &fewer), &pod_port_flows(&view, &full));
         assert!(remove.is_empty());
         assert_eq!(add.iter().collect::<Vec<_>>(), changed, "the delta adds exactly what the full translation adds");

@@ -23,19 +23,13 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_skein-cni");
 /// Where Debian's containernetworking-plugins live.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
+#[path = "../../../datapath/tests/netns/command.rs"]
+mod command;
+
 /// Whether namespace tests can run: true as root; otherwise false when
 /// `SKEIN_SKIP_NETNS_TESTS=1`, else the test fails saying why.
 pub fn netns_tests_enabled() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective user.
-    if std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false) {
-        return true;
-    }
-    if std::env::var("SKEIN_SKIP_NETNS_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: network namespace tests need root (SKEIN_SKIP_NETNS_TESTS=1)");
-        return false;
-    }
-    panic!("network namespace tests need root; run as root or set SKEIN_SKIP_NETNS_TESTS=1 to skip them");
+    command::root_or_skip("the CNI plugin's namespace tests", "network namespaces")
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

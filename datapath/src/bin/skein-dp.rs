@@ -4,8 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -227,7 +226,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 let r = ctl.reload(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
                 tracing::info!(file = %f.display(), flows = r.flows_added, "flows installed");
             }
-            let listener = bind_control(&control)?;
+            let listener =
+                skein_datapath::io::bind_private_socket(&control, "another skein-dp runs with this control socket")
+                    .with_context(|| format!("control socket {}", control.display()))?;
             tracing::info!(
                 ports = specs.len(),
                 workers = cfg.workers,
@@ -291,21 +292,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    if UnixStream::connect(path).is_ok() {
-        bail!("{} is in use: another skein-dp runs with this control socket", path.display());
-    }
-    // A socket file nobody listens on is left from a previous run.
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path).with_context(|| format!("bind control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
-    Ok(l)
 }
 
 fn serve(ctl: &Control, mut s: UnixStream, sw: &Switch) {

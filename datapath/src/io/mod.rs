@@ -14,6 +14,27 @@ pub use afpacket::{AfPacketPort, PortConfig, PortError, RingKind};
 pub use switch::{PortSpec, PortStats, Switch, SwitchConfig, SwitchStats, now_ns};
 pub use uplinkfilter::UplinkFilter;
 
+/// Binds a Unix stream socket at `path` that only its owner may use (mode 0600),
+/// creating the directory: a control or CNI socket. A socket file nobody listens on (left
+/// by a previous run) is replaced; one that answers is refused with `AddrInUse`, saying it
+/// is held by `holder`.
+pub fn bind_private_socket(path: &std::path::Path, holder: &str) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use: {holder}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// Drives a batched send to completion. `send(from)` hands messages `from..` to the kernel
 /// and returns how many it took; a full socket buffer (`EAGAIN`, `ENOBUFS`) is retried a
 /// few times, then, like any other refusal, the first remaining message goes to

@@ -17,11 +17,7 @@ use std::time::{Duration, Instant};
 
 #[path = "command.rs"]
 mod command;
-use command::is_root;
-pub use command::try_run;
-
-/// Set to 1 to skip these tests where they cannot run (not root).
-const SKIP_ENV: &str = "SKEIN_SKIP_NETNS_TESTS";
+pub use command::{try_exec, try_ping, try_run};
 
 /// The switch binary under test.
 const SKEIN_DP: &str = env!("CARGO_BIN_EXE_skein-dp");
@@ -108,15 +104,8 @@ impl Lab {
     /// is to be skipped: not root and SKEIN_SKIP_NETNS_TESTS=1. Not root otherwise is a
     /// failure: CI runs these tests as root and must never skip them silently.
     pub fn new(test: &str, tag: &str) -> Option<Lab> {
-        if !is_root() {
-            if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-                eprintln!("{test}: SKIPPED: needs root to create network namespaces ({SKIP_ENV}=1)");
-                return None;
-            }
-            panic!(
-                "{test} needs root (it creates network namespaces and veth pairs, and runs skein-dp on them): \
-                 run the tests as root, or set {SKIP_ENV}=1 to skip them"
-            );
+        if !command::root_or_skip(test, "network namespaces, veth pairs and skein-dp on them") {
+            return None;
         }
         let dir = tempfile::Builder::new()
             .prefix(&format!("skein-{test}-"))
@@ -365,18 +354,4 @@ impl Drop for Lab {
             }
         }
     }
-}
-
-/// Runs a command inside namespace `ns`.
-pub fn try_exec(ns: &str, args: &[&str]) -> Result<String, String> {
-    let mut all = vec!["ip", "netns", "exec", ns];
-    all.extend_from_slice(args);
-    try_run(&all)
-}
-
-/// Pings `to` from namespace `from`, giving up after `deadline_secs`; Ok only if all
-/// `count` requests were answered.
-pub fn try_ping(from: &str, to: &str, count: u32, deadline_secs: u32) -> Result<String, String> {
-    // With both a count and a deadline, ping succeeds only if every request is answered.
-    try_exec(from, &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-w", &deadline_secs.to_string(), to])
 }

@@ -19,8 +19,7 @@ use skein_netmodel::NetworkConfig;
 
 #[path = "../../../datapath/tests/netns/command.rs"]
 mod command;
-use command::is_root;
-pub use command::try_run;
+pub use command::{try_exec as exec, try_ping as ping, try_run};
 
 /// The agent under test.
 pub const AGENT: &str = env!("CARGO_BIN_EXE_skein-agent");
@@ -28,24 +27,9 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_skein-agent");
 /// The address pods reach "on the internet" (on the outside namespace's loopback).
 pub const INTERNET: &str = "198.51.100.1";
 
-/// Set to 1 to skip where these tests cannot run (not root).
-const SKIP_ENV: &str = "SKEIN_SKIP_NETNS_TESTS";
-
 /// Runs a command and panics with its output if it fails.
 pub fn run(args: &[&str]) -> String {
     try_run(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Runs a command inside namespace `ns`.
-pub fn exec(ns: &str, args: &[&str]) -> Result<String, String> {
-    let mut all = vec!["ip", "netns", "exec", ns];
-    all.extend_from_slice(args);
-    try_run(&all)
-}
-
-/// Pings `to` from `ns`: Ok only if all `count` requests are answered within `secs`.
-pub fn ping(ns: &str, to: &str, count: u32, secs: u32) -> Result<String, String> {
-    exec(ns, &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-w", &secs.to_string(), to])
 }
 
 /// Finds a binary of another package of the workspace beside this test's executable,
@@ -159,12 +143,8 @@ pub struct Cluster {
 impl Cluster {
     /// Builds `nodes` nodes, or `None` when skipped (not root and SKEIN_SKIP_NETNS_TESTS=1).
     pub fn new(test: &str, tag: &str, nodes: usize) -> Option<Cluster> {
-        if !is_root() {
-            if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-                eprintln!("{test}: SKIPPED: needs root ({SKIP_ENV}=1)");
-                return None;
-            }
-            panic!("{test} needs root (network namespaces, veths, a bridge): run as root or set {SKIP_ENV}=1");
+        if !command::root_or_skip(test, "network namespaces, veths and a bridge") {
+            return None;
         }
         let pid = std::process::id();
         let prefix = format!("sa{:03}{tag}", pid % 1000);
