@@ -19,14 +19,18 @@
 
 #![forbid(unsafe_code)]
 
+mod defaults;
 mod error;
 mod fault;
 mod meta;
+mod openapi;
 mod patch;
 mod resource;
+mod schema;
 mod selector;
 mod server;
 mod store;
+mod table;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,10 +43,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use defaults::selector_matches;
 pub use error::ApiError;
 pub use fault::Fault;
 pub use resource::{Kind, Verb};
+pub use schema::{FieldValidation, validate_fields};
 pub use store::{Store, StoreOptions};
+pub use table::table_cells;
 
 /// How to start a [`FakeApiServer`].
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::resource::Kind;
+use crate::resource::{Kind, ListStrategy};
 
 /// A patch that could not be applied: `Malformed` is a 400 (bad document), `Failed` a 422
 /// (a well-formed operation that does not apply to this object).
@@ -36,51 +36,11 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// How strategic merge patch treats a list field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ListStrategy {
-    /// Replace the whole list (the default, like RFC 7386).
-    Replace,
-    /// Merge object elements by this key.
-    MergeByKey(&'static str),
-    /// Union of scalar elements.
-    MergePrimitives,
-}
-
-/// The `patchMergeKey`/`patchStrategy` annotations of the Kubernetes types this fake serves,
-/// by dotted field path (list indices left out). Lists not named here are replaced.
-fn list_strategy(kind: Kind, path: &str) -> ListStrategy {
-    use ListStrategy::*;
-    match path {
-        "metadata.ownerReferences" => return MergeByKey("uid"),
-        "metadata.finalizers" => return MergePrimitives,
-        _ => {}
-    }
-    match (kind, path) {
-        (Kind::Pod, "spec.containers" | "spec.initContainers" | "spec.ephemeralContainers") => MergeByKey("name"),
-        (Kind::Pod, "spec.volumes" | "spec.imagePullSecrets") => MergeByKey("name"),
-        (Kind::Pod, "spec.hostAliases") => MergeByKey("ip"),
-        (Kind::Pod, p) if p.ends_with("Containers.ports") || p == "spec.containers.ports" => {
-            MergeByKey("containerPort")
-        }
-        (Kind::Pod, p) if p.ends_with("ontainers.env") => MergeByKey("name"),
-        (Kind::Pod, p) if p.ends_with("ontainers.volumeMounts") => MergeByKey("mountPath"),
-        (Kind::Pod, p) if p.ends_with("ontainers.volumeDevices") => MergeByKey("devicePath"),
-        (Kind::Pod, "status.conditions") => MergeByKey("type"),
-        (Kind::Pod, "status.podIPs" | "status.hostIPs") => MergeByKey("ip"),
-        (Kind::Service, "spec.ports") => MergeByKey("port"),
-        (Kind::Service, "status.conditions") => MergeByKey("type"),
-        (Kind::Node, "status.conditions" | "status.addresses") => MergeByKey("type"),
-        (Kind::Node, "spec.podCIDRs") => MergePrimitives,
-        (Kind::Namespace, "status.conditions") => MergeByKey("type"),
-        _ => Replace,
-    }
-}
-
 /// Strategic merge patch, the subset documented in `docs/kube-fake.md`: merge-patch
 /// semantics, plus keyed merging of the lists Kubernetes marks with a `patchMergeKey`
 /// (containers by name, container ports by containerPort, service ports by port, conditions
-/// by type, ...), union of `metadata.finalizers`/`spec.podCIDRs`, and the directives
+/// by type, ...; the kind table says which, see [`Kind::list_strategy`]), union of
+/// `metadata.finalizers`/`spec.podCIDRs`, and the directives
 /// `$patch: replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<field>`;
 /// `$setElementOrder/<field>` is accepted and ignored.
 pub(crate) fn strategic_merge_patch(kind: Kind, target: &mut Value, patch: &Value) -> Result<(), PatchError> {
@@ -192,7 +152,7 @@ fn smp_list(kind: Kind, current: Option<&Value>, items: &[Value], path: &[String
     };
     // `[{"$patch": "replace"}, ...]` replaces the list with the other elements.
     let replace_marker = items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
-    match list_strategy(kind, &dotted) {
+    match kind.list_strategy(&dotted) {
         _ if replace_marker => Ok(Value::Array(
             items
                 .iter()

@@ -1,8 +1,15 @@
-//! The resource kinds the fake serves: where each lives in the URL space, whether it is
-//! namespaced, and which subresources it has. One table, so routing, discovery and the
-//! store agree.
+//! The resource kinds the fake serves, as one table: where each lives in the URL space, its
+//! scope and subresources, the fields a `fieldSelector` may name, the k8s-openapi type that
+//! field validation decodes into, its table printer, its defaults and validation, and the lists
+//! strategic merge patch merges by key. Routing, discovery, OpenAPI, validation, tables, patches
+//! and the store all read this table, so serving a new kind (DaemonSet, ConfigMap, RBAC, ...) is
+//! one enum variant and one [`KindSpec`] entry.
 
 use std::fmt;
+
+use serde_json::Value;
+
+use crate::{defaults, schema, table};
 
 /// A Kubernetes resource kind served by the fake API endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,11 +33,352 @@ pub enum Kind {
     NetworkPolicy,
     /// `coordination.k8s.io/v1` Lease (namespaced).
     Lease,
+    /// `apps/v1` Deployment (namespaced, `/status` and `/scale` subresources).
+    Deployment,
 }
+
+/// How strategic merge patch treats a list field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListStrategy {
+    /// Replace the whole list (the default, like RFC 7386).
+    Replace,
+    /// Merge object elements by this key.
+    MergeByKey(&'static str),
+    /// Union of scalar elements.
+    MergePrimitives,
+}
+
+/// Where a kind's `/scale` subresource reads and writes (JSON pointers into the object).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScaleSpec {
+    /// The desired replicas (`spec.replicas`), written by a scale update.
+    pub(crate) replicas: &'static str,
+    /// The observed replicas (`status.replicas`).
+    pub(crate) status_replicas: &'static str,
+    /// The label selector (a `LabelSelector`), reported as a string.
+    pub(crate) selector: &'static str,
+}
+
+/// Everything the fake knows about one kind: one row of the table.
+pub(crate) struct KindSpec {
+    pub(crate) group: &'static str,
+    pub(crate) version: &'static str,
+    /// `v1` or `group/version`.
+    pub(crate) api_version: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) plural: &'static str,
+    pub(crate) singular: &'static str,
+    pub(crate) short_names: &'static [&'static str],
+    pub(crate) namespaced: bool,
+    /// A `/status` subresource: writes to the main resource keep `status`, writes to
+    /// `/status` change only `status`.
+    pub(crate) status_subresource: bool,
+    pub(crate) scale: Option<ScaleSpec>,
+    /// Field names a `fieldSelector` may use, besides `metadata.name` and `metadata.namespace`.
+    pub(crate) selectable_fields: &'static [&'static str],
+    /// The dotted path of a `PodSpec` inside the object (`spec` for a Pod,
+    /// `spec.template.spec` for workloads), whose lists merge like a Pod's.
+    pub(crate) pod_spec: Option<&'static str>,
+    /// Other lists strategic merge patch merges (dotted path, list indices left out).
+    pub(crate) merge_lists: &'static [(&'static str, ListStrategy)],
+    /// Decodes the object into its k8s-openapi type and encodes it back: what field validation
+    /// compares against.
+    pub(crate) schema: schema::RoundTrip,
+    /// The OpenAPI (k8s-openapi) definition name, e.g. `io.k8s.api.apps.v1.Deployment`.
+    pub(crate) definition: &'static str,
+    /// The server-side table printer; `None` prints NAME and AGE.
+    pub(crate) printer: Option<&'static table::Printer>,
+    /// The `status` a create starts from (the API server resets it), if the kind has one.
+    pub(crate) initial_status: Option<fn() -> Value>,
+    /// Stateless defaults, applied on every write of the main resource.
+    pub(crate) defaults: Option<fn(&mut Value)>,
+    /// Validation of a write of the main resource (new object, stored one): the field errors,
+    /// worded like the API server's (`spec.selector: Required value`).
+    pub(crate) validate: Option<fn(&Value, Option<&Value>) -> Vec<String>>,
+}
+
+const POD_SELECTABLE: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+
+const EVENT_SELECTABLE: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+const EVENTS_V1_SELECTABLE: &[&str] =
+    &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "reportingController", "type"];
+
+static NODE: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    short_names: &["no"],
+    namespaced: false,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: &["spec.unschedulable"],
+    pod_spec: None,
+    merge_lists: &[
+        ("status.conditions", ListStrategy::MergeByKey("type")),
+        ("status.addresses", ListStrategy::MergeByKey("type")),
+        ("spec.podCIDRs", ListStrategy::MergePrimitives),
+    ],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Node>,
+    definition: "io.k8s.api.core.v1.Node",
+    printer: Some(&table::NODE),
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static NAMESPACE: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    singular: "namespace",
+    short_names: &["ns"],
+    namespaced: false,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: &["status.phase"],
+    pod_spec: None,
+    merge_lists: &[("status.conditions", ListStrategy::MergeByKey("type"))],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Namespace>,
+    definition: "io.k8s.api.core.v1.Namespace",
+    printer: Some(&table::NAMESPACE),
+    initial_status: Some(defaults::namespace_status),
+    defaults: Some(defaults::namespace),
+    validate: None,
+};
+
+static POD: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    short_names: &["po"],
+    namespaced: true,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: POD_SELECTABLE,
+    pod_spec: Some("spec"),
+    merge_lists: &[
+        ("status.conditions", ListStrategy::MergeByKey("type")),
+        ("status.podIPs", ListStrategy::MergeByKey("ip")),
+        ("status.hostIPs", ListStrategy::MergeByKey("ip")),
+    ],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Pod>,
+    definition: "io.k8s.api.core.v1.Pod",
+    printer: Some(&table::POD),
+    initial_status: Some(defaults::pod_status),
+    defaults: Some(defaults::pod),
+    validate: None,
+};
+
+static SERVICE: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    short_names: &["svc"],
+    namespaced: true,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: &["spec.clusterIP", "spec.type"],
+    pod_spec: None,
+    merge_lists: &[
+        ("spec.ports", ListStrategy::MergeByKey("port")),
+        ("status.conditions", ListStrategy::MergeByKey("type")),
+    ],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Service>,
+    definition: "io.k8s.api.core.v1.Service",
+    printer: Some(&table::SERVICE),
+    initial_status: Some(defaults::service_status),
+    // ClusterIP and NodePort allocation needs the store: see `Store::prepare_service`.
+    defaults: None,
+    validate: None,
+};
+
+static EVENT: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    short_names: &["ev"],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: EVENT_SELECTABLE,
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Event>,
+    definition: "io.k8s.api.core.v1.Event",
+    printer: Some(&table::EVENT),
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static EVENTS_V1_EVENT: KindSpec = KindSpec {
+    group: "events.k8s.io",
+    version: "v1",
+    api_version: "events.k8s.io/v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    short_names: &["ev"],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: EVENTS_V1_SELECTABLE,
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::events::v1::Event>,
+    definition: "io.k8s.api.events.v1.Event",
+    printer: Some(&table::EVENTS_V1_EVENT),
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static ENDPOINT_SLICE: KindSpec = KindSpec {
+    group: "discovery.k8s.io",
+    version: "v1",
+    api_version: "discovery.k8s.io/v1",
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    singular: "endpointslice",
+    short_names: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    definition: "io.k8s.api.discovery.v1.EndpointSlice",
+    printer: Some(&table::ENDPOINT_SLICE),
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static NETWORK_POLICY: KindSpec = KindSpec {
+    group: "networking.k8s.io",
+    version: "v1",
+    api_version: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
+    plural: "networkpolicies",
+    singular: "networkpolicy",
+    short_names: &["netpol"],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    definition: "io.k8s.api.networking.v1.NetworkPolicy",
+    printer: Some(&table::NETWORK_POLICY),
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static LEASE: KindSpec = KindSpec {
+    group: "coordination.k8s.io",
+    version: "v1",
+    api_version: "coordination.k8s.io/v1",
+    kind: "Lease",
+    plural: "leases",
+    singular: "lease",
+    short_names: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::coordination::v1::Lease>,
+    definition: "io.k8s.api.coordination.v1.Lease",
+    printer: Some(&table::LEASE),
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static DEPLOYMENT: KindSpec = KindSpec {
+    group: "apps",
+    version: "v1",
+    api_version: "apps/v1",
+    kind: "Deployment",
+    plural: "deployments",
+    singular: "deployment",
+    short_names: &["deploy"],
+    namespaced: true,
+    status_subresource: true,
+    scale: Some(ScaleSpec { replicas: "/spec/replicas", status_replicas: "/status/replicas", selector: "/spec/selector" }),
+    selectable_fields: &[],
+    pod_spec: Some("spec.template.spec"),
+    merge_lists: &[("status.conditions", ListStrategy::MergeByKey("type"))],
+    schema: schema::round_trip::<k8s_openapi::api::apps::v1::Deployment>,
+    definition: "io.k8s.api.apps.v1.Deployment",
+    printer: Some(&table::DEPLOYMENT),
+    initial_status: Some(defaults::empty_status),
+    defaults: Some(defaults::deployment),
+    validate: Some(defaults::validate_deployment),
+};
+
+/// The lists of a `PodSpec` that strategic merge patch merges, relative to the pod spec
+/// (`patchMergeKey`/`patchStrategy` in `k8s.io/api/core/v1`). `*` stands for any of the
+/// container lists.
+const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
+    ("containers", ListStrategy::MergeByKey("name")),
+    ("initContainers", ListStrategy::MergeByKey("name")),
+    ("ephemeralContainers", ListStrategy::MergeByKey("name")),
+    ("volumes", ListStrategy::MergeByKey("name")),
+    ("imagePullSecrets", ListStrategy::MergeByKey("name")),
+    ("resourceClaims", ListStrategy::MergeByKey("name")),
+    ("schedulingGates", ListStrategy::MergeByKey("name")),
+    ("hostAliases", ListStrategy::MergeByKey("ip")),
+    ("topologySpreadConstraints", ListStrategy::MergeByKey("topologyKey")),
+    ("*.ports", ListStrategy::MergeByKey("containerPort")),
+    ("*.env", ListStrategy::MergeByKey("name")),
+    ("*.volumeMounts", ListStrategy::MergeByKey("mountPath")),
+    ("*.volumeDevices", ListStrategy::MergeByKey("devicePath")),
+];
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -40,101 +388,75 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::NetworkPolicy,
         Kind::Lease,
+        Kind::Deployment,
     ];
+
+    /// This kind's row of the table.
+    pub(crate) fn spec(self) -> &'static KindSpec {
+        match self {
+            Kind::Node => &NODE,
+            Kind::Namespace => &NAMESPACE,
+            Kind::Pod => &POD,
+            Kind::Service => &SERVICE,
+            Kind::Event => &EVENT,
+            Kind::EventsV1Event => &EVENTS_V1_EVENT,
+            Kind::EndpointSlice => &ENDPOINT_SLICE,
+            Kind::NetworkPolicy => &NETWORK_POLICY,
+            Kind::Lease => &LEASE,
+            Kind::Deployment => &DEPLOYMENT,
+        }
+    }
 
     /// API group (`""` for the core group).
     pub fn group(self) -> &'static str {
-        match self {
-            Kind::Node | Kind::Namespace | Kind::Pod | Kind::Service | Kind::Event => "",
-            Kind::EventsV1Event => "events.k8s.io",
-            Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::NetworkPolicy => "networking.k8s.io",
-            Kind::Lease => "coordination.k8s.io",
-        }
+        self.spec().group
     }
 
-    /// API version within the group (always `v1` here).
+    /// API version within the group.
     pub fn version(self) -> &'static str {
-        "v1"
+        self.spec().version
     }
 
-    /// The `apiVersion` field value: `v1` or `group/v1`.
+    /// The `apiVersion` field value: `v1` or `group/version`.
     pub fn api_version(self) -> &'static str {
-        match self {
-            Kind::Node | Kind::Namespace | Kind::Pod | Kind::Service | Kind::Event => "v1",
-            Kind::EventsV1Event => "events.k8s.io/v1",
-            Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::NetworkPolicy => "networking.k8s.io/v1",
-            Kind::Lease => "coordination.k8s.io/v1",
-        }
+        self.spec().api_version
     }
 
     /// The `kind` field value.
     pub fn kind_name(self) -> &'static str {
-        match self {
-            Kind::Node => "Node",
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::Service => "Service",
-            Kind::Event | Kind::EventsV1Event => "Event",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::NetworkPolicy => "NetworkPolicy",
-            Kind::Lease => "Lease",
-        }
+        self.spec().kind
     }
 
     /// The plural resource name used in URLs.
     pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Node => "nodes",
-            Kind::Namespace => "namespaces",
-            Kind::Pod => "pods",
-            Kind::Service => "services",
-            Kind::Event | Kind::EventsV1Event => "events",
-            Kind::EndpointSlice => "endpointslices",
-            Kind::NetworkPolicy => "networkpolicies",
-            Kind::Lease => "leases",
-        }
+        self.spec().plural
     }
 
     /// The singular resource name (discovery).
     pub fn singular(self) -> &'static str {
-        match self {
-            Kind::Node => "node",
-            Kind::Namespace => "namespace",
-            Kind::Pod => "pod",
-            Kind::Service => "service",
-            Kind::Event | Kind::EventsV1Event => "event",
-            Kind::EndpointSlice => "endpointslice",
-            Kind::NetworkPolicy => "networkpolicy",
-            Kind::Lease => "lease",
-        }
+        self.spec().singular
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace)
+        self.spec().namespaced
     }
 
     /// Whether the kind has a `/status` subresource. For these kinds an update or patch of the
     /// main resource leaves `status` unchanged and `/status` changes only `status`, as the real
     /// API server does.
     pub fn has_status_subresource(self) -> bool {
-        matches!(self, Kind::Node | Kind::Namespace | Kind::Pod | Kind::Service)
+        self.spec().status_subresource
+    }
+
+    /// Whether the kind has a `/scale` subresource (`autoscaling/v1` Scale).
+    pub fn has_scale_subresource(self) -> bool {
+        self.spec().scale.is_some()
     }
 
     /// Short names advertised in discovery.
     pub(crate) fn short_names(self) -> &'static [&'static str] {
-        match self {
-            Kind::Node => &["no"],
-            Kind::Namespace => &["ns"],
-            Kind::Pod => &["po"],
-            Kind::Service => &["svc"],
-            Kind::Event | Kind::EventsV1Event => &["ev"],
-            Kind::EndpointSlice => &[],
-            Kind::NetworkPolicy => &["netpol"],
-            Kind::Lease => &[],
-        }
+        self.spec().short_names
     }
 
     /// Finds the kind served under `group`/`version` with the plural name `plural`.
@@ -156,44 +478,35 @@ impl Kind {
     /// Field names a `fieldSelector` may use on this kind, besides `metadata.name` and
     /// `metadata.namespace` (which every kind accepts).
     pub(crate) fn selectable_fields(self) -> &'static [&'static str] {
-        match self {
-            Kind::Pod => &[
-                "spec.nodeName",
-                "spec.restartPolicy",
-                "spec.schedulerName",
-                "spec.serviceAccountName",
-                "spec.hostNetwork",
-                "status.phase",
-                "status.podIP",
-                "status.nominatedNodeName",
-            ],
-            Kind::Node => &["spec.unschedulable"],
-            Kind::Namespace => &["status.phase"],
-            Kind::Service => &["spec.clusterIP", "spec.type"],
-            Kind::Event => &[
-                "involvedObject.kind",
-                "involvedObject.namespace",
-                "involvedObject.name",
-                "involvedObject.uid",
-                "involvedObject.apiVersion",
-                "involvedObject.resourceVersion",
-                "involvedObject.fieldPath",
-                "reason",
-                "reportingComponent",
-                "source",
-                "type",
-            ],
-            Kind::EventsV1Event => &[
-                "regarding.kind",
-                "regarding.namespace",
-                "regarding.name",
-                "regarding.uid",
-                "reason",
-                "reportingController",
-                "type",
-            ],
-            Kind::EndpointSlice | Kind::NetworkPolicy | Kind::Lease => &[],
+        self.spec().selectable_fields
+    }
+
+    /// The strategic-merge-patch strategy of the list at `path` (dotted, indices left out).
+    pub(crate) fn list_strategy(self, path: &str) -> ListStrategy {
+        match path {
+            "metadata.ownerReferences" => return ListStrategy::MergeByKey("uid"),
+            "metadata.finalizers" => return ListStrategy::MergePrimitives,
+            _ => {}
         }
+        let spec = self.spec();
+        if let Some((_, strategy)) = spec.merge_lists.iter().find(|(p, _)| *p == path) {
+            return *strategy;
+        }
+        let Some(relative) = spec.pod_spec.and_then(|prefix| path.strip_prefix(prefix)?.strip_prefix('.')) else {
+            return ListStrategy::Replace;
+        };
+        for (pattern, strategy) in POD_SPEC_LISTS {
+            let matched = match pattern.strip_prefix("*.") {
+                Some(field) => relative.strip_suffix(field).and_then(|c| c.strip_suffix('.')).is_some_and(|container| {
+                    matches!(container, "containers" | "initContainers" | "ephemeralContainers")
+                }),
+                None => relative == *pattern,
+            };
+            if matched {
+                return *strategy;
+            }
+        }
+        ListStrategy::Replace
     }
 }
 
@@ -240,5 +553,41 @@ impl fmt::Display for Verb {
             Verb::Delete => "delete",
             Verb::DeleteCollection => "deletecollection",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_consistent_row() {
+        for kind in Kind::ALL {
+            let spec = kind.spec();
+            let expected =
+                if spec.group.is_empty() { spec.version.to_owned() } else { format!("{}/{}", spec.group, spec.version) };
+            assert_eq!(spec.api_version, expected, "{kind}");
+            assert_eq!(Kind::from_plural(spec.group, spec.version, spec.plural), Some(kind));
+            assert_eq!(Kind::from_gvk(spec.group, spec.version, spec.kind), Some(kind));
+            assert!(spec.definition.ends_with(spec.kind), "{kind}: {}", spec.definition);
+        }
+    }
+
+    #[test]
+    fn pod_spec_lists_merge_wherever_the_pod_spec_is() {
+        use ListStrategy::*;
+        for (kind, prefix) in [(Kind::Pod, "spec"), (Kind::Deployment, "spec.template.spec")] {
+            assert_eq!(kind.list_strategy(&format!("{prefix}.containers")), MergeByKey("name"));
+            assert_eq!(kind.list_strategy(&format!("{prefix}.initContainers.ports")), MergeByKey("containerPort"));
+            assert_eq!(kind.list_strategy(&format!("{prefix}.containers.env")), MergeByKey("name"));
+            assert_eq!(kind.list_strategy(&format!("{prefix}.topologySpreadConstraints")), MergeByKey("topologyKey"));
+            assert_eq!(kind.list_strategy(&format!("{prefix}.tolerations")), Replace);
+            assert_eq!(kind.list_strategy(&format!("{prefix}.volumes.ports")), Replace);
+        }
+        assert_eq!(Kind::Service.list_strategy("spec.ports"), MergeByKey("port"));
+        assert_eq!(Kind::Service.list_strategy("spec.containers"), Replace);
+        assert_eq!(Kind::Deployment.list_strategy("status.conditions"), MergeByKey("type"));
+        assert_eq!(Kind::Lease.list_strategy("metadata.finalizers"), MergePrimitives);
+        assert_eq!(Kind::EndpointSlice.list_strategy("endpoints"), Replace);
     }
 }

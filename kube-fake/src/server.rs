@@ -20,9 +20,12 @@ use tokio::task::JoinSet;
 
 use crate::error::ApiError;
 use crate::fault::RequestInfo;
+use crate::openapi;
 use crate::resource::{Kind, Verb};
+use crate::schema::{self, FieldValidation, ParsedBody, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Change, ChangeType, ListRequest, PatchType, Store, WriteMode};
+use crate::table::{self, IncludeObject, TableOptions, TableVersion};
 
 /// Largest request body accepted (larger ones get 413).
 const MAX_BODY_BYTES: usize = 16 << 20;
@@ -180,10 +183,12 @@ impl Query {
 enum Route {
     Version,
     Health,
+    OpenApiRoot,
+    OpenApi(String),
     CoreVersions,
     Groups,
     Group(&'static str),
-    Resources(&'static str),
+    Resources(&'static str, &'static str),
     Object(Target),
 }
 
@@ -194,28 +199,36 @@ struct Target {
     subresource: Option<String>,
 }
 
+/// The served group named `group` (its static name), if any.
+fn served_group(group: &str) -> Option<&'static str> {
+    Kind::ALL.iter().map(|k| k.group()).find(|g| !g.is_empty() && *g == group)
+}
+
+/// The served group-version, if any.
+fn served_group_version(group: &str, version: &str) -> Option<(&'static str, &'static str)> {
+    Kind::ALL.iter().find(|k| k.group() == group && k.version() == version).map(|k| (k.group(), k.version()))
+}
+
 fn route(path: &str) -> Option<Route> {
     let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segments.as_slice() {
         ["version"] => Some(Route::Version),
         ["healthz" | "readyz" | "livez"] => Some(Route::Health),
+        ["openapi", "v3"] => Some(Route::OpenApiRoot),
+        ["openapi", "v3", rest @ ..] => Some(Route::OpenApi(rest.join("/"))),
         ["api"] => Some(Route::CoreVersions),
-        ["api", "v1"] => Some(Route::Resources("")),
+        ["api", "v1"] => Some(Route::Resources("", "v1")),
         ["apis"] => Some(Route::Groups),
-        ["apis", group] => {
-            Kind::ALL.iter().find(|k| !k.group().is_empty() && k.group() == *group).map(|k| Route::Group(k.group()))
-        }
-        ["apis", group, "v1"] => {
-            Kind::ALL.iter().find(|k| !k.group().is_empty() && k.group() == *group).map(|k| Route::Resources(k.group()))
-        }
-        ["api", "v1", rest @ ..] => resource_route("", rest),
-        ["apis", group, "v1", rest @ ..] => resource_route(group, rest),
+        ["apis", group] => served_group(group).map(Route::Group),
+        ["apis", group, version] => served_group_version(group, version).map(|(g, v)| Route::Resources(g, v)),
+        ["api", "v1", rest @ ..] => resource_route("", "v1", rest),
+        ["apis", group, version, rest @ ..] => resource_route(group, version, rest),
         _ => None,
     }
 }
 
-fn resource_route(group: &str, rest: &[&str]) -> Option<Route> {
+fn resource_route(group: &str, version: &str, rest: &[&str]) -> Option<Route> {
     let target = |kind: Kind, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
         Some(Route::Object(Target {
             kind,
@@ -225,7 +238,7 @@ fn resource_route(group: &str, rest: &[&str]) -> Option<Route> {
         }))
     };
     if let ["namespaces", namespace, plural, tail @ ..] = rest
-        && let Some(kind) = Kind::from_plural(group, "v1", plural).filter(|k| k.namespaced())
+        && let Some(kind) = Kind::from_plural(group, version, plural).filter(|k| k.namespaced())
     {
         return match tail {
             [] => target(kind, Some(namespace), None, None),
@@ -235,7 +248,7 @@ fn resource_route(group: &str, rest: &[&str]) -> Option<Route> {
         };
     }
     let (plural, tail) = rest.split_first()?;
-    let kind = Kind::from_plural(group, "v1", plural)?;
+    let kind = Kind::from_plural(group, version, plural)?;
     match (kind.namespaced(), tail) {
         (_, []) => target(kind, None, None, None),
         (false, [name]) => target(kind, None, Some(name), None),
@@ -257,8 +270,40 @@ fn parse_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("cannot decode the {what} as JSON: {e}")))
 }
 
-fn accepts_partial_metadata(request: &Request<Incoming>) -> bool {
-    request.headers().get_all(ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("as=PartialObjectMetadata")))
+/// How objects are presented in a response, from the `Accept` header: the first media range
+/// the server can produce wins, as on the API server (kubectl asks for a Table v1, then a
+/// Table v1beta1, then plain JSON). Protobuf, CBOR and unknown `as=` kinds are passed over;
+/// when nothing matches, plain JSON is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Presentation {
+    Object,
+    PartialMetadata,
+    Table(TableVersion),
+}
+
+fn negotiate(request: &Request<Incoming>) -> Presentation {
+    let accept: Vec<String> =
+        request.headers().get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+    for range in accept.iter().flat_map(|header| header.split(',')) {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        if !matches!(media, "application/json" | "*/*" | "application/*") {
+            continue;
+        }
+        let params: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
+        let param = |key: &str| params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let meta_group = param("g").is_none_or(|g| g == "meta.k8s.io");
+        match (param("as"), param("v")) {
+            (None, _) => return Presentation::Object,
+            (Some("Table"), Some("v1")) if meta_group => return Presentation::Table(TableVersion::V1),
+            (Some("Table"), Some("v1beta1")) if meta_group => return Presentation::Table(TableVersion::V1beta1),
+            (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), _) if meta_group => {
+                return Presentation::PartialMetadata;
+            }
+            _ => {}
+        }
+    }
+    Presentation::Object
 }
 
 fn accepts_aggregated_discovery(request: &Request<Incoming>) -> bool {
@@ -276,12 +321,10 @@ fn partial(object: &Value) -> Value {
 
 pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    let not_found =
+        || error_response(&ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})")));
     let Some(route) = route(&path) else {
-        return error_response(&ApiError::new(
-            404,
-            "NotFound",
-            format!("the server could not find the requested resource ({path})"),
-        ));
+        return not_found();
     };
     let aggregated = accepts_aggregated_discovery(&request);
     match route {
@@ -300,6 +343,11 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
             }),
         ),
         Route::Health => text_response("ok"),
+        Route::OpenApiRoot => json_response(200, openapi::root()),
+        Route::OpenApi(rest) => match openapi::group_version(&rest) {
+            Some(document) => json_response(200, document),
+            None => not_found(),
+        },
         Route::CoreVersions if aggregated => discovery_aggregated(true),
         Route::CoreVersions => json_response(
             200,
@@ -320,7 +368,7 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
             body["apiVersion"] = json!("v1");
             json_response(200, &body)
         }
-        Route::Resources(group) => json_response(200, &resource_list(group)),
+        Route::Resources(group, version) => json_response(200, &resource_list(group, version)),
         Route::Object(target) => match handle_object(request, context, target, &path).await {
             Ok(response) => response,
             Err(error) => error_response(&error),
@@ -328,23 +376,48 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
     }
 }
 
+/// The named groups served, in discovery order.
 fn groups() -> Vec<&'static str> {
-    let mut groups: Vec<&'static str> = Kind::ALL.iter().map(|k| k.group()).filter(|g| !g.is_empty()).collect();
-    groups.dedup();
+    let mut groups: Vec<&'static str> = Vec::new();
+    for group in Kind::ALL.iter().map(|k| k.group()).filter(|g| !g.is_empty()) {
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
     groups
 }
 
+/// The versions served of a group, in discovery order (the first is preferred).
+fn versions(group: &str) -> Vec<&'static str> {
+    let mut versions: Vec<&'static str> = Vec::new();
+    for kind in Kind::ALL.iter().filter(|k| k.group() == group) {
+        if !versions.contains(&kind.version()) {
+            versions.push(kind.version());
+        }
+    }
+    versions
+}
+
 fn group_json(group: &str) -> Value {
-    let version = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
-    json!({"name": group, "versions": [version.clone()], "preferredVersion": version})
+    let versions: Vec<Value> = versions(group)
+        .into_iter()
+        .map(|version| json!({"groupVersion": format!("{group}/{version}"), "version": version}))
+        .collect();
+    let preferred = versions.first().cloned().unwrap_or(Value::Null);
+    json!({"name": group, "versions": versions, "preferredVersion": preferred})
 }
 
 /// Every kind is served with every verb.
 const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
-fn resource_list(group: &str) -> Value {
+/// `kubectl get all` lists the kinds in the `all` category.
+fn categories(kind: Kind) -> &'static [&'static str] {
+    if matches!(kind, Kind::Pod | Kind::Service | Kind::Deployment) { &["all"] } else { &[] }
+}
+
+fn resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for kind in Kind::ALL.into_iter().filter(|k| k.group() == group) {
+    for kind in Kind::ALL.into_iter().filter(|k| k.group() == group && k.version() == version) {
         resources.push(json!({
             "name": kind.plural(),
             "singularName": kind.singular(),
@@ -352,6 +425,7 @@ fn resource_list(group: &str) -> Value {
             "kind": kind.kind_name(),
             "verbs": VERBS,
             "shortNames": kind.short_names(),
+            "categories": categories(kind),
         }));
         if kind.has_status_subresource() {
             resources.push(json!({
@@ -359,6 +433,17 @@ fn resource_list(group: &str) -> Value {
                 "singularName": "",
                 "namespaced": kind.namespaced(),
                 "kind": kind.kind_name(),
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if kind.has_scale_subresource() {
+            resources.push(json!({
+                "name": format!("{}/scale", kind.plural()),
+                "singularName": "",
+                "namespaced": kind.namespaced(),
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
                 "verbs": ["get", "patch", "update"],
             }));
         }
@@ -372,7 +457,7 @@ fn resource_list(group: &str) -> Value {
             }));
         }
     }
-    let group_version = if group.is_empty() { "v1".to_owned() } else { format!("{group}/v1") };
+    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
 }
 
@@ -382,27 +467,41 @@ fn discovery_aggregated(core: bool) -> Response<Body> {
     let items: Vec<Value> = groups
         .into_iter()
         .map(|group| {
-            let resources: Vec<Value> = Kind::ALL
+            let versions: Vec<Value> = versions(group)
                 .into_iter()
-                .filter(|k| k.group() == group)
-                .map(|kind| {
-                    let response_kind = json!({"group": group, "version": "v1", "kind": kind.kind_name()});
-                    let mut subresources = Vec::new();
-                    if kind.has_status_subresource() {
-                        subresources.push(json!({"subresource": "status", "responseKind": response_kind, "verbs": ["get", "patch", "update"]}));
-                    }
-                    json!({
-                        "resource": kind.plural(),
-                        "responseKind": response_kind,
-                        "scope": if kind.namespaced() { "Namespaced" } else { "Cluster" },
-                        "singularResource": kind.singular(),
-                        "verbs": VERBS,
-                        "shortNames": kind.short_names(),
-                        "subresources": subresources,
-                    })
+                .map(|version| {
+                    let resources: Vec<Value> = Kind::ALL
+                        .into_iter()
+                        .filter(|k| k.group() == group && k.version() == version)
+                        .map(|kind| {
+                            let response_kind = json!({"group": group, "version": version, "kind": kind.kind_name()});
+                            let mut subresources = Vec::new();
+                            if kind.has_status_subresource() {
+                                subresources.push(json!({"subresource": "status", "responseKind": response_kind, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if kind.has_scale_subresource() {
+                                subresources.push(json!({
+                                    "subresource": "scale",
+                                    "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                                    "verbs": ["get", "patch", "update"],
+                                }));
+                            }
+                            json!({
+                                "resource": kind.plural(),
+                                "responseKind": response_kind,
+                                "scope": if kind.namespaced() { "Namespaced" } else { "Cluster" },
+                                "singularResource": kind.singular(),
+                                "verbs": VERBS,
+                                "shortNames": kind.short_names(),
+                                "categories": categories(kind),
+                                "subresources": subresources,
+                            })
+                        })
+                        .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
-            json!({"metadata": {"name": group}, "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]})
+            json!({"metadata": {"name": group}, "versions": versions})
         })
         .collect();
     let mut response = json_response(
@@ -416,6 +515,91 @@ fn discovery_aggregated(core: bool) -> Response<Body> {
     response
 }
 
+/// `Warning: 299 - "<text>"`, the header the API server answers warnings with; quotes and
+/// backslashes are escaped and anything a header cannot carry is replaced.
+fn warning_header(text: &str) -> HeaderValue {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c if c == ' ' || c.is_ascii_graphic() => vec![c],
+            _ => vec!['?'],
+        })
+        .collect();
+    HeaderValue::from_str(&format!("299 - \"{escaped}\"")).unwrap_or_else(|_| HeaderValue::from_static("299 - \"warning\""))
+}
+
+fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for warning in warnings {
+        response.headers_mut().append("warning", warning_header(warning));
+    }
+    response
+}
+
+fn table_response(value: &Value, version: TableVersion) -> Response<Body> {
+    let mut response = json_response(200, value);
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(version.content_type()));
+    response
+}
+
+/// The body of a write checked under `fieldValidation` (when the request gave one): unknown
+/// fields dropped or rejected, warnings to answer with.
+fn checked_body(
+    body: &[u8],
+    schema: Schema,
+    what: &str,
+    validation: Option<FieldValidation>,
+) -> Result<(Value, Vec<String>), ApiError> {
+    match validation {
+        None => Ok((parse_json(body, what)?, Vec::new())),
+        Some(directive) => {
+            let parsed = schema::parse_body(body, what)?;
+            let checked = schema::check(schema, parsed, directive, None)?;
+            Ok((checked.object, checked.warnings))
+        }
+    }
+}
+
+fn patch_type(request: &Request<Incoming>) -> Result<PatchType, ApiError> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_default();
+    match content_type.as_str() {
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/apply-patch+yaml" | "application/apply-patch+yaml+cbor" => Ok(PatchType::Apply),
+        other => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+            ),
+        )),
+    }
+}
+
+/// Decodes a PATCH body: JSON, or YAML for server-side apply. With field validation, duplicate
+/// fields of merge and strategic patches are recorded (their paths are the object's).
+fn patch_body(body: &[u8], patch_type: PatchType, validation: bool) -> Result<ParsedBody, ApiError> {
+    if patch_type == PatchType::Apply {
+        let value = parse_json(body, "apply patch").or_else(|_| {
+            let text =
+                std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the apply patch is not valid UTF-8"))?;
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|e| ApiError::bad_request(format!("cannot decode the apply patch as YAML: {e}")))
+        })?;
+        return Ok(ParsedBody::without_duplicates(value));
+    }
+    if validation && matches!(patch_type, PatchType::Merge | PatchType::Strategic) {
+        return schema::parse_body(body, "patch");
+    }
+    Ok(ParsedBody::without_duplicates(parse_json(body, "patch")?))
+}
+
 async fn handle_object(
     request: Request<Incoming>,
     context: &ServerContext,
@@ -427,9 +611,13 @@ async fn handle_object(
     let namespace = target.namespace.as_deref();
     let name = target.name.as_deref();
     let method = request.method().clone();
+    let scale = target.subresource.as_deref() == Some("scale");
     let mode = match target.subresource.as_deref() {
         None => WriteMode::Main,
         Some("status") if kind.has_status_subresource() => WriteMode::Status,
+        Some("scale") if kind.has_scale_subresource() && method != Method::POST && method != Method::DELETE => {
+            WriteMode::Main
+        }
         Some("binding") if kind == Kind::Pod && method == Method::POST => WriteMode::Main,
         Some(other) => {
             return Err(ApiError::new(
@@ -454,11 +642,25 @@ async fn handle_object(
     if let Some(error) = context.store.admit(&info) {
         return Err(error);
     }
-    let partial_metadata = accepts_partial_metadata(&request);
-    let present = |object: &Value| if partial_metadata { partial(object) } else { object.clone() };
+    let presentation = match negotiate(&request) {
+        // Writes answer the object; only reads are printed.
+        Presentation::Table(_) if !matches!(verb, Verb::List | Verb::Get | Verb::Watch) || scale => Presentation::Object,
+        other => other,
+    };
+    let include = IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
+    let present = |object: &Value| {
+        if presentation == Presentation::PartialMetadata { partial(object) } else { object.clone() }
+    };
     let dry_run = query.dry_run();
+    let validation = match query.get("fieldValidation").filter(|v| !v.is_empty()) {
+        Some(raw) => Some(FieldValidation::parse(raw)?),
+        None => None,
+    };
+    if scale {
+        return handle_scale(request, context, kind, namespace, name.unwrap_or(""), verb, dry_run, validation).await;
+    }
     match verb {
-        Verb::Watch => watch(context, kind, namespace, &query, partial_metadata),
+        Verb::Watch => watch(context, kind, namespace, &query, presentation, include),
         Verb::List => {
             let list_request = ListRequest {
                 label: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
@@ -483,8 +685,13 @@ async fn handle_object(
             if let Some(remaining) = page.remaining {
                 metadata.insert("remainingItemCount".into(), json!(remaining));
             }
+            if let Presentation::Table(version) = presentation {
+                let objects: Vec<&Value> = page.items.iter().map(|o| o.as_ref()).collect();
+                let options = TableOptions { version, include, headers: true };
+                return Ok(table_response(&table::table(kind, &objects, metadata, options), version));
+            }
             let items: Vec<Value> = page.items.iter().map(|o| present(o)).collect();
-            let (api_version, list_kind) = if partial_metadata {
+            let (api_version, list_kind) = if presentation == Presentation::PartialMetadata {
                 ("meta.k8s.io/v1".to_owned(), "PartialObjectMetadataList".to_owned())
             } else {
                 (kind.api_version().to_owned(), format!("{}List", kind.kind_name()))
@@ -497,6 +704,14 @@ async fn handle_object(
         Verb::Get => {
             let name = name.unwrap_or("");
             let object = context.store.get(kind, namespace, name).ok_or_else(|| ApiError::not_found(kind, name))?;
+            if let Presentation::Table(version) = presentation {
+                let mut metadata = Map::new();
+                if let Some(rv) = object.pointer("/metadata/resourceVersion") {
+                    metadata.insert("resourceVersion".into(), rv.clone());
+                }
+                let options = TableOptions { version, include, headers: true };
+                return Ok(table_response(&table::table(kind, &[&object], metadata, options), version));
+            }
             Ok(json_response(200, &present(&object)))
         }
         Verb::Create => {
@@ -524,50 +739,21 @@ async fn handle_object(
                     kind.plural()
                 )));
             }
-            let object = parse_json(&body, kind.kind_name())?;
+            let (object, warnings) = checked_body(&body, Schema::of(kind), kind.kind_name(), validation)?;
             let created = context.store.create(kind, namespace, object, WriteMode::Main, dry_run)?;
-            Ok(json_response(201, &present(&created)))
+            Ok(with_warnings(json_response(201, &present(&created)), &warnings))
         }
         Verb::Update => {
             let body = read_body(request).await?;
-            let object = parse_json(&body, kind.kind_name())?;
+            let (object, warnings) = checked_body(&body, Schema::of(kind), kind.kind_name(), validation)?;
             let updated = context.store.update(kind, namespace, name.unwrap_or(""), object, mode, dry_run)?;
-            Ok(json_response(200, &present(&updated)))
+            Ok(with_warnings(json_response(200, &present(&updated)), &warnings))
         }
         Verb::Patch => {
-            let content_type = request
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
-                .unwrap_or_default();
-            let patch_type = match content_type.as_str() {
-                "application/merge-patch+json" => PatchType::Merge,
-                "application/strategic-merge-patch+json" => PatchType::Strategic,
-                "application/json-patch+json" => PatchType::Json,
-                "application/apply-patch+yaml" | "application/apply-patch+yaml+cbor" => PatchType::Apply,
-                other => {
-                    return Err(ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        format!(
-                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
-                        ),
-                    ));
-                }
-            };
+            let patch_type = patch_type(&request)?;
             let body = read_body(request).await?;
-            let patch = if patch_type == PatchType::Apply {
-                parse_json(&body, "apply patch").or_else(|_| {
-                    let text = std::str::from_utf8(&body)
-                        .map_err(|_| ApiError::bad_request("the apply patch is not valid UTF-8"))?;
-                    serde_saphyr::from_str::<Value>(text)
-                        .map_err(|e| ApiError::bad_request(format!("cannot decode the apply patch as YAML: {e}")))
-                })?
-            } else {
-                parse_json(&body, "patch")?
-            };
-            let patched = context.store.patch(
+            let (patch, duplicates) = patch_body(&body, patch_type, validation.is_some())?.into_parts();
+            let (patched, warnings) = context.store.patch(
                 kind,
                 namespace,
                 name.unwrap_or(""),
@@ -576,8 +762,9 @@ async fn handle_object(
                 query.get("fieldManager"),
                 mode,
                 dry_run,
+                validation.map(|directive| (directive, duplicates)),
             )?;
-            Ok(json_response(200, &present(&patched)))
+            Ok(with_warnings(json_response(200, &present(&patched)), &warnings))
         }
         Verb::Delete => {
             let body = read_body(request).await?;
@@ -616,6 +803,45 @@ async fn handle_object(
     }
 }
 
+/// `/scale` (`autoscaling/v1` Scale): GET, PUT and PATCH read and write the desired replicas.
+#[allow(clippy::too_many_arguments)]
+async fn handle_scale(
+    request: Request<Incoming>,
+    context: &ServerContext,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+    verb: Verb,
+    dry_run: bool,
+    validation: Option<FieldValidation>,
+) -> Result<Response<Body>, ApiError> {
+    match verb {
+        Verb::Get => Ok(json_response(200, &context.store.get_scale(kind, namespace, name)?)),
+        Verb::Update => {
+            let body = read_body(request).await?;
+            let (scale, warnings) = checked_body(&body, Schema::SCALE, "Scale", validation)?;
+            let updated = context.store.update_scale(kind, namespace, name, &scale, dry_run)?;
+            Ok(with_warnings(json_response(200, &updated), &warnings))
+        }
+        Verb::Patch => {
+            let patch_type = patch_type(&request)?;
+            let body = read_body(request).await?;
+            let (patch, duplicates) = patch_body(&body, patch_type, validation.is_some())?.into_parts();
+            let (patched, warnings) = context.store.patch_scale(
+                kind,
+                namespace,
+                name,
+                patch_type,
+                &patch,
+                dry_run,
+                validation.map(|directive| (directive, duplicates)),
+            )?;
+            Ok(with_warnings(json_response(200, &patched), &warnings))
+        }
+        _ => Err(ApiError::method_not_allowed(format!("{verb} is not supported on {}/scale", kind.plural()))),
+    }
+}
+
 /// One watch event line.
 fn event_line(event_type: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
@@ -642,7 +868,11 @@ struct WatchFilter {
     namespace: Option<String>,
     label: LabelSelector,
     field: FieldSelector,
-    partial_metadata: bool,
+    presentation: Presentation,
+    include: IncludeObject,
+    /// A table watch sends its column definitions with the first event only, as the API
+    /// server does; clients reuse them for the rest.
+    headers_sent: bool,
 }
 
 impl WatchFilter {
@@ -655,13 +885,43 @@ impl WatchFilter {
         namespace_ok && self.label.matches(object) && self.field.matches(object)
     }
 
-    fn present(&self, object: &Value) -> Value {
-        if self.partial_metadata { partial(object) } else { object.clone() }
+    fn present(&mut self, object: &Value) -> Value {
+        match self.presentation {
+            Presentation::Object => object.clone(),
+            Presentation::PartialMetadata => partial(object),
+            Presentation::Table(version) => {
+                let options = TableOptions { version, include: self.include, headers: !self.headers_sent };
+                self.headers_sent = true;
+                let mut metadata = Map::new();
+                if let Some(rv) = object.pointer("/metadata/resourceVersion") {
+                    metadata.insert("resourceVersion".into(), rv.clone());
+                }
+                table::table(self.kind, &[object], metadata, options)
+            }
+        }
+    }
+
+    /// A BOOKMARK, shaped like the watch's other objects (a table watch gets a row-less Table
+    /// carrying the resourceVersion).
+    fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
+        match self.presentation {
+            Presentation::Table(version) => {
+                let mut metadata = json!({"resourceVersion": rv.to_string()});
+                if initial_events_end {
+                    metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                event_line(
+                    "BOOKMARK",
+                    &json!({"kind": "Table", "apiVersion": version.api_version(), "metadata": metadata, "columnDefinitions": [], "rows": []}),
+                )
+            }
+            _ => bookmark(self.kind, rv, initial_events_end),
+        }
     }
 
     /// The event this watch sees for a change: objects moving into or out of the selection
     /// appear as ADDED or DELETED, as the API server reports them.
-    fn translate(&self, change: &Change) -> Option<Bytes> {
+    fn translate(&mut self, change: &Change) -> Option<Bytes> {
         if change.kind != self.kind {
             return None;
         }
@@ -684,14 +944,17 @@ fn watch(
     kind: Kind,
     namespace: Option<&str>,
     query: &Query,
-    partial_metadata: bool,
+    presentation: Presentation,
+    include: IncludeObject,
 ) -> Result<Response<Body>, ApiError> {
-    let filter = WatchFilter {
+    let mut filter = WatchFilter {
         kind,
         namespace: namespace.map(str::to_owned),
         label: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
         field: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind)?,
-        partial_metadata,
+        presentation,
+        include,
+        headers_sent: false,
     };
     let timeout = match query.get("timeoutSeconds").filter(|t| !t.is_empty() && *t != "0") {
         Some(raw) => Duration::from_secs(
@@ -725,11 +988,14 @@ fn watch(
         let deadline = tokio::time::Instant::now() + timeout;
         let send = |bytes: Bytes| sender.send(bytes);
         for object in &start.initial {
-            if filter.matches(object) && send(event_line("ADDED", &filter.present(object))).await.is_err() {
-                return;
+            if filter.matches(object) {
+                let line = event_line("ADDED", &filter.present(object));
+                if send(line).await.is_err() {
+                    return;
+                }
             }
         }
-        if send_initial_events && send(bookmark(kind, progress, true)).await.is_err() {
+        if send_initial_events && send(filter.bookmark(progress, true)).await.is_err() {
             return;
         }
         for change in &start.replay {
@@ -744,12 +1010,12 @@ fn watch(
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     if bookmarks {
-                        let _ = send(bookmark(kind, progress, false)).await;
+                        let _ = send(filter.bookmark(progress, false)).await;
                     }
                     return;
                 }
                 _ = ticker.tick(), if bookmarks => {
-                    if send(bookmark(kind, progress, false)).await.is_err() {
+                    if send(filter.bookmark(progress, false)).await.is_err() {
                         return;
                     }
                 }

@@ -15,6 +15,7 @@ use crate::fault::{Fault, RequestInfo, take_fault};
 use crate::meta;
 use crate::patch::{self, PatchError};
 use crate::resource::{Kind, Verb};
+use crate::schema::{self, Duplicates, FieldValidation, ParsedBody, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
 
 /// (namespace — empty for cluster-scoped kinds —, name).
@@ -469,30 +470,22 @@ impl State {
         Ok(())
     }
 
-    /// Kind-specific defaults applied on every write of the main resource.
+    /// Kind-specific defaults and validation, applied on every write of the main resource:
+    /// Service allocations here, the rest from the kind table.
     fn apply_defaults(&self, kind: Kind, key: &Key, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
-        match kind {
-            Kind::Service => self.prepare_service(key, obj, old)?,
-            Kind::Pod => {
-                for list in ["containers", "initContainers"] {
-                    if let Some(Value::Array(containers)) = obj.get_mut("spec").and_then(|s| s.get_mut(list)) {
-                        for container in containers {
-                            if let Some(Value::Array(ports)) = container.get_mut("ports") {
-                                for port in ports.iter_mut().filter_map(Value::as_object_mut) {
-                                    port.entry("protocol").or_insert_with(|| json!("TCP"));
-                                }
-                            }
-                        }
-                    }
-                }
+        if kind == Kind::Service {
+            self.prepare_service(key, obj, old)?;
+        }
+        let spec = kind.spec();
+        if let Some(defaults) = spec.defaults {
+            defaults(obj);
+        }
+        if let Some(validate) = spec.validate {
+            let errors = validate(obj, old);
+            if !errors.is_empty() {
+                let message = if errors.len() == 1 { errors[0].clone() } else { format!("[{}]", errors.join(", ")) };
+                return Err(ApiError::invalid(kind, &key.1, message));
             }
-            Kind::Namespace if obj.pointer("/spec/finalizers").is_none() => {
-                if !obj.get("spec").is_some_and(Value::is_object) {
-                    obj["spec"] = json!({});
-                }
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
-            _ => {}
         }
         Ok(())
     }
@@ -758,17 +751,8 @@ impl Store {
             return Err(ApiError::already_exists(kind, &name));
         }
         if mode != WriteMode::Raw {
-            match kind {
-                Kind::Pod => {
-                    object["status"] = json!({"phase": "Pending"});
-                }
-                Kind::Service => {
-                    object["status"] = json!({"loadBalancer": {}});
-                }
-                Kind::Namespace => {
-                    object["status"] = json!({"phase": "Active"});
-                }
-                _ => {}
+            if let Some(initial) = kind.spec().initial_status {
+                object["status"] = initial();
             }
         } else if kind == Kind::Namespace && object.pointer("/status/phase").is_none() {
             object["status"] = json!({"phase": "Active"});
@@ -815,7 +799,9 @@ impl Store {
         self.finish_update(&mut state, kind, key, old, object, mode, dry_run)
     }
 
-    /// PATCH (main resource or `/status`); server-side apply creates a missing object.
+    /// PATCH (main resource or `/status`); server-side apply creates a missing object. With
+    /// `validation` (`fieldValidation` and the patch's duplicate fields) the patched object is
+    /// checked against the kind's schema; the warnings to answer with are returned.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn patch(
         &self,
@@ -827,7 +813,8 @@ impl Store {
         field_manager: Option<&str>,
         mode: WriteMode,
         dry_run: bool,
-    ) -> Result<Value, ApiError> {
+        validation: Option<(FieldValidation, Duplicates)>,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let key = store_key(kind, namespace, name);
         let mut applied_config = None;
         if patch_type == PatchType::Apply {
@@ -874,7 +861,15 @@ impl Store {
                 return Err(ApiError::not_found(kind, name));
             }
             record_manager(&mut object, kind, &manager);
-            return self.create(kind, namespace, object, WriteMode::Main, dry_run);
+            let (object, warnings) = match validation {
+                Some((directive, duplicates)) => {
+                    let checked =
+                        schema::check(Schema::of(kind), ParsedBody::from_parts(object, duplicates), directive, None)?;
+                    (checked.object, checked.warnings)
+                }
+                None => (object, Vec::new()),
+            };
+            return Ok((self.create(kind, namespace, object, WriteMode::Main, dry_run)?, warnings));
         };
         let mut object = (*old).clone();
         let result = match patch_type {
@@ -916,7 +911,139 @@ impl Store {
         // The patched object must still deserialize with the right type meta.
         object["apiVersion"] = Value::String(kind.api_version().into());
         object["kind"] = Value::String(kind.kind_name().into());
-        self.finish_update(&mut state, kind, key, old, object, mode, dry_run)
+        let mut warnings = Vec::new();
+        if let Some((directive, duplicates)) = validation {
+            let checked =
+                schema::check(Schema::of(kind), ParsedBody::from_parts(object, duplicates), directive, Some(&old))?;
+            object = checked.object;
+            warnings = checked.warnings;
+        }
+        Ok((self.finish_update(&mut state, kind, key, old, object, mode, dry_run)?, warnings))
+    }
+
+    /// The `autoscaling/v1` Scale of an object of a kind with a `/scale` subresource.
+    fn scale_of(kind: Kind, object: &Value) -> Result<Value, ApiError> {
+        let Some(scale) = kind.spec().scale else {
+            return Err(ApiError::new(404, "NotFound", format!("{} have no scale subresource", kind.plural())));
+        };
+        let mut metadata = Map::new();
+        for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+            if let Some(value) = object.get("metadata").and_then(|m| m.get(field)) {
+                metadata.insert(field.into(), value.clone());
+            }
+        }
+        let selector = crate::table::selector_string(object.pointer(scale.selector)).unwrap_or_default();
+        Ok(json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": metadata,
+            "spec": {"replicas": object.pointer(scale.replicas).and_then(Value::as_i64).unwrap_or(0)},
+            "status": {
+                "replicas": object.pointer(scale.status_replicas).and_then(Value::as_i64).unwrap_or(0),
+                "selector": selector,
+            },
+        }))
+    }
+
+    /// GET `/scale`.
+    pub(crate) fn get_scale(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let object = self.get(kind, namespace, name).ok_or_else(|| ApiError::not_found(kind, name))?;
+        Store::scale_of(kind, &object)
+    }
+
+    /// Writes a Scale's `spec.replicas` into the object (under the state lock).
+    fn write_scale(
+        &self,
+        state: &mut State,
+        kind: Kind,
+        key: Key,
+        old: Arc<Value>,
+        scale: &Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let name = key.1.clone();
+        let Some(pointer) = kind.spec().scale.map(|s| s.replicas) else {
+            return Err(ApiError::not_found(kind, &name));
+        };
+        if let Some(rv) = meta_str(scale, "resourceVersion")
+            && Some(rv) != meta_str(&old, "resourceVersion")
+        {
+            return Err(ApiError::conflict(
+                kind,
+                &name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let replicas = match scale.pointer("/spec/replicas") {
+            None | Some(Value::Null) => 0,
+            Some(value) => value.as_i64().filter(|r| (0..=i64::from(i32::MAX)).contains(r)).ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {value}: must be greater than or equal to 0"),
+                )
+            })?,
+        };
+        let mut new = (*old).clone();
+        set_pointer(&mut new, pointer, json!(replicas));
+        let updated = self.finish_update(state, kind, key, old, new, WriteMode::Main, dry_run)?;
+        Store::scale_of(kind, &updated)
+    }
+
+    /// PUT `/scale`: sets the desired replicas (a non-empty `metadata.resourceVersion` must be
+    /// the object's).
+    pub(crate) fn update_scale(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        scale: &Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let key = store_key(kind, namespace, name);
+        let mut state = self.inner.state.lock();
+        let old = state.lookup(kind, &key).ok_or_else(|| ApiError::not_found(kind, name))?;
+        self.write_scale(&mut state, kind, key, old, scale, dry_run)
+    }
+
+    /// PATCH `/scale`: the patch applies to the current Scale, whose replicas are then written.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn patch_scale(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: &Value,
+        dry_run: bool,
+        validation: Option<(FieldValidation, Duplicates)>,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let key = store_key(kind, namespace, name);
+        let mut state = self.inner.state.lock();
+        let old = state.lookup(kind, &key).ok_or_else(|| ApiError::not_found(kind, name))?;
+        let mut scale = Store::scale_of(kind, &old)?;
+        let current = scale.clone();
+        let result = match patch_type {
+            PatchType::Merge if patch.is_object() => {
+                patch::merge_patch(&mut scale, patch);
+                Ok(())
+            }
+            PatchType::Merge => return Err(ApiError::bad_request("a merge patch must be a JSON object")),
+            // A Scale has no lists: strategic merge and apply are merges of the given fields.
+            PatchType::Strategic | PatchType::Apply => patch::strategic_merge_patch(kind, &mut scale, patch),
+            PatchType::Json => patch::json_patch(&mut scale, patch),
+        };
+        result.map_err(|e| match e {
+            PatchError::Malformed(msg) => ApiError::bad_request(format!("invalid patch for {kind} {name:?} scale: {msg}")),
+            PatchError::Failed(msg) => ApiError::invalid(kind, name, msg),
+        })?;
+        let mut warnings = Vec::new();
+        if let Some((directive, duplicates)) = validation {
+            let checked = schema::check(Schema::SCALE, ParsedBody::from_parts(scale, duplicates), directive, Some(&current))?;
+            scale = checked.object;
+            warnings = checked.warnings;
+        }
+        Ok((self.write_scale(&mut state, kind, key, old, &scale, dry_run)?, warnings))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1250,6 +1377,23 @@ fn check_preconditions(kind: Kind, name: &str, old: &Value, new: &Value) -> Resu
         ));
     }
     Ok(())
+}
+
+/// Sets the value at a JSON pointer, creating the objects on the way.
+fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
+    if !root.is_object() {
+        return;
+    }
+    let mut current = root;
+    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    let Some((last, parents)) = parts.split_last() else { return };
+    for part in parents {
+        if !current.get(*part).is_some_and(Value::is_object) {
+            current[*part] = json!({});
+        }
+        current = &mut current[*part];
+    }
+    current[*last] = value;
 }
 
 /// Records (or refreshes) the apply manager's `metadata.managedFields` entry. Field ownership
