@@ -1,4 +1,4 @@
-//! The commands: `up`, `down`, `apply`, `get`, `exec`, `check`, `demo`, and the hidden
+//! The commands: `up`, `down`, `apply`, `get`, `exec`, `check`, `demo`, `kubeconfig`, and the hidden
 //! `daemon`, `echo-server` and `probe` the lab runs itself.
 
 use std::collections::BTreeMap;
@@ -91,7 +91,9 @@ pub enum Command {
     },
     /// Stop the lab and remove everything named with its prefix (also after a crash).
     Down,
-    /// Create or update the objects of a YAML file (Namespace, Pod, Service, NetworkPolicy; many documents).
+    /// Print the path of the running lab's kubeconfig (for kubectl); exit 1 when no lab runs.
+    Kubeconfig,
+    /// Create or update the objects of a YAML file (Namespace, Pod, Deployment, Service, NetworkPolicy; many documents).
     Apply {
         /// The file (`-` for standard input).
         #[arg(short = 'f', long = "filename")]
@@ -208,6 +210,25 @@ pub async fn lab_client(layout: &Layout) -> anyhow::Result<Client> {
         kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
     config.connect_timeout = Some(Duration::from_secs(3));
     Ok(Client::try_from(config)?)
+}
+
+/// The kubeconfig of the lab of `layout` if its daemon runs, else why not.
+pub fn running_kubeconfig(layout: &Layout) -> Result<PathBuf, String> {
+    let Some(state) = LabState::read(layout) else {
+        return Err(format!("no lab {:?} is running (no {}): start one with `sudo skein-lab up`", layout.prefix(), layout.state_file().display()));
+    };
+    if !daemon_alive(&state) {
+        return Err(format!(
+            "lab {:?} is not running (its daemon, pid {}, is gone): `sudo skein-lab down` cleans up, `sudo skein-lab up` starts a new one",
+            layout.prefix(),
+            state.daemon_pid
+        ));
+    }
+    let path = if state.kubeconfig.as_os_str().is_empty() { layout.kubeconfig() } else { state.kubeconfig };
+    if !path.is_file() {
+        return Err(format!("lab {:?} is starting (phase {:?}): {} is not written yet", layout.prefix(), state.phase, path.display()));
+    }
+    Ok(path)
 }
 
 fn daemon_alive(state: &LabState) -> bool {
@@ -1081,6 +1102,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             down(&layout, progress).await?;
             Ok(0)
         }
+        Command::Kubeconfig => match running_kubeconfig(&layout) {
+            Ok(path) => {
+                println!("{}", path.display());
+                Ok(0)
+            }
+            Err(why) => {
+                eprintln!("skein-lab: {why}");
+                Ok(1)
+            }
+        },
         Command::Apply { file, namespace } => {
             init_logging("warn");
             let text = read_manifest(&file).await?;

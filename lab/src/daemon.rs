@@ -1,6 +1,6 @@
 //! The lab's background process (`skein-lab up` starts it, `skein-lab down` stops it): builds
-//! the topology, serves the API, runs the scheduler, the EndpointSlice controller and one
-//! kubelet per node, and supervises the real `skein-master`, one `skein-agent` per node (in
+//! the topology, serves the API, runs the scheduler, the EndpointSlice and Deployment
+//! controllers and one kubelet per node, and supervises the real `skein-master`, one `skein-agent` per node (in
 //! the node's namespace) and the outside echo server — restarting any that exits, as
 //! Kubernetes would. It records its state in the state file and answers on a control socket.
 
@@ -21,7 +21,7 @@ use crate::cni_runtime::NodeCni;
 use crate::kubelet::Kubelet;
 use crate::layout::{API_PORT, HOST_IP, Layout, MASTER_METRICS_PORT, OUTSIDE_IP, OUTSIDE_PORT, SOUTHBOUND_PORT};
 use crate::state::{Binaries, ControlRequest, ControlResponse, LabState};
-use crate::{endpointslices, scheduler, sys, topology};
+use crate::{deployments, endpointslices, scheduler, sys, topology};
 
 /// Where the reference CNI plugins (portmap, bandwidth, loopback) are looked for after the
 /// node's own CNI bin dir.
@@ -284,9 +284,10 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries) -> anyhow::Re
     let client = server.client();
 
     let mut tasks = Vec::new();
-    daemon.phase("controllers", "scheduler, EndpointSlice controller, kubelets");
+    daemon.phase("controllers", "scheduler, EndpointSlice and Deployment controllers, kubelets");
     tasks.push(tokio::spawn(scheduler::run(client.clone(), daemon.stop.clone())));
     tasks.push(tokio::spawn(endpointslices::run(client.clone(), daemon.stop.clone())));
+    tasks.push(tokio::spawn(deployments::run(client.clone(), daemon.stop.clone())));
     for index in 1..=nodes {
         let node = Layout::node_name(index);
         for dir in [layout.cni_bin_dir(&node), layout.cni_conf_dir(&node), layout.agent_state_dir(&node)] {

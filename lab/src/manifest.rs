@@ -1,8 +1,9 @@
 //! `skein-lab apply -f FILE.yaml`: standard Kubernetes YAML (one or more documents) holding
-//! Namespaces, Pods, Services and NetworkPolicies. Every document is parsed and checked
+//! Namespaces, Pods, Deployments, Services and NetworkPolicies. Every document is parsed and checked
 //! before anything is applied, so one bad object changes nothing; errors name the document,
 //! the object and the field.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
@@ -17,6 +18,8 @@ pub enum Manifest {
     Namespace(Namespace),
     /// `v1` Pod.
     Pod(Box<Pod>),
+    /// `apps/v1` Deployment.
+    Deployment(Box<Deployment>),
     /// `v1` Service.
     Service(Box<Service>),
     /// `networking.k8s.io/v1` NetworkPolicy.
@@ -45,6 +48,7 @@ impl Manifest {
         match self {
             Manifest::Namespace(o) => format!("namespace/{}", o.name_any()),
             Manifest::Pod(o) => format!("pod/{}", o.name_any()),
+            Manifest::Deployment(o) => format!("deployment.apps/{}", o.name_any()),
             Manifest::Service(o) => format!("service/{}", o.name_any()),
             Manifest::NetworkPolicy(o) => format!("networkpolicy.networking.k8s.io/{}", o.name_any()),
         }
@@ -54,6 +58,7 @@ impl Manifest {
         match self {
             Manifest::Namespace(_) => None,
             Manifest::Pod(o) => o.namespace(),
+            Manifest::Deployment(o) => o.namespace(),
             Manifest::Service(o) => o.namespace(),
             Manifest::NetworkPolicy(o) => o.namespace(),
         }
@@ -63,6 +68,7 @@ impl Manifest {
         let meta = match self {
             Manifest::Namespace(_) => return,
             Manifest::Pod(o) => &mut o.metadata,
+            Manifest::Deployment(o) => &mut o.metadata,
             Manifest::Service(o) => &mut o.metadata,
             Manifest::NetworkPolicy(o) => &mut o.metadata,
         };
@@ -127,6 +133,25 @@ fn parse_document(document: Value) -> Result<Manifest, String> {
             }
             Manifest::Pod(Box::new(pod))
         }
+        ("apps/v1", "Deployment") => {
+            let deployment: Deployment = typed(document.clone(), &what)?;
+            let spec = deployment.spec.as_ref().ok_or_else(|| format!("{what}: spec is required"))?;
+            if spec.template.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+                return Err(format!("{what}: spec.template.spec.containers must list at least one container"));
+            }
+            let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+            let selector = document.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
+            let selects_something = ["matchLabels", "matchExpressions"]
+                .iter()
+                .any(|k| selector.get(*k).is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()) || v.as_array().is_some_and(|a| !a.is_empty())));
+            if !selects_something {
+                return Err(format!("{what}: spec.selector must select the template's pods (matchLabels or matchExpressions)"));
+            }
+            if !skein_kube_fake::selector_matches(&selector, &labels) {
+                return Err(format!("{what}: spec.selector does not match spec.template.metadata.labels"));
+            }
+            Manifest::Deployment(Box::new(deployment))
+        }
         ("v1", "Service") => {
             let service: Service = typed(document, &what)?;
             for (i, port) in service.spec.iter().flat_map(|s| s.ports.iter().flatten()).enumerate() {
@@ -141,7 +166,7 @@ fn parse_document(document: Value) -> Result<Manifest, String> {
         ("networking.k8s.io/v1", "NetworkPolicy") => Manifest::NetworkPolicy(typed(document, &what)?),
         _ => {
             return Err(format!(
-                "{what}: {api_version} {kind} is not served by the lab (it applies v1 Namespace, Pod, Service and networking.k8s.io/v1 NetworkPolicy)"
+                "{what}: {api_version} {kind} is not served by the lab (it applies v1 Namespace, Pod, Service, apps/v1 Deployment and networking.k8s.io/v1 NetworkPolicy)"
             ));
         }
     };
@@ -195,6 +220,9 @@ pub async fn apply(client: &Client, manifests: &[Manifest]) -> anyhow::Result<Ve
         let outcome = match manifest {
             Manifest::Namespace(o) => apply_one(Api::<Namespace>::all(client.clone()), o).await,
             Manifest::Pod(o) => apply_one(Api::<Pod>::namespaced(client.clone(), &namespace), o.as_ref()).await,
+            Manifest::Deployment(o) => {
+                apply_one(Api::<Deployment>::namespaced(client.clone(), &namespace), o.as_ref()).await
+            }
             Manifest::Service(o) => apply_one(Api::<Service>::namespaced(client.clone(), &namespace), o.as_ref()).await,
             Manifest::NetworkPolicy(o) => {
                 apply_one(Api::<NetworkPolicy>::namespaced(client.clone(), &namespace), o).await
@@ -285,9 +313,9 @@ spec:
   - name: c
     ports: [{containerPort: "eighty"}]
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: d}
+apiVersion: batch/v1
+kind: Job
+metadata: {name: j}
 ---
 kind: Pod
 metadata: {name: b}
@@ -314,7 +342,7 @@ spec: {containers: []}
             "{}",
             messages[0]
         );
-        assert!(messages[1].contains("apps/v1 Deployment is not served"), "{}", messages[1]);
+        assert!(messages[1].contains("batch/v1 Job is not served"), "{}", messages[1]);
         assert!(messages[2].contains("apiVersion and kind are required"), "{}", messages[2]);
         assert!(messages[3].contains("spec.ports[0].protocol: \"ICMP\""), "{}", messages[3]);
         assert!(messages[4].contains("at least one container"), "{}", messages[4]);
@@ -346,5 +374,45 @@ spec: {containers: []}
         assert_eq!(pod["metadata"]["labels"]["tier"], "front");
         let service = server.get(skein_kube_fake::Kind::Service, Some("default"), "web").unwrap();
         assert!(service["spec"]["clusterIP"].as_str().unwrap().starts_with("10.9"));
+    }
+
+    const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, tier: front}}
+    spec:
+      containers: [{name: web, image: skein-lab/echo, ports: [{name: http, containerPort: 8080}]}]
+"#;
+
+    #[test]
+    fn deployments_are_parsed_and_their_selector_checked() {
+        let manifests = parse(DEPLOYMENT, "default").unwrap();
+        assert_eq!(manifests.iter().map(Manifest::describe).collect::<Vec<_>>(), ["deployment.apps/web"]);
+        let mismatched = DEPLOYMENT.replace("matchLabels: {app: web}", "matchLabels: {app: api}");
+        let errors = parse(&mismatched, "default").unwrap_err();
+        assert!(errors[0].to_string().contains("spec.selector does not match"), "{}", errors[0]);
+        let unselective = DEPLOYMENT.replace("selector: {matchLabels: {app: web}}", "selector: {}");
+        assert!(parse(&unselective, "default").unwrap_err()[0].to_string().contains("spec.selector must select"));
+        let empty = DEPLOYMENT.replace("containers: [{name: web, image: skein-lab/echo, ports: [{name: http, containerPort: 8080}]}]", "containers: []");
+        assert!(parse(&empty, "default").unwrap_err()[0].to_string().contains("at least one container"));
+    }
+
+    #[tokio::test]
+    async fn deployments_apply_created_unchanged_configured() {
+        let server = skein_kube_fake::FakeApiServer::start().await;
+        let client = server.client();
+        let text = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---{DEPLOYMENT}");
+        assert_eq!(apply(&client, &parse(&text, "default").unwrap()).await.unwrap()[1], "deployment.apps/web created");
+        assert_eq!(apply(&client, &parse(&text, "default").unwrap()).await.unwrap()[1], "deployment.apps/web unchanged");
+        let scaled = text.replace("replicas: 2", "replicas: 4");
+        assert_eq!(apply(&client, &parse(&scaled, "default").unwrap()).await.unwrap()[1], "deployment.apps/web configured");
+        let stored = server.get(skein_kube_fake::Kind::Deployment, Some("shop"), "web").unwrap();
+        assert_eq!(stored["spec"]["replicas"], 4);
+        assert_eq!(stored["spec"]["strategy"]["type"], "RollingUpdate", "the API server's defaults");
     }
 }
