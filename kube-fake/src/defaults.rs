@@ -103,8 +103,13 @@ pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> 
     let expressions = selector.get("matchExpressions").and_then(Value::as_array);
     let expressions_ok = expressions.into_iter().flatten().all(|expression| {
         let key = expression.get("key").and_then(Value::as_str).unwrap_or("");
-        let values: Vec<&str> =
-            expression.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let values: Vec<&str> = expression
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         let present = labels.get(key);
         match expression.get("operator").and_then(Value::as_str) {
             Some("In") => present.is_some_and(|v| values.contains(&v.as_str())),
@@ -132,8 +137,11 @@ fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
 pub(crate) fn validate_deployment(object: &Value, old: Option<&Value>) -> Vec<String> {
     let mut errors = Vec::new();
     let selector = object.pointer("/spec/selector").filter(|s| s.is_object());
-    let empty =
-        |s: &Value| ["matchLabels", "matchExpressions"].iter().all(|k| s.get(*k).is_none_or(|v| v.is_null() || v == &json!({}) || v == &json!([])));
+    let empty = |s: &Value| {
+        ["matchLabels", "matchExpressions"]
+            .iter()
+            .all(|k| s.get(*k).is_none_or(|v| v.is_null() || v == &json!({}) || v == &json!([])))
+    };
     match selector {
         None => errors.push("spec.selector: Required value".to_owned()),
         Some(selector) if empty(selector) => {
@@ -161,9 +169,7 @@ pub(crate) fn validate_deployment(object: &Value, old: Option<&Value>) -> Vec<St
     if let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64)
         && replicas < 0
     {
-        errors.push(format!(
-            "spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
-        ));
+        errors.push(format!("spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"));
     }
     errors
 }
@@ -174,7 +180,8 @@ mod tests {
 
     #[test]
     fn deployments_get_the_api_servers_defaults() {
-        let mut object = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}]}]}}}});
+        let mut object =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}]}]}}}});
         deployment(&mut object);
         assert_eq!(object["spec"]["replicas"], 1);
         assert_eq!(object["spec"]["revisionHistoryLimit"], 10);

@@ -59,10 +59,7 @@ fn documents() -> &'static Documents {
             let document = group_version_document(group, version);
             let hash = fnv1a64(document.to_string().as_bytes());
             let path = gv_path(group, version);
-            paths.insert(
-                path.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash:016X}")}),
-            );
+            paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash:016X}")}));
             by_path.push((path, document));
         }
         Documents { root: json!({"paths": paths}), by_path }
@@ -88,11 +85,19 @@ fn path_parameter(name: &str, description: &str) -> Value {
 }
 
 fn dry_run() -> Value {
-    query("dryRun", "string", "When present, indicates that modifications should not be persisted. Valid values are: - All: all dry run stages will be processed")
+    query(
+        "dryRun",
+        "string",
+        "When present, indicates that modifications should not be persisted. Valid values are: - All: all dry run stages will be processed",
+    )
 }
 
 fn field_manager() -> Value {
-    query("fieldManager", "string", "fieldManager is a name associated with the actor or entity that is making these changes.")
+    query(
+        "fieldManager",
+        "string",
+        "fieldManager is a name associated with the actor or entity that is making these changes.",
+    )
 }
 
 /// The parameter kubectl looks for before trusting the server to validate fields.
@@ -111,11 +116,23 @@ fn list_parameters() -> Vec<Value> {
         query("fieldSelector", "string", "A selector to restrict the list of returned objects by their fields."),
         query("labelSelector", "string", "A selector to restrict the list of returned objects by their labels."),
         query("limit", "integer", "limit is a maximum number of responses to return for a list call."),
-        query("resourceVersion", "string", "resourceVersion sets a constraint on what resource versions a request may be served from."),
-        query("resourceVersionMatch", "string", "resourceVersionMatch determines how resourceVersion is applied to list calls."),
+        query(
+            "resourceVersion",
+            "string",
+            "resourceVersion sets a constraint on what resource versions a request may be served from.",
+        ),
+        query(
+            "resourceVersionMatch",
+            "string",
+            "resourceVersionMatch determines how resourceVersion is applied to list calls.",
+        ),
         query("sendInitialEvents", "boolean", "`sendInitialEvents=true` may be set together with `watch=true`."),
         query("timeoutSeconds", "integer", "Timeout for the list/watch call."),
-        query("watch", "boolean", "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications."),
+        query(
+            "watch",
+            "boolean",
+            "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications.",
+        ),
     ]
 }
 
@@ -209,7 +226,13 @@ fn patch_body() -> Value {
 }
 
 /// GET, PUT and PATCH of one object or of one of its subresources.
-fn item_operations(kind: Kind, namespaced: bool, suffix: &str, gvk_value: &Value, definition: &str) -> Map<String, Value> {
+fn item_operations(
+    kind: Kind,
+    namespaced: bool,
+    suffix: &str,
+    gvk_value: &Value,
+    definition: &str,
+) -> Map<String, Value> {
     let mut item = Map::new();
     let op = |verb, action, parameters, request, responses| {
         operation(Op {
@@ -227,7 +250,13 @@ fn item_operations(kind: Kind, namespaced: bool, suffix: &str, gvk_value: &Value
     item.insert("get".into(), op("read", "get", vec![], None, responses(definition, &["200"])));
     item.insert(
         "put".into(),
-        op("replace", "put", vec![dry_run(), field_manager(), field_validation()], Some(body_of(definition)), responses(definition, &["200", "201"])),
+        op(
+            "replace",
+            "put",
+            vec![dry_run(), field_manager(), field_validation()],
+            Some(body_of(definition)),
+            responses(definition, &["200", "201"]),
+        ),
     );
     item.insert(
         "patch".into(),
@@ -260,7 +289,8 @@ fn group_version_document(group: &str, version: &str) -> Value {
         let scope = if namespaced { format!("{prefix}/namespaces/{{namespace}}") } else { prefix.clone() };
         let mut path_parameters = Vec::new();
         if namespaced {
-            path_parameters.push(path_parameter("namespace", "object name and auth scope, such as for teams and projects"));
+            path_parameters
+                .push(path_parameter("namespace", "object name and auth scope, such as for teams and projects"));
         }
         let op = |verb, action, parameters, request, responses| {
             operation(Op {
@@ -276,7 +306,8 @@ fn group_version_document(group: &str, version: &str) -> Value {
             })
         };
         let mut collection = Map::new();
-        collection.insert("get".into(), op("list", "list", list_parameters(), None, responses(&list_definition, &["200"])));
+        collection
+            .insert("get".into(), op("list", "list", list_parameters(), None, responses(&list_definition, &["200"])));
         collection.insert(
             "post".into(),
             op(
@@ -289,7 +320,13 @@ fn group_version_document(group: &str, version: &str) -> Value {
         );
         collection.insert(
             "delete".into(),
-            op("deleteCollection", "deletecollection", vec![dry_run()], None, responses("io.k8s.apimachinery.pkg.apis.meta.v1.Status", &["200"])),
+            op(
+                "deleteCollection",
+                "deletecollection",
+                vec![dry_run()],
+                None,
+                responses("io.k8s.apimachinery.pkg.apis.meta.v1.Status", &["200"]),
+            ),
         );
         collection.insert("parameters".into(), Value::Array(path_parameters.clone()));
         paths.insert(format!("{scope}/{}", kind.plural()), Value::Object(collection));
@@ -299,7 +336,13 @@ fn group_version_document(group: &str, version: &str) -> Value {
         let mut item = item_operations(kind, namespaced, "", &kind_gvk, definition);
         item.insert(
             "delete".into(),
-            op("delete", "delete", vec![dry_run()], None, responses("io.k8s.apimachinery.pkg.apis.meta.v1.Status", &["200", "202"])),
+            op(
+                "delete",
+                "delete",
+                vec![dry_run()],
+                None,
+                responses("io.k8s.apimachinery.pkg.apis.meta.v1.Status", &["200", "202"]),
+            ),
         );
         item.insert("parameters".into(), Value::Array(item_parameters.clone()));
         paths.insert(format!("{scope}/{}/{{name}}", kind.plural()), Value::Object(item));
@@ -314,7 +357,10 @@ fn group_version_document(group: &str, version: &str) -> Value {
             let mut scale = item_operations(kind, namespaced, "Scale", &scale_gvk, "io.k8s.api.autoscaling.v1.Scale");
             scale.insert("parameters".into(), Value::Array(item_parameters.clone()));
             paths.insert(format!("{scope}/{}/{{name}}/scale", kind.plural()), Value::Object(scale));
-            schemas.insert("io.k8s.api.autoscaling.v1.Scale".into(), envelope("Scale represents a scaling request for a resource."));
+            schemas.insert(
+                "io.k8s.api.autoscaling.v1.Scale".into(),
+                envelope("Scale represents a scaling request for a resource."),
+            );
         }
         if kind == Kind::Pod {
             let binding = operation(Op {
@@ -348,7 +394,10 @@ fn group_version_document(group: &str, version: &str) -> Value {
             });
             paths.insert(format!("{prefix}/{}", kind.plural()), json!({"get": all}));
         }
-        schemas.insert(definition.into(), envelope(&format!("{} ({}), as kube-fake serves it.", kind.kind_name(), kind.api_version())));
+        schemas.insert(
+            definition.into(),
+            envelope(&format!("{} ({}), as kube-fake serves it.", kind.kind_name(), kind.api_version())),
+        );
         schemas.insert(
             list_definition,
             json!({
@@ -365,10 +414,22 @@ fn group_version_document(group: &str, version: &str) -> Value {
         );
     }
     for (name, description) in [
-        ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ObjectMeta is metadata that all persisted resources must have."),
-        ("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta", "ListMeta describes metadata that synthetic resources must have."),
-        ("io.k8s.apimachinery.pkg.apis.meta.v1.Patch", "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body."),
-        ("io.k8s.apimachinery.pkg.apis.meta.v1.Status", "Status is a return value for calls that don't return other objects."),
+        (
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+            "ObjectMeta is metadata that all persisted resources must have.",
+        ),
+        (
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta",
+            "ListMeta describes metadata that synthetic resources must have.",
+        ),
+        (
+            "io.k8s.apimachinery.pkg.apis.meta.v1.Patch",
+            "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.",
+        ),
+        (
+            "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+            "Status is a return value for calls that don't return other objects.",
+        ),
     ] {
         schemas.insert(name.into(), json!({"description": description, "type": "object"}));
     }
@@ -425,7 +486,9 @@ mod tests {
                 .unwrap()
                 .values()
                 .filter_map(|path| path.get("patch"))
-                .filter(|op| op["x-kubernetes-group-version-kind"] == gvk(kind.group(), kind.version(), kind.kind_name()))
+                .filter(|op| {
+                    op["x-kubernetes-group-version-kind"] == gvk(kind.group(), kind.version(), kind.kind_name())
+                })
                 .collect();
             assert!(!patches.is_empty(), "{kind}");
             for patch in patches {

@@ -59,6 +59,9 @@ pub(crate) struct ScaleSpec {
     pub(crate) selector: &'static str,
 }
 
+/// A kind's validation of a write: (new object, stored object) → field errors.
+pub(crate) type Validate = fn(&Value, Option<&Value>) -> Vec<String>;
+
 /// Everything the fake knows about one kind: one row of the table.
 pub(crate) struct KindSpec {
     pub(crate) group: &'static str,
@@ -94,7 +97,7 @@ pub(crate) struct KindSpec {
     pub(crate) defaults: Option<fn(&mut Value)>,
     /// Validation of a write of the main resource (new object, stored one): the field errors,
     /// worded like the API server's (`spec.selector: Required value`).
-    pub(crate) validate: Option<fn(&Value, Option<&Value>) -> Vec<String>>,
+    pub(crate) validate: Option<Validate>,
 }
 
 const POD_SELECTABLE: &[&str] = &[
@@ -122,8 +125,15 @@ const EVENT_SELECTABLE: &[&str] = &[
     "type",
 ];
 
-const EVENTS_V1_SELECTABLE: &[&str] =
-    &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "reportingController", "type"];
+const EVENTS_V1_SELECTABLE: &[&str] = &[
+    "regarding.kind",
+    "regarding.namespace",
+    "regarding.name",
+    "regarding.uid",
+    "reason",
+    "reportingController",
+    "type",
+];
 
 static NODE: KindSpec = KindSpec {
     group: "",
@@ -345,7 +355,11 @@ static DEPLOYMENT: KindSpec = KindSpec {
     short_names: &["deploy"],
     namespaced: true,
     status_subresource: true,
-    scale: Some(ScaleSpec { replicas: "/spec/replicas", status_replicas: "/status/replicas", selector: "/spec/selector" }),
+    scale: Some(ScaleSpec {
+        replicas: "/spec/replicas",
+        status_replicas: "/status/replicas",
+        selector: "/spec/selector",
+    }),
     selectable_fields: &[],
     pod_spec: Some("spec.template.spec"),
     merge_lists: &[("status.conditions", ListStrategy::MergeByKey("type"))],
@@ -497,9 +511,11 @@ impl Kind {
         };
         for (pattern, strategy) in POD_SPEC_LISTS {
             let matched = match pattern.strip_prefix("*.") {
-                Some(field) => relative.strip_suffix(field).and_then(|c| c.strip_suffix('.')).is_some_and(|container| {
-                    matches!(container, "containers" | "initContainers" | "ephemeralContainers")
-                }),
+                Some(field) => {
+                    relative.strip_suffix(field).and_then(|c| c.strip_suffix('.')).is_some_and(|container| {
+                        matches!(container, "containers" | "initContainers" | "ephemeralContainers")
+                    })
+                }
                 None => relative == *pattern,
             };
             if matched {
@@ -564,8 +580,11 @@ mod tests {
     fn every_kind_has_a_consistent_row() {
         for kind in Kind::ALL {
             let spec = kind.spec();
-            let expected =
-                if spec.group.is_empty() { spec.version.to_owned() } else { format!("{}/{}", spec.group, spec.version) };
+            let expected = if spec.group.is_empty() {
+                spec.version.to_owned()
+            } else {
+                format!("{}/{}", spec.group, spec.version)
+            };
             assert_eq!(spec.api_version, expected, "{kind}");
             assert_eq!(Kind::from_plural(spec.group, spec.version, spec.plural), Some(kind));
             assert_eq!(Kind::from_gvk(spec.group, spec.version, spec.kind), Some(kind));

@@ -317,10 +317,8 @@ pub(crate) fn check(
     })?;
     let mut unknown = Vec::new();
     unknown_paths(&object, &known, &mut Vec::new(), &mut unknown);
-    let blamed: Vec<&FieldPath> = unknown
-        .iter()
-        .filter(|path| existing.is_none_or(|old| lookup(old, path) != lookup(&object, path)))
-        .collect();
+    let blamed: Vec<&FieldPath> =
+        unknown.iter().filter(|path| existing.is_none_or(|old| lookup(old, path) != lookup(&object, path))).collect();
     let mut problems: Vec<String> =
         blamed.iter().map(|path| format!("unknown field {:?}", format_path(path))).collect();
     problems.extend(duplicates.iter().map(|path| format!("duplicate field {:?}", format_path(path))));
@@ -389,13 +387,18 @@ mod tests {
         let error = validate_fields(Kind::Deployment, &body, FieldValidation::Strict).unwrap_err();
         assert_eq!((error.code, error.reason.as_str()), (400, "BadRequest"));
         assert!(
-            error.message.starts_with(
-                "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: "
-            ),
+            error
+                .message
+                .starts_with("Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: "),
             "{}",
             error.message
         );
-        for field in ["extra", "spec.foo", "spec.template.spec.containers[0].bogus", "spec.template.spec.containers[0].ports[0].hostPot"] {
+        for field in [
+            "extra",
+            "spec.foo",
+            "spec.template.spec.containers[0].bogus",
+            "spec.template.spec.containers[0].ports[0].hostPot",
+        ] {
             assert!(error.message.contains(&format!("unknown field \"{field}\"")), "{field}: {}", error.message);
         }
     }
@@ -447,7 +450,8 @@ mod tests {
     #[test]
     fn fields_already_stored_are_not_blamed_on_a_patch() {
         let stored = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}, "legacy": 1});
-        let patched = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}, "legacy": 1, "new": 2});
+        let patched =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}, "legacy": 1, "new": 2});
         let checked = check(
             Schema::of(Kind::Namespace),
             ParsedBody::without_duplicates(patched),

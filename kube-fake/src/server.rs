@@ -290,7 +290,8 @@ fn negotiate(request: &Request<Incoming>) -> Presentation {
         if !matches!(media, "application/json" | "*/*" | "application/*") {
             continue;
         }
-        let params: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
+        let params: Vec<(&str, &str)> =
+            parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim(), v.trim())).collect();
         let param = |key: &str| params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         let meta_group = param("g").is_none_or(|g| g == "meta.k8s.io");
         match (param("as"), param("v")) {
@@ -321,8 +322,13 @@ fn partial(object: &Value) -> Value {
 
 pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) -> Response<Body> {
     let path = request.uri().path().to_owned();
-    let not_found =
-        || error_response(&ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})")));
+    let not_found = || {
+        error_response(&ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        ))
+    };
     let Some(route) = route(&path) else {
         return not_found();
     };
@@ -526,7 +532,8 @@ fn warning_header(text: &str) -> HeaderValue {
             _ => vec!['?'],
         })
         .collect();
-    HeaderValue::from_str(&format!("299 - \"{escaped}\"")).unwrap_or_else(|_| HeaderValue::from_static("299 - \"warning\""))
+    HeaderValue::from_str(&format!("299 - \"{escaped}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("299 - \"warning\""))
 }
 
 fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
@@ -644,7 +651,9 @@ async fn handle_object(
     }
     let presentation = match negotiate(&request) {
         // Writes answer the object; only reads are printed.
-        Presentation::Table(_) if !matches!(verb, Verb::List | Verb::Get | Verb::Watch) || scale => Presentation::Object,
+        Presentation::Table(_) if !matches!(verb, Verb::List | Verb::Get | Verb::Watch) || scale => {
+            Presentation::Object
+        }
         other => other,
     };
     let include = IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;

@@ -1034,12 +1034,15 @@ impl Store {
             PatchType::Json => patch::json_patch(&mut scale, patch),
         };
         result.map_err(|e| match e {
-            PatchError::Malformed(msg) => ApiError::bad_request(format!("invalid patch for {kind} {name:?} scale: {msg}")),
+            PatchError::Malformed(msg) => {
+                ApiError::bad_request(format!("invalid patch for {kind} {name:?} scale: {msg}"))
+            }
             PatchError::Failed(msg) => ApiError::invalid(kind, name, msg),
         })?;
         let mut warnings = Vec::new();
         if let Some((directive, duplicates)) = validation {
-            let checked = schema::check(Schema::SCALE, ParsedBody::from_parts(scale, duplicates), directive, Some(&current))?;
+            let checked =
+                schema::check(Schema::SCALE, ParsedBody::from_parts(scale, duplicates), directive, Some(&current))?;
             scale = checked.object;
             warnings = checked.warnings;
         }

@@ -64,9 +64,17 @@ pub(crate) static POD: Printer = Printer {
         NAME,
         col("Ready", 0, "The aggregate readiness state of this pod for accepting traffic."),
         col("Status", 0, "The aggregate status of the containers in this pod."),
-        col("Restarts", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+        col(
+            "Restarts",
+            0,
+            "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+        ),
         AGE,
-        col("IP", 1, "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+        col(
+            "IP",
+            1,
+            "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+        ),
         col("Node", 1, "NodeName indicates in which node this pod is scheduled."),
         col("Nominated Node", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
         col("Readiness Gates", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
@@ -85,7 +93,11 @@ pub(crate) static NODE: Printer = Printer {
         col("External-IP", 1, "List of addresses reachable to the node."),
         col("OS-Image", 1, "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
         col("Kernel-Version", 1, "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
-        col("Container-Runtime", 1, "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+        col(
+            "Container-Runtime",
+            1,
+            "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+        ),
     ],
     row: node_row,
 };
@@ -95,7 +107,11 @@ pub(crate) static SERVICE: Printer = Printer {
         NAME,
         col("Type", 0, "type determines how the Service is exposed."),
         col("Cluster-IP", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
-        col("External-IP", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
+        col(
+            "External-IP",
+            0,
+            "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+        ),
         col("Port(s)", 0, "The list of ports that are exposed by this service."),
         AGE,
         col("Selector", 1, "Route service traffic to pods with label keys and values matching this selector."),
@@ -110,12 +126,24 @@ pub(crate) static DEPLOYMENT: Printer = Printer {
     columns: &[
         NAME,
         col("Ready", 0, "Number of the pod with ready state"),
-        col("Up-to-date", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-        col("Available", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+        col(
+            "Up-to-date",
+            0,
+            "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+        ),
+        col(
+            "Available",
+            0,
+            "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+        ),
         AGE,
         col("Containers", 1, "Names of each container in the template."),
         col("Images", 1, "Images referenced by each container in the template."),
-        col("Selector", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+        col(
+            "Selector",
+            1,
+            "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+        ),
     ],
     row: deployment_row,
 };
@@ -144,9 +172,17 @@ pub(crate) static LEASE: Printer = Printer {
 const EVENT_COLUMNS: &[Column] = &[
     col("Last Seen", 0, "The time at which the most recent occurrence of this event was recorded."),
     col("Type", 0, "Type of this event (Normal, Warning), new types could be added in the future"),
-    col("Reason", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+    col(
+        "Reason",
+        0,
+        "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+    ),
     col("Object", 0, "The object that this event is about."),
-    col("Subobject", 1, "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement."),
+    col(
+        "Subobject",
+        1,
+        "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement.",
+    ),
     col("Source", 1, "The component reporting this event. Should be a short machine understandable string."),
     col("Message", 0, "A human-readable description of the status of this operation."),
     col("First Seen", 1, "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)"),
@@ -289,7 +325,9 @@ fn format_label_selector(selector: Option<&Value>) -> String {
 }
 
 fn condition_true(conditions: &[Value], kind: &str) -> bool {
-    conditions.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(kind) && c.get("status").and_then(Value::as_str) == Some("True"))
+    conditions.iter().any(|c| {
+        c.get("type").and_then(Value::as_str) == Some(kind) && c.get("status").and_then(Value::as_str) == Some("True")
+    })
 }
 
 // ---- rows ----
@@ -323,8 +361,12 @@ fn pod_row(pod: &Value, now: Timestamp) -> Row {
         reason = "SchedulingGated".into();
     }
     let row_conditions = match phase {
-        "Succeeded" => Some(json!([{"type": "Completed", "status": "True", "reason": "Succeeded", "message": "The pod has completed successfully."}])),
-        "Failed" => Some(json!([{"type": "Completed", "status": "True", "reason": "Failed", "message": "The pod failed."}])),
+        "Succeeded" => Some(
+            json!([{"type": "Completed", "status": "True", "reason": "Succeeded", "message": "The pod has completed successfully."}]),
+        ),
+        "Failed" => {
+            Some(json!([{"type": "Completed", "status": "True", "reason": "Failed", "message": "The pod failed."}]))
+        }
         _ => None,
     };
     let init_specs: BTreeMap<&str, &Value> = list(pod, "/spec/initContainers")
@@ -430,9 +472,10 @@ fn pod_row(pod: &Value, now: Timestamp) -> Row {
             .iter()
             .filter(|gate| {
                 let wanted = gate.get("conditionType").and_then(Value::as_str).unwrap_or("");
-                conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(wanted)).is_some_and(|c| {
-                    c.get("status").and_then(Value::as_str) == Some("True")
-                })
+                conditions
+                    .iter()
+                    .find(|c| c.get("type").and_then(Value::as_str) == Some(wanted))
+                    .is_some_and(|c| c.get("status").and_then(Value::as_str) == Some("True"))
             })
             .count();
         format!("{passed}/{}", gates.len())
@@ -455,7 +498,8 @@ fn pod_row(pod: &Value, now: Timestamp) -> Row {
 
 /// `printNode`.
 fn node_row(node: &Value, now: Timestamp) -> Row {
-    let ready = list(node, "/status/conditions").iter().rev().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
+    let ready =
+        list(node, "/status/conditions").iter().rev().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
     let mut status = vec![match ready {
         Some(c) if c.get("status").and_then(Value::as_str) == Some("True") => "Ready".to_owned(),
         Some(_) => "NotReady".to_owned(),
@@ -688,7 +732,10 @@ fn event_cells(event: &Value, view: EventView<'_>, now: Timestamp) -> Row {
 /// `printEvent` for core `v1` Events.
 fn event_row(event: &Value, now: Timestamp) -> Row {
     let series = event.get("series").filter(|s| s.is_object()).map(|s| {
-        (s.get("count").and_then(Value::as_i64).unwrap_or(0), s.get("lastObservedTime").and_then(Value::as_str).unwrap_or(""))
+        (
+            s.get("count").and_then(Value::as_i64).unwrap_or(0),
+            s.get("lastObservedTime").and_then(Value::as_str).unwrap_or(""),
+        )
     });
     let view = EventView {
         first: text(event, "/firstTimestamp"),
@@ -712,7 +759,10 @@ fn event_row(event: &Value, now: Timestamp) -> Row {
 /// (`regarding` → involvedObject, `note` → message, `deprecated*` → the old fields).
 fn events_v1_row(event: &Value, now: Timestamp) -> Row {
     let series = event.get("series").filter(|s| s.is_object()).map(|s| {
-        (s.get("count").and_then(Value::as_i64).unwrap_or(0), s.get("lastObservedTime").and_then(Value::as_str).unwrap_or(""))
+        (
+            s.get("count").and_then(Value::as_i64).unwrap_or(0),
+            s.get("lastObservedTime").and_then(Value::as_str).unwrap_or(""),
+        )
     });
     let view = EventView {
         first: text(event, "/deprecatedFirstTimestamp"),
@@ -920,7 +970,8 @@ mod tests {
 
     #[test]
     fn pending_and_initializing_and_finished_pods() {
-        let pending = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}});
+        let pending =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}});
         let row = cells(Kind::Pod, pending);
         assert_eq!(row[1..4], [json!("0/1"), json!("Pending"), json!("0")]);
         assert_eq!(row[4], "<unknown>");
@@ -956,8 +1007,19 @@ mod tests {
         });
         assert_eq!(
             cells(Kind::Node, node),
-            ["node1", "NotReady,SchedulingDisabled", "control-plane,edge", "2d", "v1.35.0", "172.18.0.11", "<none>", "Debian", "<unknown>", "<unknown>"]
-                .map(|s| json!(s))
+            [
+                "node1",
+                "NotReady,SchedulingDisabled",
+                "control-plane,edge",
+                "2d",
+                "v1.35.0",
+                "172.18.0.11",
+                "<none>",
+                "Debian",
+                "<unknown>",
+                "<unknown>"
+            ]
+            .map(|s| json!(s))
         );
         let service = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "clusterIPs": ["10.96.0.5"],
             "selector": {"b": "2", "a": "1"}, "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}, {"port": 53, "protocol": "UDP"}]}});
@@ -968,7 +1030,10 @@ mod tests {
         assert_eq!(cells(Kind::Service, lb)[3], "192.0.2.9");
         let pending = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer"}});
         let row = cells(Kind::Service, pending);
-        assert_eq!((&row[2], &row[3], &row[4], &row[6]), (&json!("<none>"), &json!("<pending>"), &json!("<none>"), &json!("<none>")));
+        assert_eq!(
+            (&row[2], &row[3], &row[4], &row[6]),
+            (&json!("<none>"), &json!("<pending>"), &json!("<none>"), &json!("<none>"))
+        );
         let deployment = json!({"metadata": {"name": "web"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]}]},
                      "template": {"spec": {"containers": [{"name": "web", "image": "agnhost"}, {"name": "side", "image": "busybox"}]}}},
@@ -999,11 +1064,17 @@ mod tests {
         let v1 = json!({"metadata": {"name": "e"}, "type": "Normal", "reason": "Scheduled", "regarding": {"kind": "Pod", "name": "p"},
             "note": "bound", "eventTime": "2025-06-01T11:59:30.000000Z", "reportingController": "skein-lab", "reportingInstance": "x"});
         let row = cells(Kind::EventsV1Event, v1);
-        assert_eq!(row[0..8], ["30s", "Normal", "Scheduled", "pod/p", "", "skein-lab, x", "bound", "30s"].map(|s| json!(s)));
+        assert_eq!(
+            row[0..8],
+            ["30s", "Normal", "Scheduled", "pod/p", "", "skein-lab, x", "bound", "30s"].map(|s| json!(s))
+        );
         assert_eq!(row[8], 1);
         let lease = json!({"metadata": {"name": "skein-master"}, "spec": {"holderIdentity": "m-1"}});
         assert_eq!(cells(Kind::Lease, lease)[1], "m-1");
-        assert_eq!(cells(Kind::Namespace, json!({"metadata": {"name": "n"}, "status": {"phase": "Active"}}))[1], "Active");
+        assert_eq!(
+            cells(Kind::Namespace, json!({"metadata": {"name": "n"}, "status": {"phase": "Active"}}))[1],
+            "Active"
+        );
     }
 
     #[test]

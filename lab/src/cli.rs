@@ -215,7 +215,11 @@ pub async fn lab_client(layout: &Layout) -> anyhow::Result<Client> {
 /// The kubeconfig of the lab of `layout` if its daemon runs, else why not.
 pub fn running_kubeconfig(layout: &Layout) -> Result<PathBuf, String> {
     let Some(state) = LabState::read(layout) else {
-        return Err(format!("no lab {:?} is running (no {}): start one with `sudo skein-lab up`", layout.prefix(), layout.state_file().display()));
+        return Err(format!(
+            "no lab {:?} is running (no {}): start one with `sudo skein-lab up`",
+            layout.prefix(),
+            layout.state_file().display()
+        ));
     };
     if !daemon_alive(&state) {
         return Err(format!(
@@ -226,7 +230,12 @@ pub fn running_kubeconfig(layout: &Layout) -> Result<PathBuf, String> {
     }
     let path = if state.kubeconfig.as_os_str().is_empty() { layout.kubeconfig() } else { state.kubeconfig };
     if !path.is_file() {
-        return Err(format!("lab {:?} is starting (phase {:?}): {} is not written yet", layout.prefix(), state.phase, path.display()));
+        return Err(format!(
+            "lab {:?} is starting (phase {:?}): {} is not written yet",
+            layout.prefix(),
+            state.phase,
+            path.display()
+        ));
     }
     Ok(path)
 }

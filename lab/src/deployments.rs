@@ -149,7 +149,11 @@ fn condition(kind: &str, status: &str, reason: &str, message: String, now: Times
 
 /// Keeps an existing condition's times when it says the same thing; `touch` refreshes its
 /// update time (progress was made).
-fn merge_condition(old: Option<&DeploymentCondition>, mut new: DeploymentCondition, touch: bool) -> DeploymentCondition {
+fn merge_condition(
+    old: Option<&DeploymentCondition>,
+    mut new: DeploymentCondition,
+    touch: bool,
+) -> DeploymentCondition {
     if let Some(old) = old
         && old.status == new.status
         && old.reason == new.reason
@@ -190,11 +194,9 @@ pub fn plan(deployment: &Deployment, pods: &[&Pod], now: Timestamp) -> Plan {
     let old_revision = old.iter().filter_map(|p| revision_of(p)).max();
     let revision = match new.iter().find_map(|p| revision_of(p)) {
         Some(revision) => revision,
-        None if old.is_empty() => deployment
-            .annotations()
-            .get(REVISION_ANNOTATION)
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(1),
+        None if old.is_empty() => {
+            deployment.annotations().get(REVISION_ANNOTATION).and_then(|r| r.parse().ok()).unwrap_or(1)
+        }
         None => old_revision.unwrap_or(0) + 1,
     };
 
@@ -253,13 +255,23 @@ pub fn plan(deployment: &Deployment, pods: &[&Pod], now: Timestamp) -> Plan {
     let available_condition = if available_count >= min_available {
         condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), now)
     } else {
-        condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), now)
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+            now,
+        )
     };
     let available_condition = merge_condition(find("Available"), available_condition, false);
     let deadline = i64::from(spec.progress_deadline_seconds.unwrap_or(600));
     let previous = find("Progressing");
     let progressing = if spec.paused.unwrap_or(false) {
-        merge_condition(previous, condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now), false)
+        merge_condition(
+            previous,
+            condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now),
+            false,
+        )
     } else if complete {
         let done = condition(
             "Progressing",
@@ -270,8 +282,13 @@ pub fn plan(deployment: &Deployment, pods: &[&Pod], now: Timestamp) -> Plan {
         );
         merge_condition(previous, done, false)
     } else if progressed || previous.is_none_or(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable")) {
-        let moving =
-            condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{replica_set}\" is progressing."), now);
+        let moving = condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{replica_set}\" is progressing."),
+            now,
+        );
         merge_condition(previous, moving, true)
     } else {
         let since = previous.and_then(|c| c.last_update_time.as_ref()).map_or(now.as_second(), |t| t.0.as_second());
@@ -286,7 +303,13 @@ pub fn plan(deployment: &Deployment, pods: &[&Pod], now: Timestamp) -> Plan {
             merge_condition(previous, timed_out, false)
         } else {
             previous.cloned().unwrap_or_else(|| {
-                condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{replica_set}\" is progressing."), now)
+                condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    format!("ReplicaSet \"{replica_set}\" is progressing."),
+                    now,
+                )
             })
         }
     };
@@ -342,7 +365,8 @@ pub fn new_pod(deployment: &Deployment, hash: &str, revision: &str) -> Pod {
 /// patch of the serialized status alone would leave stale counts behind).
 fn status_patch(old: Option<&DeploymentStatus>, new: &DeploymentStatus) -> Value {
     let mut patch = serde_json::to_value(new).unwrap_or_else(|_| json!({}));
-    if let (Some(Value::Object(old)), Value::Object(fields)) = (old.and_then(|o| serde_json::to_value(o).ok()), &mut patch)
+    if let (Some(Value::Object(old)), Value::Object(fields)) =
+        (old.and_then(|o| serde_json::to_value(o).ok()), &mut patch)
     {
         for key in old.keys() {
             fields.entry(key.clone()).or_insert(Value::Null);
@@ -397,7 +421,8 @@ pub async fn reconcile(
             expectations.deleted.keys().cloned().collect(),
         )
     };
-    let live: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).filter(|p| !deleted.contains(&key_of(p))).chain(pending.iter()).collect();
+    let live: Vec<&Pod> =
+        pods.iter().map(|p| p.as_ref()).filter(|p| !deleted.contains(&key_of(p))).chain(pending.iter()).collect();
     let mut first_error: Option<anyhow::Error> = None;
     let mut record = |error: anyhow::Error| {
         first_error.get_or_insert(error);
@@ -409,7 +434,11 @@ pub async fn reconcile(
         match gone(Api::<Pod>::namespaced(client.clone(), &namespace).delete(&name, &DeleteParams::default()).await) {
             Ok(()) => {
                 tracing::info!(pod = %format!("{namespace}/{name}"), "deleted: its Deployment is gone");
-                expectations.lock().unwrap_or_else(|e| e.into_inner()).deleted.insert((namespace, name), Instant::now());
+                expectations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .deleted
+                    .insert((namespace, name), Instant::now());
             }
             Err(error) => record(anyhow::anyhow!("pod {namespace}/{name}: {error}")),
         }
@@ -430,7 +459,11 @@ pub async fn reconcile(
             match pods_api.create(&PostParams::default(), &new_pod(deployment, &plan.hash, &plan.revision)).await {
                 Ok(pod) => {
                     tracing::info!(deployment = %format!("{namespace}/{name}"), pod = %pod.name_any(), "pod created");
-                    expectations.lock().unwrap_or_else(|e| e.into_inner()).created.insert(key_of(&pod), (pod, Instant::now()));
+                    expectations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .created
+                        .insert(key_of(&pod), (pod, Instant::now()));
                 }
                 Err(error) => {
                     record(anyhow::anyhow!("deployment {namespace}/{name}: creating a pod: {error}"));
@@ -577,7 +610,10 @@ mod tests {
         let refs: Vec<&Pod> = pods.iter().collect();
         let done = plan(&d, &refs, now());
         assert!(done.create == 0 && done.delete.is_empty());
-        assert_eq!((done.status.replicas, done.status.updated_replicas, done.status.available_replicas), (Some(2), Some(2), Some(2)));
+        assert_eq!(
+            (done.status.replicas, done.status.updated_replicas, done.status.available_replicas),
+            (Some(2), Some(2), Some(2))
+        );
         assert_eq!(condition_reason(&done.status, "Available"), "MinimumReplicasAvailable");
         assert_eq!(condition_reason(&done.status, "Progressing"), "NewReplicaSetAvailable");
         // A status that says the same keeps its times: nothing to write.
@@ -673,7 +709,8 @@ mod tests {
 
         let first = eventually("3 ready replicas", || {
             let s = status(&server);
-            (s["status"]["readyReplicas"] == 3 && s["status"]["availableReplicas"] == 3 && pods(&server).len() == 3).then_some(s)
+            (s["status"]["readyReplicas"] == 3 && s["status"]["availableReplicas"] == 3 && pods(&server).len() == 3)
+                .then_some(s)
         })
         .await;
         assert_eq!(first["status"]["observedGeneration"], first["metadata"]["generation"]);
@@ -690,7 +727,10 @@ mod tests {
 
         // Scale down through /scale, as `kubectl scale` does.
         api.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await.unwrap();
-        eventually("one pod", || (pods(&server).len() == 1 && status(&server)["status"]["replicas"] == 1).then_some(())).await;
+        eventually("one pod", || {
+            (pods(&server).len() == 1 && status(&server)["status"]["replicas"] == 1).then_some(())
+        })
+        .await;
 
         // A new image rolls the pods over to a new template hash and revision.
         api.patch(
@@ -702,8 +742,12 @@ mod tests {
         .unwrap();
         let rolled = eventually("rolled over", || {
             let s = status(&server);
-            let all_new = pods(&server).iter().all(|p| p["metadata"]["labels"][POD_TEMPLATE_HASH_LABEL] != hash.as_str());
-            (all_new && pods(&server).len() == 2 && s["status"]["updatedReplicas"] == 2 && s["status"]["availableReplicas"] == 2
+            let all_new =
+                pods(&server).iter().all(|p| p["metadata"]["labels"][POD_TEMPLATE_HASH_LABEL] != hash.as_str());
+            (all_new
+                && pods(&server).len() == 2
+                && s["status"]["updatedReplicas"] == 2
+                && s["status"]["availableReplicas"] == 2
                 && s["status"]["replicas"] == 2)
                 .then_some(s)
         })

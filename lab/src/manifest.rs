@@ -141,11 +141,15 @@ fn parse_document(document: Value) -> Result<Manifest, String> {
             }
             let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
             let selector = document.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
-            let selects_something = ["matchLabels", "matchExpressions"]
-                .iter()
-                .any(|k| selector.get(*k).is_some_and(|v| v.as_object().is_some_and(|m| !m.is_empty()) || v.as_array().is_some_and(|a| !a.is_empty())));
+            let selects_something = ["matchLabels", "matchExpressions"].iter().any(|k| {
+                selector.get(*k).is_some_and(|v| {
+                    v.as_object().is_some_and(|m| !m.is_empty()) || v.as_array().is_some_and(|a| !a.is_empty())
+                })
+            });
             if !selects_something {
-                return Err(format!("{what}: spec.selector must select the template's pods (matchLabels or matchExpressions)"));
+                return Err(format!(
+                    "{what}: spec.selector must select the template's pods (matchLabels or matchExpressions)"
+                ));
             }
             if !skein_kube_fake::selector_matches(&selector, &labels) {
                 return Err(format!("{what}: spec.selector does not match spec.template.metadata.labels"));
@@ -398,7 +402,10 @@ spec:
         assert!(errors[0].to_string().contains("spec.selector does not match"), "{}", errors[0]);
         let unselective = DEPLOYMENT.replace("selector: {matchLabels: {app: web}}", "selector: {}");
         assert!(parse(&unselective, "default").unwrap_err()[0].to_string().contains("spec.selector must select"));
-        let empty = DEPLOYMENT.replace("containers: [{name: web, image: skein-lab/echo, ports: [{name: http, containerPort: 8080}]}]", "containers: []");
+        let empty = DEPLOYMENT.replace(
+            "containers: [{name: web, image: skein-lab/echo, ports: [{name: http, containerPort: 8080}]}]",
+            "containers: []",
+        );
         assert!(parse(&empty, "default").unwrap_err()[0].to_string().contains("at least one container"));
     }
 
@@ -408,9 +415,15 @@ spec:
         let client = server.client();
         let text = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---{DEPLOYMENT}");
         assert_eq!(apply(&client, &parse(&text, "default").unwrap()).await.unwrap()[1], "deployment.apps/web created");
-        assert_eq!(apply(&client, &parse(&text, "default").unwrap()).await.unwrap()[1], "deployment.apps/web unchanged");
+        assert_eq!(
+            apply(&client, &parse(&text, "default").unwrap()).await.unwrap()[1],
+            "deployment.apps/web unchanged"
+        );
         let scaled = text.replace("replicas: 2", "replicas: 4");
-        assert_eq!(apply(&client, &parse(&scaled, "default").unwrap()).await.unwrap()[1], "deployment.apps/web configured");
+        assert_eq!(
+            apply(&client, &parse(&scaled, "default").unwrap()).await.unwrap()[1],
+            "deployment.apps/web configured"
+        );
         let stored = server.get(skein_kube_fake::Kind::Deployment, Some("shop"), "web").unwrap();
         assert_eq!(stored["spec"]["replicas"], 4);
         assert_eq!(stored["spec"]["strategy"]["type"], "RollingUpdate", "the API server's defaults");
