@@ -247,6 +247,9 @@ async fn kubectl_applies_gets_watches_and_rolls_out_against_the_lab_api() {
 
     let rolled = kubectl.ok(&["rollout", "status", "deployment/web", "-n", "skein-demo", "--timeout=180s"]).await;
     assert!(rolled.contains("deployment \"web\" successfully rolled out"), "{rolled}");
+    // What the controller wrote meanwhile (status, revision annotation) is not a change.
+    let settled = kubectl.ok(&["apply", "-f", DEMO_APP]).await;
+    assert!(settled.lines().all(|l| l.ends_with(" unchanged")), "{settled}");
 
     // get pods -o wide: the server's Table, IP and NODE as the pods' status and spec say.
     let wide = kubectl.ok(&["get", "pods", "-n", "skein-demo", "-o", "wide"]).await;
