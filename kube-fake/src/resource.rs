@@ -72,6 +72,8 @@ pub(crate) struct KindSpec {
     pub(crate) plural: &'static str,
     pub(crate) singular: &'static str,
     pub(crate) short_names: &'static [&'static str],
+    /// Discovery categories (`all`: what `kubectl get all` lists).
+    pub(crate) categories: &'static [&'static str],
     pub(crate) namespaced: bool,
     /// A `/status` subresource: writes to the main resource keep `status`, writes to
     /// `/status` change only `status`.
@@ -143,6 +145,7 @@ static NODE: KindSpec = KindSpec {
     plural: "nodes",
     singular: "node",
     short_names: &["no"],
+    categories: &[],
     namespaced: false,
     status_subresource: true,
     scale: None,
@@ -169,6 +172,7 @@ static NAMESPACE: KindSpec = KindSpec {
     plural: "namespaces",
     singular: "namespace",
     short_names: &["ns"],
+    categories: &[],
     namespaced: false,
     status_subresource: true,
     scale: None,
@@ -191,6 +195,7 @@ static POD: KindSpec = KindSpec {
     plural: "pods",
     singular: "pod",
     short_names: &["po"],
+    categories: &["all"],
     namespaced: true,
     status_subresource: true,
     scale: None,
@@ -217,6 +222,7 @@ static SERVICE: KindSpec = KindSpec {
     plural: "services",
     singular: "service",
     short_names: &["svc"],
+    categories: &["all"],
     namespaced: true,
     status_subresource: true,
     scale: None,
@@ -243,6 +249,7 @@ static EVENT: KindSpec = KindSpec {
     plural: "events",
     singular: "event",
     short_names: &["ev"],
+    categories: &[],
     namespaced: true,
     status_subresource: false,
     scale: None,
@@ -265,6 +272,7 @@ static EVENTS_V1_EVENT: KindSpec = KindSpec {
     plural: "events",
     singular: "event",
     short_names: &["ev"],
+    categories: &[],
     namespaced: true,
     status_subresource: false,
     scale: None,
@@ -287,6 +295,7 @@ static ENDPOINT_SLICE: KindSpec = KindSpec {
     plural: "endpointslices",
     singular: "endpointslice",
     short_names: &[],
+    categories: &[],
     namespaced: true,
     status_subresource: false,
     scale: None,
@@ -309,6 +318,7 @@ static NETWORK_POLICY: KindSpec = KindSpec {
     plural: "networkpolicies",
     singular: "networkpolicy",
     short_names: &["netpol"],
+    categories: &[],
     namespaced: true,
     status_subresource: false,
     scale: None,
@@ -331,6 +341,7 @@ static LEASE: KindSpec = KindSpec {
     plural: "leases",
     singular: "lease",
     short_names: &[],
+    categories: &[],
     namespaced: true,
     status_subresource: false,
     scale: None,
@@ -353,6 +364,7 @@ static DEPLOYMENT: KindSpec = KindSpec {
     plural: "deployments",
     singular: "deployment",
     short_names: &["deploy"],
+    categories: &["all"],
     namespaced: true,
     status_subresource: true,
     scale: Some(ScaleSpec {
@@ -471,6 +483,11 @@ impl Kind {
     /// Short names advertised in discovery.
     pub(crate) fn short_names(self) -> &'static [&'static str] {
         self.spec().short_names
+    }
+
+    /// Categories advertised in discovery.
+    pub(crate) fn categories(self) -> &'static [&'static str] {
+        self.spec().categories
     }
 
     /// Finds the kind served under `group`/`version` with the plural name `plural`.

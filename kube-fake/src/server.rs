@@ -416,11 +416,6 @@ fn group_json(group: &str) -> Value {
 /// Every kind is served with every verb.
 const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
-/// `kubectl get all` lists the kinds in the `all` category.
-fn categories(kind: Kind) -> &'static [&'static str] {
-    if matches!(kind, Kind::Pod | Kind::Service | Kind::Deployment) { &["all"] } else { &[] }
-}
-
 fn resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
     for kind in Kind::ALL.into_iter().filter(|k| k.group() == group && k.version() == version) {
@@ -431,7 +426,7 @@ fn resource_list(group: &str, version: &str) -> Value {
             "kind": kind.kind_name(),
             "verbs": VERBS,
             "shortNames": kind.short_names(),
-            "categories": categories(kind),
+            "categories": kind.categories(),
         }));
         if kind.has_status_subresource() {
             resources.push(json!({
@@ -499,7 +494,7 @@ fn discovery_aggregated(core: bool) -> Response<Body> {
                                 "singularResource": kind.singular(),
                                 "verbs": VERBS,
                                 "shortNames": kind.short_names(),
-                                "categories": categories(kind),
+                                "categories": kind.categories(),
                                 "subresources": subresources,
                             })
                         })
