@@ -5,7 +5,7 @@
 use std::error::Error;
 
 /// Every proto file of the crate, relative to the crate root (which is the import root).
-const PROTOS: &[&str] = &["deviceplugin/v1beta1/api.proto", "southbound.proto"];
+const PROTOS: &[&str] = &["cri/v1/api.proto", "deviceplugin/v1beta1/api.proto", "southbound.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     for proto in PROTOS {

@@ -20,7 +20,7 @@ use crate::cni_runtime::NodeCni;
 use crate::echo::{self, ProbeOptions, ServePort, Target, TargetReport};
 use crate::layout::{Layout, STATE_ROOT};
 use crate::state::{Binaries, ControlRequest, LabState, control};
-use crate::{daemon, manifest, scenario, sys, topology};
+use crate::{containerd, daemon, manifest, prereq, scenario, sys, topology};
 
 /// skein-lab: a whole Skein cluster on one Linux host, in network namespaces, running the
 /// real skein-master, skein-agent and skein-cni. Needs root.
@@ -88,6 +88,10 @@ pub enum Command {
         /// Longest wait for the nodes to become ready, in seconds.
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        /// A node whose kubelet registers and reports the node but leaves its pods alone, so
+        /// that a test can drive the node's containerd over CRI itself (repeatable).
+        #[arg(long = "manual-pods", value_name = "NODE")]
+        manual_pods: Vec<String>,
     },
     /// Stop the lab and remove everything named with its prefix (also after a crash).
     Down,
@@ -142,6 +146,9 @@ pub enum Command {
         /// Where the binaries are.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Nodes whose pods the kubelet leaves alone.
+        #[arg(long = "manual-pods", value_name = "NODE")]
+        manual_pods: Vec<String>,
     },
     /// (internal) The pods' workload: answers on each port with its name and the client's address.
     #[command(hide = true)]
@@ -246,8 +253,9 @@ fn daemon_alive(state: &LabState) -> bool {
         && sys::cmdline(state.daemon_pid).is_some_and(|c| c.contains("skein-lab") && c.contains("daemon"))
 }
 
-/// The lab's processes that may outlive a crashed daemon: skein binaries whose command line
-/// names this lab's state directory or prefix.
+/// The lab's processes that may outlive a crashed daemon: skein binaries, the nodes'
+/// containerds and their shims, whose command line names this lab's state directory or
+/// prefix.
 fn leftover_processes(layout: &Layout) -> Vec<i32> {
     let marker = format!("{}/", layout.state_dir().display());
     let me = std::process::id() as i32;
@@ -259,7 +267,9 @@ fn leftover_processes(layout: &Layout) -> Vec<i32> {
         .filter(|&pid| {
             let Some(line) = sys::cmdline(pid) else { return false };
             let program = line.split(' ').next().unwrap_or("");
-            let skein = ["skein-lab", "skein-master", "skein-agent"].iter().any(|b| program.ends_with(b));
+            let skein = ["skein-lab", "skein-master", "skein-agent", "containerd", "containerd-shim-runc-v2"]
+                .iter()
+                .any(|b| program.ends_with(b));
             let daemon = program.ends_with("skein-lab")
                 && line.contains(" daemon ")
                 && line.contains(&format!("--prefix {}", layout.prefix()));
@@ -272,6 +282,16 @@ fn leftover_processes(layout: &Layout) -> Vec<i32> {
 /// every namespace and link with the prefix and the state directory.
 pub async fn down(layout: &Layout, progress: Progress) -> anyhow::Result<()> {
     require_root()?;
+    // Ask the nodes' runtimes for their sandboxes' namespaces while they still answer.
+    let mut runtime_netns = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(layout.state_dir()) {
+        for entry in entries.filter_map(Result::ok) {
+            let socket = entry.path().join("containerd").join("containerd.sock");
+            if socket.exists() {
+                runtime_netns.extend(containerd::sandbox_netns(&socket).await);
+            }
+        }
+    }
     if let Some(state) = LabState::read(layout)
         && daemon_alive(&state)
     {
@@ -285,14 +305,39 @@ pub async fn down(layout: &Layout, progress: Progress) -> anyhow::Result<()> {
             sys::signal(state.daemon_pid, rustix::process::Signal::KILL);
         }
     }
-    for pid in leftover_processes(layout) {
-        progress.say(format!("killing leftover process {pid}: {}", sys::cmdline(pid).unwrap_or_default()));
+    let leftovers = leftover_processes(layout);
+    let mut programs: BTreeMap<String, usize> = BTreeMap::new();
+    for &pid in &leftovers {
+        let line = sys::cmdline(pid).unwrap_or_default();
+        let program = line.split(' ').next().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+        *programs.entry(program).or_default() += 1;
         sys::signal(pid, rustix::process::Signal::KILL);
     }
-    let removed = topology::destroy(layout);
+    if !leftovers.is_empty() {
+        let what: Vec<String> = programs.iter().map(|(p, n)| format!("{p} ×{n}")).collect();
+        progress.say(format!("killed {} leftover processes: {}", leftovers.len(), what.join(", ")));
+    }
+    // The sandboxes' namespaces containerd made, found through the names the lab attached
+    // them under, before those go.
+    let ours: Vec<String> =
+        sys::netns_list().unwrap_or_default().into_iter().filter(|n| layout.owns_netns(n)).collect();
+    runtime_netns.extend(containerd::runtime_netns_of(&ours));
+    runtime_netns.sort();
+    runtime_netns.dedup();
+    let mut removed = topology::destroy(layout);
+    for netns in runtime_netns {
+        if sys::ip(&["netns", "del", &netns]).is_ok() {
+            removed.push(format!("netns {netns}"));
+        }
+    }
     if !removed.is_empty() {
         progress.say(format!("removed {}", removed.join(", ")));
     }
+    let unmounted = containerd::unmount_under(&layout.state_dir());
+    if unmounted > 0 {
+        progress.say(format!("unmounted {unmounted} container mounts"));
+    }
+    containerd::remove_cgroups(layout);
     let dir = layout.state_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -308,6 +353,7 @@ pub async fn up(
     nodes: usize,
     bin_dir: Option<&Path>,
     wait: Duration,
+    manual_pods: &[String],
     progress: Progress,
 ) -> anyhow::Result<Client> {
     require_root()?;
@@ -315,6 +361,7 @@ pub async fn up(
         bail!("--nodes {nodes}: must be from 1 to {}", crate::layout::MAX_NODES);
     }
     let binaries = Binaries::find(bin_dir)?;
+    prereq::ensure(sys::is_root(), |line| progress.say(line))?;
     if let Some(state) = LabState::read(layout)
         && daemon_alive(&state)
     {
@@ -330,6 +377,12 @@ pub async fn up(
     command.args(["--prefix", layout.prefix(), "daemon", "--nodes", &nodes.to_string()]);
     if let Some(dir) = bin_dir {
         command.arg("--bin-dir").arg(dir);
+    }
+    for node in manual_pods {
+        if Layout::node_index(node).is_none_or(|i| i > nodes) {
+            bail!("--manual-pods {node}: this lab's nodes are node1 to node{nodes}");
+        }
+        command.arg("--manual-pods").arg(node);
     }
     // Its own process group: a Ctrl-C in this terminal does not reach it.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -352,20 +405,15 @@ pub async fn up(
         if !sys::alive(daemon_pid) {
             bail!("the lab daemon exited:\n{}", sys::tail(&layout.daemon_log(), 20));
         }
+        if let Some(exit) = state.exits.first() {
+            bail!("the lab did not come up: {exit}");
+        }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("the lab daemon did not start within 60 s:\n{}", sys::tail(&layout.daemon_log(), 20));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let client = lab_client(layout).await?;
-    let state = LabState::read(layout).unwrap_or_default();
-    if !state.agent_networking {
-        progress.say(format!(
-            "warning: {} has no networking yet (no --master flag): nodes stay NotReady and pods get no interface",
-            binaries.agent.display()
-        ));
-        return Ok(client);
-    }
     wait_for_nodes(&client, layout, nodes, wait, progress).await?;
     Ok(client)
 }
@@ -410,6 +458,10 @@ async fn wait_for_nodes(
         }
         if ready >= nodes {
             return Ok(());
+        }
+        // A component that exits while the nodes come up will not bring them up by waiting.
+        if let Some(exit) = LabState::read(layout).and_then(|s| s.exits.into_iter().next()) {
+            bail!("nodes ready {ready}/{nodes}, and {exit}");
         }
         if started.elapsed() > wait {
             let mut logs = String::new();
@@ -916,7 +968,7 @@ async fn check_agent_restart(
         };
     let restarted = Instant::now();
     let mut bin_dirs = vec![layout.cni_bin_dir(&node)];
-    bin_dirs.extend(daemon::REFERENCE_PLUGIN_DIRS.iter().map(PathBuf::from));
+    bin_dirs.extend(containerd::REFERENCE_PLUGIN_DIRS.iter().map(PathBuf::from));
     let cni = NodeCni { node_netns: layout.node_netns(&node), conf_dir: layout.cni_conf_dir(&node), bin_dirs };
     // The old process may still answer for a moment; the new one is what counts.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -999,9 +1051,13 @@ pub async fn check(
         .await;
     if disruptive {
         results.push(check_pod_deletion(client, layout, &view, &prober, progress).await);
-        if state.agent_networking {
-            let before = results.clone();
-            results.push(check_agent_restart(layout, &view, &plan, &before, &prober, progress).await);
+        let before = results.clone();
+        results.push(check_agent_restart(layout, &view, &plan, &before, &prober, progress).await);
+    }
+    let exits = LabState::read(layout).map(|s| s.exits).unwrap_or_default();
+    if exits.len() > state.exits.len() {
+        for exit in &exits[state.exits.len()..] {
+            progress.say(format!("warning: {exit}"));
         }
     }
     Ok(results)
@@ -1017,11 +1073,7 @@ async fn demo(
 ) -> anyhow::Result<bool> {
     progress.say(format!("skein-lab demo: {nodes} nodes, prefix {:?}", layout.prefix()));
     let outcome: anyhow::Result<Vec<CheckResult>> = async {
-        let client = up(layout, nodes, bin_dir, wait, progress).await?;
-        let state = LabState::read(layout).unwrap_or_default();
-        if !state.agent_networking {
-            bail!("skein-agent has no networking yet (its --help lists no --master): pods cannot get an interface");
-        }
+        let client = up(layout, nodes, bin_dir, wait, &[], progress).await?;
         progress.say(format!("applying the demo scenario (namespace {})", scenario::NAMESPACE));
         for line in apply(&client, &scenario::demo_yaml(nodes), "default").await? {
             progress.say(line);
@@ -1091,15 +1143,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Daemon { nodes, bin_dir } => {
+        Command::Daemon { nodes, bin_dir, manual_pods } => {
             init_logging("info,kube_runtime=warn,kube_client=warn");
             let binaries = Binaries::find(bin_dir.as_deref())?;
-            daemon::run(layout, nodes, binaries).await?;
+            daemon::run(layout, nodes, binaries, manual_pods).await?;
             Ok(0)
         }
-        Command::Up { nodes, bin_dir, wait } => {
+        Command::Up { nodes, bin_dir, wait, manual_pods } => {
             init_logging("warn");
-            up(&layout, nodes, bin_dir.as_deref(), Duration::from_secs(wait), progress).await?;
+            up(&layout, nodes, bin_dir.as_deref(), Duration::from_secs(wait), &manual_pods, progress).await?;
             progress.say(format!(
                 "lab {:?} is up: `skein-lab get nodes -o wide`, `skein-lab apply -f FILE`, `skein-lab check`",
                 layout.prefix()

@@ -1,15 +1,14 @@
-//! Invoking CNI plugins exactly as a container runtime does (containerd through libcni):
-//! the first network configuration file of the node's conf dir, the chain's plugins found in
-//! `CNI_PATH`, the environment, each plugin's stdin built like libcni (`name`, `cniVersion`,
-//! the `runtimeConfig` its capabilities ask for, `prevResult`), ADD in order chaining the
-//! results, DEL in reverse with the cached ADD result. Plugins run inside the node's network
-//! namespace, where a runtime on that node would run them.
+//! The network plugin's own readiness, asked as a runtime on libcni ≥ 1.2 asks it: CNI
+//! `STATUS` to the first plugin of the node's first configuration file (lexical order), run
+//! inside the node's network namespace. Pods are set up by the node's real runtime
+//! (containerd, `crate::containerd`), which never calls STATUS; the lab asks it itself to
+//! know when a restarted agent serves the plugin again.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use skein_cni::config::ConfList;
 use tokio::io::AsyncWriteExt;
 
@@ -49,35 +48,6 @@ pub enum CniCallError {
         /// Details.
         details: String,
     },
-}
-
-/// One attachment: the sandbox and interface a runtime asks the chain to set up.
-#[derive(Debug, Clone)]
-pub struct Attachment {
-    /// `CNI_CONTAINERID`: the sandbox's container id.
-    pub container_id: String,
-    /// `CNI_NETNS`: the sandbox's namespace path.
-    pub netns: PathBuf,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-    /// Pod namespace, name, UID (for `CNI_ARGS`).
-    pub pod_namespace: String,
-    /// Pod name.
-    pub pod_name: String,
-    /// Pod UID.
-    pub pod_uid: String,
-    /// `runtimeConfig` offered to plugins that declare the capability (`portMappings`, …).
-    pub runtime_config: Map<String, Value>,
-}
-
-impl Attachment {
-    /// `CNI_ARGS` as containerd builds it.
-    pub fn cni_args(&self) -> String {
-        format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-            self.pod_namespace, self.pod_name, self.container_id, self.pod_uid
-        )
-    }
 }
 
 /// The CNI side of one node's runtime.
@@ -155,13 +125,7 @@ impl NodeCni {
             .ok_or_else(|| CniCallError::PluginNotFound { plugin: plugin.to_string(), path: self.cni_path() })
     }
 
-    async fn invoke(
-        &self,
-        plugin: &str,
-        command: &str,
-        attachment: Option<&Attachment>,
-        stdin: &Value,
-    ) -> Result<Option<Value>, CniCallError> {
+    async fn invoke(&self, plugin: &str, command: &str, stdin: &Value) -> Result<Option<Value>, CniCallError> {
         let binary = self.find_plugin(plugin)?;
         let mut process = sys::async_command_in_netns(&self.node_netns, &binary);
         process
@@ -173,13 +137,6 @@ impl NodeCni {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(a) = attachment {
-            process
-                .env("CNI_CONTAINERID", &a.container_id)
-                .env("CNI_NETNS", &a.netns)
-                .env("CNI_IFNAME", &a.ifname)
-                .env("CNI_ARGS", a.cni_args());
-        }
         let failed = |code: u64, msg: String| CniCallError::Plugin {
             plugin: plugin.to_string(),
             command: command.to_string(),
@@ -225,51 +182,6 @@ impl NodeCni {
         }
     }
 
-    /// ADD through the whole chain; returns the final result (what the runtime caches).
-    pub async fn add(&self, conf: &LoadedConf, attachment: &Attachment) -> Result<Value, CniCallError> {
-        let mut prev: Option<Value> = None;
-        for (index, plugin) in conf.list.plugins.iter().enumerate() {
-            let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-            let stdin = conf
-                .list
-                .plugin_config(index, &conf.version, Some(&attachment.runtime_config), prev.as_ref())
-                .unwrap_or(Value::Null);
-            let result = self.invoke(&plugin_type, "ADD", Some(attachment), &stdin).await?;
-            prev = Some(result.ok_or_else(|| CniCallError::Plugin {
-                plugin: plugin_type,
-                command: "ADD".into(),
-                code: 0,
-                msg: "no result on stdout".into(),
-                details: String::new(),
-            })?);
-        }
-        prev.ok_or_else(|| CniCallError::NotReady("the configuration lists no plugins".into()))
-    }
-
-    /// DEL through the chain in reverse, each plugin given the cached ADD result (from 0.4.0
-    /// on). Goes on after a failing plugin and reports the first failure.
-    pub async fn del(
-        &self,
-        conf: &LoadedConf,
-        attachment: &Attachment,
-        cached: Option<&Value>,
-    ) -> Result<(), CniCallError> {
-        let with_prev = !matches!(conf.version.as_str(), "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1");
-        let mut first_error = None;
-        for (index, plugin) in conf.list.plugins.iter().enumerate().rev() {
-            let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-            let prev = if with_prev { cached } else { None };
-            let stdin = conf
-                .list
-                .plugin_config(index, &conf.version, Some(&attachment.runtime_config), prev)
-                .unwrap_or(Value::Null);
-            if let Err(e) = self.invoke(&plugin_type, "DEL", Some(attachment), &stdin).await {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
     /// The network's readiness: the configuration loads, and the first plugin answers STATUS
     /// (CNI 1.1.0, as libcni ≥ 1.2 runtimes ask; older plugins answer "unsupported version",
     /// which counts as ready).
@@ -280,7 +192,7 @@ impl NodeCni {
         };
         let plugin_type = first.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         let stdin = conf.list.plugin_config(0, "1.1.0", None, None).unwrap_or(Value::Null);
-        match self.invoke(&plugin_type, "STATUS", None, &stdin).await {
+        match self.invoke(&plugin_type, "STATUS", &stdin).await {
             Ok(_) => Ok(conf),
             Err(CniCallError::Plugin { code: 1, .. }) => Ok(conf),
             Err(e) => Err(e),
@@ -288,63 +200,9 @@ impl NodeCni {
     }
 }
 
-/// The pod's addresses in a CNI result: the `ips[]` entries of the interface named `ifname`
-/// that has a `sandbox` (or, when the result names no interfaces, every entry).
-pub fn pod_ips(result: &Value, ifname: &str) -> Vec<String> {
-    let interfaces = result.get("interfaces").and_then(Value::as_array);
-    let pod_index = interfaces.and_then(|list| {
-        list.iter().position(|i| {
-            i.get("name").and_then(Value::as_str) == Some(ifname)
-                && i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-        })
-    });
-    result
-        .get("ips")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|ip| match (pod_index, ip.get("interface").and_then(Value::as_u64)) {
-            (Some(want), Some(got)) => got as usize == want,
-            (Some(_), None) => false,
-            (None, _) => true,
-        })
-        .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-        .map(|cidr| cidr.split('/').next().unwrap_or(cidr).to_string())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cni_args_are_containerds() {
-        let a = Attachment {
-            container_id: "abc".into(),
-            netns: "/run/netns/x".into(),
-            ifname: "eth0".into(),
-            pod_namespace: "demo".into(),
-            pod_name: "web-1".into(),
-            pod_uid: "u-1".into(),
-            runtime_config: Map::new(),
-        };
-        assert_eq!(
-            a.cni_args(),
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1"
-        );
-    }
-
-    #[test]
-    fn pod_ips_come_from_the_sandbox_interface() {
-        let result = json!({
-            "interfaces": [{"name": "sk0123"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
-            "ips": [{"address": "10.244.1.5/24", "interface": 1}, {"address": "192.0.2.9/32", "interface": 0},
-                    {"address": "fd00::5/64", "interface": 1}]
-        });
-        assert_eq!(pod_ips(&result, "eth0"), ["10.244.1.5", "fd00::5"]);
-        assert_eq!(pod_ips(&json!({"ips": [{"address": "10.0.0.2/8"}]}), "eth0"), ["10.0.0.2"]);
-        assert!(pod_ips(&json!({}), "eth0").is_empty());
-    }
 
     #[test]
     fn loads_the_first_file_and_negotiates_a_version_the_reference_plugins_speak() {

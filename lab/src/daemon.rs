@@ -17,17 +17,17 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::cni_runtime::NodeCni;
+use crate::containerd::NodeRuntime;
+use crate::image::{self, ImageContents};
 use crate::kubelet::Kubelet;
 use crate::layout::{API_PORT, HOST_IP, Layout, MASTER_METRICS_PORT, OUTSIDE_IP, OUTSIDE_PORT, SOUTHBOUND_PORT};
-use crate::state::{Binaries, ControlRequest, ControlResponse, LabState};
+use crate::state::{Binaries, ControlRequest, ControlResponse, LabState, ProcessExit};
 use crate::{deployments, endpointslices, scheduler, sys, topology};
 
-/// Where the reference CNI plugins (portmap, bandwidth, loopback) are looked for after the
-/// node's own CNI bin dir.
-pub const REFERENCE_PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+/// How long a node's containerd may take to answer its first CRI call.
+const RUNTIME_START: Duration = Duration::from_secs(30);
 
-/// A child process the daemon keeps running.
+/// A child process the daemon keeps running (unless asked to keep it stopped).
 struct Supervised {
     role: String,
     program: PathBuf,
@@ -36,9 +36,24 @@ struct Supervised {
     log: PathBuf,
     pid: AtomicI32,
     restart: Notify,
+    /// Whether it should run: `stop-process` clears it, `start-process` sets it.
+    wanted: tokio::sync::watch::Sender<bool>,
 }
 
 impl Supervised {
+    fn new(role: String, program: PathBuf, args: Vec<String>, netns: Option<String>, log: PathBuf) -> Supervised {
+        Supervised {
+            role,
+            program,
+            args,
+            netns,
+            log,
+            pid: AtomicI32::new(0),
+            restart: Notify::new(),
+            wanted: tokio::sync::watch::Sender::new(true),
+        }
+    }
+
     fn command(&self) -> tokio::process::Command {
         let mut command = match &self.netns {
             Some(netns) => sys::async_command_in_netns(netns, &self.program),
@@ -46,6 +61,13 @@ impl Supervised {
         };
         command.args(&self.args);
         command
+    }
+}
+
+/// Waits until `wanted` holds `value` (forever if its sender is gone).
+async fn wait_until(wanted: &mut tokio::sync::watch::Receiver<bool>, value: bool) {
+    if wanted.wait_for(|w| *w == value).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -86,7 +108,16 @@ impl Daemon {
     /// Runs `process` until the daemon stops, restarting it whenever it exits or is asked to.
     async fn supervise(self: Arc<Self>, process: Arc<Supervised>) {
         let mut backoff = Duration::from_millis(500);
+        let mut wanted = process.wanted.subscribe();
         loop {
+            let run = *wanted.borrow_and_update();
+            if !run {
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    () = wait_until(&mut wanted, true) => {}
+                }
+                backoff = Duration::from_millis(500);
+            }
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log);
             let (stdout, stderr) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
                 Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
@@ -110,9 +141,20 @@ impl Daemon {
                 s.processes.insert(process.role.clone(), pid);
             });
             tracing::info!(role = %process.role, pid, log = %process.log.display(), "started");
+            let started = std::time::Instant::now();
             tokio::select! {
                 status = child.wait() => {
-                    tracing::warn!(role = %process.role, pid, ?status, "exited; restarting in {backoff:?}");
+                    let status = status.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string());
+                    tracing::warn!(role = %process.role, pid, %status, "exited; restarting in {backoff:?}");
+                    let exit = ProcessExit {
+                        role: process.role.clone(),
+                        pid,
+                        status,
+                        after_seconds: started.elapsed().as_secs_f64(),
+                        log: process.log.clone(),
+                        last_lines: sys::tail(&process.log, 12),
+                    };
+                    self.update(|s| s.record_exit(exit));
                     tokio::select! {
                         () = self.stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -123,6 +165,12 @@ impl Daemon {
                     tracing::info!(role = %process.role, pid, "restarting on request");
                     terminate(&mut child).await;
                     backoff = Duration::from_millis(500);
+                }
+                () = wait_until(&mut wanted, false) => {
+                    terminate(&mut child).await;
+                    process.pid.store(0, Ordering::SeqCst);
+                    self.update(|s| { s.processes.remove(&process.role); });
+                    tracing::info!(role = %process.role, pid, "stopped on request");
                 }
                 () = self.stop.cancelled() => {
                     terminate(&mut child).await;
@@ -154,6 +202,24 @@ impl Daemon {
             ControlRequest::Shutdown => {
                 self.stop.cancel();
                 ControlResponse { ok: true, message: "stopping".into(), pid: None }
+            }
+            ControlRequest::StopProcess { ref role } | ControlRequest::StartProcess { ref role } => {
+                let run = matches!(request, ControlRequest::StartProcess { .. });
+                let role = role.clone();
+                let process = self.processes.lock().unwrap_or_else(|e| e.into_inner()).get(&role).cloned();
+                let Some(process) = process else {
+                    return ControlResponse { ok: false, message: format!("no {role} runs in this lab"), pid: None };
+                };
+                process.wanted.send_replace(run);
+                for _ in 0..300 {
+                    let pid = process.pid.load(Ordering::SeqCst);
+                    if (pid != 0) == run {
+                        let what = if run { "started" } else { "stopped" };
+                        return ControlResponse { ok: true, message: format!("{role} {what}"), pid: Some(pid) };
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                ControlResponse { ok: false, message: format!("{role} did not change within 15 s"), pid: None }
             }
             ControlRequest::RestartAgent { node } => {
                 let role = format!("agent/{node}");
@@ -207,47 +273,43 @@ impl Daemon {
     }
 }
 
-/// The flags of the agent's command line this lab would like to pass, in order; only those
-/// the binary's `--help` lists are passed (the agent grows flags over time).
-fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) -> Vec<(String, Option<String>)> {
-    let path = |p: PathBuf| Some(p.display().to_string());
+/// The agent's command line in the lab: every flag is one `skein-agent --help` documents
+/// (the lab and the agent come from one workspace, so a flag the agent no longer takes is an
+/// error at start, in the agent's log, not silently dropped).
+fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) -> Vec<String> {
+    let path = |p: PathBuf| p.display().to_string();
     vec![
-        ("--node-name".into(), Some(node.to_string())),
-        ("--kubeconfig".into(), path(layout.kubeconfig())),
-        ("--master".into(), Some(Layout::master_url())),
-        ("--tunnel-ip".into(), Some(Layout::node_ip(index).to_string())),
-        ("--uplink-interface".into(), Some("eth0".into())),
-        ("--cni-socket".into(), path(layout.cni_socket(node))),
-        ("--state-dir".into(), path(layout.agent_state_dir(node))),
-        ("--cni-bin-dir".into(), path(layout.cni_bin_dir(node))),
-        ("--cni-conf-dir".into(), path(layout.cni_conf_dir(node))),
-        ("--cni-plugin".into(), path(binaries.cni.clone())),
-        ("--metrics-listen".into(), Some("0.0.0.0:9476".into())),
-        ("--no-device-plugin".into(), None),
-        ("--log".into(), Some("info".into())),
+        "--node-name".into(),
+        node.to_string(),
+        "--kubeconfig".into(),
+        path(layout.kubeconfig()),
+        "--master".into(),
+        Layout::master_url(),
+        "--tunnel-ip".into(),
+        Layout::node_ip(index).to_string(),
+        "--uplink-interface".into(),
+        "eth0".into(),
+        "--cni-socket".into(),
+        path(layout.cni_socket(node)),
+        "--state-dir".into(),
+        path(layout.agent_state_dir(node)),
+        "--cni-bin-dir".into(),
+        path(layout.cni_bin_dir(node)),
+        "--cni-conf-dir".into(),
+        path(layout.cni_conf_dir(node)),
+        "--cni-plugin".into(),
+        path(binaries.cni.clone()),
+        "--metrics-listen".into(),
+        "0.0.0.0:9476".into(),
+        "--no-device-plugin".into(),
+        "--log".into(),
+        "info".into(),
     ]
 }
 
-/// The flags a binary's `--help` lists.
-pub fn help_flags(binary: &std::path::Path) -> Vec<String> {
-    let text = sys::output(&binary.display().to_string(), ["--help"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']' || c == '=')
-        .filter(|w| w.starts_with("--") && w.len() > 2)
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_string())
-        .collect()
-}
-
-/// Whether the agent has its networking (it takes `--master`).
-pub fn agent_has_networking(agent: &std::path::Path) -> bool {
-    help_flags(agent).iter().any(|f| f == "--master")
-}
-
 /// Runs the daemon until a shutdown request or SIGTERM/SIGINT.
-pub async fn run(layout: Layout, nodes: usize, binaries: Binaries) -> anyhow::Result<()> {
+pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: Vec<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(layout.state_dir())?;
-    let networking = agent_has_networking(&binaries.agent);
     let daemon = Arc::new(Daemon {
         layout: layout.clone(),
         state: Mutex::new(LabState {
@@ -258,7 +320,6 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries) -> anyhow::Re
             api_url: Layout::api_url(),
             kubeconfig: layout.kubeconfig(),
             master_url: Layout::master_url(),
-            agent_networking: networking,
             binaries: binaries.clone(),
             ..Default::default()
         }),
@@ -284,33 +345,77 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries) -> anyhow::Re
     let client = server.client();
 
     let mut tasks = Vec::new();
-    daemon.phase("controllers", "scheduler, EndpointSlice and Deployment controllers, kubelets");
-    tasks.push(tokio::spawn(scheduler::run(client.clone(), daemon.stop.clone())));
-    tasks.push(tokio::spawn(endpointslices::run(client.clone(), daemon.stop.clone())));
-    tasks.push(tokio::spawn(deployments::run(client.clone(), daemon.stop.clone())));
+    daemon.phase("image", "the pods' image (busybox and the C libraries of skein-lab)");
+    let archive = layout.state_dir().join("node-image.tar");
+    let contents = ImageContents { busybox: binaries.busybox.clone(), binaries: vec![binaries.lab.clone()] };
+    let built = match tokio::task::spawn_blocking(move || image::build(&contents, &archive)).await? {
+        Ok(built) => built,
+        Err(error) => {
+            daemon.phase("failed", format!("building the image: {error}"));
+            return Err(error.into());
+        }
+    };
+    daemon.phase("runtimes", format!("containerd in each of the {nodes} node namespaces"));
+    let mut runtimes = Vec::new();
     for index in 1..=nodes {
         let node = Layout::node_name(index);
-        for dir in [layout.cni_bin_dir(&node), layout.cni_conf_dir(&node), layout.agent_state_dir(&node)] {
-            std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(layout.agent_state_dir(&node))?;
+        let runtime = NodeRuntime::new(&layout, &node);
+        if let Err(error) = runtime.prepare() {
+            daemon.phase("failed", format!("preparing containerd on {node}: {error}"));
+            return Err(error.into());
         }
-        let mut bin_dirs = vec![layout.cni_bin_dir(&node)];
-        bin_dirs.extend(REFERENCE_PLUGIN_DIRS.iter().map(PathBuf::from));
-        let kubelet = Kubelet {
+        let (program, args) = runtime.command(&binaries.containerd);
+        daemon
+            .add_process(Supervised::new(format!("containerd/{node}"), program, args, None, runtime.log()), &mut tasks);
+        runtimes.push((index, node, runtime));
+    }
+    let mut kubelets = Vec::new();
+    for (index, node, runtime) in runtimes {
+        let cri = match runtime.wait_ready(RUNTIME_START).await {
+            Ok(cri) => cri,
+            Err(error) => {
+                let message = format!(
+                    "containerd on {node} does not answer: {error}; last lines of {}:\n{}",
+                    runtime.log().display(),
+                    sys::tail(&runtime.log(), 12)
+                );
+                daemon.phase("failed", message.clone());
+                daemon.stop.cancel();
+                anyhow::bail!(message);
+            }
+        };
+        let (rt, archive) = (runtime.clone(), built.archive.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || rt.import(&archive)).await? {
+            daemon.phase("failed", format!("importing the image into containerd on {node}: {error}"));
+            daemon.stop.cancel();
+            return Err(error.into());
+        }
+        tracing::info!(node = %node, image = %image::IMAGE_REF, digest = %built.manifest_digest, "image imported");
+        kubelets.push(Kubelet {
             layout: layout.clone(),
             node: node.clone(),
             node_ip: Layout::node_ip(index),
             lab_binary: binaries.lab.clone(),
-            cni: NodeCni { node_netns: layout.node_netns(&node), conf_dir: layout.cni_conf_dir(&node), bin_dirs },
-        };
+            runs_pods: !manual_pods.contains(&node),
+            runtime,
+            cri,
+        });
+    }
+    daemon.phase("controllers", "scheduler, EndpointSlice and Deployment controllers, kubelets");
+    tasks.push(tokio::spawn(scheduler::run(client.clone(), daemon.stop.clone())));
+    tasks.push(tokio::spawn(endpointslices::run(client.clone(), daemon.stop.clone())));
+    tasks.push(tokio::spawn(deployments::run(client.clone(), daemon.stop.clone())));
+    for kubelet in kubelets {
         tasks.push(tokio::spawn(kubelet.run(client.clone(), daemon.stop.clone())));
     }
 
     daemon.phase("master", format!("skein-master, southbound on {}", Layout::master_url()));
     daemon.add_process(
-        Supervised {
-            role: "outside-echo".into(),
-            program: binaries.lab.clone(),
-            args: [
+        Supervised::new(
+            "outside-echo".into(),
+            binaries.lab.clone(),
+            [
                 "echo-server",
                 "--name",
                 "outside",
@@ -323,18 +428,16 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries) -> anyhow::Re
             ]
             .map(String::from)
             .to_vec(),
-            netns: Some(layout.outside_netns()),
-            log: layout.state_dir().join("outside-echo.log"),
-            pid: AtomicI32::new(0),
-            restart: Notify::new(),
-        },
+            Some(layout.outside_netns()),
+            layout.state_dir().join("outside-echo.log"),
+        ),
         &mut tasks,
     );
     daemon.add_process(
-        Supervised {
-            role: "master".into(),
-            program: binaries.master.clone(),
-            args: vec![
+        Supervised::new(
+            "master".into(),
+            binaries.master.clone(),
+            vec![
                 "--kubeconfig".into(),
                 layout.kubeconfig().display().to_string(),
                 "--no-leader-election".into(),
@@ -347,55 +450,27 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries) -> anyhow::Re
                 "--log".into(),
                 "info".into(),
             ],
-            netns: None,
-            log: layout.master_log(),
-            pid: AtomicI32::new(0),
-            restart: Notify::new(),
-        },
+            None,
+            layout.master_log(),
+        ),
         &mut tasks,
     );
 
-    if networking {
-        daemon.phase("agents", format!("skein-agent in each of the {nodes} node namespaces"));
-        let supported = help_flags(&binaries.agent);
-        for index in 1..=nodes {
-            let node = Layout::node_name(index);
-            let mut args = Vec::new();
-            for (flag, value) in agent_args(&layout, &node, index, &binaries) {
-                if supported.contains(&flag) {
-                    args.push(flag);
-                    args.extend(value);
-                } else {
-                    tracing::debug!(%flag, "the agent does not take this flag; not passed");
-                }
-            }
-            daemon.add_process(
-                Supervised {
-                    role: format!("agent/{node}"),
-                    program: binaries.agent.clone(),
-                    args,
-                    netns: Some(layout.node_netns(&node)),
-                    log: layout.agent_log(&node),
-                    pid: AtomicI32::new(0),
-                    restart: Notify::new(),
-                },
-                &mut tasks,
-            );
-        }
-    } else {
-        tracing::warn!(
-            agent = %binaries.agent.display(),
-            "this skein-agent has no networking (no --master flag): not started; pods will stay without an interface"
+    daemon.phase("agents", format!("skein-agent in each of the {nodes} node namespaces"));
+    for index in 1..=nodes {
+        let node = Layout::node_name(index);
+        daemon.add_process(
+            Supervised::new(
+                format!("agent/{node}"),
+                binaries.agent.clone(),
+                agent_args(&layout, &node, index, &binaries),
+                Some(layout.node_netns(&node)),
+                layout.agent_log(&node),
+            ),
+            &mut tasks,
         );
     }
-    daemon.phase(
-        "running",
-        if networking {
-            "up".to_string()
-        } else {
-            "up, but skein-agent has no networking yet (no --master flag)".to_string()
-        },
-    );
+    daemon.phase("running", "up");
 
     let control = tokio::spawn(daemon.clone().serve_control());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -421,24 +496,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn agent_flags_are_filtered_by_what_help_lists() {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("agent");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\necho '      --node-name <NODE_NAME>\n      --master <URL>  [env: X=]\n  -h, --help'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let flags = help_flags(&fake);
-        assert_eq!(flags, ["--node-name", "--master", "--help"]);
-        assert!(agent_has_networking(&fake));
+    fn the_agent_gets_the_nodes_paths_and_addresses() {
         let layout = Layout::new("sklab").unwrap();
         let binaries = Binaries { cni: "/x/skein-cni".into(), ..Default::default() };
         let args = agent_args(&layout, "node2", 2, &binaries);
-        let cni_socket = args.iter().find(|(f, _)| f == "--cni-socket").unwrap();
-        assert_eq!(cni_socket.1.as_deref(), Some("/run/skein-lab/sklab/node2/state/cni.sock"));
-        let tunnel = args.iter().find(|(f, _)| f == "--tunnel-ip").unwrap();
-        assert_eq!(tunnel.1.as_deref(), Some("172.18.0.12"));
+        let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].as_str());
+        assert_eq!(value("--cni-socket"), Some("/run/skein-lab/sklab/node2/state/cni.sock"));
+        assert_eq!(value("--tunnel-ip"), Some("172.18.0.12"));
+        assert_eq!(value("--cni-plugin"), Some("/x/skein-cni"));
+        assert_eq!(value("--master"), Some("http://172.18.0.1:6643"));
     }
 }

@@ -1,14 +1,19 @@
-//! The kubelet and container runtime stand-in of one node: registers the Node, reports it
-//! Ready once the network plugin is (its conflist is there and the plugin answers STATUS),
-//! and for every pod bound to the node creates a sandbox (a network namespace), runs the CNI
-//! chain on it exactly as containerd does, starts the pod's workload (the lab's echo server on
-//! each declared container port) inside it, and reports `status.podIPs` and readiness. When
-//! the pod goes away: workload stopped, CNI DEL (reverse chain, cached result), sandbox removed.
+//! The kubelet stand-in of one node, in front of the node's real container runtime
+//! (containerd, over CRI): registers the Node, reports it Ready from the runtime's `Status`
+//! (RuntimeReady and NetworkReady, as kubelet does), and for every pod bound to the node runs
+//! `RunPodSandbox` — containerd then runs the CNI chain of the node's conflist through libcni,
+//! so `skein-cni` is invoked exactly as on a real node —, reads the sandbox's addresses from
+//! `PodSandboxStatus`, runs the workload (the lab's echo server on each declared container
+//! port) as a container in the sandbox, and reports `status.podIPs` and readiness. A workload
+//! that exits is started again (a new attempt). When the pod goes away: `StopContainer`,
+//! `RemoveContainer`, `StopPodSandbox` (CNI DEL), `RemovePodSandbox`.
+//!
+//! Each sandbox's network namespace is also attached under the lab's own name
+//! (`Layout::pod_netns`), so that `skein-lab exec`, the probes and `down` find it by name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,25 +21,30 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::{Map, Value, json};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::Child;
+use serde_json::{Value, json};
+use skein_proto::cri::v1 as cri_api;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::cni_runtime::{Attachment, NodeCni, pod_ips};
+use crate::containerd::NodeRuntime;
+use crate::cri::Cri;
 use crate::echo::{Proto, ServePort};
-use crate::layout::{Layout, fnv1a64};
+use crate::image::{IMAGE_REF, WORKLOAD_PATH};
+use crate::layout::Layout;
 use crate::scheduler::pod_finished;
 use crate::sys;
 use crate::watch::{ReadyWait, reflect, run_loop};
 
-/// The interface name pods get.
+/// The interface name pods get (containerd's CNI_IFNAME).
 pub const POD_IFNAME: &str = "eth0";
 /// The port the workload serves when the pod declares none.
 pub const DEFAULT_PORT: ServePort = ServePort { proto: Proto::Tcp, port: 8080 };
 /// How long the workload may take to listen.
 const WORKLOAD_START: Duration = Duration::from_secs(15);
+/// How often running workloads are looked at (an exited one is started again).
+const WORKLOAD_CHECK: Duration = Duration::from_secs(1);
+/// Grace period of a stopped workload.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// One node's kubelet.
 #[derive(Debug, Clone)]
@@ -45,10 +55,16 @@ pub struct Kubelet {
     pub node: String,
     /// The node's InternalIP.
     pub node_ip: Ipv4Addr,
-    /// The `skein-lab` binary (the workload is its `echo-server` subcommand).
+    /// The `skein-lab` binary (the workload is its `echo-server` subcommand, mounted into the
+    /// container read-only).
     pub lab_binary: PathBuf,
-    /// The node's CNI runtime.
-    pub cni: NodeCni,
+    /// Whether this kubelet runs the node's pods; when not, it only registers and reports the
+    /// node, and a test drives the node's runtime itself (`skein-lab up --manual-pods`).
+    pub runs_pods: bool,
+    /// The node's container runtime.
+    pub runtime: NodeRuntime,
+    /// The runtime's CRI endpoint.
+    pub cri: Cri,
 }
 
 /// RFC 3339 "now", to the second, as Kubernetes writes times.
@@ -77,26 +93,25 @@ pub fn workload_ports(pod: &Pod) -> Vec<ServePort> {
     ports
 }
 
-/// `runtimeConfig` as containerd offers it: `portMappings` from the containers' `hostPort`s.
-pub fn runtime_config(pod: &Pod) -> Map<String, Value> {
-    let mappings: Vec<Value> = pod
-        .spec
+/// The sandbox's port mappings, as kubelet builds them: one per container port with a
+/// `hostPort` (containerd hands them to the CNI plugins that ask for `portMappings`).
+pub fn port_mappings(pod: &Pod) -> Vec<cri_api::PortMapping> {
+    pod.spec
         .iter()
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
         .filter(|p| p.host_port.is_some_and(|h| h > 0))
-        .map(|p| {
-            json!({
-                "hostPort": p.host_port,
-                "containerPort": p.container_port,
-                "protocol": p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
-                "hostIP": p.host_ip.as_deref().unwrap_or(""),
-            })
+        .map(|p| cri_api::PortMapping {
+            protocol: match p.protocol.as_deref() {
+                Some("UDP") => cri_api::Protocol::Udp as i32,
+                Some("SCTP") => cri_api::Protocol::Sctp as i32,
+                _ => cri_api::Protocol::Tcp as i32,
+            },
+            container_port: p.container_port,
+            host_port: p.host_port.unwrap_or_default(),
+            host_ip: p.host_ip.clone().unwrap_or_default(),
         })
-        .collect();
-    let mut config = Map::new();
-    config.insert("portMappings".into(), Value::Array(mappings));
-    config
+        .collect()
 }
 
 fn host_network(pod: &Pod) -> bool {
@@ -107,15 +122,131 @@ fn pod_key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-fn container_id(uid: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let seed = format!("{uid}/{nanos}/{}", std::process::id());
-    (0..4u8).map(|i| format!("{:016x}", fnv1a64(format!("{i}{seed}").as_bytes()))).collect()
+/// The labels kubelet puts on a sandbox: the pod's own plus its identity.
+fn sandbox_labels(pod: &Pod) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = pod.labels().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    labels.insert("io.kubernetes.pod.name".into(), pod.name_any());
+    labels.insert("io.kubernetes.pod.namespace".into(), pod.namespace().unwrap_or_default());
+    labels.insert("io.kubernetes.pod.uid".into(), pod.uid().unwrap_or_default());
+    labels
+}
+
+/// The pod's sandbox configuration, as kubelet builds it for a cgroupfs node.
+pub fn sandbox_config(pod: &Pod, runtime: &NodeRuntime, attempt: u32) -> cri_api::PodSandboxConfig {
+    let uid = pod.uid().unwrap_or_default();
+    let namespace = pod.namespace().unwrap_or_default();
+    let host = host_network(pod);
+    let network = if host { cri_api::NamespaceMode::Node } else { cri_api::NamespaceMode::Pod };
+    cri_api::PodSandboxConfig {
+        metadata: Some(cri_api::PodSandboxMetadata {
+            name: pod.name_any(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            attempt,
+        }),
+        hostname: if host { String::new() } else { pod.name_any() },
+        log_directory: runtime.pod_log_dir.join(format!("{namespace}_{}_{uid}", pod.name_any())).display().to_string(),
+        dns_config: None,
+        port_mappings: if host { Vec::new() } else { port_mappings(pod) },
+        labels: sandbox_labels(pod),
+        annotations: pod.annotations().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        linux: Some(cri_api::LinuxPodSandboxConfig {
+            cgroup_parent: format!("{}/pod{uid}", runtime.cgroup_parent),
+            security_context: Some(cri_api::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri_api::NamespaceOption {
+                    network: network as i32,
+                    pid: cri_api::NamespaceMode::Container as i32,
+                    ipc: cri_api::NamespaceMode::Pod as i32,
+                    target_id: String::new(),
+                }),
+                privileged: false,
+            }),
+            sysctls: HashMap::new(),
+        }),
+    }
+}
+
+/// The workload container: the lab's echo server on the pod's ports, from the lab's image
+/// with the `skein-lab` binary mounted at [`WORKLOAD_PATH`].
+pub fn container_config(pod: &Pod, lab_binary: &Path, attempt: u32) -> cri_api::ContainerConfig {
+    let name =
+        pod.spec.as_ref().and_then(|s| s.containers.first()).map_or_else(|| "main".to_string(), |c| c.name.clone());
+    let mut args = vec!["echo-server".to_string(), "--name".to_string(), pod.name_any()];
+    for port in workload_ports(pod) {
+        args.push("--port".into());
+        args.push(port.to_string());
+    }
+    let network = if host_network(pod) { cri_api::NamespaceMode::Node } else { cri_api::NamespaceMode::Pod };
+    cri_api::ContainerConfig {
+        metadata: Some(cri_api::ContainerMetadata { name: name.clone(), attempt }),
+        image: Some(cri_api::ImageSpec { image: IMAGE_REF.into(), ..Default::default() }),
+        command: vec![WORKLOAD_PATH.into()],
+        args,
+        working_dir: "/".into(),
+        envs: vec![cri_api::KeyValue { key: "RUST_LOG".into(), value: "info".into() }],
+        mounts: vec![cri_api::Mount {
+            container_path: WORKLOAD_PATH.into(),
+            host_path: lab_binary.display().to_string(),
+            readonly: true,
+        }],
+        labels: HashMap::from([
+            ("io.kubernetes.container.name".to_string(), name.clone()),
+            ("io.kubernetes.pod.name".to_string(), pod.name_any()),
+            ("io.kubernetes.pod.namespace".to_string(), pod.namespace().unwrap_or_default()),
+            ("io.kubernetes.pod.uid".to_string(), pod.uid().unwrap_or_default()),
+        ]),
+        annotations: HashMap::new(),
+        log_path: format!("{name}/{attempt}.log"),
+        linux: Some(cri_api::LinuxContainerConfig {
+            security_context: Some(cri_api::LinuxContainerSecurityContext {
+                privileged: false,
+                namespace_options: Some(cri_api::NamespaceOption {
+                    network: network as i32,
+                    pid: cri_api::NamespaceMode::Container as i32,
+                    ipc: cri_api::NamespaceMode::Pod as i32,
+                    target_id: String::new(),
+                }),
+            }),
+        }),
+    }
+}
+
+/// The lines a container wrote, from a CRI log file (`<time> <stream> <F|P> <text>`):
+/// partial lines (`P`) joined to the line they continue.
+pub fn cri_log_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut partial = String::new();
+    for record in text.lines() {
+        let mut fields = record.splitn(4, ' ');
+        let (Some(_time), Some(_stream), Some(tag)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        partial.push_str(fields.next().unwrap_or(""));
+        if tag != "P" {
+            lines.push(std::mem::take(&mut partial));
+        }
+    }
+    lines
 }
 
 struct PodWorker {
     deleted: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+}
+
+/// A pod's sandbox on this node.
+struct Sandbox {
+    id: String,
+    config: cri_api::PodSandboxConfig,
+    ips: Vec<String>,
+    /// The name the sandbox's namespace is attached under (none for host-network pods).
+    attached: Option<String>,
+}
+
+/// A running workload.
+struct Workload {
+    id: String,
+    log: PathBuf,
 }
 
 impl Kubelet {
@@ -126,6 +257,11 @@ impl Kubelet {
             tracing::error!(node = %me.node, "cannot register the node: {error:#}");
         }
         let readiness = tokio::spawn(me.clone().report_readiness(client.clone(), stop.clone()));
+        if !me.runs_pods {
+            tracing::info!(node = %me.node, "this node's pods are left to whoever drives its runtime");
+            let _ = readiness.await;
+            return;
+        }
         let changed = Arc::new(Notify::new());
         let pods = reflect(
             Api::<Pod>::all(client.clone()),
@@ -173,18 +309,25 @@ impl Kubelet {
     }
 
     async fn register(&self, client: &Client) -> anyhow::Result<()> {
+        let runtime_version = match self.cri.version().await {
+            Ok(v) => format!("{}://{}", v.runtime_name, v.runtime_version),
+            Err(error) => {
+                tracing::warn!(node = %self.node, %error, "the container runtime does not answer Version");
+                "unknown".into()
+            }
+        };
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": self.node, "labels": {
                 "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux", "kubernetes.io/arch": std::env::consts::ARCH,
                 "node.kubernetes.io/instance-type": "skein-lab"}},
             "status": {
                 "addresses": [{"type": "InternalIP", "address": self.node_ip.to_string()}, {"type": "Hostname", "address": self.node}],
-                "conditions": [self.ready_condition(false, "NetworkPluginNotReady", "network plugin not ready: starting")],
+                "conditions": [self.ready_condition(false, "KubeletNotReady", "container runtime network not ready: starting")],
                 "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
                 "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "nodeInfo": {"kubeletVersion": "v1.35.0-skein-lab", "containerRuntimeVersion": "skein-lab://0.1",
+                "nodeInfo": {"kubeletVersion": "v1.35.0-skein-lab", "containerRuntimeVersion": runtime_version,
                     "operatingSystem": "linux", "architecture": std::env::consts::ARCH, "osImage": "skein-lab",
-                    "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+                    "kernelVersion": kernel_version(), "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
             }
         }))?;
         let api = Api::<Node>::all(client.clone());
@@ -196,7 +339,7 @@ impl Kubelet {
             }
             Err(error) => return Err(error.into()),
         }
-        tracing::info!(node = %self.node, ip = %self.node_ip, "node registered");
+        tracing::info!(node = %self.node, ip = %self.node_ip, runtime = %runtime_version, "node registered");
         Ok(())
     }
 
@@ -205,15 +348,17 @@ impl Kubelet {
                "lastHeartbeatTime": now(), "lastTransitionTime": now()})
     }
 
+    /// Node readiness as kubelet derives it: the runtime's RuntimeReady and NetworkReady.
     async fn report_readiness(self: Arc<Self>, client: Client, stop: CancellationToken) {
         let api = Api::<Node>::all(client);
         let mut last: Option<(bool, String)> = None;
         loop {
-            let (ready, reason, message) = match self.cni.status().await {
-                Ok(conf) => {
-                    (true, "KubeletReady", format!("kubelet is posting ready status ({})", conf.file.display()))
+            let (ready, reason, message) = match self.cri.readiness().await {
+                Ok(r) if r.runtime_ready && r.network_ready => {
+                    (true, "KubeletReady", "kubelet is posting ready status".to_string())
                 }
-                Err(error) => (false, "NetworkPluginNotReady", format!("container runtime network not ready: {error}")),
+                Ok(r) => (false, "KubeletNotReady", r.message),
+                Err(error) => (false, "KubeletNotReady", format!("container runtime is down: {error}")),
             };
             if last.as_ref() != Some(&(ready, message.clone())) {
                 let patch = json!({"status": {"conditions": [self.ready_condition(ready, reason, &message)]}});
@@ -251,23 +396,31 @@ impl Kubelet {
         }
     }
 
-    /// Sets a pod up: its sandbox (unless it has one, or uses the host's network), then
-    /// its workload.
+    /// Sets a pod up: its sandbox (unless it has one), then its workload.
     async fn set_up(
         &self,
         pod: &Pod,
-        netns: &str,
-        host_net: bool,
         sandbox: &mut Option<Sandbox>,
-    ) -> Result<Child, Failure> {
-        if sandbox.is_none() && !host_net {
+        sandbox_attempt: &mut u32,
+        container_attempt: &mut u32,
+    ) -> Result<Workload, Failure> {
+        if sandbox.is_none() {
+            let attempt = *sandbox_attempt;
+            *sandbox_attempt += 1;
             let created = self
-                .create_sandbox(pod, netns)
+                .create_sandbox(pod, attempt)
                 .await
                 .map_err(|message| Failure { reason: "FailedCreatePodSandBox", message })?;
             *sandbox = Some(created);
         }
-        self.start_workload(pod, netns).await.map_err(|message| Failure { reason: "Failed", message })
+        let Some(sandbox) = sandbox.as_ref() else {
+            return Err(Failure { reason: "Failed", message: "no sandbox".into() });
+        };
+        let started = self.start_workload(pod, sandbox, *container_attempt).await;
+        if started.is_err() {
+            *container_attempt += 1;
+        }
+        started.map_err(|message| Failure { reason: "Failed", message })
     }
 
     /// Reports a failed step of a pod's set-up (a warning and an Event with `failed`'s
@@ -301,18 +454,15 @@ impl Kubelet {
         deleted: CancellationToken,
         stop: CancellationToken,
     ) {
-        let uid = pod.uid().unwrap_or_default();
         let key = pod_key(&pod);
-        let host_net = host_network(&pod);
-        let netns = if host_net { self.layout.node_netns(&self.node) } else { self.layout.pod_netns(&self.node, &uid) };
         let mut backoff = Duration::from_millis(500);
         let seen = Instant::now();
         let mut sandbox: Option<Sandbox> = None;
-        let mut workload: Option<Child> = None;
-        let mut restarts = 0u32;
+        let mut workload: Option<Workload> = None;
+        let (mut sandbox_attempt, mut container_attempt) = (0u32, 0u32);
         'life: loop {
-            match self.set_up(&pod, &netns, host_net, &mut sandbox).await {
-                Ok(child) => workload = Some(child),
+            match self.set_up(&pod, &mut sandbox, &mut sandbox_attempt, &mut container_attempt).await {
+                Ok(started) => workload = Some(started),
                 Err(failed) => match self.set_up_failed(&client, &pod, &failed, &mut backoff, &deleted, &stop).await {
                     AfterFailure::Retry => continue,
                     AfterFailure::Deleted => break 'life,
@@ -320,101 +470,168 @@ impl Kubelet {
                 },
             }
             let ips: Vec<String> = match &sandbox {
-                Some((_, Some(result), _)) => pod_ips(result, crate::kubelet::POD_IFNAME),
+                Some(s) if !host_network(&pod) => s.ips.clone(),
                 _ => vec![self.node_ip.to_string()],
             };
-            self.report_running(&client, &pod, &ips, restarts).await;
-            tracing::info!(pod = %key, node = %self.node, ips = ?ips, netns = %netns, seconds = seen.elapsed().as_secs_f64(), "pod running");
-            let exited = {
-                let child = workload.as_mut();
+            self.report_running(&client, &pod, &ips, container_attempt).await;
+            tracing::info!(pod = %key, node = %self.node, ips = ?ips, seconds = seen.elapsed().as_secs_f64(), "pod running");
+            // Watch the workload until the pod is deleted or the workload exits.
+            let exited = loop {
                 tokio::select! {
-                    () = deleted.cancelled() => false,
-                    () = stop.cancelled() => {
-                        if let Some(mut child) = workload.take() { let _ = child.kill().await; }
-                        return;
+                    () = deleted.cancelled() => break false,
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(WORKLOAD_CHECK) => {}
+                }
+                let Some(running) = &workload else { break true };
+                match self.cri.container_status(&running.id).await {
+                    Ok(status) if status.state == cri_api::ContainerState::ContainerExited as i32 => {
+                        tracing::warn!(pod = %key, exit_code = status.exit_code, reason = %status.reason,
+                            log = %running.log.display(), "workload exited; starting it again");
+                        break true;
                     }
-                    status = async { match child { Some(c) => c.wait().await.ok(), None => None } } => {
-                        tracing::warn!(pod = %key, ?status, "workload exited; restarting it");
-                        true
+                    Ok(_) => {}
+                    Err(error) if error.is_not_found() => {
+                        tracing::warn!(pod = %key, %error, "workload container gone; starting it again");
+                        break true;
                     }
+                    Err(error) => tracing::debug!(pod = %key, %error, "ContainerStatus"),
                 }
             };
             if !exited {
                 break 'life;
             }
-            workload = None;
-            restarts += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        // Deleted: stop the workload, run DEL, remove the sandbox.
-        if let Some(mut child) = workload.take() {
-            let _ = child.kill().await;
-        }
-        if let Some((attachment, result, conf)) = sandbox.take() {
-            if let Err(error) = self.cni.del(&conf, &attachment, result.as_ref()).await {
-                tracing::warn!(pod = %key, "CNI DEL: {error}");
+            if let Some(old) = workload.take() {
+                let _ = self.cri.remove_container(&old.id, Duration::ZERO).await;
             }
-            let _ = sys::ip(&["netns", "del", &netns]);
+            container_attempt += 1;
+        }
+        self.tear_down(&key, workload, sandbox).await;
+        self.remove_stale_sandboxes(&pod, None).await;
+    }
+
+    /// Stops and removes the workload and the sandbox (StopPodSandbox runs CNI DEL).
+    async fn tear_down(&self, key: &str, workload: Option<Workload>, sandbox: Option<Sandbox>) {
+        if let Some(workload) = workload
+            && let Err(error) = self.cri.remove_container(&workload.id, STOP_GRACE).await
+            && !error.is_not_found()
+        {
+            tracing::warn!(pod = %key, %error, "removing the workload");
+        }
+        if let Some(sandbox) = sandbox {
+            if let Some(name) = &sandbox.attached {
+                let _ = sys::ip(&["netns", "del", name]);
+            }
+            for attempt in 0..5 {
+                match self.cri.stop_pod_sandbox(&sandbox.id).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(pod = %key, %error, attempt, "StopPodSandbox failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            if let Err(error) = self.cri.remove_pod_sandbox(&sandbox.id).await {
+                tracing::warn!(pod = %key, %error, "RemovePodSandbox failed");
+            }
         }
         tracing::info!(pod = %key, node = %self.node, "pod sandbox removed");
     }
 
-    /// Creates the namespace and runs ADD; after a failed ADD runs DEL and removes the
-    /// namespace (a runtime always follows ADD with DEL).
-    async fn create_sandbox(&self, pod: &Pod, netns: &str) -> Result<Sandbox, String> {
-        let conf = self.cni.load().map_err(|e| e.to_string())?;
-        let _ = sys::ip(&["netns", "del", netns]);
-        sys::ip(&["netns", "add", netns]).map_err(|e| format!("creating the sandbox: {e}"))?;
-        let _ = sys::ip_in(netns, &["link", "set", "lo", "up"]);
-        let attachment = Attachment {
-            container_id: container_id(&pod.uid().unwrap_or_default()),
-            netns: PathBuf::from("/run/netns").join(netns),
-            ifname: POD_IFNAME.into(),
-            pod_namespace: pod.namespace().unwrap_or_default(),
-            pod_name: pod.name_any(),
-            pod_uid: pod.uid().unwrap_or_default(),
-            runtime_config: runtime_config(pod),
-        };
+    /// RunPodSandbox (the runtime runs CNI ADD, and after a failed ADD tears the sandbox down
+    /// itself), then its status: addresses, and the namespace attached under the lab's name.
+    async fn create_sandbox(&self, pod: &Pod, attempt: u32) -> Result<Sandbox, String> {
+        let config = sandbox_config(pod, &self.runtime, attempt);
+        if let Some(dir) = Some(&config.log_directory) {
+            let _ = std::fs::create_dir_all(dir);
+        }
         let started = Instant::now();
-        match self.cni.add(&conf, &attachment).await {
-            Ok(result) => {
-                tracing::info!(pod = %pod_key(pod), ms = started.elapsed().as_millis() as u64, "CNI ADD done");
-                Ok((attachment, Some(result), conf))
-            }
+        let id = match self.cri.run_pod_sandbox(config.clone()).await {
+            Ok(id) => id,
             Err(error) => {
-                let _ = self.cni.del(&conf, &attachment, None).await;
-                let _ = sys::ip(&["netns", "del", netns]);
-                Err(format!("Failed to create pod sandbox: failed to setup network for sandbox: {error}"))
+                // A runtime whose clean-up of the failed sandbox failed too (its CNI DEL, say)
+                // keeps it, not ready; kubelet's garbage collection stops and removes it.
+                self.remove_stale_sandboxes(pod, None).await;
+                return Err(format!("Failed to create pod sandbox: {error}"));
+            }
+        };
+        let status = match self.cri.sandbox_status(&id).await {
+            Ok(status) => status,
+            Err(error) => {
+                self.discard_sandbox(&id).await;
+                return Err(format!("PodSandboxStatus of {id}: {error}"));
+            }
+        };
+        let mut attached = None;
+        if !host_network(pod) {
+            let name = self.layout.pod_netns(&self.node, &pod.uid().unwrap_or_default());
+            let _ = sys::ip(&["netns", "del", &name]);
+            if let Err(error) = sys::ip(&["netns", "attach", &name, &status.pid.to_string()]) {
+                self.discard_sandbox(&id).await;
+                return Err(format!("attaching the sandbox's namespace ({}) as {name}: {error}", status.netns));
+            }
+            attached = Some(name);
+        }
+        tracing::info!(pod = %pod_key(pod), sandbox = %id, ips = ?status.ips, netns = %status.netns,
+            ms = started.elapsed().as_millis() as u64, "sandbox running");
+        Ok(Sandbox { id, config, ips: status.ips, attached })
+    }
+
+    /// Stops and removes every sandbox of `pod` but `keep` (StopPodSandbox runs CNI DEL
+    /// again, so what a failed ADD left behind is released).
+    async fn remove_stale_sandboxes(&self, pod: &Pod, keep: Option<&str>) {
+        let labels = HashMap::from([("io.kubernetes.pod.uid".to_string(), pod.uid().unwrap_or_default())]);
+        let sandboxes = match self.cri.list_pod_sandboxes(labels).await {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::warn!(pod = %pod_key(pod), %error, "ListPodSandbox failed");
+                return;
+            }
+        };
+        for stale in sandboxes.iter().filter(|s| Some(s.id.as_str()) != keep) {
+            match self.cri.stop_pod_sandbox(&stale.id).await {
+                Ok(()) => match self.cri.remove_pod_sandbox(&stale.id).await {
+                    Ok(()) => tracing::info!(pod = %pod_key(pod), sandbox = %stale.id, "stale sandbox removed"),
+                    Err(error) => tracing::warn!(pod = %pod_key(pod), sandbox = %stale.id, %error, "RemovePodSandbox"),
+                },
+                Err(error) => tracing::warn!(pod = %pod_key(pod), sandbox = %stale.id, %error,
+                    "StopPodSandbox of a stale sandbox failed; trying again later"),
             }
         }
     }
 
-    async fn start_workload(&self, pod: &Pod, netns: &str) -> Result<Child, String> {
-        let namespace = pod.namespace().unwrap_or_default();
-        let log = self.layout.pod_log(&self.node, &namespace, &pod.name_any());
-        if let Some(dir) = log.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-        let mut command = sys::async_command_in_netns(netns, &self.lab_binary);
-        command.arg("echo-server").arg("--name").arg(pod.name_any());
-        for port in workload_ports(pod) {
-            command.arg("--port").arg(port.to_string());
-        }
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file).kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| format!("cannot start the workload: {e}"))?;
-        let Some(stdout) = child.stdout.take() else { return Err("workload has no stdout".into()) };
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        match tokio::time::timeout(WORKLOAD_START, lines.next_line()).await {
-            Ok(Ok(Some(line))) if line.trim() == "ready" => Ok(child),
-            other => {
-                let _ = child.kill().await;
-                Err(format!("workload did not start ({other:?}); log {}: {}", log.display(), sys::tail(&log, 3)))
+    async fn discard_sandbox(&self, id: &str) {
+        let _ = self.cri.stop_pod_sandbox(id).await;
+        let _ = self.cri.remove_pod_sandbox(id).await;
+    }
+
+    /// Creates and starts the workload container, and waits until it says it listens.
+    async fn start_workload(&self, pod: &Pod, sandbox: &Sandbox, attempt: u32) -> Result<Workload, String> {
+        let config = container_config(pod, &self.lab_binary, attempt);
+        let log = Path::new(&sandbox.config.log_directory).join(&config.log_path);
+        let id = self
+            .cri
+            .start_container(&sandbox.id, config, sandbox.config.clone())
+            .await
+            .map_err(|e| format!("starting the workload: {e}"))?;
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if cri_log_lines(&text).iter().any(|l| l.trim() == "ready") {
+                return Ok(Workload { id, log });
             }
+            let exited = matches!(self.cri.container_status(&id).await,
+                Ok(s) if s.state == cri_api::ContainerState::ContainerExited as i32);
+            if exited || started.elapsed() > WORKLOAD_START {
+                let _ = self.cri.remove_container(&id, Duration::ZERO).await;
+                let tail: Vec<String> = cri_log_lines(&text).into_iter().rev().take(3).collect();
+                let why = if exited { "exited" } else { "did not listen in time" };
+                return Err(format!(
+                    "workload {why}; log {}: {}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -426,8 +643,8 @@ impl Kubelet {
             .iter()
             .flat_map(|s| s.containers.iter())
             .map(|c| {
-                json!({"name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": true,
-                       "started": true, "restartCount": restarts, "containerID": format!("skein-lab://{}", c.name),
+                json!({"name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": IMAGE_REF, "ready": true,
+                       "started": true, "restartCount": restarts, "containerID": format!("containerd://{}", c.name),
                        "state": {"running": {"startedAt": now}}})
             })
             .collect();
@@ -457,9 +674,10 @@ impl Kubelet {
     }
 }
 
-/// A pod's sandbox: its CNI attachment, the result of ADD, and the configuration it was
-/// added with (for DEL).
-type Sandbox = (Attachment, Option<Value>, crate::cni_runtime::LoadedConf);
+/// The kernel release, as kubelet reports it.
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
 
 /// A failed step of a pod's set-up: the Event reason and what went wrong.
 struct Failure {
@@ -500,22 +718,65 @@ mod tests {
     }
 
     #[test]
-    fn host_ports_become_port_mappings() {
+    fn host_ports_become_the_sandboxs_port_mappings() {
         let p = pod(json!({"containers": [{"name": "a", "ports": [
-            {"containerPort": 80, "hostPort": 8080}, {"containerPort": 53, "protocol": "UDP", "hostPort": 5353}, {"containerPort": 9}]}]}));
-        let config = runtime_config(&p);
-        assert_eq!(
-            config["portMappings"],
-            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
-                   {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": ""}])
-        );
+            {"containerPort": 80, "hostPort": 8080}, {"containerPort": 53, "protocol": "UDP", "hostPort": 5353, "hostIP": "172.18.0.11"},
+            {"containerPort": 9}]}]}));
+        let mappings = port_mappings(&p);
+        assert_eq!(mappings.len(), 2);
+        assert_eq!((mappings[0].host_port, mappings[0].container_port), (8080, 80));
+        assert_eq!(mappings[0].protocol, cri_api::Protocol::Tcp as i32);
+        assert_eq!(mappings[1].protocol, cri_api::Protocol::Udp as i32);
+        assert_eq!(mappings[1].host_ip, "172.18.0.11");
+        let layout = Layout::new("sklab").unwrap();
+        let runtime = NodeRuntime::new(&layout, "node1");
+        let config = sandbox_config(&p, &runtime, 2);
+        assert_eq!(config.port_mappings, mappings);
+        let meta = config.metadata.unwrap();
+        assert_eq!((meta.name.as_str(), meta.namespace.as_str(), meta.uid.as_str(), meta.attempt), ("p", "d", "u", 2));
+        assert_eq!(config.labels["io.kubernetes.pod.uid"], "u");
+        assert_eq!(config.log_directory, "/run/skein-lab/sklab/node1/pods/d_p_u");
+        let linux = config.linux.unwrap();
+        assert_eq!(linux.cgroup_parent, "/skein-lab-sklab/node1/podu");
+        let network = linux.security_context.unwrap().namespace_options.unwrap().network;
+        assert_eq!(network, cri_api::NamespaceMode::Pod as i32);
     }
 
     #[test]
-    fn container_ids_look_like_containerds() {
-        let id = container_id("u");
-        assert_eq!(id.len(), 64);
-        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(id, container_id("u"));
+    fn host_network_pods_share_the_nodes_namespace_and_get_no_port_mappings() {
+        let p = pod(
+            json!({"hostNetwork": true, "containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 80}]}]}),
+        );
+        let runtime = NodeRuntime::new(&Layout::new("sklab").unwrap(), "node1");
+        let config = sandbox_config(&p, &runtime, 0);
+        assert!(config.port_mappings.is_empty());
+        assert!(config.hostname.is_empty());
+        let options = config.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
+        assert_eq!(options.network, cri_api::NamespaceMode::Node as i32);
+        let container = container_config(&p, Path::new("/x/skein-lab"), 1);
+        let options = container.linux.unwrap().security_context.unwrap().namespace_options.unwrap();
+        assert_eq!(options.network, cri_api::NamespaceMode::Node as i32);
+    }
+
+    #[test]
+    fn the_workload_container_runs_the_mounted_echo_server_on_the_pods_ports() {
+        let p = pod(
+            json!({"containers": [{"name": "web", "ports": [{"containerPort": 8080}, {"containerPort": 53, "protocol": "UDP"}]}]}),
+        );
+        let config = container_config(&p, Path::new("/x/skein-lab"), 3);
+        assert_eq!(config.command, [WORKLOAD_PATH]);
+        assert_eq!(config.args, ["echo-server", "--name", "p", "--port", "tcp:8080", "--port", "udp:53"]);
+        assert_eq!(config.mounts[0].host_path, "/x/skein-lab");
+        assert!(config.mounts[0].readonly);
+        assert_eq!(config.log_path, "web/3.log");
+        assert_eq!(config.metadata.unwrap().attempt, 3);
+        assert_eq!(config.image.unwrap().image, IMAGE_REF);
+    }
+
+    #[test]
+    fn cri_log_records_become_lines() {
+        let text = "2026-12-07T09:40:02.1Z stdout F ready\n2026-12-07T09:40:02.2Z stderr P part one \n\
+                    2026-12-07T09:40:02.3Z stderr F and two\ngarbage\n2026-12-07T09:40:02.4Z stdout F \n";
+        assert_eq!(cri_log_lines(text), ["ready", "part one and two", ""]);
     }
 }

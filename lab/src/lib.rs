@@ -1,21 +1,26 @@
 //! Skein's lab: a whole multi-node cluster on one Linux host. Every node and every pod is a
 //! network namespace; the real `skein-master`, `skein-agent` and `skein-cni` run unchanged
 //! against an in-process Kubernetes API (`skein-kube-fake`), with stand-ins for the scheduler,
-//! the EndpointSlice and Deployment controllers and each node's kubelet and container runtime.
-//! A test harness: never part of an install. See `docs/lab.md`.
+//! the EndpointSlice and Deployment controllers and each node's kubelet, which runs pods
+//! through a real containerd per node over CRI. A test harness: never part of an install. See
+//! `docs/lab.md`.
 
 #![forbid(unsafe_code)]
 
 pub mod checks;
 pub mod cli;
 pub mod cni_runtime;
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod deployments;
 pub mod echo;
 pub mod endpointslices;
+pub mod image;
 pub mod kubelet;
 pub mod layout;
 pub mod manifest;
+pub mod prereq;
 pub mod scenario;
 pub mod scheduler;
 pub mod state;

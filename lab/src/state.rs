@@ -31,13 +31,49 @@ pub struct LabState {
     pub kubeconfig: PathBuf,
     /// The master's southbound URL.
     pub master_url: String,
-    /// Whether the agent binary has its networking (`--master`); without it pods cannot get
-    /// an interface.
-    pub agent_networking: bool,
     /// Running processes by role (`master`, `agent/node1`, `outside-echo`) → pid.
     pub processes: BTreeMap<String, i32>,
     /// The binaries in use.
     pub binaries: Binaries,
+    /// The latest unexpected exits of supervised processes (the last [`MAX_EXITS`]), so that
+    /// `up` and `check` report a crash at once, with its log.
+    #[serde(default)]
+    pub exits: Vec<ProcessExit>,
+}
+
+/// How many exits the state file keeps.
+pub const MAX_EXITS: usize = 20;
+
+/// A supervised process that exited on its own (it is started again with backoff).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessExit {
+    /// `master`, `agent/node1`, `containerd/node2`, `outside-echo`.
+    pub role: String,
+    /// Its pid.
+    pub pid: i32,
+    /// How it ended (`exit status: 1`, `signal: 9 (SIGKILL)`).
+    pub status: String,
+    /// Seconds it ran.
+    pub after_seconds: f64,
+    /// Its log.
+    pub log: PathBuf,
+    /// The log's last lines when it exited.
+    pub last_lines: String,
+}
+
+impl std::fmt::Display for ProcessExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (pid {}) exited ({}) {:.1} s after it started; last lines of {}:\n{}",
+            self.role,
+            self.pid,
+            self.status,
+            self.after_seconds,
+            self.log.display(),
+            self.last_lines
+        )
+    }
 }
 
 /// The binaries a lab runs.
@@ -51,6 +87,12 @@ pub struct Binaries {
     pub agent: PathBuf,
     /// `skein-cni`.
     pub cni: PathBuf,
+    /// `containerd` (each node runs one).
+    #[serde(default)]
+    pub containerd: PathBuf,
+    /// `busybox` (the pods' image holds it).
+    #[serde(default)]
+    pub busybox: PathBuf,
 }
 
 impl Binaries {
@@ -66,6 +108,8 @@ impl Binaries {
             master: dir.join("skein-master"),
             agent: dir.join("skein-agent"),
             cni: dir.join("skein-cni"),
+            containerd: crate::prereq::which("containerd").unwrap_or_else(|| PathBuf::from("containerd")),
+            busybox: crate::prereq::which("busybox").unwrap_or_else(|| PathBuf::from("/bin/busybox")),
         };
         let missing: Vec<String> = [&binaries.master, &binaries.agent, &binaries.cni]
             .into_iter()
@@ -89,6 +133,13 @@ impl LabState {
         serde_json::from_str(&text).ok()
     }
 
+    /// Records an exit, keeping the last [`MAX_EXITS`].
+    pub fn record_exit(&mut self, exit: ProcessExit) {
+        self.exits.push(exit);
+        let excess = self.exits.len().saturating_sub(MAX_EXITS);
+        self.exits.drain(..excess);
+    }
+
     /// Writes the state file atomically.
     pub fn write(&self, layout: &Layout) -> std::io::Result<()> {
         let path = layout.state_file();
@@ -108,6 +159,17 @@ pub enum ControlRequest {
     RestartAgent {
         /// The node.
         node: String,
+    },
+    /// Stop a supervised process (`agent/node2`, `containerd/node1`, `master`) and keep it
+    /// stopped; answered once it is gone.
+    StopProcess {
+        /// The process's role.
+        role: String,
+    },
+    /// Start a process stopped with `stop-process` again; answered once it runs.
+    StartProcess {
+        /// The process's role.
+        role: String,
     },
     /// Stop everything (answered first).
     Shutdown,
@@ -157,6 +219,29 @@ mod tests {
         assert_eq!(serde_json::from_str::<ControlRequest>(r#"{"op":"shutdown"}"#).unwrap(), ControlRequest::Shutdown);
         let response = ControlResponse { ok: true, message: "x".into(), pid: None };
         assert_eq!(serde_json::to_string(&response).unwrap(), r#"{"ok":true,"message":"x"}"#);
+    }
+
+    #[test]
+    fn exits_are_kept_to_the_last_few_and_say_what_happened() {
+        let mut state = LabState::default();
+        for pid in 0..(MAX_EXITS as i32 + 5) {
+            state.record_exit(ProcessExit { role: "agent/node1".into(), pid, ..Default::default() });
+        }
+        assert_eq!(state.exits.len(), MAX_EXITS);
+        assert_eq!(state.exits[0].pid, 5);
+        let exit = ProcessExit {
+            role: "agent/node2".into(),
+            pid: 7,
+            status: "exit status: 1".into(),
+            after_seconds: 0.4,
+            log: "/run/x/agent.log".into(),
+            last_lines: "Error: cannot run iptables".into(),
+        };
+        let text = exit.to_string();
+        assert!(
+            text.contains("agent/node2 (pid 7) exited (exit status: 1) 0.4 s") && text.contains("cannot run iptables"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,42 +1,27 @@
 //! End to end, as root: `skein-lab demo` builds a 3-node lab running the real skein-master,
 //! skein-agent and skein-cni, deploys the demo scenario, runs every check, prints the table
-//! and tears the lab down; it must exit 0 and end with `checks passed: N/N`. Needs root,
-//! iproute2 and the reference CNI plugins (containernetworking-plugins); without root the test
-//! fails saying so, unless `SKEIN_SKIP_NETNS_TESTS=1`.
+//! and tears the lab down; it must exit 0 and end with `checks passed: N/N`, leaving nothing
+//! behind. Pods run through each node's containerd. Needs root and the packages `skein-lab`
+//! checks for (iproute2, iptables, containerd, runc, busybox-static,
+//! containernetworking-plugins; it installs them itself when they are missing); without root
+//! the test fails saying so, unless `SKEIN_SKIP_NETNS_TESTS=1`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-const LAB: &str = env!("CARGO_BIN_EXE_skein-lab");
 
 #[path = "../../datapath/tests/netns/command.rs"]
 mod command;
+mod support;
 
-/// The binaries the lab runs sit next to skein-lab. `cargo test --workspace` builds them (their
-/// packages have integration tests); a lone `cargo test -p skein-lab` may not, so build them.
-fn ensure_binaries(dir: &Path) {
-    let missing: Vec<&str> =
-        ["skein-master", "skein-agent", "skein-cni"].into_iter().filter(|b| !dir.join(b).is_file()).collect();
-    if missing.is_empty() {
-        return;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args(["build", "-p", "skein-master", "-p", "skein-agent", "-p", "skein-cni"]);
-    if dir.ends_with("release") {
-        command.arg("--release");
-    }
-    let status = command.status().expect("running cargo build for the lab's binaries");
-    assert!(status.success(), "building {missing:?} failed");
-}
+use support::{LAB, ensure_binaries, netns_with_prefix};
 
 #[test]
 fn netns_demo_passes_every_check() {
     if !command::root_or_skip("the lab demo", "network namespaces") {
         return;
     }
-    let dir: PathBuf = Path::new(LAB).parent().expect("skein-lab has a directory").to_path_buf();
-    ensure_binaries(&dir);
+    ensure_binaries();
+    let runtime_netns_before = netns_with_prefix("cni-").len();
     // Its own prefix, so that a lab someone left running under the default one is untouched.
     let output = Command::new(LAB)
         .args(["--prefix", "sklabt", "demo", "--nodes", "3"])
@@ -54,8 +39,10 @@ fn netns_demo_passes_every_check() {
     assert_eq!(passed, total, "not every check passed:\n{stdout}");
     assert!(total.parse::<usize>().unwrap() >= 20, "too few checks: {last}");
     assert!(output.status.success(), "skein-lab demo exited with {}", output.status);
-    // Nothing is left behind.
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&netns.stdout).contains("sklabt-"), "namespaces left behind");
+    // Nothing is left behind: no namespace of the lab or of its containerds, no process.
+    assert_eq!(netns_with_prefix("sklabt-"), Vec::<String>::new(), "namespaces left behind");
+    assert_eq!(netns_with_prefix("cni-").len(), runtime_netns_before, "sandbox namespaces left behind");
     assert!(!Path::new("/run/skein-lab/sklabt").exists(), "state directory left behind");
+    let processes = Command::new("pgrep").args(["-f", "/run/skein-lab/sklabt/"]).output().unwrap();
+    assert!(processes.stdout.is_empty(), "processes left behind: {}", String::from_utf8_lossy(&processes.stdout));
 }

@@ -3,8 +3,19 @@
 //! One Rust module per proto package, nested like the package's path on disk, so that
 //! `proto/deviceplugin/v1beta1/api.proto` (package `v1beta1`) is
 //! [`deviceplugin::v1beta1`], and `proto/southbound.proto` (package `skein.southbound.v1`) is
-//! [`southbound::v1`]. The code is generated at build time by `build.rs`.
+//! [`southbound::v1`], and `proto/cri/v1/api.proto` (package `runtime.v1`) is [`cri::v1`]. The code is generated at build time by `build.rs`.
 #![forbid(unsafe_code)]
+
+/// The Kubernetes Container Runtime Interface, as kubelet speaks it to a runtime.
+pub mod cri {
+    /// CRI v1 (package `runtime.v1`): the `RuntimeService` (sandboxes, containers) and
+    /// `ImageService` that containerd serves; the subset Skein's lab uses
+    /// (`proto/cri/v1/api.proto`).
+    pub mod v1 {
+        #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
+        tonic::include_proto!("runtime.v1");
+    }
+}
 
 /// Kubelet device plugin API.
 pub mod deviceplugin {
