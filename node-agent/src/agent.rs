@@ -207,6 +207,8 @@ pub async fn start(
     };
     let net =
         NodeNetwork::new(dp.clone(), switch.clone(), control.clone(), &s.state_dir, tunnel, Some(MANAGEMENT_PORT));
+    // Before anything answers: a scrape sees this network from the first STATUS on.
+    metrics.attach(net.clone());
     if let Some(gateway_mac) = gateway_mac {
         let up = Uplink {
             port: UPLINK_PORT,
@@ -272,7 +274,6 @@ pub async fn start(
     let tls = client_tls(&s.tls)?;
     tokio::spawn(follow_master(client.clone(), s.master.clone(), tls, registration, net.clone(), shutdown.clone()));
 
-    metrics.attach(net.clone());
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
 }

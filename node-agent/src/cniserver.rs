@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use skein_cni::agent_protocol::{
     AddResult, AgentCommand, AgentError, AgentRequest, AgentResponse, InterfaceConfig, MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION, RouteConfig, StatusResult,
 };
 use skein_netmodel::annotations::PodNetwork;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ pub const CODE_BAD_ANNOTATION: u32 = 104;
 pub const CODE_BIND_FAILED: u32 = 105;
 /// Skein's code: CHECK found the pod not bound or its flows not installed.
 pub const CODE_NOT_BOUND: u32 = 106;
+/// How often a waiting ADD looks whether its plugin is still connected.
+const HANGUP_CHECK: Duration = Duration::from_millis(50);
 
 /// What the server needs.
 #[derive(Clone, Debug)]
@@ -375,17 +378,23 @@ fn error(code: u32, msg: String, details: String) -> AgentResponse {
 }
 
 /// Completes when the plugin has closed its end of `stream` entirely (after its request it
-/// shuts down only its write half, which is not this). A Unix socket reports that as a
-/// hang-up (`EPOLLHUP`, which tokio shows as "write closed"); waking on anything else,
-/// the readiness is cleared and the wait goes on.
+/// shuts down only its write half, which is not this): a Unix socket whose peer is gone
+/// polls as hung up. Looked at every 50 ms with a zero-timeout `poll`, which leaves the
+/// stream's readiness to the answer's write; an ADD usually ends before the second look.
 async fn hung_up(stream: &UnixStream) {
+    let mut tick = tokio::time::interval(HANGUP_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match stream.ready(Interest::WRITABLE).await {
-            Ok(ready) if ready.is_write_closed() => return,
-            Ok(_) => {
-                let _ = stream.try_io(Interest::WRITABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
+        tick.tick().await;
+        let mut fds = [PollFd::new(stream, PollFlags::empty())];
+        match poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => return,
+            Ok(_) => {}
+            Err(e) => {
+                // Cannot tell: keep serving the ADD rather than roll back a live plugin's.
+                debug!(error = %e, "polling the CNI connection failed");
+                std::future::pending::<()>().await;
             }
-            Err(_) => return,
         }
     }
 }
@@ -432,6 +441,11 @@ mod tests {
         // Half-closed: still waiting for the answer.
         let waited = tokio::time::timeout(Duration::from_millis(200), hung_up(&agent)).await;
         assert!(waited.is_err(), "a plugin that only shut down its write half is still there");
+        // Looking did not take the answer's way out.
+        tokio::time::timeout(Duration::from_secs(10), agent.write_all(b"answer\n")).await.expect("write").unwrap();
+        let mut answer = [0u8; 7];
+        plugin.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer\n");
         drop(plugin);
         tokio::time::timeout(Duration::from_secs(10), hung_up(&agent)).await.expect("a closed plugin is seen gone");
     }

@@ -148,16 +148,8 @@ impl StaleReason {
 /// had; the namespace by the identity it had, when the agent could see it then (an agent
 /// in a container without the runtime's netns directory judges by the veth alone).
 pub fn staleness(record: &PortRecord) -> Option<StaleReason> {
-    match skein_datapath::io::sys::if_index(&record.host_ifname) {
-        Ok(index) if record.ifindex.is_some_and(|had| had != index) => return Some(StaleReason::VethGone),
-        Ok(_) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NODEV.raw_os_error() || code == rustix::io::Errno::NXIO.raw_os_error()) =>
-        {
-            return Some(StaleReason::VethGone);
-        }
-        // Anything else (no sockets left?) proves nothing.
-        Err(_) => {}
-    }
+    // The namespace first: when a sandbox goes, its veth goes with it, and the sandbox is
+    // what the operator knows.
     if let (Some(path), Some(had)) = (&record.netns, record.netns_id) {
         match fs::metadata(path) {
             Ok(m) if (NetnsId { dev: m.dev(), ino: m.ino() }) != had => return Some(StaleReason::NetnsGone),
@@ -166,7 +158,14 @@ pub fn staleness(record: &PortRecord) -> Option<StaleReason> {
             Err(_) => {}
         }
     }
-    None
+    let gone = [rustix::io::Errno::NODEV.raw_os_error(), rustix::io::Errno::NXIO.raw_os_error()];
+    match skein_datapath::io::sys::if_index(&record.host_ifname) {
+        Ok(index) if record.ifindex.is_some_and(|had| had != index) => Some(StaleReason::VethGone),
+        Ok(_) => None,
+        Err(e) if e.raw_os_error().is_some_and(|code| gone.contains(&code)) => Some(StaleReason::VethGone),
+        // Anything else (out of descriptors?) proves nothing.
+        Err(_) => None,
+    }
 }
 
 /// The logical port name of a pod.
