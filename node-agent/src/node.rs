@@ -420,12 +420,10 @@ impl NodeNetwork {
     pub fn reclaim_stale(&self, pod: Option<&str>) -> Vec<(PortRecord, StaleReason)> {
         // Judged without the lock (a syscall or two per record), then removed under it only
         // if the record is still the one judged: an ADD may have rebound the name meanwhile.
-        let stale: Vec<(PortRecord, StaleReason)> = self
-            .records()
-            .into_iter()
-            .filter(|r| pod.is_none_or(|p| r.logical_port == p))
-            .filter_map(|r| staleness(&r).map(|why| (r, why)))
-            .collect();
+        let candidates: Vec<PortRecord> =
+            self.lock().records.values().filter(|r| pod.is_none_or(|p| r.logical_port == p)).cloned().collect();
+        let stale: Vec<(PortRecord, StaleReason)> =
+            candidates.into_iter().filter_map(|r| staleness(&r).map(|why| (r, why))).collect();
         if stale.is_empty() {
             return stale;
         }
