@@ -277,11 +277,10 @@ impl CniServer {
         ifindex: Option<u32>,
         bound: Option<&PortRecord>,
     ) -> AgentResponse {
-        if let Some(record) = bound
-            && self.net.record(host_ifname).as_ref() == Some(record)
-        {
-            self.net.unbind(host_ifname);
-        }
+        // Only the binding this ADD made (GC may have undone it meanwhile).
+        let unbound = bound.is_some_and(|record| {
+            self.net.record(host_ifname).as_ref() == Some(record) && self.net.unbind(host_ifname).is_some()
+        });
         let deleted = match ifindex {
             Some(index) => match skein_cni::netlink::delete_link_by_index(index, host_ifname) {
                 Ok(deleted) => deleted,
@@ -295,7 +294,7 @@ impl CniServer {
         warn!(
             container,
             interface = host_ifname,
-            unbound = bound.is_some(),
+            unbound,
             veth_deleted = deleted,
             "the CNI plugin left before the ADD's answer (timed out or killed): rolled back"
         );

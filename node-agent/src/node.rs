@@ -847,3 +847,60 @@ pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> st
     }
     fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(host_ifname: &str, ifindex: Option<u32>, netns: Option<&Path>) -> PortRecord {
+        PortRecord {
+            logical_port: "default_p".into(),
+            namespace: "default".into(),
+            pod: "p".into(),
+            uid: None,
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            host_ifname: host_ifname.into(),
+            port: 100,
+            ifindex,
+            netns: netns.map(|p| p.display().to_string()),
+            netns_id: netns.and_then(|p| NetnsId::of(&p.display().to_string())),
+        }
+    }
+
+    #[test]
+    fn a_record_is_stale_when_its_veth_or_namespace_is_gone_or_another() {
+        // `lo` stands for a live veth: every namespace has it.
+        let lo = interface_index("lo").expect("lo");
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sandbox");
+        fs::write(&sandbox, b"").unwrap();
+        assert_eq!(staleness(&record("lo", Some(lo), Some(&sandbox))), None);
+        assert_eq!(staleness(&record("lo", None, None)), None, "an older agent's record: by name");
+        assert_eq!(staleness(&record("sk000000000000", Some(7), None)), Some(StaleReason::VethGone));
+        assert_eq!(staleness(&record("lo", Some(lo + 1000), None)), Some(StaleReason::VethGone), "a newer veth");
+        let judged = record("lo", Some(lo), Some(&sandbox));
+        // The sandbox replaced by another file of the same name: another namespace. (The
+        // other file exists before the first goes, so it cannot get the freed inode.)
+        let other = dir.path().join("other");
+        fs::write(&other, b"x").unwrap();
+        fs::remove_file(&sandbox).unwrap();
+        assert_eq!(staleness(&judged), Some(StaleReason::NetnsGone), "path gone");
+        fs::rename(&other, &sandbox).unwrap();
+        assert_eq!(staleness(&judged), Some(StaleReason::NetnsGone), "path names another one");
+        // A namespace the agent could not see when binding: the veth alone decides.
+        let unseen = PortRecord { netns_id: None, ..judged };
+        assert_eq!(staleness(&unseen), None);
+    }
+
+    #[test]
+    fn old_port_records_still_load() {
+        let old = r#"{"logical_port":"default_p","namespace":"default","pod":"p","container_id":"c",
+            "ifname":"eth0","host_ifname":"sk1","port":100}"#;
+        let r: PortRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.ifindex, r.netns, r.netns_id), (None, None, None));
+        let new = record("lo", Some(1), None);
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<PortRecord>(&text).unwrap(), new);
+    }
+}
