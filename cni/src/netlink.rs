@@ -471,3 +471,18 @@ pub fn ensure_route(name: &str, route: &RouteSpec) -> Result<bool, NetError> {
 pub fn delete_link(name: &str) -> Result<bool, NetError> {
     NetlinkHost.delete_host_link(name)
 }
+
+/// Deletes the interface with index `index` in the calling thread's namespace, and only
+/// that one: `Ok(false)` if it is gone, also when another interface has taken its name
+/// since (an interface index is not reused while the namespace lives). `name` is for the
+/// error message.
+pub fn delete_link_by_index(index: u32, name: &str) -> Result<bool, NetError> {
+    let mut sock = RouteSocket::open()?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    match sock.request(RouteNetlinkMessage::DelLink(msg), 0) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(false),
+        Err(e) => Err(netlink_err(format!("deleting interface {name} (index {index})"), e)),
+    }
+}

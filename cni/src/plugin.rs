@@ -242,7 +242,13 @@ impl Context<'_> {
         let attached = self.attach(container_id, netns, ifname, &host_if, pod);
         let config = match attached {
             Ok(ok) => ok,
-            Err(e) => {
+            Err((e, bound)) => {
+                if let Some(request) = bound {
+                    // The agent bound the host end before the pod end failed: unbind it now
+                    // rather than leave a datapath port on a veth about to be deleted (the
+                    // runtime's DEL would too, but not every runtime gets that far).
+                    self.undo_binding(request);
+                }
                 // Undo: deleting the host end removes the pod end with it.
                 match self.host.delete_host_link(&host_if) {
                     Ok(_) => info!(host_ifname = %host_if, "veth removed after failed ADD"),
@@ -261,7 +267,9 @@ impl Context<'_> {
         Ok(result.to_json(self.conf.cni_version))
     }
 
-    /// ADD after the veth exists: ask the agent, then configure the pod end.
+    /// ADD after the veth exists: ask the agent, then configure the pod end. A failure
+    /// after the agent answered `ok` comes with the request, so that the binding the agent
+    /// made can be undone.
     fn attach(
         &self,
         container_id: &str,
@@ -269,22 +277,41 @@ impl Context<'_> {
         ifname: &str,
         host_if: &str,
         pod: PodRef,
-    ) -> Result<PodConfig, CniError> {
+    ) -> Result<PodConfig, (CniError, Option<Box<AgentRequest>>)> {
         let mut request = self.request(AgentCommand::Add);
         request.container_id = Some(container_id.into());
         request.netns = Some(netns.into());
         request.ifname = Some(ifname.into());
         request.host_ifname = Some(host_if.into());
         request.pod = Some(pod);
-        let answer = self.agent.call(&self.endpoint(self.full_timeout()), &request).map_err(|e| transport_error(&e))?;
+        let answer =
+            self.agent.call(&self.endpoint(self.full_timeout()), &request).map_err(|e| (transport_error(&e), None))?;
+        let bound = |e: CniError| (e, Some(Box::new(request.clone())));
         let config = match answer {
-            AgentResponse::Ok(add) => validate_interface(&add.interface)?,
-            AgentResponse::Error(e) => return Err(agent_error(e)),
-            other => return Err(unexpected_answer(AgentCommand::Add, &other)),
+            AgentResponse::Ok(add) => validate_interface(&add.interface).map_err(bound)?,
+            AgentResponse::Error(e) => return Err((agent_error(e), None)),
+            other => return Err((unexpected_answer(AgentCommand::Add, &other), None)),
         };
-        self.host.set_host_mtu(host_if, config.spec.mtu).map_err(system_error)?;
-        self.host.configure_pod_interface(Path::new(netns), ifname, &config.spec).map_err(system_error)?;
+        self.host.set_host_mtu(host_if, config.spec.mtu).map_err(|e| bound(system_error(e)))?;
+        self.host
+            .configure_pod_interface(Path::new(netns), ifname, &config.spec)
+            .map_err(|e| bound(system_error(e)))?;
         Ok(config)
+    }
+
+    /// Tells the agent to forget the binding an ADD that then failed made (best effort:
+    /// the runtime's DEL and the agent's stale-port reclaim catch what this misses).
+    fn undo_binding(&self, request: Box<AgentRequest>) {
+        let mut request = *request;
+        request.command = AgentCommand::Del;
+        let container = request.container_id.clone().unwrap_or_default();
+        match self.agent.call(&self.endpoint(self.full_timeout().min(STATUS_TIMEOUT)), &request) {
+            Ok(AgentResponse::Done | AgentResponse::Ok(_)) => {
+                info!(container = %container, "agent told to unbind after the failed ADD")
+            }
+            Ok(other) => warn!(container = %container, answer = ?other, "agent did not unbind after the failed ADD"),
+            Err(e) => warn!(container = %container, error = %e, "agent not told to unbind after the failed ADD"),
+        }
     }
 
     fn build_result(
@@ -638,6 +665,30 @@ mod tests {
         });
         let out = run(&env("ADD", &[]), &conf("1.0.0"), &agent, &host);
         assert_eq!(json_out(&out)["code"], CODE_AGENT_PROTOCOL);
+        assert!(host.host_link_names().is_empty());
+    }
+
+    #[test]
+    fn a_pod_end_failing_after_the_agent_bound_it_unbinds_and_removes_the_veth() {
+        let host = FakeHost::failing_pod_configuration();
+        host.add_netns(NETNS);
+        let agent = ok_agent();
+        let out = run(&env("ADD", &[]), &conf("1.0.0"), &agent, &host);
+        assert_eq!(json_out(&out)["code"], CODE_SYSTEM_FAILURE);
+        assert!(host.host_link_names().is_empty(), "veth removed");
+        let commands: Vec<AgentCommand> = agent.requests().iter().map(|r| r.command).collect();
+        assert_eq!(commands, [AgentCommand::Add, AgentCommand::Del], "the agent's binding is undone");
+        let del = &agent.requests()[1];
+        assert_eq!(del.host_ifname.as_deref(), Some(host_ifname("c0ffee", "eth0").as_str()));
+        assert_eq!(del.container_id.as_deref(), Some("c0ffee"));
+
+        // An agent that answered an error has bound nothing: no DEL.
+        let host = self::host();
+        let agent = FakeAgent::new(|_| {
+            Ok(AgentResponse::Error(AgentError { code: 105, msg: "bind failed".into(), details: String::new() }))
+        });
+        run(&env("ADD", &[]), &conf("1.0.0"), &agent, &host);
+        assert_eq!(agent.requests().len(), 1);
         assert!(host.host_link_names().is_empty());
     }
 

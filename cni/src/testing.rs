@@ -65,6 +65,8 @@ struct FakeState {
 #[derive(Debug, Default)]
 pub struct FakeHost {
     every_netns_exists: bool,
+    /// Set: configuring a pod interface fails (as when the netns disappears mid-ADD).
+    fail_pod_configuration: bool,
     state: Mutex<FakeState>,
 }
 
@@ -80,7 +82,12 @@ impl FakeHost {
 
     /// A host where every absolute path is an existing network namespace (for fuzzing).
     pub fn permissive() -> FakeHost {
-        FakeHost { every_netns_exists: true, state: Mutex::default() }
+        FakeHost { every_netns_exists: true, ..FakeHost::default() }
+    }
+
+    /// A host on which configuring the pod end of a veth fails.
+    pub fn failing_pod_configuration() -> FakeHost {
+        FakeHost { fail_pod_configuration: true, ..FakeHost::default() }
     }
 
     /// Adds a network namespace.
@@ -163,6 +170,9 @@ impl HostNetwork for FakeHost {
     }
 
     fn configure_pod_interface(&self, netns: &Path, ifname: &str, spec: &PodInterfaceSpec) -> Result<(), NetError> {
+        if self.fail_pod_configuration {
+            return Err(NetError::NetnsNotFound { path: netns.into(), source: io::ErrorKind::NotFound.into() });
+        }
         let mut s = self.state.lock().map_err(|_| poisoned())?;
         let link = s
             .pod_links

@@ -287,6 +287,31 @@ pub fn plan(view: &ClusterView, layout: &Layout) -> Vec<Check> {
             }
         }
     }
+    // hostPorts: from outside, and from a pod on another node, each to the pod's node IP.
+    for pod in &view.pods {
+        let Some(node_ip) = view.node_ip(&pod.node) else { continue };
+        let remote = view.pods.iter().find(|p| p.node != pod.node);
+        for (proto, host_port, container_port) in host_ports(&pod.pod) {
+            let target = Target { proto, addr: SocketAddr::new(node_ip, host_port) };
+            let mut sources = vec![("outside".to_owned(), layout.outside_netns())];
+            if let Some(remote) = remote {
+                sources.push((format!("pod {} ({})", remote.key(), remote.node), remote.netns.clone()));
+            }
+            for (from, netns) in sources {
+                checks.push(Check {
+                    title: format!(
+                        "hostport {} {node_ip}:{host_port}/{} (→ {container_port}) from {from}",
+                        pod.key(),
+                        proto.kubernetes_name()
+                    ),
+                    from_netns: netns,
+                    targets: vec![target],
+                    count: 1,
+                    expect: Expect::Names(vec![pod.name.clone()]),
+                });
+            }
+        }
+    }
     // Pod → outside, seen as the node.
     for pod in &view.pods {
         let Some(node_ip) = view.node_ip(&pod.node) else { continue };
@@ -299,6 +324,20 @@ pub fn plan(view: &ClusterView, layout: &Layout) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// The pod's hostPorts: (protocol, hostPort, containerPort), in declaration order.
+pub fn host_ports(pod: &Pod) -> Vec<(Proto, u16, u16)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host = u16::try_from(p.host_port?).ok().filter(|h| *h > 0)?;
+            let container = u16::try_from(p.container_port).ok()?;
+            Some((Proto::from_kubernetes(p.protocol.as_deref())?, host, container))
+        })
+        .collect()
 }
 
 /// Sends requests from inside a namespace.
@@ -674,6 +713,55 @@ mod tests {
         assert_eq!(checks[7].count, 24);
         assert!(matches!(&checks[3].expect, Expect::OneBackend(b) if b.len() == 2));
         assert_eq!(checks[5].from_netns, "sklab-outside");
+    }
+
+    #[test]
+    fn host_ports_are_probed_from_outside_and_from_another_node() {
+        let mut view = scenario();
+        let published = pod(
+            "hp",
+            1,
+            "10.244.1.9",
+            json!({}),
+            json!([{"containerPort": 8080, "hostPort": 18080},
+                   {"containerPort": 5353, "protocol": "UDP", "hostPort": 15353},
+                   {"containerPort": 9000}]),
+        );
+        let layout = Layout::new("sklab").unwrap();
+        view = ClusterView::new(
+            &layout,
+            &[node(1), node(2)],
+            &[view.pods[0].pod.clone(), view.pods[1].pod.clone(), view.pods[2].pod.clone(), published],
+            &view.services,
+        );
+        let checks = plan(&view, &layout);
+        let host_port_checks: Vec<&Check> = checks.iter().filter(|c| c.title.starts_with("hostport")).collect();
+        let titles: Vec<&str> = host_port_checks.iter().map(|c| c.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "hostport demo/hp 172.18.0.11:18080/TCP (→ 8080) from outside",
+                "hostport demo/hp 172.18.0.11:18080/TCP (→ 8080) from pod demo/web-2 (node2)",
+                "hostport demo/hp 172.18.0.11:15353/UDP (→ 5353) from outside",
+                "hostport demo/hp 172.18.0.11:15353/UDP (→ 5353) from pod demo/web-2 (node2)",
+            ]
+        );
+        assert_eq!(host_port_checks[0].from_netns, "sklab-outside");
+        assert_eq!(host_port_checks[1].from_netns, layout.pod_netns("node2", "uid-web-2"));
+        assert_eq!(host_port_checks[2].targets[0].to_string(), "udp:172.18.0.11:15353");
+        assert_eq!(host_port_checks[3].expect, Expect::Names(vec!["hp".into()]));
+        // Answered by another pod, or not at all: named.
+        let target = host_port_checks[0].targets[0];
+        let wrong = vec![TargetReport {
+            target,
+            attempts: vec![Attempt {
+                reply: Some(Reply { name: "web-1".into(), from: "10.244.1.2:4000".parse().unwrap() }),
+                latency_us: 1,
+                error: None,
+            }],
+        }];
+        let (ok, detail, _) = judge(host_port_checks[0], &wrong);
+        assert!(!ok && detail.contains("answered by web-1 instead of hp"), "{detail}");
     }
 
     #[tokio::test]

@@ -1,12 +1,17 @@
-//! The demo's scenario: on every node a `web` pod (a named TCP port and a UDP port) and a
-//! `client` pod (no ports: the workload's default 8080/TCP), two `api` pods; a ClusterIP
-//! Service with a named and a numbered target port (TCP and UDP), a NodePort Service, and a
-//! Service with ClientIP session affinity. Standard Kubernetes YAML, applied like a user's.
+//! The demo's scenario: on every node a `web` pod (a named TCP port and a UDP port; `web-1`
+//! publishes both on its node as hostPorts) and a `client` pod (no ports: the workload's
+//! default 8080/TCP), two `api` pods; a ClusterIP Service with a named and a numbered target
+//! port (TCP and UDP), a NodePort Service, and a Service with ClientIP session affinity.
+//! Standard Kubernetes YAML, applied like a user's.
 
 /// The demo's namespace.
 pub const NAMESPACE: &str = "demo";
 /// The NodePort of the `web-nodeport` Service.
 pub const NODE_PORT: u16 = 30080;
+/// The hostPort of `web-1`'s `http` port (TCP).
+pub const HOST_PORT_TCP: u16 = 18080;
+/// The hostPort of `web-1`'s `dns` port (UDP).
+pub const HOST_PORT_UDP: u16 = 15353;
 
 fn pod(name: &str, node: &str, labels: &str, ports: &str) -> String {
     format!(
@@ -21,9 +26,14 @@ pub fn demo_yaml(nodes: usize) -> String {
     let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
     let web_ports =
         "    ports:\n    - {name: http, containerPort: 8080}\n    - {name: dns, containerPort: 5353, protocol: UDP}\n";
+    let published = format!(
+        "    ports:\n    - {{name: http, containerPort: 8080, hostPort: {HOST_PORT_TCP}}}\n    \
+         - {{name: dns, containerPort: 5353, protocol: UDP, hostPort: {HOST_PORT_UDP}}}\n"
+    );
     for i in 1..=nodes {
         let node = format!("node{i}");
-        yaml.push_str(&pod(&format!("web-{i}"), &node, "app: web", web_ports));
+        let ports = if i == 1 { published.as_str() } else { web_ports };
+        yaml.push_str(&pod(&format!("web-{i}"), &node, "app: web", ports));
         yaml.push_str(&pod(&format!("client-{i}"), &node, "role: client", ""));
     }
     for i in 1..=2 {
@@ -76,6 +86,12 @@ mod tests {
         let spec = nodeport.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("NodePort"));
         assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30080));
+        let Manifest::Pod(web1) = &manifests[1] else { panic!() };
+        let ports = web1.spec.as_ref().unwrap().containers[0].ports.clone().unwrap();
+        assert_eq!(ports[0].host_port, Some(i32::from(HOST_PORT_TCP)));
+        assert_eq!((ports[1].host_port, ports[1].protocol.as_deref()), (Some(i32::from(HOST_PORT_UDP)), Some("UDP")));
+        let Manifest::Pod(web2) = &manifests[3] else { panic!() };
+        assert!(web2.spec.as_ref().unwrap().containers[0].ports.iter().flatten().all(|p| p.host_port.is_none()));
         assert_eq!(parse(&demo_yaml(1), "default").unwrap().len(), 8);
     }
 }

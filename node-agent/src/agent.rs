@@ -20,7 +20,7 @@ use skein_netmodel::southbound::{ChassisView, PortKind};
 use skein_netmodel::{IpNet, MacAddr};
 use skein_southbound::{AgentClient, ClientEvent, ClientSettings, ClientTls, Registration, TlsIdentity};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cniinstall::CniInstall;
 use crate::cniserver::{self, CniServer};
@@ -89,6 +89,8 @@ pub struct NetworkSettings {
     pub uplink_ports: UplinkPorts,
     /// How long to wait for the gateway's MAC at start.
     pub gateway_wait: Duration,
+    /// How often port records are checked for a veth or sandbox namespace that is gone.
+    pub stale_port_interval: Duration,
 }
 
 /// The running network side.
@@ -205,6 +207,8 @@ pub async fn start(
     };
     let net =
         NodeNetwork::new(dp.clone(), switch.clone(), control.clone(), &s.state_dir, tunnel, Some(MANAGEMENT_PORT));
+    // Before anything answers: a scrape sees this network from the first STATUS on.
+    metrics.attach(net.clone());
     if let Some(gateway_mac) = gateway_mac {
         let up = Uplink {
             port: UPLINK_PORT,
@@ -217,7 +221,10 @@ pub async fn start(
             warn!(error = %e, "binding the uplink failed");
         }
     }
+    // Serve CNI ADDs for the pods of the previous run's view before the master answers.
+    net.install_saved_view(&s.node_name);
     tokio::task::spawn_blocking(move || host::ensure_uplink_rules(node_ip, s.uplink_ports)).await??;
+    tokio::task::spawn_blocking(host::ensure_host_port_rules).await??;
     crate::controlsock::serve(&s.state_dir.join("control.sock"), control.clone())
         .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
 
@@ -247,11 +254,15 @@ pub async fn start(
     let pods = NodePods::start(client.clone(), &s.node_name);
     let listener = cniserver::bind(&s.cni_socket).with_context(|| format!("binding {}", s.cni_socket.display()))?;
     let server = CniServer::new(net.clone(), pods, s.add_timeout, metrics.clone());
-    // The configuration appears once the socket it names answers (STATUS says "not ready"
-    // until the master's first view is installed).
     tokio::spawn(server.serve(listener, s.cni_socket.clone(), shutdown.clone()));
-    if let Some(install) = &s.cni_install {
-        install.run().context("installing the CNI plugin")?;
+    tokio::spawn(reclaim_stale_ports(net.clone(), s.stale_port_interval, shutdown.clone()));
+    if let Some(install) = s.cni_install.clone() {
+        let plugin = install.clone();
+        tokio::task::spawn_blocking(move || plugin.install_plugin()).await?.context("installing the CNI plugin")?;
+        // The configuration makes the node "network ready" to the runtime (containerd 1.6
+        // asks nothing else): it appears once the socket it names serves ADDs with a view
+        // installed, and stays across restarts.
+        tokio::spawn(write_conflist_when_ready(install, net.clone(), shutdown.clone()));
     }
     // The master.
     let registration = Registration {
@@ -263,9 +274,56 @@ pub async fn start(
     let tls = client_tls(&s.tls)?;
     tokio::spawn(follow_master(client.clone(), s.master.clone(), tls, registration, net.clone(), shutdown.clone()));
 
-    metrics.attach(net.clone());
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
+}
+
+/// Writes the CNI configuration once a view is installed (from the master, or the
+/// previous run's), checking the chained plugins first; retries while that fails (a
+/// chained plugin missing), saying why.
+async fn write_conflist_when_ready(install: CniInstall, net: Arc<NodeNetwork>, shutdown: CancellationToken) {
+    let mut installed = net.installed();
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        ready = installed.wait_for(|s| s.version.is_some()) => if ready.is_err() { return },
+    }
+    let mut delay = Duration::from_secs(2);
+    loop {
+        let attempt = install.clone();
+        match tokio::task::spawn_blocking(move || attempt.prepare_chain().and_then(|v| attempt.write_conflist(&v)))
+            .await
+        {
+            Ok(Ok(_)) => {
+                info!(conf_dir = %install.conf_dir.display(), "CNI configuration in place: the node can network");
+                return;
+            }
+            Ok(Err(e)) => error!(
+                error = %e,
+                retry_in = ?delay,
+                "the CNI configuration cannot be written: pods cannot start on this node until it is"
+            ),
+            Err(e) => error!(error = %e, "writing the CNI configuration panicked"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Reclaims, every `interval`, the port records whose veth or sandbox namespace is gone.
+async fn reclaim_stale_ports(net: Arc<NodeNetwork>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let n = net.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || n.reclaim_stale(None)).await {
+            warn!(error = %e, "checking for stale pod ports panicked");
+        }
+    }
 }
 
 /// The chassis id in `<state>/chassis-id`, created on first start.

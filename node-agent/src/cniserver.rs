@@ -5,13 +5,20 @@
 //! annotation, binds the veth's host end as a datapath port, and answers only when the
 //! pod's flows are installed — the first packet the pod sends passes. Calls for one
 //! container are serialised; calls for different containers run concurrently.
+//!
+//! A failed ADD leaves nothing behind: when the agent gives up (error answer) it unbinds
+//! what it bound; when the plugin goes away first (its own timeout, or killed: the
+//! connection closes), the ADD stops there, unbinds, and deletes the veth it was about —
+//! by interface index, so that a veth the runtime's retry made under the same name stays.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use skein_cni::agent_protocol::{
     AddResult, AgentCommand, AgentError, AgentRequest, AgentResponse, InterfaceConfig, MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION, RouteConfig, StatusResult,
@@ -24,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::netmetrics::NetMetrics;
-use crate::node::{NodeNetwork, PortRecord, logical_port_name};
+use crate::node::{NetnsId, NodeNetwork, PortRecord, interface_index, logical_port_name};
 use crate::pods::{NodePods, PodWaitError};
 
 /// CNI error code: try again later.
@@ -37,6 +44,8 @@ pub const CODE_BAD_ANNOTATION: u32 = 104;
 pub const CODE_BIND_FAILED: u32 = 105;
 /// Skein's code: CHECK found the pod not bound or its flows not installed.
 pub const CODE_NOT_BOUND: u32 = 106;
+/// How often a waiting ADD looks whether its plugin is still connected.
+const HANGUP_CHECK: Duration = Duration::from_millis(50);
 
 /// What the server needs.
 #[derive(Clone, Debug)]
@@ -88,7 +97,7 @@ impl CniServer {
 
     async fn connection(&self, mut stream: UnixStream) {
         let response = match read_request(&mut stream).await {
-            Ok(request) => self.handle(request).await,
+            Ok(request) => self.handle_while(request, hung_up(&stream)).await,
             Err(msg) => error(CODE_BAD_REQUEST, msg, String::new()),
         };
         let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
@@ -101,6 +110,12 @@ impl CniServer {
 
     /// Answers one request.
     pub async fn handle(&self, request: AgentRequest) -> AgentResponse {
+        self.handle_while(request, std::future::pending()).await
+    }
+
+    /// Answers one request; an ADD still waiting when `gone` completes (the plugin left)
+    /// is rolled back instead.
+    pub async fn handle_while(&self, request: AgentRequest, gone: impl Future<Output = ()>) -> AgentResponse {
         let started = std::time::Instant::now();
         let command = request.command;
         let name = format!("{command:?}").to_uppercase();
@@ -120,7 +135,7 @@ impl CniServer {
                 None => None,
             };
             let response = match command {
-                AgentCommand::Add => self.add(&request).await,
+                AgentCommand::Add => self.add(&request, gone).await,
                 AgentCommand::Del => self.del(&request),
                 AgentCommand::Check => self.check(&request),
                 AgentCommand::Status => self.status(),
@@ -165,7 +180,7 @@ impl CniServer {
         }
     }
 
-    async fn add(&self, request: &AgentRequest) -> AgentResponse {
+    async fn add(&self, request: &AgentRequest, gone: impl Future<Output = ()>) -> AgentResponse {
         let (Some(container_id), Some(ifname), Some(host_ifname), Some(pod)) =
             (&request.container_id, &request.ifname, &request.host_ifname, &request.pod)
         else {
@@ -175,9 +190,19 @@ impl CniServer {
                 String::new(),
             );
         };
+        let mut gone = std::pin::pin!(gone);
         let started = Instant::now();
         let deadline = started + self.add_timeout;
-        let network = match self.pods.wait_network(&pod.namespace, &pod.name, pod.uid.as_deref(), deadline).await {
+        let logical_port = logical_port_name(&pod.namespace, &pod.name);
+        // The veth exists when the request arrives: its index identifies it from now on.
+        let ifindex = interface_index(host_ifname);
+        // Whatever an earlier ADD of this pod left bound to a veth or sandbox that is gone.
+        self.net.reclaim_stale(Some(&logical_port));
+        let waited = tokio::select! {
+            waited = self.pods.wait_network(&pod.namespace, &pod.name, pod.uid.as_deref(), deadline) => waited,
+            () = &mut gone => return self.plugin_gone(container_id, host_ifname, ifindex, None),
+        };
+        let network = match waited {
             Ok(network) => network,
             Err(e @ PodWaitError::Timeout { .. }) => {
                 return error(CODE_TRY_AGAIN, format!("the pod's network is not assigned yet: {e}"), String::new());
@@ -185,7 +210,6 @@ impl CniServer {
             Err(e @ PodWaitError::Malformed { .. }) => return error(CODE_BAD_ANNOTATION, e.to_string(), String::new()),
         };
         let annotated = Instant::now();
-        let logical_port = logical_port_name(&pod.namespace, &pod.name);
         let record = PortRecord {
             logical_port: logical_port.clone(),
             namespace: pod.namespace.clone(),
@@ -195,6 +219,9 @@ impl CniServer {
             ifname: ifname.clone(),
             host_ifname: host_ifname.clone(),
             port: 0,
+            ifindex,
+            netns: request.netns.clone(),
+            netns_id: request.netns.as_deref().and_then(NetnsId::of),
         };
         let record = match self.net.bind_pod(record) {
             Ok(record) => record,
@@ -203,7 +230,11 @@ impl CniServer {
         let bound = Instant::now();
         let mut installed = self.net.installed();
         let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
-        match tokio::time::timeout_at(deadline, wait).await {
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout_at(deadline, wait) => outcome,
+            () = &mut gone => return self.plugin_gone(container_id, host_ifname, ifindex, Some(&record)),
+        };
+        match outcome {
             Ok(Ok(_)) => {}
             _ => {
                 let state = self.net.installed().borrow().clone();
@@ -234,6 +265,40 @@ impl CniServer {
             "ADD: where the time went"
         );
         AgentResponse::Ok(AddResult { interface: interface_config(&network) })
+    }
+
+    /// The plugin left before the ADD's answer (it timed out, or was killed): undoes the
+    /// binding, if one was made, and deletes the veth the ADD was about. Nobody reads the
+    /// answer.
+    fn plugin_gone(
+        &self,
+        container: &str,
+        host_ifname: &str,
+        ifindex: Option<u32>,
+        bound: Option<&PortRecord>,
+    ) -> AgentResponse {
+        // Only the binding this ADD made (GC may have undone it meanwhile).
+        let unbound = bound.is_some_and(|record| {
+            self.net.record(host_ifname).as_ref() == Some(record) && self.net.unbind(host_ifname).is_some()
+        });
+        let deleted = match ifindex {
+            Some(index) => match skein_cni::netlink::delete_link_by_index(index, host_ifname) {
+                Ok(deleted) => deleted,
+                Err(e) => {
+                    warn!(container, interface = host_ifname, error = %e, "deleting the abandoned veth failed");
+                    false
+                }
+            },
+            None => false,
+        };
+        warn!(
+            container,
+            interface = host_ifname,
+            unbound,
+            veth_deleted = deleted,
+            "the CNI plugin left before the ADD's answer (timed out or killed): rolled back"
+        );
+        error(CODE_TRY_AGAIN, "the CNI plugin left before the answer; ADD rolled back".to_owned(), String::new())
     }
 
     fn del(&self, request: &AgentRequest) -> AgentResponse {
@@ -311,6 +376,28 @@ fn error(code: u32, msg: String, details: String) -> AgentResponse {
     AgentResponse::Error(AgentError { code, msg, details })
 }
 
+/// Completes when the plugin has closed its end of `stream` entirely (after its request it
+/// shuts down only its write half, which is not this): a Unix socket whose peer is gone
+/// polls as hung up. Looked at every 50 ms with a zero-timeout `poll`, which leaves the
+/// stream's readiness to the answer's write; an ADD usually ends before the second look.
+async fn hung_up(stream: &UnixStream) {
+    let mut tick = tokio::time::interval(HANGUP_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut fds = [PollFd::new(stream, PollFlags::empty())];
+        match poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => return,
+            Ok(_) => {}
+            Err(e) => {
+                // Cannot tell: keep serving the ADD rather than roll back a live plugin's.
+                debug!(error = %e, "polling the CNI connection failed");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 async fn read_request(stream: &mut UnixStream) -> Result<AgentRequest, String> {
     let mut buf = Vec::new();
     let read = async {
@@ -339,6 +426,28 @@ async fn read_request(stream: &mut UnixStream) -> Result<AgentRequest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_plugin_closing_its_write_half_is_there_and_one_closing_the_socket_is_gone() {
+        let (agent, plugin) = UnixStream::pair().unwrap();
+        let mut plugin = plugin;
+        plugin.write_all(b"{}\n").await.unwrap();
+        plugin.shutdown().await.unwrap();
+        let mut agent = agent;
+        let mut buf = Vec::new();
+        agent.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"{}\n");
+        // Half-closed: still waiting for the answer.
+        let waited = tokio::time::timeout(Duration::from_millis(200), hung_up(&agent)).await;
+        assert!(waited.is_err(), "a plugin that only shut down its write half is still there");
+        // Looking did not take the answer's way out.
+        tokio::time::timeout(Duration::from_secs(10), agent.write_all(b"answer\n")).await.expect("write").unwrap();
+        let mut answer = [0u8; 7];
+        plugin.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer\n");
+        drop(plugin);
+        tokio::time::timeout(Duration::from_secs(10), hung_up(&agent)).await.expect("a closed plugin is seen gone");
+    }
 
     #[test]
     fn interface_config_has_a_default_route_per_gateway_then_the_annotation_routes() {

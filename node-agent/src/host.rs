@@ -56,6 +56,14 @@ pub enum HostError {
         /// How long we waited.
         waited: Duration,
     },
+    /// A sysctl could not be set.
+    #[error("setting {name}: {problem}")]
+    Sysctl {
+        /// The sysctl.
+        name: String,
+        /// Why.
+        problem: String,
+    },
     /// iptables failed.
     #[error("iptables {args}: {problem}")]
     Iptables {
@@ -253,6 +261,86 @@ pub fn ensure_uplink_rules(node_ip: Ipv4Addr, ports: UplinkPorts) -> Result<(), 
         iptables(&["-t", "raw", "-I", "PREROUTING", "-j", UPLINK_CHAIN])?;
     }
     info!(chain = UPLINK_CHAIN, %node_ip, node_ports = ?ports.node_ports, snat_ports = ?ports.snat_ports, "uplink rules installed");
+    Ok(())
+}
+
+/// The `nat` chain that masquerades what the kernel DNATed into the management port.
+pub const HOST_PORT_NAT_CHAIN: &str = "SKEIN-POSTROUTING";
+/// The `filter` chain that lets that traffic through a host whose FORWARD policy drops.
+pub const HOST_PORT_FORWARD_CHAIN: &str = "SKEIN-FORWARD";
+
+/// Makes hostPorts work: the chained `portmap` plugin DNATs `NODE_IP:hostPort` to the pod
+/// in the node's kernel, which forwards it into the management port. Without more, the
+/// pod's reply would go to the client's address, which the datapath routes out of the
+/// gateway router, SNAT'ed, straight onto the uplink, and the kernel never un-NATs it. So
+/// the kernel masquerades such traffic to the management address (the pod answers that,
+/// through the management port back into the kernel, which un-NATs it), and forwards:
+/// `ip_forward` on, and `FORWARD` accepts it. `rp_filter` (strict or loose) passes both
+/// directions: each arrives on the interface its source is routed through.
+pub fn ensure_host_port_rules() -> Result<(), HostError> {
+    let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
+    match std::fs::read_to_string(forward) {
+        Ok(v) if v.trim() == "1" => {}
+        _ => {
+            std::fs::write(forward, "1")
+                .map_err(|e| HostError::Sysctl { name: "net.ipv4.ip_forward".to_owned(), problem: e.to_string() })?;
+            info!("net.ipv4.ip_forward set to 1 (hostPorts are forwarded into the management port)");
+        }
+    }
+    let _ = iptables(&["-t", "nat", "-N", HOST_PORT_NAT_CHAIN]);
+    iptables(&["-t", "nat", "-F", HOST_PORT_NAT_CHAIN])?;
+    iptables(&[
+        "-t",
+        "nat",
+        "-A",
+        HOST_PORT_NAT_CHAIN,
+        "-o",
+        MANAGEMENT_IFNAME,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "DNAT",
+        "-j",
+        "MASQUERADE",
+    ])?;
+    if iptables(&["-t", "nat", "-C", "POSTROUTING", "-j", HOST_PORT_NAT_CHAIN]).is_err() {
+        iptables(&["-t", "nat", "-I", "POSTROUTING", "-j", HOST_PORT_NAT_CHAIN])?;
+    }
+    let _ = iptables(&["-N", HOST_PORT_FORWARD_CHAIN]);
+    iptables(&["-F", HOST_PORT_FORWARD_CHAIN])?;
+    iptables(&[
+        "-A",
+        HOST_PORT_FORWARD_CHAIN,
+        "-o",
+        MANAGEMENT_IFNAME,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "DNAT",
+        "-j",
+        "ACCEPT",
+    ])?;
+    iptables(&[
+        "-A",
+        HOST_PORT_FORWARD_CHAIN,
+        "-i",
+        MANAGEMENT_IFNAME,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "DNAT",
+        "-j",
+        "ACCEPT",
+    ])?;
+    if iptables(&["-C", "FORWARD", "-j", HOST_PORT_FORWARD_CHAIN]).is_err() {
+        iptables(&["-I", "FORWARD", "-j", HOST_PORT_FORWARD_CHAIN])?;
+    }
+    info!(
+        nat = HOST_PORT_NAT_CHAIN,
+        filter = HOST_PORT_FORWARD_CHAIN,
+        interface = MANAGEMENT_IFNAME,
+        "hostPort rules installed"
+    );
     Ok(())
 }
 

@@ -49,9 +49,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Copy `skein-cni` into the CNI bin dir and write `10-skein.conflist` into the CNI
-    /// conf dir, then exit (for an init container).
-    InstallCni(CniPaths),
+    /// Copy `skein-cni` (and the chained reference plugins the bin dir lacks) into the CNI
+    /// bin dir and write `10-skein.conflist`, with the CNI versions every plugin of the
+    /// chain speaks, into the CNI conf dir, then exit (for an init container: with
+    /// --plugins-only, the conflist is left to the agent).
+    InstallCni(InstallCniArgs),
     /// Show a packet's walk through this node's flow tables, like `ovs-appctl
     /// ofproto/trace`: `skein-agent trace 'in_port=100,ip,nw_src=10.244.0.5,nw_dst=10.96.0.10,tcp,tp_dst=80'`.
     Trace {
@@ -105,6 +107,31 @@ struct CniPaths {
     /// The agent's CNI socket (mode 0600), written into the conflist.
     #[arg(long, env = "SKEIN_CNI_SOCKET", default_value = "/var/run/skein/cni.sock")]
     cni_socket: PathBuf,
+    /// Plugins chained after skein-cni in the conflist, in order (comma-separated; empty
+    /// for none). Each must be in the CNI bin dir (or a reference plugin directory, from
+    /// which it is copied); the conflist's CNI versions are those every one of them speaks.
+    #[arg(long, env = "SKEIN_CNI_CHAIN", value_delimiter = ',', default_value = "portmap,bandwidth")]
+    cni_chain: Vec<String>,
+    /// Where a chained plugin missing from the CNI bin dir is copied from (comma-separated,
+    /// in order): the distribution's reference plugins.
+    #[arg(
+        long,
+        env = "SKEIN_CNI_REFERENCE_DIRS",
+        value_delimiter = ',',
+        default_value = "/usr/lib/cni,/usr/libexec/cni"
+    )]
+    cni_reference_dirs: Vec<PathBuf>,
+}
+
+/// `install-cni`'s arguments.
+#[derive(Debug, clap::Args)]
+struct InstallCniArgs {
+    #[command(flatten)]
+    paths: CniPaths,
+    /// Install the plugins and check the chain's versions, but leave the conflist to the
+    /// agent, which writes it once it can network (the node is then network-ready).
+    #[arg(long)]
+    plugins_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,6 +230,11 @@ struct Args {
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     snat_port_range: (u16, u16),
 
+    /// How often pod port records are checked for a veth or sandbox namespace that is
+    /// gone (they are also checked at start and when an ADD for the same pod arrives).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    stale_port_interval: Duration,
+
     /// Do not run the node's network (only the device plugin).
     #[arg(long)]
     no_network: bool,
@@ -261,6 +293,8 @@ impl CniPaths {
             bin_dir: self.cni_bin_dir.clone(),
             conf_dir: self.cni_conf_dir.clone(),
             socket: self.cni_socket.clone(),
+            chain: self.cni_chain.iter().filter(|name| !name.is_empty()).cloned().collect(),
+            reference_dirs: self.cni_reference_dirs.clone(),
         }
     }
 }
@@ -349,6 +383,7 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         },
         uplink_ports: UplinkPorts { node_ports: args.node_port_range, snat_ports: args.snat_port_range },
         gateway_wait: Duration::from_secs(10),
+        stale_port_interval: args.stale_port_interval,
     })
 }
 
@@ -366,7 +401,18 @@ async fn main() -> anyhow::Result<()> {
         None => {}
         Some(Command::InstallCni(i)) => {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
-            return i.install().run().context("installing the CNI plugin");
+            let install = i.paths.install();
+            if i.plugins_only {
+                install.install_plugin().context("installing the CNI plugin")?;
+                let versions = install.prepare_chain().context("checking the CNI plugin chain")?;
+                info!(
+                    cni_version = %versions.cni_version,
+                    cni_versions = ?versions.cni_versions.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+                    "CNI plugins installed; the agent writes the conflist once it can network"
+                );
+                return Ok(());
+            }
+            return install.run().context("installing the CNI plugin");
         }
         Some(Command::Trace { packet, ct_next, state_dir }) => {
             return control_request(&state_dir, &format!("trace {packet}\n{}", ct_next.join("\n")));

@@ -1,7 +1,7 @@
 //! Metrics of the node's network: CNI requests (recorded as they are served), and the
-//! installed flows and version, pod ports, and the datapath's caches, upcalls and
-//! conntrack — read from the running network when `/metrics` is scraped, so nothing is
-//! sampled while nobody asks.
+//! installed flows and version, pod ports, stale pod ports reclaimed, and the datapath's
+//! caches, upcalls and conntrack — read from the running network when `/metrics` is
+//! scraped, so nothing is sampled while nobody asks.
 
 use std::sync::{Arc, OnceLock};
 
@@ -22,6 +22,13 @@ pub struct CniLabels {
     pub command: String,
     /// `ok` or `error`.
     pub result: String,
+}
+
+/// Labels of `skein_cni_stale_ports_reclaimed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StaleLabels {
+    /// `netns_gone`, `veth_gone` or `superseded`.
+    pub reason: String,
 }
 
 /// Labels naming a cache.
@@ -128,6 +135,17 @@ impl Collector for NetworkCollector {
             let c = ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
         };
+        let mut family = encoder.encode_descriptor(
+            "skein_cni_stale_ports_reclaimed",
+            "Pod port records reclaimed because their veth or sandbox namespace was gone, or a newer ADD of the pod replaced them",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (reason, count) in net.stale_reclaimed() {
+            let labels = StaleLabels { reason: reason.label().into() };
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+
         counter(&mut encoder, "skein_datapath_packets", "Packets processed by the datapath", s.packets)?;
         counter(
             &mut encoder,

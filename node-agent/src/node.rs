@@ -14,15 +14,24 @@
 //! before the pod's flows are installed, and the last installed flow file (`flows.txt`),
 //! written by a thread after each install (a burst of installs costs one write; an agent
 //! killed before the write restores the previous flows and gets the rest from the
-//! master's snapshot). A restarted agent re-opens the ports whose
-//! interfaces still exist, re-installs the last flows at once — pods forward again before
-//! the master has answered — and then installs the master's snapshot over them, which
-//! changes nothing that is still valid.
+//! master's snapshot), with the view it was translated from (`view.json`). A restarted
+//! agent re-opens the ports whose interfaces still exist, re-installs the last flows at
+//! once — pods forward again before the master has answered —, installs the saved view
+//! (so it serves CNI ADDs and answers STATUS "ready" before the master has answered) and
+//! then the master's snapshot over them, which changes nothing that is still valid.
+//!
+//! A port record whose veth or sandbox network namespace is gone — the CNI plugin was
+//! killed, a runtime skipped DEL — is reclaimed: at start, periodically
+//! ([`NodeNetwork::reclaim_stale`]), and when an ADD for the same pod arrives. The veth's
+//! interface index and the namespace's device and inode are recorded when the port is
+//! bound, so a veth or namespace made later under the same name is not taken for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -68,6 +77,95 @@ pub struct PortRecord {
     pub host_ifname: String,
     /// Datapath port number.
     pub port: u32,
+    /// The host end's interface index when the ADD arrived (a veth made later under the
+    /// same name is another one). Absent in records of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// The sandbox's network namespace (`CNI_NETNS`), when the runtime gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Device and inode of that namespace when the ADD arrived, when the agent could see
+    /// it (its identity while it lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<NetnsId>,
+}
+
+/// A network namespace's identity: the device and inode its path resolves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl NetnsId {
+    /// The identity of the namespace at `path`, if the agent can see it.
+    pub fn of(path: &str) -> Option<NetnsId> {
+        fs::metadata(path).ok().map(|m| NetnsId { dev: m.dev(), ino: m.ino() })
+    }
+}
+
+/// The interface index of `name` in the agent's namespace.
+pub fn interface_index(name: &str) -> Option<u32> {
+    skein_datapath::io::sys::if_index(name).ok()
+}
+
+/// Why a port record no longer describes a live attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StaleReason {
+    /// The sandbox's network namespace is gone (or its path names another one now).
+    NetnsGone,
+    /// The veth is gone (or its name belongs to a newer veth).
+    VethGone,
+    /// A newer ADD of the same pod replaced it.
+    Superseded,
+}
+
+impl StaleReason {
+    /// Every reason, in the order of [`NodeNetwork::stale_reclaimed`].
+    pub const ALL: [StaleReason; 3] = [StaleReason::NetnsGone, StaleReason::VethGone, StaleReason::Superseded];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            StaleReason::NetnsGone => "netns_gone",
+            StaleReason::VethGone => "veth_gone",
+            StaleReason::Superseded => "superseded",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            StaleReason::NetnsGone => 0,
+            StaleReason::VethGone => 1,
+            StaleReason::Superseded => 2,
+        }
+    }
+}
+
+/// Whether `record` is stale, and why. The veth is judged by its name and the index it
+/// had; the namespace by the identity it had, when the agent could see it then (an agent
+/// in a container without the runtime's netns directory judges by the veth alone).
+pub fn staleness(record: &PortRecord) -> Option<StaleReason> {
+    // The namespace first: when a sandbox goes, its veth goes with it, and the sandbox is
+    // what the operator knows.
+    if let (Some(path), Some(had)) = (&record.netns, record.netns_id) {
+        match fs::metadata(path) {
+            Ok(m) if (NetnsId { dev: m.dev(), ino: m.ino() }) != had => return Some(StaleReason::NetnsGone),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(StaleReason::NetnsGone),
+            Err(_) => {}
+        }
+    }
+    let gone = [rustix::io::Errno::NODEV.raw_os_error(), rustix::io::Errno::NXIO.raw_os_error()];
+    match skein_datapath::io::sys::if_index(&record.host_ifname) {
+        Ok(index) if record.ifindex.is_some_and(|had| had != index) => Some(StaleReason::VethGone),
+        Ok(_) => None,
+        Err(e) if e.raw_os_error().is_some_and(|code| gone.contains(&code)) => Some(StaleReason::VethGone),
+        // Anything else (out of descriptors?) proves nothing.
+        Err(_) => None,
+    }
 }
 
 /// The logical port name of a pod.
@@ -115,7 +213,7 @@ pub enum BindError {
 }
 
 struct Inner {
-    view: Option<ChassisView>,
+    view: Option<Arc<ChassisView>>,
     /// The pod-port flows installed with `view`, while the datapath holds `view`'s
     /// translation (`None` after a failed install: the next change installs in full).
     pod_flows: Option<Vec<skein_datapath::Flow>>,
@@ -133,6 +231,10 @@ pub struct NodeNetwork {
     installed: watch::Sender<InstallState>,
     state_dir: PathBuf,
     saver: FlowSaver,
+    /// Stale port records reclaimed, by [`StaleReason::index`].
+    stale_reclaimed: [AtomicU64; 3],
+    /// The view saved by the previous run (`view.json`), until it is installed or replaced.
+    saved_view: Mutex<Option<ChassisView>>,
 }
 
 impl std::fmt::Debug for NodeNetwork {
@@ -154,7 +256,7 @@ impl NodeNetwork {
         management_port: Option<u32>,
     ) -> Arc<NodeNetwork> {
         let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
-        let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"));
+        let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
         let net = NodeNetwork {
             dp,
             switch,
@@ -163,6 +265,8 @@ impl NodeNetwork {
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
             saver,
+            stale_reclaimed: Default::default(),
+            saved_view: Mutex::new(None),
         };
         net.restore();
         Arc::new(net)
@@ -204,6 +308,12 @@ impl NodeNetwork {
                     continue;
                 }
             };
+            if let Some(why) = staleness(&record) {
+                info!(pod = %record.logical_port, interface = %record.host_ifname, reason = why.label(), "stale port record reclaimed");
+                self.count_stale(why);
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             let spec = PortSpec::Interface { number: record.port, name: record.host_ifname.clone() };
             match self.switch.add_port(&spec) {
                 Ok(()) => {
@@ -213,11 +323,23 @@ impl NodeNetwork {
                 }
                 Err(e) => {
                     info!(pod = %record.logical_port, interface = %record.host_ifname, error = %e, "pod port gone; record removed");
+                    self.count_stale(StaleReason::VethGone);
                     let _ = fs::remove_file(&path);
                 }
             }
         }
         drop(inner);
+        match fs::read(self.state_dir.join("view.json")) {
+            Ok(bytes) => match serde_json::from_slice::<ChassisView>(&bytes) {
+                Ok(view) => {
+                    info!(version = view.version, "the previous run's view is kept until it can be installed");
+                    *self.saved_view.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+                }
+                Err(e) => warn!(error = %e, "the previous run's view does not parse; waiting for the master"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(error = %e, "cannot read the previous run's view"),
+        }
         match fs::read_to_string(self.flows_path()) {
             Ok(text) => match self.control.reload(&text) {
                 Ok(r) => {
@@ -253,7 +375,81 @@ impl NodeNetwork {
 
     /// The view installed last.
     pub fn view(&self) -> Option<ChassisView> {
-        self.lock().view.clone()
+        self.lock().view.as_deref().cloned()
+    }
+
+    /// Installs the view the previous run saved, if no view is installed yet and it is
+    /// `chassis`'s: a restarted agent then serves CNI ADDs for the pods it knew, and
+    /// STATUS answers ready, before the master has answered. Returns its version.
+    pub fn install_saved_view(&self, chassis: &str) -> Option<u64> {
+        let view = self.saved_view.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        if view.chassis != chassis {
+            warn!(saved = %view.chassis, chassis, "the saved view is another chassis's; ignored");
+            return None;
+        }
+        let mut inner = self.lock();
+        if inner.view.is_some() {
+            return None;
+        }
+        let version = view.version;
+        inner.view = Some(Arc::new(view));
+        match self.reinstall(&mut inner) {
+            Ok(()) => {
+                info!(version, "the previous run's view installed until the master answers");
+                Some(version)
+            }
+            Err(e) => {
+                warn!(version, error = %e, "the previous run's view does not install; waiting for the master");
+                inner.view = None;
+                None
+            }
+        }
+    }
+
+    /// Stale port records reclaimed since start, by reason.
+    pub fn stale_reclaimed(&self) -> [(StaleReason, u64); 3] {
+        StaleReason::ALL.map(|r| (r, self.stale_reclaimed[r.index()].load(Ordering::Relaxed)))
+    }
+
+    fn count_stale(&self, why: StaleReason) {
+        self.stale_reclaimed[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reclaims the port records (of `pod`'s logical port, or all) whose veth or sandbox
+    /// namespace is gone: unbinds them and counts them. Returns what was reclaimed.
+    pub fn reclaim_stale(&self, pod: Option<&str>) -> Vec<(PortRecord, StaleReason)> {
+        // Judged without the lock (a syscall or two per record), then removed under it only
+        // if the record is still the one judged: an ADD may have rebound the name meanwhile.
+        let candidates: Vec<PortRecord> =
+            self.lock().records.values().filter(|r| pod.is_none_or(|p| r.logical_port == p)).cloned().collect();
+        let stale: Vec<(PortRecord, StaleReason)> =
+            candidates.into_iter().filter_map(|r| staleness(&r).map(|why| (r, why))).collect();
+        if stale.is_empty() {
+            return stale;
+        }
+        let mut inner = self.lock();
+        let mut reclaimed = Vec::new();
+        for (record, why) in stale {
+            if inner.records.get(&record.host_ifname) != Some(&record) {
+                continue;
+            }
+            self.forget(&mut inner, &record.host_ifname);
+            self.count_stale(why);
+            warn!(
+                pod = %record.logical_port,
+                interface = %record.host_ifname,
+                container = %record.container_id,
+                reason = why.label(),
+                "stale pod port reclaimed"
+            );
+            reclaimed.push((record, why));
+        }
+        if !reclaimed.is_empty()
+            && let Err(e) = self.update_ports(&mut inner)
+        {
+            warn!(error = %e, "install after reclaiming stale ports failed");
+        }
+        reclaimed
     }
 
     /// The pod port records.
@@ -279,7 +475,9 @@ impl NodeNetwork {
     /// Installs `view`.
     pub fn install_view(&self, view: &ChassisView) -> Result<(), String> {
         let mut inner = self.lock();
-        inner.view = Some(view.clone());
+        inner.view = Some(Arc::new(view.clone()));
+        // The master's view supersedes the previous run's.
+        self.saved_view.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.reinstall(&mut inner)
     }
 
@@ -289,8 +487,15 @@ impl NodeNetwork {
     pub fn bind_pod(&self, mut record: PortRecord) -> Result<PortRecord, BindError> {
         let mut inner = self.lock();
         if let Some(existing) = inner.records.get(&record.host_ifname) {
-            // The same attachment again (a retried ADD): keep it.
-            return Ok(existing.clone());
+            if existing.ifindex == record.ifindex || existing.ifindex.is_none() || record.ifindex.is_none() {
+                // The same attachment again (a retried ADD): keep it.
+                return Ok(existing.clone());
+            }
+            // The name is on a newer veth: the recorded port reads a dead interface.
+            let host = record.host_ifname.clone();
+            info!(pod = %record.logical_port, interface = %host, "the recorded veth was replaced; rebinding");
+            self.forget(&mut inner, &host);
+            self.count_stale(StaleReason::VethGone);
         }
         let stale: Vec<String> = inner
             .records
@@ -301,6 +506,7 @@ impl NodeNetwork {
         for host in stale {
             info!(pod = %record.logical_port, interface = %host, "replacing the pod's previous interface");
             self.forget(&mut inner, &host);
+            self.count_stale(StaleReason::Superseded);
         }
         let used: BTreeSet<u32> = inner.records.values().map(|r| r.port).collect();
         let port = (FIRST_POD_PORT..).find(|p| !used.contains(p)).unwrap_or(FIRST_POD_PORT);
@@ -360,13 +566,13 @@ impl NodeNetwork {
 
     /// Translates and installs the whole view.
     fn reinstall(&self, inner: &mut Inner) -> Result<(), String> {
-        let Some(view) = &inner.view else {
+        let Some(view) = inner.view.clone() else {
             return Ok(());
         };
         let started = std::time::Instant::now();
         inner.pod_flows = None;
         let translation =
-            translate_partial(view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
+            translate_partial(&view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
         let result = translation.and_then(|t| {
             for u in &t.untranslated {
                 debug!(flow = ?u, "logical flow not translated");
@@ -378,7 +584,8 @@ impl NodeNetwork {
         match result {
             Ok((report, untranslated, pod_flows)) => {
                 inner.pod_flows = Some(pod_flows);
-                self.installed_now(view, &inner.bindings, report, Some(untranslated), started);
+                self.saver.set_view(view.clone());
+                self.installed_now(&view, &inner.bindings, report, Some(untranslated), started);
                 Ok(())
             }
             Err(e) => {
@@ -392,19 +599,19 @@ impl NodeNetwork {
     /// flows installed and those of the bindings now. Falls back to [`Self::reinstall`]
     /// when the datapath does not hold the view's translation.
     fn update_ports(&self, inner: &mut Inner) -> Result<(), String> {
-        let Some(view) = &inner.view else {
+        let Some(view) = inner.view.clone() else {
             return Ok(());
         };
         let Some(old) = inner.pod_flows.take() else {
             return self.reinstall(inner);
         };
         let started = std::time::Instant::now();
-        let new = pod_port_flows(view, &inner.bindings);
+        let new = pod_port_flows(&view, &inner.bindings);
         let (add, remove) = pod_port_delta(&old, &new);
         match self.control.update_flows(&add, &remove) {
             Ok(report) => {
                 inner.pod_flows = Some(new);
-                self.installed_now(view, &inner.bindings, report, None, started);
+                self.installed_now(&view, &inner.bindings, report, None, started);
                 Ok(())
             }
             Err(e) => {
@@ -458,8 +665,8 @@ impl skein_southbound::Installer for NodeNetwork {
 /// installs costs one write and a CNI ADD never waits for the disk.
 struct FlowSaver {
     shared: Arc<(Mutex<SaveState>, Condvar)>,
-    /// Set when the thread could not be started: each install then writes the file.
-    inline: Option<(Arc<Control>, PathBuf)>,
+    /// Set when the thread could not be started: each install then writes the files.
+    inline: Option<(Arc<Control>, PathBuf, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -472,16 +679,19 @@ struct SaveState {
     closed: bool,
     /// Set while [`FlowSaver::flush`] waits: write without settling.
     flushing: bool,
+    /// The view the installed flows were translated from, when it changed since the
+    /// last write.
+    view: Option<Arc<ChassisView>>,
 }
 
 /// How long the flow-saving thread lets installs accumulate before it writes.
 const SAVE_SETTLE: Duration = Duration::from_millis(100);
 
 impl FlowSaver {
-    fn start(control: Arc<Control>, path: PathBuf) -> FlowSaver {
+    fn start(control: Arc<Control>, path: PathBuf, view_path: PathBuf) -> FlowSaver {
         let shared = Arc::new((Mutex::new(SaveState::default()), Condvar::new()));
         let theirs = shared.clone();
-        let (control2, path2) = (control.clone(), path.clone());
+        let (control2, path2, view_path2) = (control.clone(), path.clone(), view_path.clone());
         let spawned = std::thread::Builder::new().name("skein-flow-save".into()).spawn(move || {
             if let Err(e) = skein_datapath::io::sys::idle_priority() {
                 debug!(error = %e, "the flow-saving thread keeps its priority");
@@ -509,8 +719,12 @@ impl FlowSaver {
                     return;
                 }
                 let target = state.wanted;
+                let view = state.view.take();
                 drop(state);
                 save(&control, &path);
+                if let Some(view) = view {
+                    save_view(&view, &view_path);
+                }
                 state = lock.lock().unwrap_or_else(|p| p.into_inner());
                 state.saved = target;
                 cv.notify_all();
@@ -520,7 +734,7 @@ impl FlowSaver {
             Ok(_) => None,
             Err(e) => {
                 warn!(error = %e, "cannot start the flow-saving thread; each install writes flows.txt itself");
-                Some((control2, path2))
+                Some((control2, path2, view_path2))
             }
         };
         FlowSaver { shared, inline }
@@ -530,9 +744,18 @@ impl FlowSaver {
         self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A new view was installed (before [`FlowSaver::mark`]): it is written with the flows.
+    fn set_view(&self, view: Arc<ChassisView>) {
+        if let Some((_, _, view_path)) = &self.inline {
+            save_view(&view, view_path);
+            return;
+        }
+        self.lock().view = Some(view);
+    }
+
     /// Something new was installed.
     fn mark(&self) {
-        if let Some((control, path)) = &self.inline {
+        if let Some((control, path, _)) = &self.inline {
             save(control, path);
             return;
         }
@@ -565,6 +788,16 @@ fn save(control: &Control, path: &Path) {
     let text = format_flow_file(&file);
     if let Err(e) = write_atomically(path, text.as_bytes(), Durability::Restart) {
         warn!(file = %path.display(), error = %e, "cannot save the installed flows for a restart");
+    }
+}
+
+/// Writes the view the installed flows come from, for the next run's start.
+fn save_view(view: &ChassisView, path: &Path) {
+    let result = serde_json::to_vec(view)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| write_atomically(path, &bytes, Durability::Restart));
+    if let Err(e) = result {
+        warn!(file = %path.display(), error = %e, "cannot save the installed view for a restart");
     }
 }
 
@@ -613,4 +846,61 @@ pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> st
         f.sync_all()?;
     }
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(host_ifname: &str, ifindex: Option<u32>, netns: Option<&Path>) -> PortRecord {
+        PortRecord {
+            logical_port: "default_p".into(),
+            namespace: "default".into(),
+            pod: "p".into(),
+            uid: None,
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            host_ifname: host_ifname.into(),
+            port: 100,
+            ifindex,
+            netns: netns.map(|p| p.display().to_string()),
+            netns_id: netns.and_then(|p| NetnsId::of(&p.display().to_string())),
+        }
+    }
+
+    #[test]
+    fn a_record_is_stale_when_its_veth_or_namespace_is_gone_or_another() {
+        // `lo` stands for a live veth: every namespace has it.
+        let lo = interface_index("lo").expect("lo");
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sandbox");
+        fs::write(&sandbox, b"").unwrap();
+        assert_eq!(staleness(&record("lo", Some(lo), Some(&sandbox))), None);
+        assert_eq!(staleness(&record("lo", None, None)), None, "an older agent's record: by name");
+        assert_eq!(staleness(&record("sk000000000000", Some(7), None)), Some(StaleReason::VethGone));
+        assert_eq!(staleness(&record("lo", Some(lo + 1000), None)), Some(StaleReason::VethGone), "a newer veth");
+        let judged = record("lo", Some(lo), Some(&sandbox));
+        // The sandbox replaced by another file of the same name: another namespace. (The
+        // other file exists before the first goes, so it cannot get the freed inode.)
+        let other = dir.path().join("other");
+        fs::write(&other, b"x").unwrap();
+        fs::remove_file(&sandbox).unwrap();
+        assert_eq!(staleness(&judged), Some(StaleReason::NetnsGone), "path gone");
+        fs::rename(&other, &sandbox).unwrap();
+        assert_eq!(staleness(&judged), Some(StaleReason::NetnsGone), "path names another one");
+        // A namespace the agent could not see when binding: the veth alone decides.
+        let unseen = PortRecord { netns_id: None, ..judged };
+        assert_eq!(staleness(&unseen), None);
+    }
+
+    #[test]
+    fn old_port_records_still_load() {
+        let old = r#"{"logical_port":"default_p","namespace":"default","pod":"p","container_id":"c",
+            "ifname":"eth0","host_ifname":"sk1","port":100}"#;
+        let r: PortRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.ifindex, r.netns, r.netns_id), (None, None, None));
+        let new = record("lo", Some(1), None);
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<PortRecord>(&text).unwrap(), new);
+    }
 }

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
-use harness::{Cluster, INTERNET, exec, ping, try_run};
+use harness::{Cluster, INTERNET, Libcni, exec, ping, try_run};
 use serde_json::json;
 use skein_kube_fake::Kind;
 use traffic::{NameServer, TcpSink, TcpSource, fetch_answers, join_within, spawn_in};
@@ -53,6 +53,99 @@ fn echo_peer_server(ns: &str, at: SocketAddrV4) -> std::thread::JoinHandle<Resul
 
 fn fetch_one(ns: &str, dst: SocketAddrV4) -> Result<String, String> {
     join_within(fetch_answers(ns, dst, 1), Duration::from_secs(40)).map(|mut v| v.pop().unwrap_or_default())
+}
+
+/// A UDP server in `ns` answering each datagram with the sender's address.
+fn udp_peer_server(ns: &str, at: SocketAddrV4) -> std::thread::JoinHandle<Result<(), String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = spawn_in(ns, "udp peer echo", move || {
+        let socket = std::net::UdpSocket::bind(at).map_err(|e| format!("bind {at}: {e}"))?;
+        let _ = tx.send(());
+        socket.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut buf = [0u8; 64];
+        while Instant::now() < deadline {
+            match socket.recv_from(&mut buf) {
+                Ok((_, peer)) => {
+                    let _ = socket.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(10));
+    handle
+}
+
+/// Asks `dst` over UDP from `ns` (a few tries, each waiting a second); the answer.
+fn udp_ask(ns: &str, dst: SocketAddrV4) -> Result<String, String> {
+    let asked = spawn_in(ns, "udp client", move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        socket.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let mut last = String::new();
+        for _ in 0..10 {
+            socket.send_to(b"who am i", dst).map_err(|e| format!("send to {dst}: {e}"))?;
+            match socket.recv_from(&mut buf) {
+                Ok((n, _)) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(format!("no answer from {dst} over UDP: {last}"))
+    });
+    join_within(asked, Duration::from_secs(30))
+}
+
+/// The agent's `/metrics` on node `i`.
+fn scrape(c: &Cluster, i: usize) -> String {
+    exec(
+        &c.nodes[i].ns,
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9476; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    )
+    .unwrap_or_default()
+}
+
+/// The value of the sample `series` (name with labels, as printed) in `metrics`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' '))?.trim().parse().ok())
+}
+
+/// A log line without its terminal colour codes.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // `ESC [ ... m`
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The agent's port record files of node `i`.
+fn port_records(c: &Cluster, i: usize) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(c.nodes[i].state.join("ports"))
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn has_link(c: &Cluster, i: usize, name: &str) -> bool {
+    exec(&c.nodes[i].ns, &["ip", "-o", "link"]).expect("links").contains(name)
 }
 
 #[test]
@@ -317,4 +410,336 @@ fn an_established_tcp_stream_survives_an_agent_restart() {
     // Nothing was torn down: the pods' interfaces are the same.
     let links = exec(&c.nodes[0].ns, &["ip", "-o", "link"]).expect("links");
     assert!(links.contains(&skein_cni::host::host_ifname(&a.container, "eth0")));
+}
+
+/// The versions every plugin of the chain answers VERSION with, as the agent computes them.
+fn chain_versions(c: &Cluster, i: usize) -> Vec<String> {
+    let mut common: Vec<String> = ["0.4.0", "1.0.0", "1.1.0"].map(String::from).to_vec();
+    for plugin in ["portmap", "bandwidth"] {
+        let supported = skein_agent::cniinstall::plugin_versions(&c.nodes[i].cni_bin.join(plugin))
+            .unwrap_or_else(|e| c.fail(&format!("{plugin} VERSION: {e}")));
+        common.retain(|v| supported.contains(v));
+    }
+    common
+}
+
+#[test]
+fn host_ports_answer_from_outside_and_from_pods_on_other_nodes() {
+    let Some(mut c) = Cluster::new("agent_host_ports", "d", 2) else { return };
+
+    // The conflist every runtime reads: `cniVersion` what libcni 1.1 knows, `cniVersions`
+    // what every chained plugin speaks (Debian's 1.1.1 plugins: up to 1.0.0).
+    let list = c.conflist(0);
+    assert_eq!(list.cni_version, "1.0.0", "containerd 1.6 hands cniVersion to every plugin");
+    assert_eq!(list.cni_versions, chain_versions(&c, 0), "cniVersions = what skein-cni, portmap and bandwidth speak");
+    let types: Vec<&str> = list.plugins.iter().filter_map(|p| p["type"].as_str()).collect();
+    assert_eq!(types, ["skein-cni", "portmap", "bandwidth"]);
+
+    // A pod with a TCP and a UDP hostPort on node1, started the way containerd 1.6 does.
+    let spec = json!({"containers": [{"name": "c", "image": "x", "ports": [
+        {"containerPort": 8080, "hostPort": 18080, "protocol": "TCP"},
+        {"containerPort": 5353, "hostPort": 18053, "protocol": "UDP"}]}]});
+    let uid = c.insert_pod("hp", 0, "hp", spec);
+    let (hp_ns, hp_container) = c.sandbox("hp");
+    let hp_netns = format!("/run/netns/{hp_ns}");
+    let hp_args = Cluster::cni_args("hp", &hp_container, &uid);
+    let mappings = json!({"portMappings": [
+        {"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"},
+        {"hostPort": 18053, "containerPort": 5353, "protocol": "udp"}]});
+    let (version, outs) = c.run_chain(0, Libcni::V1_1, "ADD", &hp_container, &hp_netns, &hp_args, &mappings, None);
+    assert_eq!(version, "1.0.0");
+    assert_eq!(outs.len(), 3, "{outs:?}");
+    for (plugin, out) in &outs {
+        if out.code != 0 {
+            c.fail(&format!("{plugin} ADD (libcni 1.1, {version}): {out:?}"));
+        }
+    }
+    let hp_result = outs[2].1.json();
+    assert_eq!(hp_result["cniVersion"], json!("1.0.0"), "a result containerd 1.6 accepts: {hp_result}");
+    let sandbox_if = hp_result["interfaces"]
+        .as_array()
+        .and_then(|ifs| ifs.iter().position(|i| i["name"] == "eth0" && i["sandbox"] == json!(hp_netns)))
+        .unwrap_or_else(|| c.fail(&format!("no eth0 with its sandbox in {hp_result}")));
+    assert_eq!(hp_result["ips"][0]["interface"], json!(sandbox_if), "{hp_result}");
+    let gateway: Ipv4Addr = hp_result["ips"][0]["gateway"].as_str().and_then(|g| g.parse().ok()).expect("gateway");
+    let management = Ipv4Addr::from(u32::from(gateway) + 1);
+
+    // A client pod on node2, started the way libcni ≥ 1.2 runtimes do.
+    let uid = c.insert_pod("hc", 1, "hc", json!({"containers": [{"name": "c", "image": "x"}]}));
+    let (hc_ns, hc_container) = c.sandbox("hc");
+    let hc_args = Cluster::cni_args("hc", &hc_container, &uid);
+    let (version, outs) =
+        c.run_chain(1, Libcni::V1_2, "ADD", &hc_container, &format!("/run/netns/{hc_ns}"), &hc_args, &json!({}), None);
+    assert_eq!(Some(version.as_str()), chain_versions(&c, 1).last().map(String::as_str));
+    for (plugin, out) in &outs {
+        if out.code != 0 {
+            c.fail(&format!("{plugin} ADD (libcni 1.2, {version}): {out:?}"));
+        }
+    }
+
+    // The pod serves; each server answers with the address it sees.
+    let _tcp = echo_peer_server(&hp_ns, addr("0.0.0.0", 8080));
+    let _udp = udp_peer_server(&hp_ns, addr("0.0.0.0", 5353));
+    let node1 = c.nodes[0].ip.clone();
+    for (from, who) in [(c.outside.clone(), "the outside"), (hc_ns.clone(), "a pod on node2")] {
+        let seen = fetch_one(&from, addr(&node1, 18080))
+            .unwrap_or_else(|e| c.fail(&format!("{who} → {node1}:18080/tcp (hostPort): {e}")));
+        assert_eq!(seen, management.to_string(), "{who} over TCP: the pod sees node1's management address");
+        let seen = udp_ask(&from, addr(&node1, 18053))
+            .unwrap_or_else(|e| c.fail(&format!("{who} → {node1}:18053/udp (hostPort): {e}")));
+        assert_eq!(seen, management.to_string(), "{who} over UDP: the pod sees node1's management address");
+    }
+
+    // DEL through the chain in reverse, with the cached result: the hostPort and the pod's
+    // port go.
+    let (_, outs) =
+        c.run_chain(0, Libcni::V1_1, "DEL", &hp_container, &hp_netns, &hp_args, &mappings, Some(&hp_result));
+    for (plugin, out) in &outs {
+        assert_eq!(out.code, 0, "{plugin} DEL: {out:?}");
+    }
+    let nat = exec(&c.nodes[0].ns, &["iptables", "-t", "nat", "-S"]).expect("iptables");
+    assert!(!nat.contains("18080"), "portmap's rules are gone:\n{nat}");
+    assert!(!has_link(&c, 0, &skein_cni::host::host_ifname(&hp_container, "eth0")), "the veth is gone");
+    assert!(port_records(&c, 0).is_empty(), "no port record left: {:?}", port_records(&c, 0));
+}
+
+#[test]
+fn failed_adds_leave_nothing_behind() {
+    let Some(mut c) = Cluster::new("agent_failed_adds", "e", 1) else { return };
+    c.stop_agent(0);
+    let master = c.master_url.clone();
+    c.start_agent_with(0, &master, &["--add-timeout", "4s"]);
+    c.wait_ready(0);
+    // The agent's account of each rollback: one log line per plugin that left.
+    let rollbacks = |c: &Cluster| -> Vec<String> {
+        c.agent_log(0).lines().filter(|l| l.contains("left before the ADD's answer")).map(without_colours).collect()
+    };
+    let nothing_left = |c: &Cluster, container: &str, what: &str| {
+        let host = skein_cni::host::host_ifname(container, "eth0");
+        c.wait_for(&format!("{what}: the veth and the port record to go"), Duration::from_secs(20), || {
+            !has_link(c, 0, &host) && port_records(c, 0).is_empty()
+        });
+        let metrics = scrape(c, 0);
+        assert_eq!(sample(&metrics, "skein_pod_ports"), Some(0.0), "{what}: no datapath port:\n{metrics}");
+    };
+
+    // 1. A chained plugin fails after skein-cni succeeded (portmap without iptables on its
+    // PATH); the runtime then runs DEL through the chain, and everything goes.
+    let uid = c.insert_pod("f1", 0, "x", json!({"containers": [{"name": "c", "image": "x"}]}));
+    let (ns, container) = c.sandbox("f1");
+    let netns = format!("/run/netns/{ns}");
+    let args = Cluster::cni_args("f1", &container, &uid);
+    let list = c.conflist(0);
+    let version = list.cni_version.clone();
+    let mappings = json!({"portMappings": [{"hostPort": 18081, "containerPort": 8080, "protocol": "tcp"}]});
+    let skein_conf = list.plugin_config(0, &version, mappings.as_object(), None).expect("skein-cni's config");
+    let out = c.exec_plugin(
+        0,
+        &c.nodes[0].cni_bin.join("skein-cni"),
+        "ADD",
+        &container,
+        &netns,
+        "eth0",
+        &args,
+        &skein_conf.to_string(),
+    );
+    assert_eq!(out.code, 0, "skein-cni ADD: {out:?}");
+    assert_eq!(port_records(&c, 0).len(), 1, "bound");
+    let portmap_conf =
+        list.plugin_config(1, &version, mappings.as_object(), Some(&out.json())).expect("portmap's config");
+    let failed = c
+        .spawn_plugin_with_path(
+            0,
+            &c.nodes[0].cni_bin.join("portmap"),
+            "ADD",
+            &container,
+            &netns,
+            "eth0",
+            &args,
+            &portmap_conf.to_string(),
+            Some("/nonexistent"),
+        )
+        .wait_with_output()
+        .expect("portmap");
+    assert!(!failed.status.success(), "portmap without iptables fails: {}", String::from_utf8_lossy(&failed.stdout));
+    let (_, outs) = c.run_chain(0, Libcni::V1_1, "DEL", &container, &netns, &args, &mappings, None);
+    for (plugin, out) in &outs {
+        assert_eq!(out.code, 0, "{plugin} DEL after the failed ADD: {out:?}");
+    }
+    nothing_left(&c, &container, "a chained plugin failed");
+
+    // A pod the master gives no port (host network) but whose annotation is there: the
+    // agent binds its veth and then waits for flows that never come.
+    let annotation = json!({"default": {"ip_addresses": ["10.244.0.200/24"], "mac_address": "0a:58:0a:f4:00:c8",
+        "gateway_ips": ["10.244.0.1"], "routes": [], "mtu": 1400}});
+    let created = c
+        .api
+        .insert(
+            Kind::Pod,
+            json!({"metadata": {"name": "f2", "namespace": "default",
+                                "annotations": {"skein.dev/pod-networks": annotation.to_string()}},
+                   "spec": {"nodeName": c.nodes[0].name, "hostNetwork": true,
+                            "containers": [{"name": "c", "image": "x"}]}}),
+        )
+        .expect("pod f2");
+    let uid = created["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+
+    // 2. The agent gives up (its ADD timeout, 4 s): error 11, its binding undone, and the
+    // plugin removes the veth.
+    let (ns, container) = c.sandbox("f2");
+    let netns = format!("/run/netns/{ns}");
+    let args = Cluster::cni_args("f2", &container, &uid);
+    let out = c.cni_raw(0, "ADD", &container, &netns, "eth0", &args, None);
+    assert_eq!(out.error_code(), Some(11), "the agent gives up: {out:?}");
+    nothing_left(&c, &container, "the agent gave up");
+
+    // 3. The plugin gives up first (timeoutSeconds 1): it removes the veth, and the agent,
+    // seeing it leave, undoes the binding.
+    let mut conf = c.plugin_conf(0, "1.0.0");
+    conf["timeoutSeconds"] = json!(1);
+    let skein = c.cni.clone();
+    let out = c.exec_plugin(0, &skein, "ADD", &container, &netns, "eth0", &args, &conf.to_string());
+    assert_eq!(out.error_code(), Some(11), "the plugin times out: {out:?}");
+    nothing_left(&c, &container, "the plugin timed out");
+    c.wait_for("the agent to roll back", Duration::from_secs(10), || rollbacks(&c).len() == 1);
+    assert!(rollbacks(&c)[0].contains("unbound=true"), "{:?}", rollbacks(&c));
+
+    // 4. The plugin is killed while the agent holds the binding: the agent undoes it and
+    // deletes the veth the plugin left.
+    let conf = c.plugin_conf(0, "1.0.0");
+    let host = skein_cni::host::host_ifname(&container, "eth0");
+    let mut child = c.spawn_plugin(0, &skein, "ADD", &container, &netns, "eth0", &args, &conf.to_string());
+    c.wait_for("the agent to bind f2", Duration::from_secs(10), || {
+        port_records(&c, 0).contains(&format!("{host}.json"))
+    });
+    child.kill().expect("kill the plugin");
+    let _ = child.wait();
+    nothing_left(&c, &container, "the plugin was killed while bound");
+    c.wait_for("the agent to roll back", Duration::from_secs(10), || rollbacks(&c).len() == 2);
+    let line = &rollbacks(&c)[1];
+    assert!(line.contains("unbound=true") && line.contains("veth_deleted=true"), "the agent removed the veth: {line}");
+
+    // 5. The plugin is killed while the agent still waits for the pod (not in the API):
+    // the veth goes too.
+    let (ns, container) = c.sandbox("f3");
+    let args = Cluster::cni_args("f3", &container, "");
+    let waits = |c: &Cluster| c.agent_log(0).matches("waiting for the pod's network").count();
+    let before = waits(&c);
+    let mut child =
+        c.spawn_plugin(0, &skein, "ADD", &container, &format!("/run/netns/{ns}"), "eth0", &args, &conf.to_string());
+    c.wait_for("the agent to wait for f3", Duration::from_secs(10), || waits(&c) > before);
+    child.kill().expect("kill the plugin");
+    let _ = child.wait();
+    nothing_left(&c, &container, "the plugin was killed before the pod was known");
+    c.wait_for("the agent to roll back", Duration::from_secs(10), || rollbacks(&c).len() == 3);
+    let line = &rollbacks(&c)[2];
+    assert!(line.contains("unbound=false") && line.contains("veth_deleted=true"), "the agent removed the veth: {line}");
+
+    // Nothing else broke: a pod still starts and forwards.
+    let p = c.add_pod("f4", 0, "x");
+    if let Err(e) = ping(&p.ns, p.result["ips"][0]["gateway"].as_str().unwrap_or_default(), 1, 5) {
+        c.fail(&format!("a pod after the failures: {e}"));
+    }
+}
+
+#[test]
+fn stale_ports_are_reclaimed() {
+    let Some(mut c) = Cluster::new("agent_stale_ports", "f", 1) else { return };
+    let reclaimed = |c: &Cluster, reason: &str| {
+        sample(&scrape(c, 0), &format!("skein_cni_stale_ports_reclaimed_total{{reason=\"{reason}\"}}")).unwrap_or(0.0)
+    };
+
+    // A veth removed behind the agent's back (a runtime whose DEL never reached skein-cni),
+    // then the runtime's retry of the same sandbox: the new ADD finds the record stale,
+    // reclaims it and binds the new veth.
+    let p = c.add_pod("s1", 0, "x");
+    let host = skein_cni::host::host_ifname(&p.container, "eth0");
+    exec(&c.nodes[0].ns, &["ip", "link", "del", &host]).expect("delete the veth");
+    let netns = format!("/run/netns/{}", p.ns);
+    let args = Cluster::cni_args("s1", &p.container, "");
+    let out = c.cni_raw(0, "ADD", &p.container, &netns, "eth0", &args, None);
+    assert_eq!(out.code, 0, "ADD again: {out:?}");
+    assert_eq!(reclaimed(&c, "veth_gone"), 1.0, "{}", scrape(&c, 0));
+    if let Err(e) = ping(&p.ns, p.result["ips"][0]["gateway"].as_str().unwrap_or_default(), 1, 5) {
+        c.fail(&format!("the pod forwards on its new veth: {e}"));
+    }
+
+    // Periodically: a sandbox namespace removed without DEL.
+    c.stop_agent(0);
+    let master = c.master_url.clone();
+    c.start_agent_with(0, &master, &["--stale-port-interval", "1s"]);
+    c.wait_ready(0);
+    let q = c.add_pod("s2", 0, "x");
+    let q_host = skein_cni::host::host_ifname(&q.container, "eth0");
+    assert!(port_records(&c, 0).contains(&format!("{q_host}.json")));
+    try_run(&["ip", "netns", "del", &q.ns]).expect("delete the sandbox");
+    c.wait_for("the periodic check to reclaim s2", Duration::from_secs(20), || {
+        !port_records(&c, 0).contains(&format!("{q_host}.json"))
+    });
+    assert_eq!(reclaimed(&c, "netns_gone"), 1.0, "{}", scrape(&c, 0));
+    // s1, alive, is kept.
+    assert!(port_records(&c, 0).contains(&format!("{host}.json")), "{:?}", port_records(&c, 0));
+
+    // At start: a veth removed while the agent was down.
+    c.stop_agent(0);
+    exec(&c.nodes[0].ns, &["ip", "link", "del", &host]).expect("delete s1's veth");
+    c.start_agent(0);
+    c.wait_ready(0);
+    assert!(port_records(&c, 0).is_empty(), "{:?}", port_records(&c, 0));
+    assert_eq!(reclaimed(&c, "veth_gone"), 1.0, "counted since this start:\n{}", scrape(&c, 0));
+}
+
+#[test]
+fn the_node_is_network_ready_only_when_it_can_network() {
+    let Some(mut c) = Cluster::new("agent_readiness", "g", 1) else { return };
+    let conflist = c.nodes[0].cni_conf.join("10-skein.conflist");
+    let status = |c: &Cluster| c.cni_raw(0, "STATUS", "", "", "", "", None);
+
+    // A fresh node whose agent cannot reach the master: the CNI server answers, but not
+    // ready, and there is no conflist (the runtime does not call it network-ready).
+    c.stop_agent(0);
+    std::fs::remove_dir_all(&c.nodes[0].state).expect("fresh state");
+    std::fs::remove_file(&conflist).expect("no conflist");
+    c.start_agent_with(0, "http://127.0.0.1:9", &[]);
+    c.wait_for("the CNI server to answer STATUS", Duration::from_secs(30), || status(&c).stdout.contains("not ready"));
+    let out = status(&c);
+    assert_eq!(out.error_code(), Some(50), "{out:?}");
+    assert!(out.stdout.contains("no view from the master yet"), "{out:?}");
+    assert!(!conflist.exists(), "no conflist before a view is installed");
+
+    // The master's first view: the conflist appears, STATUS is ready, pods start.
+    c.stop_agent(0);
+    c.start_agent(0);
+    c.wait_for("the conflist", Duration::from_secs(30), || conflist.exists());
+    c.wait_ready(0);
+    let p = c.add_pod("r1", 0, "x");
+
+    // The agent stops: the conflist stays, ADD answers "try again" and leaves nothing.
+    c.stop_agent(0);
+    assert!(conflist.exists(), "the conflist stays while the agent restarts");
+    let (ns, container) = c.sandbox("r2");
+    let uid = c.insert_pod("r2", 0, "x", json!({"containers": [{"name": "c", "image": "x"}]}));
+    let out = c.cni_raw(
+        0,
+        "ADD",
+        &container,
+        &format!("/run/netns/{ns}"),
+        "eth0",
+        &Cluster::cni_args("r2", &container, &uid),
+        None,
+    );
+    assert_eq!(out.error_code(), Some(11), "ADD with the agent down: {out:?}");
+    assert!(!has_link(&c, 0, &skein_cni::host::host_ifname(&container, "eth0")));
+
+    // Back with the master gone: the previous run's view is installed, STATUS is ready,
+    // and the pod forwards.
+    c.stop_master();
+    c.start_agent_with(0, "http://127.0.0.1:9", &[]);
+    c.wait_ready(0);
+    assert!(c.agent_log(0).contains("the previous run's view installed"), "restored from the state dir");
+    if let Err(e) = ping(&p.ns, p.result["ips"][0]["gateway"].as_str().unwrap_or_default(), 1, 10) {
+        c.fail(&format!("the pod forwards with the restored view: {e}"));
+    }
+    let out = status(&c);
+    assert_eq!(out.code, 0, "ready without the master: {out:?}");
 }

@@ -99,14 +99,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-The conflist the agent writes to <confDir>/10-skein.conflist (its `install-cni`); kept in
-the ConfigMap so an operator can read what the nodes get. install/tests checks that it is
-what `skein-agent install-cni` writes and that skein_cni::ConfList parses it.
+The conflist the agent writes to <confDir>/10-skein.conflist once it can network, on a node
+with the reference plugins of Debian 12 / Ubuntu (containernetworking-plugins 1.1.x: CNI up
+to 1.0.0; with plugins >= 1.5 `cniVersions` also lists 1.1.0); kept in the ConfigMap so an
+operator can read what the nodes get. install/tests checks that it is what `skein-agent
+install-cni` writes with those plugins and that skein_cni::ConfList parses it.
 */}}
 {{- define "skein.conflist" -}}
 {
-  "cniVersion": "1.1.0",
-  "cniVersions": ["0.4.0", "1.0.0", "1.1.0"],
+  "cniVersion": "1.0.0",
+  "cniVersions": ["0.4.0", "1.0.0"],
   "name": "skein",
   "plugins": [
     {"type": "skein-cni", "agentSocket": {{ printf "%s/cni.sock" .Values.agent.stateDir | toJson }}, "timeoutSeconds": 150},

@@ -27,6 +27,24 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_skein-agent");
 /// The address pods reach "on the internet" (on the outside namespace's loopback).
 pub const INTERNET: &str = "198.51.100.1";
 
+/// Where Debian's `containernetworking-plugins` puts the reference plugins.
+pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+/// The reference plugins a node's CNI bin dir holds, as on a real node's /opt/cni/bin.
+pub const NODE_PLUGINS: [&str; 3] = ["portmap", "bandwidth", "loopback"];
+
+/// Every CNI version libcni ≥ 1.2 (containerd 1.7/2.x, CRI-O) knows.
+pub const LIBCNI_1_2_VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// How a runtime picks the CNI version from the conflist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Libcni {
+    /// libcni 1.1 (containerd 1.6): the list's `cniVersion`, `cniVersions` ignored.
+    V1_1,
+    /// libcni ≥ 1.2 (containerd 1.7/2.x, CRI-O): the highest of `cniVersions` it knows.
+    V1_2,
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn run(args: &[&str]) -> String {
     try_run(args).unwrap_or_else(|e| panic!("{e}"))
@@ -148,7 +166,10 @@ impl Cluster {
         }
         let pid = std::process::id();
         let prefix = format!("sa{:03}{tag}", pid % 1000);
-        let net = format!("172.31.{}", 10 + (pid % 200) + if tag == "b" { 1 } else { 0 });
+        // One underlay subnet per cluster of this process (tests run in parallel), and
+        // per process: the tag's letter picks one of eight.
+        let slot = u32::from(tag.bytes().next().unwrap_or(b'a').wrapping_sub(b'a')) % 8;
+        let net = format!("172.31.{}", 10 + (pid % 30) * 8 + slot);
         let dir = tempfile::Builder::new().prefix(&format!("skein-{test}-")).tempdir().expect("tempdir");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(3).enable_all().build().expect("runtime");
         let bridge = format!("{prefix}br");
@@ -199,6 +220,18 @@ impl Cluster {
                 )
                 .expect("node created");
             let base = cluster.dir.path().join(&name);
+            // The node's CNI bin dir holds the reference plugins, as /opt/cni/bin does.
+            let bin = base.join("bin");
+            std::fs::create_dir_all(&bin).expect("CNI bin dir");
+            for plugin in NODE_PLUGINS {
+                let source = Path::new(REFERENCE_PLUGINS).join(plugin);
+                assert!(
+                    source.exists(),
+                    "{} is missing: install Debian's containernetworking-plugins",
+                    source.display()
+                );
+                std::os::unix::fs::symlink(&source, bin.join(plugin)).expect("link a reference plugin");
+            }
             cluster.nodes.push(Node {
                 name,
                 ns,
@@ -258,6 +291,20 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`'s agent.
     pub fn start_agent(&mut self, i: usize) {
+        let master = self.master_url.clone();
+        self.start_agent_with(i, &master, &[]);
+    }
+
+    /// Stops the master (the agents keep what they installed).
+    pub fn stop_master(&mut self) {
+        if let Some(master) = self.master.take() {
+            self.rt.block_on(master.kill());
+        }
+    }
+
+    /// Starts (or restarts) node `i`'s agent following the master at `master`, with
+    /// `extra` flags.
+    pub fn start_agent_with(&mut self, i: usize, master: &str, extra: &[&str]) {
         let kubeconfig = self.dir.path().join("kubeconfig");
         let node = &mut self.nodes[i];
         std::fs::create_dir_all(&node.state).expect("state dir");
@@ -267,7 +314,7 @@ impl Cluster {
             .args(["--node-name", &node.name])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["--master", &self.master_url])
+            .args(["--master", master])
             .arg("--state-dir")
             .arg(&node.state)
             .arg("--cni-socket")
@@ -278,8 +325,10 @@ impl Cluster {
             .arg(&node.cni_conf)
             .arg("--cni-plugin")
             .arg(&self.cni)
-            .args(["--metrics-listen", "127.0.0.1:9476", "--no-device-plugin", "--add-timeout", "30s"])
+            .args(["--metrics-listen", "127.0.0.1:9476", "--no-device-plugin"])
             .args(["--log", "info,skein_agent=debug"])
+            .args(if extra.contains(&"--add-timeout") { &[][..] } else { &["--add-timeout", "30s"][..] })
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -305,12 +354,14 @@ impl Cluster {
         }
     }
 
-    /// Waits until node `i`'s agent says it is ready (STATUS through the plugin).
+    /// Waits until node `i`'s agent says it is ready (STATUS through the plugin) and its
+    /// conflist is in place (what makes a runtime call the node network-ready).
     pub fn wait_ready(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let conflist = self.nodes[i].cni_conf.join("10-skein.conflist");
         loop {
             let out = self.cni_raw(i, "STATUS", "", "", "", "", None);
-            if out.code == 0 {
+            if out.code == 0 && conflist.exists() {
                 return;
             }
             if Instant::now() > deadline {
@@ -355,12 +406,59 @@ impl Cluster {
         args: &str,
         stdin: &str,
     ) -> CniOutput {
+        let child = self.spawn_plugin(i, plugin, command, container, netns, ifname, args, stdin);
+        let out = child.wait_with_output().expect("plugin output");
+        CniOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts a CNI plugin binary in node `i`'s namespace (its stdin written and closed)
+    /// without waiting for it. `ip netns exec` execs the plugin: the child is the plugin.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_plugin(
+        &self,
+        i: usize,
+        plugin: &Path,
+        command: &str,
+        container: &str,
+        netns: &str,
+        ifname: &str,
+        args: &str,
+        stdin: &str,
+    ) -> Child {
+        self.spawn_plugin_with_path(i, plugin, command, container, netns, ifname, args, stdin, None)
+    }
+
+    /// [`Cluster::spawn_plugin`] with the plugin's `PATH` (default: the test's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_plugin_with_path(
+        &self,
+        i: usize,
+        plugin: &Path,
+        command: &str,
+        container: &str,
+        netns: &str,
+        ifname: &str,
+        args: &str,
+        stdin: &str,
+        path: Option<&str>,
+    ) -> Child {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.nodes[i].ns]).arg(plugin);
+        cmd.args(["netns", "exec", &self.nodes[i].ns]);
+        // `env` (exec'ing the plugin in turn) gives the plugin its own PATH; `ip` and `env`
+        // are found with the test's.
+        if let Some(path) = path {
+            cmd.arg("env").arg(format!("PATH={path}"));
+        }
+        cmd.arg(plugin);
+        let cni_path = format!("{}:{REFERENCE_PLUGINS}", self.nodes[i].cni_bin.display());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", command)
-            .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin");
+            .env("CNI_PATH", cni_path);
         for (k, v) in [("CNI_CONTAINERID", container), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_ARGS", args)]
         {
             if !v.is_empty() {
@@ -374,12 +472,7 @@ impl Cluster {
             .spawn()
             .expect("run the CNI plugin");
         child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-        let out = child.wait_with_output().expect("plugin output");
-        CniOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        child
     }
 
     /// `CNI_ARGS` for pod `name` in any-order style, as containerd writes it.
@@ -387,6 +480,82 @@ impl Cluster {
         format!(
             "K8S_POD_INFRA_CONTAINER_ID={container};K8S_POD_UID={uid};IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
         )
+    }
+
+    /// Creates pod `name` on node `i` in the API with `containers` (labels `app=<app>`);
+    /// returns its UID.
+    pub fn insert_pod(&self, name: &str, i: usize, app: &str, spec: Value) -> String {
+        let mut spec = spec;
+        spec["nodeName"] = json!(self.nodes[i].name);
+        let created = self
+            .api
+            .insert(
+                Kind::Pod,
+                json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": app}}, "spec": spec}),
+            )
+            .expect("pod created");
+        created["metadata"]["uid"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// A sandbox namespace for pod `name`; returns (namespace, container id).
+    pub fn sandbox(&mut self, name: &str) -> (String, String) {
+        let ns = self.namespace(&format!("p-{name}"));
+        (ns, format!("ctr-{name}-{}", self.prefix))
+    }
+
+    /// The conflist the agent of node `i` wrote.
+    pub fn conflist(&self, i: usize) -> skein_cni::ConfList {
+        let path = self.nodes[i].cni_conf.join("10-skein.conflist");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| self.fail(&format!("the conflist {} is not there: {e}", path.display())));
+        skein_cni::ConfList::parse(text.as_bytes()).unwrap_or_else(|e| self.fail(&format!("the conflist: {e:?}")))
+    }
+
+    /// Runs the conflist of node `i` as a runtime on `libcni` does: `command` (ADD: each
+    /// plugin in order, each given the previous one's result, stopping at the first
+    /// failure; DEL: each in reverse, given `cached` — the ADD's result —, going on after
+    /// failures) with the plugins from the node's CNI bin dir. Returns the version used
+    /// and each plugin's output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_chain(
+        &self,
+        i: usize,
+        libcni: Libcni,
+        command: &str,
+        container: &str,
+        netns: &str,
+        args: &str,
+        runtime_config: &Value,
+        cached: Option<&Value>,
+    ) -> (String, Vec<(String, CniOutput)>) {
+        let list = self.conflist(i);
+        let version = match libcni {
+            Libcni::V1_1 => list.cni_version.clone(),
+            Libcni::V1_2 => list.negotiate_version(&LIBCNI_1_2_VERSIONS).unwrap_or_default(),
+        };
+        let mut order: Vec<usize> = (0..list.plugins.len()).collect();
+        if command == "DEL" {
+            order.reverse();
+        }
+        let mut prev = cached.cloned();
+        let mut outputs = Vec::new();
+        for index in order {
+            let plugin_type = list.plugins[index]["type"].as_str().unwrap_or_default().to_owned();
+            let stdin = list
+                .plugin_config(index, &version, runtime_config.as_object(), prev.as_ref())
+                .expect("plugin index in range");
+            let binary = self.nodes[i].cni_bin.join(&plugin_type);
+            let out = self.exec_plugin(i, &binary, command, container, netns, "eth0", args, &stdin.to_string());
+            let failed = out.code != 0;
+            if command == "ADD" && !failed {
+                prev = Some(out.json());
+            }
+            outputs.push((plugin_type, out));
+            if command == "ADD" && failed {
+                break;
+            }
+        }
+        (version, outputs)
     }
 
     /// Creates pod `name` on node `i` in the API (labels `app=<app>`), its sandbox, and
@@ -504,9 +673,7 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        if let Some(master) = self.master.take() {
-            self.rt.block_on(master.kill());
-        }
+        self.stop_master();
         for ns in self.namespaces.iter().rev() {
             let _ = try_run(&["ip", "netns", "del", ns]);
         }
