@@ -33,6 +33,7 @@ mod selector;
 mod server;
 mod store;
 mod table;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +53,9 @@ pub use resource::{Kind, Verb};
 pub use schema::{FieldValidation, validate_fields};
 pub use store::{Store, StoreOptions};
 pub use table::table_cells;
+pub use tokens::{
+    DEFAULT_AUDIENCE, EXTRA_CREDENTIAL_ID, EXTRA_NODE_NAME, EXTRA_NODE_UID, EXTRA_POD_NAME, EXTRA_POD_UID,
+};
 
 /// How to start a [`FakeApiServer`].
 #[derive(Clone, Debug)]
