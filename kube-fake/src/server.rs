@@ -661,7 +661,10 @@ async fn handle_object(
         _ => return Err(ApiError::method_not_allowed(format!("method {method} is not supported on {path}"))),
     };
     let info = RequestInfo { verb, kind, namespace, name, path };
-    if let Some(error) = context.store.admit(&info) {
+    if let Some((error, delay)) = context.store.admit(&info) {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         return Err(error);
     }
     let presentation = match negotiate(&request) {

@@ -672,7 +672,7 @@ impl Store {
     // ---- what the HTTP layer calls ----
 
     /// Counts a request and returns the injected failure to answer with, if any.
-    pub(crate) fn admit(&self, request: &RequestInfo<'_>) -> Option<ApiError> {
+    pub(crate) fn admit(&self, request: &RequestInfo<'_>) -> Option<(ApiError, Option<std::time::Duration>)> {
         let mut state = self.inner.state.lock();
         *state.counts.entry((request.verb, request.kind)).or_insert(0) += 1;
         take_fault(&mut state.faults, request)

@@ -299,3 +299,109 @@ pub async fn refused(agent: &mut AgentClient, times: usize) -> String {
     }
     reasons.pop().unwrap_or_default()
 }
+
+/// A TCP relay that can go silent: [`Relay::freeze`] stops forwarding on every open
+/// connection without closing it (no FIN, no RST), as a dead host or a partition does;
+/// new connections go to the current target ([`Relay::set_target`]), as a Service sends
+/// them to its ready endpoint.
+pub struct Relay {
+    pub addr: SocketAddr,
+    target: std::sync::Arc<parking_lot::Mutex<SocketAddr>>,
+    frozen: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind(any_port()).await.expect("relay binds");
+        let addr = listener.local_addr().expect("relay address");
+        let target = std::sync::Arc::new(parking_lot::Mutex::new(target));
+        let (frozen, _) = tokio::sync::watch::channel(0u64);
+        let (t, f) = (target.clone(), frozen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let to = *t.lock();
+                // Connections opened before a freeze go silent; later ones are relayed.
+                let generation = *f.borrow();
+                let mut frozen = f.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(to).await else { return };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let relay = async {
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                            _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        }
+                    };
+                    tokio::select! {
+                        () = relay => {}
+                        () = async {
+                            loop {
+                                let moved = *frozen.borrow_and_update() != generation;
+                                if moved || frozen.changed().await.is_err() {
+                                    break;
+                                }
+                            }
+                        } => {
+                            // Silent: hold both sockets open and never read or write again.
+                            std::future::pending::<()>().await;
+                            drop((ri, wi, ro, wo));
+                        }
+                    }
+                });
+            }
+        });
+        Relay { addr, target, frozen, task }
+    }
+
+    /// Silences every connection open now.
+    pub fn freeze(&self) {
+        self.frozen.send_modify(|g| *g += 1);
+    }
+
+    /// Where new connections go.
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.target.lock() = target;
+    }
+}
+
+/// A kube client reaching the API server through `relay`.
+pub fn client_via(server: &FakeApiServer, relay: &Relay) -> kube::Client {
+    let mut config = server.client_config();
+    config.cluster_url = format!("http://{}", relay.addr).parse().expect("relay URL");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// The Events (`events.k8s.io/v1`) on `name` in `default`, as (reason, note).
+pub fn events_on(server: &FakeApiServer, name: &str) -> Vec<(String, String)> {
+    server
+        .list(Kind::EventsV1Event, Some("default"))
+        .into_iter()
+        .filter(|e| e.pointer("/regarding/name").and_then(|n| n.as_str()) == Some(name))
+        .map(|e| {
+            let text = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            (text("reason"), text("note"))
+        })
+        .collect()
+}
+
+/// Every pod's first address; panics if two pods share one.
+pub fn assert_distinct_pod_ips(server: &FakeApiServer) -> usize {
+    let mut seen = std::collections::BTreeMap::new();
+    for pod in server.list(Kind::Pod, Some("default")) {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let Some(ip) = pod_ip(server, &name) else { continue };
+        if let Some(other) = seen.insert(ip.clone(), name.clone()) {
+            panic!("pods {other} and {name} share the address {ip}");
+        }
+    }
+    seen.len()
+}
