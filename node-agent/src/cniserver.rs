@@ -204,7 +204,21 @@ impl CniServer {
         let mut installed = self.net.installed();
         let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
         match tokio::time::timeout_at(deadline, wait).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                // Only the master's address: the view must agree with the annotation.
+                let view = self.net.view();
+                let agreed = view
+                    .as_ref()
+                    .map_or(Err("no view".to_owned()), |v| crate::pods::check_against_view(v, &logical_port, &network));
+                if let Err(why) = agreed {
+                    self.net.unbind(&record.host_ifname);
+                    return error(
+                        CODE_BAD_ANNOTATION,
+                        format!("pod {}/{}: {why}", pod.namespace, pod.name),
+                        String::new(),
+                    );
+                }
+            }
             _ => {
                 let state = self.net.installed().borrow().clone();
                 self.net.unbind(&record.host_ifname);
