@@ -382,12 +382,7 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
                 // Only the master's own Role touches Secrets: its key Secret (create, and get
                 // by name); checked exactly below.
                 let masters_role = o.kind() == "Role" && o.label("app.kubernetes.io/component") == Some("master");
-                assert!(
-                    masters_role || !text.contains("secrets"),
-                    "{who}: {} {} reads secrets",
-                    o.kind(),
-                    o.name()
-                );
+                assert!(masters_role || !text.contains("secrets"), "{who}: {} {} reads secrets", o.kind(), o.name());
             }
         }
         let master_cr: ClusterRole = render.component("ClusterRole", "master");
@@ -754,9 +749,11 @@ fn agents_prove_their_node_with_a_projected_token_and_only_the_master_writes_pod
         let condition = policy.value["spec"]["matchConditions"][0]["expression"].as_str().unwrap_or_default();
         assert!(condition.contains(&format!("!= '{master_user}'")), "{who}: {condition}");
         assert!(
-            render.of_kind("ValidatingAdmissionPolicyBinding").iter().any(|b| b.value["spec"]["policyName"]
-                == policy.name()
-                && b.value["spec"]["validationActions"] == serde_json::json!(["Deny"])),
+            render
+                .of_kind("ValidatingAdmissionPolicyBinding")
+                .iter()
+                .any(|b| b.value["spec"]["policyName"] == policy.name()
+                    && b.value["spec"]["validationActions"] == serde_json::json!(["Deny"])),
             "{who}: the pod annotation policy must be bound with Deny"
         );
     }

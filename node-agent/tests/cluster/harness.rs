@@ -243,7 +243,7 @@ impl Cluster {
         Some(cluster)
     }
 
-    fn namespace(&mut self, name: &str) -> String {
+    pub fn namespace(&mut self, name: &str) -> String {
         let ns = format!("{}-{name}", self.prefix);
         let _ = try_run(&["ip", "netns", "del", &ns]);
         run(&["ip", "netns", "add", &ns]);
