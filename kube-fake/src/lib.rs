@@ -1,10 +1,11 @@
 //! Skein's in-process Kubernetes API endpoint: a test harness, never part of an install.
 //!
 //! [`FakeApiServer`] serves, over plain HTTP/1.1 on a local TCP port, the calls kube-rs makes
-//! for Nodes, Namespaces, Pods, Services, Events, EndpointSlices, NetworkPolicies, Leases and
-//! Deployments: list and watch (resourceVersion, bookmarks, 410 Expired on compacted history),
-//! get, create, update, patch (merge, strategic subset, JSON patch, apply) and delete, with
-//! label and field selectors. The master's and agent's tests and `skein-lab` point real kube-rs
+//! for Nodes, Namespaces, Pods, Services, Events, EndpointSlices, NetworkPolicies, Leases,
+//! Deployments, ServiceAccounts (with TokenRequest), Secrets and ConfigMaps, and TokenReviews
+//! for the tokens it issued: list and watch (resourceVersion, bookmarks, 410 Expired on
+//! compacted history), get, create, update, patch (merge, strategic subset, JSON patch, apply)
+//! and delete, with label and field selectors. The master's and agent's tests and `skein-lab` point real kube-rs
 //! clients at it, so every test drives the real client code path. For kubectl it also serves
 //! OpenAPI v3, server-side field validation (`fieldValidation`) and server-side Tables. See
 //! `docs/kube-fake.md`.

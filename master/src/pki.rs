@@ -77,8 +77,8 @@ pub enum PkiError {
         namespace: String,
         /// Name.
         name: String,
-        /// Why.
-        source: kube::Error,
+        /// Why (boxed: a kube error is large).
+        source: Box<kube::Error>,
     },
     /// The Secret exists but lacks a key or holds something unusable.
     #[error("Secret {namespace}/{name}: {problem} (delete it to have the master create new material)")]
@@ -121,7 +121,7 @@ impl std::fmt::Debug for MasterKeys {
 
 fn api_error(what: &'static str, namespace: &str, name: &str) -> impl FnOnce(kube::Error) -> PkiError {
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
-    move |source| PkiError::Api { what, namespace, name, source }
+    move |source| PkiError::Api { what, namespace, name, source: Box::new(source) }
 }
 
 /// Reads the Secret, creating it first if it does not exist, and makes the ConfigMap
