@@ -409,6 +409,26 @@ mod tests {
     }
 
     #[test]
+    fn the_token_is_read_from_its_file_on_each_call_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = TokenSource::File(path.clone());
+        let e = source.read().unwrap_err();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        std::fs::write(&path, "first.token\n").unwrap();
+        assert_eq!(source.read().unwrap(), "first.token");
+        // Kubelet rotated it: the next connection sends the new one.
+        std::fs::write(&path, "second.token").unwrap();
+        assert_eq!(source.read().unwrap(), "second.token");
+        for bad in ["", "  \n", "two words"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(source.read().unwrap_err().contains("no usable token"), "{bad:?}");
+        }
+        assert!(TokenSource::Value("a\u{7}b".into()).read().is_err());
+        assert_eq!(format!("{:?}", TokenSource::Value("secret".into())), "Value(<redacted>)");
+    }
+
+    #[test]
     fn the_scheme_and_the_tls_settings_must_agree() {
         let (ca, cert, key) = pems();
         settings("http://127.0.0.1:6643").channel_endpoint().unwrap();
