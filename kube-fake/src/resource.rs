@@ -35,6 +35,12 @@ pub enum Kind {
     Lease,
     /// `apps/v1` Deployment (namespaced, `/status` and `/scale` subresources).
     Deployment,
+    /// `v1` ServiceAccount (namespaced, `/token` subresource: TokenRequest).
+    ServiceAccount,
+    /// `v1` Secret (namespaced).
+    Secret,
+    /// `v1` ConfigMap (namespaced).
+    ConfigMap,
 }
 
 /// How strategic merge patch treats a list field.
@@ -356,6 +362,75 @@ static LEASE: KindSpec = KindSpec {
     validate: None,
 };
 
+static SERVICE_ACCOUNT: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    short_names: &["sa"],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[("secrets", ListStrategy::MergeByKey("name"))],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::ServiceAccount>,
+    definition: "io.k8s.api.core.v1.ServiceAccount",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static SECRET: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    short_names: &[],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &["type"],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Secret>,
+    definition: "io.k8s.api.core.v1.Secret",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static CONFIG_MAP: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    singular: "configmap",
+    short_names: &["cm"],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::ConfigMap>,
+    definition: "io.k8s.api.core.v1.ConfigMap",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
 static DEPLOYMENT: KindSpec = KindSpec {
     group: "apps",
     version: "v1",
@@ -404,7 +479,7 @@ const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -415,6 +490,9 @@ impl Kind {
         Kind::NetworkPolicy,
         Kind::Lease,
         Kind::Deployment,
+        Kind::ServiceAccount,
+        Kind::Secret,
+        Kind::ConfigMap,
     ];
 
     /// This kind's row of the table.
@@ -430,6 +508,9 @@ impl Kind {
             Kind::NetworkPolicy => &NETWORK_POLICY,
             Kind::Lease => &LEASE,
             Kind::Deployment => &DEPLOYMENT,
+            Kind::ServiceAccount => &SERVICE_ACCOUNT,
+            Kind::Secret => &SECRET,
+            Kind::ConfigMap => &CONFIG_MAP,
         }
     }
 

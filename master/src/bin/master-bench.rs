@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use prometheus_client::registry::Registry;
 use prost::Message;
-use skein_master::grpc::{ChassisRegistrar, SouthboundService};
+use skein_master::auth::StaticTokens;
+use skein_master::grpc::SouthboundService;
 use skein_master::metrics::MasterMetrics;
 use skein_master::state::Shared;
 use skein_netmodel::annotations::{ChassisAnnotation, Encap, PodNetwork};
@@ -28,7 +29,7 @@ use skein_netmodel::cluster::{
 };
 use skein_netmodel::{ClusterChange, Engine, IpNet, MacAddr, NetworkConfig};
 use skein_southbound::convert::snapshot_to_proto;
-use skein_southbound::{AgentClient, ClientSettings, Registration};
+use skein_southbound::{AgentClient, ClientSettings, ClientTls, Registration, TokenSource};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -37,15 +38,6 @@ const PODS_PER_NODE: u32 = 100;
 const SERVICES: u32 = 1000;
 const ENDPOINTS: u32 = 10;
 const ENDPOINT_CHANGES: u32 = 21;
-
-struct NoRegistrar;
-
-#[tonic::async_trait]
-impl ChassisRegistrar for NoRegistrar {
-    async fn register(&self, node: &str, _: &ChassisAnnotation) -> Result<(), String> {
-        Err(format!("the bench pre-registers every chassis; {node} is unknown"))
-    }
-}
 
 fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -207,23 +199,31 @@ async fn main() -> anyhow::Result<()> {
     let (_leading_tx, leading) = watch::channel(true);
     let listener = SouthboundService::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     let addr = listener.local_addr()?;
-    let service = SouthboundService::new(Arc::clone(&shared), Arc::new(NoRegistrar), leading, shutdown.clone());
-    let server = tokio::spawn(service.serve(listener, None));
+    // Authenticated and encrypted like a real master: one token per agent, an ephemeral CA.
+    let tokens = StaticTokens::new((0..NODES).map(|n| (format!("bench-token-{n}"), format!("n{n}"))));
+    let (ca_pem, tls) = skein_master::pki::ephemeral(&["skein-master.bench".to_owned()])?;
+    let service = SouthboundService::new(Arc::clone(&shared), Arc::new(tokens), 2, leading, shutdown.clone());
+    let server = tokio::spawn(service.serve(listener, tls));
 
     let mut acked = shared.acked();
     let start = Instant::now();
     let agents: Vec<AgentClient> = (0..NODES)
         .map(|n| {
             let n_ip = ip(198, 51, 100, byte(n));
-            AgentClient::start(ClientSettings::new(
-                format!("http://{addr}"),
+            let mut settings = ClientSettings::new(
+                format!("https://{addr}"),
                 Registration {
                     node_name: format!("n{n}"),
                     chassis_id: format!("chassis-{n}"),
                     tunnel_ip: n_ip,
                     encap: Encap::Geneve,
                 },
-            ))
+            );
+            let mut tls = ClientTls::new(ca_pem.clone());
+            tls.server_name = Some("skein-master.bench".to_owned());
+            settings.tls = Some(tls);
+            settings.token = Some(TokenSource::Value(format!("bench-token-{n}")));
+            AgentClient::start(settings)
         })
         .collect();
     let initial: Vec<(String, u64)> = (0..NODES).map(|n| (format!("n{n}"), 1)).collect();
