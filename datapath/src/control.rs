@@ -191,10 +191,7 @@ impl Control {
         match cmd {
             "reload" => {
                 let r = self.reload(body)?;
-                Ok(format!(
-                    "flows_added={} flows_removed={} flows_kept={} megaflows_checked={} megaflows_invalidated={}\n",
-                    r.flows_added, r.flows_removed, r.flows_kept, r.megaflows_checked, r.megaflows_invalidated
-                ))
+                Ok(r.to_string())
             }
             "dump-flows" => Ok(self.dump_flows()),
             "dump-cache" => Ok(self.dump_cache()),

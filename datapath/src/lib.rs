@@ -32,6 +32,7 @@ pub mod parse;
 pub mod pcap;
 pub mod pipeline;
 pub mod responder;
+pub mod service;
 
 pub use datapath::{Datapath, DatapathConfig, DatapathStats, FlowModReport, OutputSink, Worker};
 pub use flow::{Action, Bucket, Flow, FlowMod, Group, GroupKind, Match};

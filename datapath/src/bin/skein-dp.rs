@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use skein_datapath::control::Control;
 use skein_datapath::io::{PortConfig, PortSpec, RingKind, Switch, SwitchConfig, SwitchStats, now_ns};
+use skein_datapath::service::Service;
 use skein_datapath::{Datapath, DatapathConfig, flowtext};
 
 const DEFAULT_CONTROL: &str = "/run/skein/dp.sock";
@@ -45,7 +46,9 @@ enum Ring {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the switch until killed.
+    /// Run the switch until killed. Without --port or --geneve it starts with no ports and
+    /// waits for them on its control socket: a node agent adds its ports there (`add-port`)
+    /// and installs its flows, and the switch keeps forwarding while the agent restarts.
     Run {
         /// Flow file to start with (empty pipeline if not given: everything drops).
         #[arg(long, value_name = "FILE")]
@@ -195,14 +198,18 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 };
                 specs.push(PortSpec::Geneve { number, local });
             }
-            if specs.is_empty() {
-                bail!("no ports: give at least one --port N=IFNAME or --geneve N=IP");
-            }
+            // Without ports the switch waits for them on its control socket: a node agent
+            // adds its node's and pods' ports there (`add-port`) and installs the flows.
             let dp = Arc::new(Datapath::new(DatapathConfig::default()));
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             let cfg = SwitchConfig {
-                // `skein-dp` never adds ports, so a worker beyond one per port would idle.
-                workers: workers.unwrap_or(cpus / 2).clamp(1, specs.len()),
+                // Started with ports only, `skein-dp` never adds more, so a worker beyond one per
+                // port would idle; started without, ports come from the agent.
+                workers: if specs.is_empty() {
+                    workers.unwrap_or(cpus / 2).max(1)
+                } else {
+                    workers.unwrap_or(cpus / 2).clamp(1, specs.len())
+                },
                 busy_poll: Duration::from_micros(busy_poll_us),
                 coalesce: Duration::from_micros(coalesce_us),
                 batch: 64,
@@ -238,18 +245,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 control = %control.display(),
                 "switch running"
             );
-            {
-                let ctl = ctl.clone();
-                let sw = switch.clone();
-                std::thread::Builder::new().name("skein-dp-ctl".into()).spawn(move || {
-                    for conn in listener.incoming() {
-                        match conn {
-                            Ok(s) => serve(&ctl, s, &sw),
-                            Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
-                        }
-                    }
-                })?;
-            }
+            let service = Arc::new(Service::new(ctl.clone(), switch.clone(), &specs));
+            tracing::info!(boot_id = %service.hello().boot_id, "control service running");
+            std::thread::Builder::new().name("skein-dp-ctl".into()).spawn(move || service.serve(listener))?;
             // Housekeeping: expire idle cache entries and connections, rerank subtables.
             loop {
                 std::thread::sleep(Duration::from_millis(100));
@@ -292,32 +290,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn serve(ctl: &Control, mut s: UnixStream, sw: &Switch) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut req = String::new();
-    if let Err(e) = s.read_to_string(&mut req) {
-        let _ = write!(s, "error\nreading the request: {e}\n");
-        return;
-    }
-    let cmd = req.lines().next().unwrap_or("").split(' ').next().unwrap_or("").to_string();
-    let reply = match ctl.handle(&req) {
-        Ok(body) => {
-            if cmd == "reload" {
-                tracing::info!(result = %body.trim(), "flows reloaded");
-                sw.wake();
-            }
-            format!("ok\n{body}")
-        }
-        Err(e) => {
-            if cmd == "reload" {
-                tracing::warn!(error = %e, "reload refused; the installed flows stay");
-            }
-            format!("error\n{e}\n")
-        }
-    };
-    let _ = s.write_all(reply.as_bytes());
 }
 
 fn request(path: &Path, req: &str) -> anyhow::Result<()> {
