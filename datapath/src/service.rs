@@ -174,7 +174,9 @@ fn parse_update(body: &str) -> Result<Request, String> {
     let add = flowtext::parse_flow_file(&adds).map_err(|e| format!("update-flows: {e}"))?;
     let remove = flowtext::parse_flow_file(&removes).map_err(|e| format!("update-flows: {e}"))?;
     if !add.groups.is_empty() || !add.load_balancers.is_empty() || !add.tunnels.is_empty() {
-        return Err("update-flows: only flows may be added (groups, load balancers and tunnels come with reload)".into());
+        return Err(
+            "update-flows: only flows may be added (groups, load balancers and tunnels come with reload)".into()
+        );
     }
     if !remove.groups.is_empty() || !remove.load_balancers.is_empty() || !remove.tunnels.is_empty() {
         return Err("update-flows: only flows may be removed".into());
@@ -197,11 +199,9 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
         "ports" => no_arg(Request::Ports),
         "installed" => no_arg(Request::Installed),
         "add-port" => parse_port_spec(arg).map(Request::AddPort),
-        "remove-port" => arg
-            .trim()
-            .parse()
-            .map(Request::RemovePort)
-            .map_err(|_| format!("remove-port {arg:?}: not a port number")),
+        "remove-port" => {
+            arg.trim().parse().map(Request::RemovePort).map_err(|_| format!("remove-port {arg:?}: not a port number"))
+        }
         "update-flows" => {
             if !arg.trim().is_empty() {
                 return Err("update-flows takes its flows in the body".into());
@@ -262,7 +262,8 @@ impl Service {
     /// The service of `switch`, which was started with the ports `initial`.
     pub fn new(control: Arc<Control>, switch: Arc<Switch>, initial: &[PortSpec]) -> Service {
         let ports = initial.iter().map(|p| (p.number(), p.clone())).collect();
-        let hello = Hello { boot_id: boot_id(), pid: std::process::id(), version: env!("CARGO_PKG_VERSION").to_owned() };
+        let hello =
+            Hello { boot_id: boot_id(), pid: std::process::id(), version: env!("CARGO_PKG_VERSION").to_owned() };
         Service { control, switch, ports: Mutex::new(ports), hello }
     }
 
@@ -645,7 +646,8 @@ mod tests {
             }
         };
         let dp = Arc::new(Datapath::new(DatapathConfig::default()));
-        let switch = Arc::new(Switch::start(dp.clone(), &[], SwitchConfig { workers: 1, ..Default::default() }).unwrap());
+        let switch =
+            Arc::new(Switch::start(dp.clone(), &[], SwitchConfig { workers: 1, ..Default::default() }).unwrap());
         let control = Arc::new(Control::new(dp, Box::new(SwitchStats::default), now_ns));
         let service = Arc::new(Service::new(control, switch.clone(), &[]));
         let dir = tempfile::tempdir().unwrap();

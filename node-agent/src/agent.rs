@@ -15,6 +15,7 @@ use kube::{Api, Client};
 use skein_datapath::control::Control;
 use skein_datapath::datapath::{Datapath, DatapathConfig};
 use skein_datapath::io::{PortSpec, Switch, SwitchConfig, UplinkFilter, now_ns};
+use skein_datapath::service::{Client as DatapathClient, Hello};
 use skein_netmodel::annotations::{CHASSIS, ChassisAnnotation, Encap, format_chassis};
 use skein_netmodel::southbound::{ChassisView, PortKind};
 use skein_netmodel::{IpNet, MacAddr};
@@ -24,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cniinstall::CniInstall;
 use crate::cniserver::{self, CniServer};
+use crate::datapath::DatapathHandle;
 use crate::deviceplugin::annotation::{KubeNodeAnnotator, NodeAnnotator};
 use crate::host::{self, ManagementSpec, UplinkPorts};
 use crate::netmetrics::NetMetrics;
@@ -89,8 +91,11 @@ pub struct NetworkSettings {
     pub cni_install: Option<CniInstall>,
     /// Longest ADD wait.
     pub add_timeout: Duration,
-    /// Switch settings.
+    /// Switch settings (for a switch inside the agent).
     pub switch: SwitchConfig,
+    /// The control socket of the datapath process (`skein-dp run`) to drive; without it the
+    /// switch runs inside the agent and stops with it.
+    pub datapath_socket: Option<PathBuf>,
     /// Ports Skein answers on the node IP.
     pub uplink_ports: UplinkPorts,
     /// How long to wait for the gateway's MAC at start.
@@ -167,10 +172,9 @@ pub async fn start(
         });
     }
 
-    // The switch: uplink, management port, Geneve endpoint.
+    // The datapath: uplink, management port, Geneve endpoint.
     tokio::task::spawn_blocking(host::ensure_management_link).await??;
-    let dp = Arc::new(Datapath::new(DatapathConfig::default()));
-    let specs = [
+    let specs = vec![
         PortSpec::Uplink {
             number: UPLINK_PORT,
             name: uplink.name.clone(),
@@ -182,10 +186,31 @@ pub async fn start(
             local: SocketAddrV4::new(node_ip, skein_datapath::io::udp::GENEVE_PORT),
         },
     ];
-    let switch = Arc::new(Switch::start(dp.clone(), &specs, s.switch).context("starting the switch")?);
-    let control = {
-        let sw = switch.clone();
-        Arc::new(Control::new(dp.clone(), Box::new(move || sw.stats()), now_ns))
+    let handle = match &s.datapath_socket {
+        Some(path) => {
+            let client = DatapathClient::new(path, crate::datapath::REQUEST_TIMEOUT);
+            let hello = wait_for_datapath(&client, &shutdown).await?;
+            info!(socket = %path.display(), boot_id = %hello.boot_id, pid = hello.pid, version = %hello.version, "driving the datapath process");
+            DatapathHandle::Remote(client)
+        }
+        None => {
+            let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+            let switch = Arc::new(Switch::start(dp.clone(), &[], s.switch).context("starting the switch")?);
+            let control = {
+                let sw = switch.clone();
+                Arc::new(Control::new(dp.clone(), Box::new(move || sw.stats()), now_ns))
+            };
+            // Housekeeping: expire idle cache entries and connections (a datapath process
+            // does its own).
+            let (maint, stop) = (dp.clone(), shutdown.clone());
+            std::thread::Builder::new().name("skein-agent-maint".into()).spawn(move || {
+                while !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    maint.maintain(now_ns());
+                }
+            })?;
+            DatapathHandle::InProcess { dp, switch, control }
+        }
     };
     let gateway_mac = match uplink.gateway {
         Some(gw) => {
@@ -211,8 +236,16 @@ pub async fn start(
         next_hop_mac: gateway_mac.unwrap_or(MacAddr([0; 6])),
         mtu: u16::try_from(uplink.mtu).unwrap_or(u16::MAX),
     };
-    let net =
-        NodeNetwork::new(dp.clone(), switch.clone(), control.clone(), &s.state_dir, tunnel, Some(MANAGEMENT_PORT));
+    let net = {
+        let (handle, state_dir) = (handle.clone(), s.state_dir.clone());
+        tokio::task::spawn_blocking(move || NodeNetwork::new(handle, specs, &state_dir, tunnel, Some(MANAGEMENT_PORT)))
+            .await?
+            .map_err(anyhow::Error::msg)
+            .context("starting the datapath")?
+    };
+    if let DatapathHandle::Remote(client) = &handle {
+        watch_datapath(client.clone(), net.clone(), shutdown.clone())?;
+    }
     // Before anything answers: a scrape sees this network from the first STATUS on.
     metrics.attach(net.clone());
     if let Some(gateway_mac) = gateway_mac {
@@ -231,20 +264,8 @@ pub async fn start(
     net.install_saved_view(&s.node_name);
     tokio::task::spawn_blocking(move || host::ensure_uplink_rules(node_ip, s.uplink_ports)).await??;
     tokio::task::spawn_blocking(host::ensure_host_port_rules).await??;
-    crate::controlsock::serve(&s.state_dir.join("control.sock"), control.clone())
+    crate::controlsock::serve(&s.state_dir.join("control.sock"), handle.clone())
         .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
-
-    // Housekeeping: expire idle cache entries and connections.
-    {
-        let dp = dp.clone();
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new().name("skein-agent-maint".into()).spawn(move || {
-            while !shutdown.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(100));
-                dp.maintain(now_ns());
-            }
-        })?;
-    }
 
     // The management port follows the view.
     tokio::spawn(follow_management(
@@ -295,6 +316,71 @@ pub async fn start(
 
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
+}
+
+/// Waits until the datapath process answers (the two start independently: a DaemonSet
+/// each).
+async fn wait_for_datapath(client: &DatapathClient, shutdown: &CancellationToken) -> anyhow::Result<Hello> {
+    let started = std::time::Instant::now();
+    let mut said = std::time::Instant::now();
+    loop {
+        let c = client.clone();
+        match tokio::task::spawn_blocking(move || c.hello()).await? {
+            Ok(hello) => return Ok(hello),
+            Err(e) if said.elapsed() >= Duration::from_secs(5) => {
+                warn!(error = %e, waited_s = started.elapsed().as_secs(), "the datapath process does not answer yet");
+                said = std::time::Instant::now();
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => bail!("stopped while waiting for the datapath process"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Holds a `watch` connection to the datapath process on a thread: when it ends (the
+/// process exited: crashed, restarted, upgraded) the thread waits for a datapath to answer
+/// again and, if it is a new one, gives it the node's ports, the pods' ports and the flows.
+fn watch_datapath(client: DatapathClient, net: Arc<NodeNetwork>, shutdown: CancellationToken) -> std::io::Result<()> {
+    std::thread::Builder::new().name("skein-dp-watch".into()).spawn(move || {
+        let mut lost: Option<std::time::Instant> = None;
+        while !shutdown.is_cancelled() {
+            let stream = match client.watch() {
+                Ok((_, stream)) => stream,
+                Err(e) => {
+                    if lost.is_none() {
+                        error!(error = %e, "the datapath process does not answer: nothing forwards on this node until it is back");
+                        lost = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            };
+            match net.resync_datapath() {
+                Ok(true) => info!(
+                    down_ms = lost.map(|t| t.elapsed().as_millis()).unwrap_or(0),
+                    "the new datapath process has the node's ports and flows"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    error!(error = %e, "setting up the new datapath process failed; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            }
+            lost = None;
+            // Blocks until the process exits (heartbeats meanwhile).
+            let mut buf = [0u8; 64];
+            let mut stream = stream;
+            while matches!(std::io::Read::read(&mut stream, &mut buf), Ok(n) if n > 0) {}
+            if !shutdown.is_cancelled() {
+                warn!("the datapath process exited");
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Writes the CNI configuration once a view is installed (from the master, or the

@@ -6,14 +6,14 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use skein_datapath::control::Control;
 use tracing::warn;
 
+use crate::datapath::DatapathHandle;
+
 /// Binds `path` and serves requests on a thread until the process ends.
-pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
+pub fn serve(path: &Path, control: DatapathHandle) -> std::io::Result<()> {
     let listener = skein_datapath::io::bind_private_socket(path, "another agent runs with this state directory")?;
     std::thread::Builder::new().name("skein-agent-ctl".into()).spawn(move || {
         for conn in listener.incoming() {
@@ -26,7 +26,7 @@ pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn answer(control: &Control, mut stream: UnixStream) {
+fn answer(control: &DatapathHandle, mut stream: UnixStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut request = String::new();
     let reply = match stream.read_to_string(&mut request) {
@@ -34,7 +34,7 @@ fn answer(control: &Control, mut stream: UnixStream) {
         Ok(_) if request.trim_start().starts_with("reload") => {
             "error\nthe agent installs flows from the master's view; reload is not accepted here\n".to_owned()
         }
-        Ok(_) => match control.handle(&request) {
+        Ok(_) => match control.request(&request) {
             Ok(body) => format!("ok\n{body}"),
             Err(e) => format!("error\n{e}\n"),
         },

@@ -248,20 +248,47 @@ pub struct UplinkPorts {
 /// Installs (replacing) the `raw` rules that drop, before the host's stack, TCP and UDP to
 /// `node_ip` on Skein's ports.
 pub fn ensure_uplink_rules(node_ip: Ipv4Addr, ports: UplinkPorts) -> Result<(), HostError> {
-    let _ = iptables(&["-t", "raw", "-N", UPLINK_CHAIN]);
-    iptables(&["-t", "raw", "-F", UPLINK_CHAIN])?;
+    // Replaced in one transaction: a restarting agent must not leave a moment in which the
+    // kernel sees an established NodePort or SNAT connection's packet and resets it.
     let dst = format!("{node_ip}/32");
+    let mut rules = Vec::new();
     for (lo, hi) in [ports.node_ports, ports.snat_ports] {
-        let range = format!("{lo}:{hi}");
         for proto in ["tcp", "udp"] {
-            iptables(&["-t", "raw", "-A", UPLINK_CHAIN, "-d", &dst, "-p", proto, "--dport", &range, "-j", "DROP"])?;
+            rules.push(format!("-A {UPLINK_CHAIN} -d {dst} -p {proto} -m {proto} --dport {lo}:{hi} -j DROP"));
         }
     }
+    replace_chain("raw", UPLINK_CHAIN, &rules)?;
     if iptables(&["-t", "raw", "-C", "PREROUTING", "-j", UPLINK_CHAIN]).is_err() {
         iptables(&["-t", "raw", "-I", "PREROUTING", "-j", UPLINK_CHAIN])?;
     }
     info!(chain = UPLINK_CHAIN, %node_ip, node_ports = ?ports.node_ports, snat_ports = ?ports.snat_ports, "uplink rules installed");
     Ok(())
+}
+
+/// Creates `chain` in `table` or replaces its rules with `rules` (`-A CHAIN ...` lines), in
+/// one `iptables-restore` transaction that touches no other chain.
+fn replace_chain(table: &str, chain: &str, rules: &[String]) -> Result<(), HostError> {
+    use std::io::Write as _;
+    let mut input = format!("*{table}\n:{chain} - [0:0]\n");
+    for rule in rules {
+        input.push_str(rule);
+        input.push('\n');
+    }
+    input.push_str("COMMIT\n");
+    let args = format!("iptables-restore --noflush ({table} {chain})");
+    let fail = |problem: String| HostError::Iptables { args: args.clone(), problem };
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run iptables-restore: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(|e| fail(format!("writing the rules: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() { Ok(()) } else { Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned())) }
 }
 
 /// The `nat` chain that masquerades what the kernel DNATed into the management port.

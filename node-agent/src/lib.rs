@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cniinstall;
 pub mod cniserver;
 pub mod controlsock;
+pub mod datapath;
 pub mod deviceplugin;
 pub mod host;
 pub mod metrics;

@@ -217,6 +217,13 @@ struct Args {
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     add_timeout: Duration,
 
+    /// Drive the datapath process (`skein-dp run --control PATH`, its own container or
+    /// DaemonSet) at this control socket: forwarding, pods' ports and conntrack then outlive
+    /// the agent's restarts and upgrades. Without it the switch runs inside the agent (and
+    /// the switch flags below apply), so forwarding stops while the agent restarts.
+    #[arg(long, env = "SKEIN_DATAPATH_SOCKET", value_name = "PATH")]
+    datapath_socket: Option<PathBuf>,
+
     /// Forwarding threads (default: one per two CPUs, at least one).
     #[arg(long, env = "SKEIN_WORKERS")]
     workers: Option<usize>,
@@ -404,6 +411,7 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
             port: PortConfig { ring_bytes: args.ring_mib.saturating_mul(1 << 20), ..PortConfig::default() },
             ..SwitchConfig::default()
         },
+        datapath_socket: args.datapath_socket.clone(),
         uplink_ports: UplinkPorts { node_ports: args.node_port_range, snat_ports: args.snat_port_range },
         gateway_wait: Duration::from_secs(10),
         stale_port_interval: args.stale_port_interval,

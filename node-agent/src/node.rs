@@ -36,14 +36,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skein_datapath::control::{Control, ReloadReport};
-use skein_datapath::datapath::Datapath;
+use skein_datapath::control::ReloadReport;
 use skein_datapath::flowtext::format_flow_file;
-use skein_datapath::io::{PortError, PortSpec, Switch};
+use skein_datapath::io::PortSpec;
 use skein_netmodel::southbound::{ChassisView, PortKind};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::datapath::DatapathHandle;
 use crate::translate::{LocalBindings, Tunnel, Uplink, pod_port_delta, pod_port_flows, translate_partial};
 
 /// Datapath port number of the uplink (the node's NIC).
@@ -193,14 +193,14 @@ pub struct InstallState {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// The datapath could not open the interface.
-    #[error("opening {interface} as datapath port {port}: {source}")]
+    #[error("opening {interface} as datapath port {port}: {reason}")]
     Port {
         /// Interface.
         interface: String,
         /// Port number.
         port: u32,
-        /// Why.
-        source: PortError,
+        /// Why (the datapath's words).
+        reason: String,
     },
     /// The record could not be written.
     #[error("recording the binding in {path}: {source}")]
@@ -224,9 +224,11 @@ struct Inner {
 
 /// The node's datapath, bindings and installed state.
 pub struct NodeNetwork {
-    dp: Arc<Datapath>,
-    switch: Arc<Switch>,
-    control: Arc<Control>,
+    dp: DatapathHandle,
+    /// The node's own ports (uplink, management, Geneve), added before the pods'.
+    node_ports: Vec<PortSpec>,
+    /// The datapath process's boot id when this agent last gave it its ports and flows.
+    datapath_boot: Mutex<Option<String>>,
     inner: Mutex<Inner>,
     installed: watch::Sender<InstallState>,
     state_dir: PathBuf,
@@ -244,23 +246,26 @@ impl std::fmt::Debug for NodeNetwork {
 }
 
 impl NodeNetwork {
-    /// Takes over a running switch: reads the port records in `state_dir`, re-opens the
-    /// ports whose interfaces still exist (forgetting the others), and re-installs the
-    /// flows of the previous run, if any.
+    /// Takes over the datapath: adds the node's ports (`node_ports`; a datapath process
+    /// that has them keeps them), reads the port records in `state_dir`, adds the ports whose
+    /// interfaces still exist (forgetting the others), and — only if the datapath has no
+    /// flows, as a new one has — re-installs the flows of the previous run. A datapath
+    /// process that kept forwarding through the agent's restart keeps its flows until a
+    /// whole view is installed ([`NodeNetwork::install_saved_view`] or the master's).
     pub fn new(
-        dp: Arc<Datapath>,
-        switch: Arc<Switch>,
-        control: Arc<Control>,
+        dp: DatapathHandle,
+        node_ports: Vec<PortSpec>,
         state_dir: &Path,
         tunnel: Tunnel,
         management_port: Option<u32>,
-    ) -> Arc<NodeNetwork> {
+    ) -> Result<Arc<NodeNetwork>, String> {
         let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
-        let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
+        let boot = dp.hello()?.map(|h| h.boot_id);
+        let saver = FlowSaver::start(dp.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
         let net = NodeNetwork {
             dp,
-            switch,
-            control,
+            node_ports,
+            datapath_boot: Mutex::new(boot),
             inner: Mutex::new(Inner { view: None, pod_flows: None, bindings, records: BTreeMap::new() }),
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
@@ -268,8 +273,11 @@ impl NodeNetwork {
             stale_reclaimed: Default::default(),
             saved_view: Mutex::new(None),
         };
+        for spec in &net.node_ports {
+            net.dp.add_port(spec).map_err(|e| format!("adding the node's port {}: {e}", spec.number()))?;
+        }
         net.restore();
-        Arc::new(net)
+        Ok(Arc::new(net))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -315,7 +323,7 @@ impl NodeNetwork {
                 continue;
             }
             let spec = PortSpec::Interface { number: record.port, name: record.host_ifname.clone() };
-            match self.switch.add_port(&spec) {
+            match self.dp.add_port(&spec) {
                 Ok(()) => {
                     info!(pod = %record.logical_port, interface = %record.host_ifname, port = record.port, "pod port re-opened");
                     inner.bindings.ports.insert(record.logical_port.clone(), record.port);
@@ -328,7 +336,23 @@ impl NodeNetwork {
                 }
             }
         }
+        // A port the datapath has that no record names was being bound when the previous
+        // run stopped (the record is written after the port is opened, and before any flow
+        // names it): nothing forwards to it.
+        let recorded: BTreeSet<u32> = inner.records.values().map(|r| r.port).collect();
         drop(inner);
+        match self.dp.ports() {
+            Ok(ports) => {
+                for spec in ports {
+                    let n = spec.number();
+                    if n >= FIRST_POD_PORT && !recorded.contains(&n) {
+                        info!(port = n, "datapath port without a record removed");
+                        self.dp.remove_port(n);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list the datapath's ports"),
+        }
         match fs::read(self.state_dir.join("view.json")) {
             Ok(bytes) => match serde_json::from_slice::<ChassisView>(&bytes) {
                 Ok(view) => {
@@ -340,10 +364,26 @@ impl NodeNetwork {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!(error = %e, "cannot read the previous run's view"),
         }
+        // Wait before clear: flows the datapath kept are left alone until a whole view
+        // replaces them; only an empty datapath gets the previous run's flows.
+        match self.dp.installed() {
+            Ok(kept) if !kept.flows.is_empty() => {
+                info!(
+                    flows = kept.flows.len(),
+                    "the datapath kept forwarding; its flows stay until a whole view is installed"
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot read the datapath's flows"),
+        }
+        self.restore_saved_flows();
+    }
+
+    fn restore_saved_flows(&self) {
         match fs::read_to_string(self.flows_path()) {
-            Ok(text) => match self.control.reload(&text) {
+            Ok(text) => match self.dp.reload(&text) {
                 Ok(r) => {
-                    self.switch.wake();
                     info!(flows = r.flows_added, "flows of the previous run re-installed until the master answers");
                 }
                 Err(e) => warn!(error = %e, "the previous run's flows do not load; waiting for the master"),
@@ -353,19 +393,42 @@ impl NodeNetwork {
         }
     }
 
-    /// The datapath.
-    pub fn datapath(&self) -> &Arc<Datapath> {
+    /// The datapath (installs, dumps, figures).
+    pub fn datapath(&self) -> &DatapathHandle {
         &self.dp
     }
 
-    /// The switch.
-    pub fn switch(&self) -> &Arc<Switch> {
-        &self.switch
-    }
-
-    /// The control interface (dumps, trace).
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
+    /// Called when the datapath process may have restarted (its watch connection ended
+    /// and a datapath answers again): if it is another run than the one this agent set up,
+    /// it has no ports and no flows, so the node's ports, the pods' ports and the
+    /// installed view (or, before one, the saved flows) are given to it again. Returns
+    /// whether it was another run.
+    pub fn resync_datapath(&self) -> Result<bool, String> {
+        let Some(hello) = self.dp.hello()? else { return Ok(false) };
+        let mut boot = self.datapath_boot.lock().unwrap_or_else(|p| p.into_inner());
+        if boot.as_deref() == Some(hello.boot_id.as_str()) {
+            return Ok(false);
+        }
+        warn!(boot_id = %hello.boot_id, pid = hello.pid, "a new datapath process: giving it the node's ports, the pods' ports and the flows");
+        for spec in &self.node_ports {
+            self.dp.add_port(spec).map_err(|e| format!("adding the node's port {}: {e}", spec.number()))?;
+        }
+        let mut inner = self.lock();
+        for record in inner.records.values() {
+            let spec = PortSpec::Interface { number: record.port, name: record.host_ifname.clone() };
+            if let Err(e) = self.dp.add_port(&spec) {
+                warn!(pod = %record.logical_port, interface = %record.host_ifname, error = %e, "pod port not re-opened; the stale-port check reclaims it if its veth is gone");
+            }
+        }
+        if inner.view.is_some() {
+            inner.pod_flows = None;
+            self.reinstall(&mut inner)?;
+        } else {
+            drop(inner);
+            self.restore_saved_flows();
+        }
+        *boot = Some(hello.boot_id);
+        Ok(true)
     }
 
     /// Follows what is installed.
@@ -515,17 +578,17 @@ impl NodeNetwork {
         let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", record.host_ifname), "1");
         let spec = PortSpec::Interface { number: port, name: record.host_ifname.clone() };
         let opening = std::time::Instant::now();
-        self.switch.add_port(&spec).map_err(|source| BindError::Port {
+        self.dp.add_port(&spec).map_err(|reason| BindError::Port {
             interface: record.host_ifname.clone(),
             port,
-            source,
+            reason,
         })?;
         debug!(port, ms = opening.elapsed().as_secs_f64() * 1e3, "datapath port opened");
         let path = self.ports_dir().join(format!("{}.json", record.host_ifname));
         if let Err(source) =
             write_atomically(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), Durability::Restart)
         {
-            self.switch.remove_port(port);
+            self.dp.remove_port(port);
             return Err(BindError::Record { path, source });
         }
         inner.bindings.ports.insert(record.logical_port.clone(), port);
@@ -552,7 +615,7 @@ impl NodeNetwork {
         if inner.bindings.ports.get(&record.logical_port) == Some(&record.port) {
             inner.bindings.ports.remove(&record.logical_port);
         }
-        self.switch.remove_port(record.port);
+        self.dp.remove_port(record.port);
         let _ = fs::remove_file(self.ports_dir().join(format!("{host_ifname}.json")));
         info!(pod = %record.logical_port, interface = %host_ifname, port = record.port, "pod port unbound");
         Some(record)
@@ -577,8 +640,7 @@ impl NodeNetwork {
             for u in &t.untranslated {
                 debug!(flow = ?u, "logical flow not translated");
             }
-            let report =
-                self.control.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
+            let report = self.dp.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
             Ok((report, t.untranslated.len(), t.pod_port_flows))
         });
         match result {
@@ -608,7 +670,7 @@ impl NodeNetwork {
         let started = std::time::Instant::now();
         let new = pod_port_flows(&view, &inner.bindings);
         let (add, remove) = pod_port_delta(&old, &new);
-        match self.control.update_flows(&add, &remove) {
+        match self.dp.update_flows(&add, &remove) {
             Ok(report) => {
                 inner.pod_flows = Some(new);
                 self.installed_now(&view, &inner.bindings, report, None, started);
@@ -631,7 +693,6 @@ impl NodeNetwork {
         untranslated: Option<usize>,
         started: std::time::Instant,
     ) {
-        self.switch.wake();
         self.saver.mark();
         debug!(
             version = view.version,
@@ -666,7 +727,7 @@ impl skein_southbound::Installer for NodeNetwork {
 struct FlowSaver {
     shared: Arc<(Mutex<SaveState>, Condvar)>,
     /// Set when the thread could not be started: each install then writes the files.
-    inline: Option<(Arc<Control>, PathBuf, PathBuf)>,
+    inline: Option<(DatapathHandle, PathBuf, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -688,7 +749,7 @@ struct SaveState {
 const SAVE_SETTLE: Duration = Duration::from_millis(100);
 
 impl FlowSaver {
-    fn start(control: Arc<Control>, path: PathBuf, view_path: PathBuf) -> FlowSaver {
+    fn start(control: DatapathHandle, path: PathBuf, view_path: PathBuf) -> FlowSaver {
         let shared = Arc::new((Mutex::new(SaveState::default()), Condvar::new()));
         let theirs = shared.clone();
         let (control2, path2, view_path2) = (control.clone(), path.clone(), view_path.clone());
@@ -782,8 +843,14 @@ impl FlowSaver {
 
 /// Writes what `control` has installed to `path`, by table and priority (pod-port
 /// updates append their flows to the installed file).
-fn save(control: &Control, path: &Path) {
-    let mut file = control.installed();
+fn save(control: &DatapathHandle, path: &Path) {
+    let mut file = match control.installed() {
+        Ok(file) => file,
+        Err(e) => {
+            warn!(error = %e, "cannot read the installed flows to save them for a restart");
+            return;
+        }
+    };
     file.flows.sort_by_key(|f| (f.table, std::cmp::Reverse(f.priority)));
     let text = format_flow_file(&file);
     if let Err(e) = write_atomically(path, text.as_bytes(), Durability::Restart) {

@@ -83,6 +83,13 @@ pub struct Node {
     /// Agent log file.
     pub log: PathBuf,
     agent: Option<Child>,
+    /// The datapath process's control socket.
+    pub dp_socket: PathBuf,
+    /// The datapath process's log file.
+    pub dp_log: PathBuf,
+    datapath: Option<Child>,
+    /// The agent binary this node runs (an upgrade changes it).
+    pub agent_binary: PathBuf,
 }
 
 impl Node {
@@ -241,6 +248,10 @@ impl Cluster {
                 cni_conf: base.join("net.d"),
                 log: base.join("agent.log"),
                 agent: None,
+                dp_socket: base.join("dp.sock"),
+                dp_log: base.join("datapath.log"),
+                datapath: None,
+                agent_binary: PathBuf::from(AGENT),
             });
         }
         let mut settings = MasterSettings {
@@ -268,6 +279,7 @@ impl Cluster {
             .expect("agent service account");
         cluster.master = Some(master);
         for i in 0..nodes {
+            cluster.start_datapath(i);
             cluster.start_agent(i);
         }
         for i in 0..nodes {
@@ -302,6 +314,54 @@ impl Cluster {
         self.start_agent_with(i, &master, &[]);
     }
 
+    /// Starts (or restarts) node `i`'s datapath process, `skein-dp run` without ports: the
+    /// agent gives it the node's and pods' ports and the flows.
+    pub fn start_datapath(&mut self, i: usize) {
+        let dp = workspace_binary("skein-dp", "skein-datapath");
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.dp_log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns])
+            .arg(&dp)
+            .args(["run", "--ring-mib", "1", "--control"])
+            .arg(&node.dp_socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start skein-dp");
+        node.datapath = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&node.dp_socket).is_err() {
+            assert!(Instant::now() < deadline, "skein-dp on {} does not listen", node.name);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops node `i`'s datapath process (SIGTERM, then waits): forwarding stops.
+    pub fn stop_datapath(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].datapath.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills node `i`'s agent (SIGKILL: a crash; nothing is saved on the way out).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the master (the agents keep what they installed).
     pub fn stop_master(&mut self) {
         if let Some(master) = self.master.take() {
@@ -323,8 +383,11 @@ impl Cluster {
         std::fs::create_dir_all(&node.state).expect("state dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", &node.ns, AGENT])
+            .args(["netns", "exec", &node.ns])
+            .arg(&node.agent_binary)
             .args(["--node-name", &node.name])
+            .arg("--datapath-socket")
+            .arg(&node.dp_socket)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--master", master])
@@ -647,6 +710,13 @@ impl Cluster {
                 out.push_str(l);
                 out.push('\n');
             }
+            let dp_log = std::fs::read_to_string(&n.dp_log).unwrap_or_default();
+            let dp_tail: Vec<&str> = dp_log.lines().rev().take(20).collect();
+            out.push_str(&format!("--- datapath {} log (last 20 lines) ---\n", n.name));
+            for l in dp_tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
         }
         if let Some(secs) = std::env::var("SKEIN_TEST_PAUSE").ok().and_then(|v| v.parse::<u64>().ok()) {
             eprintln!("{out}\npaused for {secs} s (SKEIN_TEST_PAUSE) before tearing down");
@@ -680,10 +750,15 @@ impl Drop for Cluster {
             let _ = std::fs::create_dir_all(&dir);
             for n in &self.nodes {
                 let _ = std::fs::copy(&n.log, Path::new(&dir).join(format!("{}-{}.log", self.prefix, n.name)));
+                let _ = std::fs::copy(&n.dp_log, Path::new(&dir).join(format!("{}-{}-dp.log", self.prefix, n.name)));
             }
         }
         for i in 0..self.nodes.len() {
             if let Some(mut child) = self.nodes[i].agent.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if let Some(mut child) = self.nodes[i].datapath.take() {
                 let _ = child.kill();
                 let _ = child.wait();
             }

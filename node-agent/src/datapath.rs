@@ -1,0 +1,222 @@
+//! The datapath the agent drives: a separate long-lived `skein-dp` process reached over its
+//! control socket (`--datapath-socket`; how Skein is deployed, so that forwarding, ports and
+//! conntrack outlive the agent — docs/node-agent.md "Restart and upgrade"), or a switch
+//! inside the agent process (without the flag; forwarding then stops with the agent).
+//! Both offer the same operations; the node network ([`crate::node`]) does not care which.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_datapath::control::{Control, ReloadReport};
+use skein_datapath::datapath::Datapath;
+use skein_datapath::flow::{Flow, Match};
+use skein_datapath::flowtext::FlowFile;
+use skein_datapath::io::{PortSpec, Switch};
+use skein_datapath::service::{Client, Hello};
+
+/// How long a request to the datapath process may take (an install of a large view
+/// included) before the agent gives up on it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The datapath's figures the agent's `/metrics` shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathFigures {
+    /// Packets processed.
+    pub packets: u64,
+    /// Answered by the microflow cache.
+    pub microflow_hits: u64,
+    /// Answered by the megaflow cache.
+    pub megaflow_hits: u64,
+    /// Ran the flow tables.
+    pub upcalls: u64,
+    /// Megaflows cached.
+    pub megaflows: usize,
+    /// Connections tracked.
+    pub connections: usize,
+}
+
+impl DatapathFigures {
+    /// Reads the `name=value` lines of the datapath's `stats`.
+    pub fn parse(stats: &str) -> DatapathFigures {
+        let mut f = DatapathFigures::default();
+        for (name, value) in stats.split_ascii_whitespace().filter_map(|kv| kv.split_once('=')) {
+            let n = value.parse::<u64>().ok();
+            match (name, n) {
+                ("packets", Some(n)) => f.packets = n,
+                ("microflow_hits", Some(n)) => f.microflow_hits = n,
+                ("megaflow_hits", Some(n)) => f.megaflow_hits = n,
+                ("upcalls", Some(n)) => f.upcalls = n,
+                ("megaflows", Some(n)) => f.megaflows = usize::try_from(n).unwrap_or(usize::MAX),
+                ("connections", Some(n)) => f.connections = usize::try_from(n).unwrap_or(usize::MAX),
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// A datapath in this process or in another.
+#[derive(Clone)]
+pub enum DatapathHandle {
+    /// The switch runs inside the agent.
+    InProcess {
+        /// The pipeline, caches and conntrack.
+        dp: Arc<Datapath>,
+        /// The ports and forwarding threads.
+        switch: Arc<Switch>,
+        /// Installs and dumps.
+        control: Arc<Control>,
+    },
+    /// A `skein-dp` process at this control socket.
+    Remote(Client),
+}
+
+impl std::fmt::Debug for DatapathHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatapathHandle::InProcess { .. } => f.write_str("DatapathHandle::InProcess"),
+            DatapathHandle::Remote(c) => write!(f, "DatapathHandle::Remote({})", c.path().display()),
+        }
+    }
+}
+
+impl DatapathHandle {
+    /// Whether the datapath lives in another process (and outlives the agent).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, DatapathHandle::Remote(_))
+    }
+
+    /// Which run of the datapath process answers (`None` in process).
+    pub fn hello(&self) -> Result<Option<Hello>, String> {
+        match self {
+            DatapathHandle::InProcess { .. } => Ok(None),
+            DatapathHandle::Remote(c) => c.hello().map(Some).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Opens a port; a remote datapath that has the same port already keeps it (a
+    /// restarted agent adds again what it had).
+    pub fn add_port(&self, spec: &PortSpec) -> Result<(), String> {
+        match self {
+            DatapathHandle::InProcess { switch, .. } => switch.add_port(spec).map_err(|e| e.to_string()),
+            DatapathHandle::Remote(c) => c.add_port(spec).map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Removes a port; whether it existed (false also when the datapath cannot be asked:
+    /// then it is logged).
+    pub fn remove_port(&self, number: u32) -> bool {
+        match self {
+            DatapathHandle::InProcess { switch, .. } => switch.remove_port(number),
+            DatapathHandle::Remote(c) => c.remove_port(number).unwrap_or_else(|e| {
+                tracing::warn!(port = number, error = %e, "the datapath did not remove the port");
+                false
+            }),
+        }
+    }
+
+    /// The numbers of the ports the datapath has.
+    pub fn ports(&self) -> Result<Vec<PortSpec>, String> {
+        match self {
+            // Nothing outlives an in-process switch: what it has, this agent added.
+            DatapathHandle::InProcess { .. } => Ok(Vec::new()),
+            DatapathHandle::Remote(c) => c.ports().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Replaces what is installed with `file`, in one step.
+    pub fn install(&self, file: &FlowFile) -> Result<ReloadReport, String> {
+        match self {
+            DatapathHandle::InProcess { control, switch, .. } => {
+                let r = control.install(file).map_err(|e| e.to_string())?;
+                switch.wake();
+                Ok(r)
+            }
+            DatapathHandle::Remote(c) => c.install(file).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Replaces what is installed with a flow file's text.
+    pub fn reload(&self, text: &str) -> Result<ReloadReport, String> {
+        match self {
+            DatapathHandle::InProcess { control, switch, .. } => {
+                let r = control.reload(text).map_err(|e| e.to_string())?;
+                switch.wake();
+                Ok(r)
+            }
+            DatapathHandle::Remote(c) => c
+                .request(&format!("reload\n{text}"))
+                .map_err(|e| e.to_string())
+                .and_then(|body| ReloadReport::parse(&body)),
+        }
+    }
+
+    /// Adds and removes some flows, in one step.
+    pub fn update_flows(&self, add: &[Flow], remove: &[(u8, u16, Match)]) -> Result<ReloadReport, String> {
+        match self {
+            DatapathHandle::InProcess { control, switch, .. } => {
+                let r = control.update_flows(add, remove).map_err(|e| e.to_string())?;
+                switch.wake();
+                Ok(r)
+            }
+            DatapathHandle::Remote(c) => c.update_flows(add, remove).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// What is installed.
+    pub fn installed(&self) -> Result<FlowFile, String> {
+        match self {
+            DatapathHandle::InProcess { control, .. } => Ok(control.installed()),
+            DatapathHandle::Remote(c) => c.installed().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A read-only control request (`dump-flows`, `dump-cache`, `dump-conntrack`, `stats`,
+    /// `trace ...`): the answer's body.
+    pub fn request(&self, text: &str) -> Result<String, String> {
+        match self {
+            DatapathHandle::InProcess { control, .. } => control.handle(text).map_err(|e| e.to_string()),
+            DatapathHandle::Remote(c) => c.request(text).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The datapath's figures (`None` when the datapath process cannot be asked).
+    pub fn figures(&self) -> Option<DatapathFigures> {
+        match self {
+            DatapathHandle::InProcess { dp, .. } => {
+                let s = dp.stats();
+                Some(DatapathFigures {
+                    packets: s.packets,
+                    microflow_hits: s.microflow_hits,
+                    megaflow_hits: s.megaflow_hits,
+                    upcalls: s.upcalls,
+                    megaflows: s.megaflows,
+                    connections: s.connections,
+                })
+            }
+            DatapathHandle::Remote(c) => c.request("stats").ok().map(|s| DatapathFigures::parse(&s)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_come_from_the_stats_lines() {
+        let stats = "packets=10\nmicroflow_hits=6\nmegaflow_hits=3\nupcalls=1\nmicroflow_hit_ratio=0.6000\n\
+                     megaflows=2\nconnections=4\nport_1_rx=5 port_1_name=eth0\n";
+        assert_eq!(
+            DatapathFigures::parse(stats),
+            DatapathFigures {
+                packets: 10,
+                microflow_hits: 6,
+                megaflow_hits: 3,
+                upcalls: 1,
+                megaflows: 2,
+                connections: 4
+            }
+        );
+    }
+}
