@@ -459,6 +459,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    // The build id tells two builds of one version apart (a rolling upgrade's log shows
+    // which binary runs): `SKEIN_BUILD_ID` at build time, "dev" without it.
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        build = option_env!("SKEIN_BUILD_ID").unwrap_or("dev"),
+        "skein-agent starting"
+    );
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
     let device_plugin_metrics = DevicePluginMetrics::register(&mut registry);

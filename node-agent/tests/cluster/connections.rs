@@ -21,8 +21,9 @@ use super::traffic::{join_within, spawn_in};
 /// Time between two requests of one connection.
 pub const INTERVAL: Duration = Duration::from_millis(5);
 
-/// Pauses longer than this are recorded (shorter ones are scheduling noise).
-pub const GAP_RECORDED: Duration = Duration::from_millis(20);
+/// Pauses longer than this are recorded (twice the request interval: shorter ones are
+/// scheduling noise).
+pub const GAP_RECORDED: Duration = Duration::from_millis(10);
 
 /// A TCP connection silent this long is lost.
 pub const TCP_LOST_AFTER: Duration = Duration::from_secs(20);

@@ -1,0 +1,167 @@
+//! Agent restarts under load: a two-node Skein cluster (the in-process API fake and master,
+//! release `skein-dp` and `skein-agent` in each node namespace), `BENCH_PODS` pods on
+//! node1, and long-lived connections of every kind through node1 — pod ↔ pod on the node
+//! and across the tunnel, ClusterIP, NodePort from outside, egress SNAT, over TCP and UDP
+//! (`BENCH_PER_KIND` of each). node1's agent is restarted `BENCH_RESTARTS` times — stopped
+//! (SIGTERM) and crashed (SIGKILL) in turn, the second half with the master down — and one of
+//! the restarts (with the master up) is an upgrade to `BENCH_UPGRADE_AGENT`, a rebuilt
+//! binary whose log must show `build=$BENCH_UPGRADE_BUILD`.
+//!
+//! Per restart it prints the longest pause of any connection from the moment the agent was
+//! stopped until a second after it was ready again; last a summary line:
+//! `stall_ms_p50=.. stall_ms_max=.. connections_lost=.. packets_lost=..` (packets: UDP
+//! requests that got no answer; pauses under 10 ms are not recorded, so they count as 0).
+//!
+//! Needs root. Run by `bench/agent-restart.sh`, which builds the upgrade binary.
+
+#![forbid(unsafe_code)]
+
+#[path = "../tests/cluster/connections.rs"]
+#[allow(dead_code)]
+mod connections;
+#[path = "../tests/cluster/harness.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
+#[path = "../../datapath/tests/netns/traffic.rs"]
+#[allow(dead_code)]
+mod traffic;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use harness::{AGENT, Cluster};
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and a cluster of
+    // namespaces has no place in a test run.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("agent_restart: a benchmark (needs root): run bench/agent-restart.sh");
+        return ExitCode::SUCCESS;
+    }
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent_restart: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn number(name: &str, default: usize) -> Result<usize, String> {
+    match std::env::var(name) {
+        Ok(v) => v.parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("{name}={v}: not a positive number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn bench() -> Result<(), String> {
+    let pods = number("BENCH_PODS", 200)?;
+    let restarts = number("BENCH_RESTARTS", 10)?;
+    let per_kind = number("BENCH_PER_KIND", 4)?;
+    let upgrade = PathBuf::from(std::env::var("BENCH_UPGRADE_AGENT").map_err(|_| "BENCH_UPGRADE_AGENT is not set")?);
+    let upgrade_build = std::env::var("BENCH_UPGRADE_BUILD").map_err(|_| "BENCH_UPGRADE_BUILD is not set")?;
+    if !upgrade.exists() {
+        return Err(format!("the upgrade binary {} does not exist", upgrade.display()));
+    }
+    if cfg!(debug_assertions) {
+        return Err("built with debug assertions: run it with `cargo bench` (the release settings)".into());
+    }
+    let dir = Path::new(AGENT).parent().ok_or("no directory above the agent")?;
+    for binary in ["skein-cni", "skein-dp"] {
+        if !dir.join(binary).exists() {
+            return Err(format!(
+                "{binary} is not built beside {AGENT}: cargo build --release -p skein-cni -p skein-datapath"
+            ));
+        }
+    }
+
+    let Some(mut c) = Cluster::new("agent_restart_bench", "r", 2) else {
+        return Err("skipped: needs root".into());
+    };
+    let workload = connections::every_kind(&mut c, "rb", "10.96.0.88", 30888, per_kind);
+    // The node's other pods (the workload made three, two of them on node1).
+    let others = pods.saturating_sub(2);
+    let started = Instant::now();
+    for i in 0..others {
+        c.add_pod(&format!("idle{i}"), 0, "idle");
+    }
+    eprintln!(
+        "agent_restart: {} pods on node1 ({others} added in {:.1} s), {} connections ({per_kind} of each of {} kinds)",
+        others + 2,
+        started.elapsed().as_secs_f64(),
+        workload.connections.len(),
+        connections::KINDS.len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let upgrade_at = restarts / 2 - usize::from(restarts >= 2);
+    let master_down_from = restarts / 2;
+    let mut windows = Vec::new();
+    for i in 0..restarts {
+        if i == master_down_from {
+            c.stop_master();
+            eprintln!("agent_restart: master stopped");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let crash = i % 2 == 1;
+        let how = match (i == upgrade_at, crash) {
+            (true, _) => "upgrade (SIGTERM, new binary)",
+            (false, true) => "crash (SIGKILL)",
+            (false, false) => "stop (SIGTERM)",
+        };
+        let from = Instant::now();
+        if crash && i != upgrade_at {
+            c.kill_agent(0);
+        } else {
+            c.stop_agent(0);
+        }
+        if i == upgrade_at {
+            c.nodes[0].agent_binary = upgrade.clone();
+        }
+        c.start_agent(0);
+        c.wait_ready(0);
+        let ready = from.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        windows.push((i, how, i >= master_down_from, from, Instant::now(), ready));
+    }
+    let log = c.agent_log(0);
+    if !log.contains(&format!("build={upgrade_build}")) && !log.contains(&format!("build=\"{upgrade_build}\"")) {
+        return Err(format!("the upgraded agent's log does not show build={upgrade_build}"));
+    }
+
+    let reports = workload.finish();
+    let lost: Vec<String> =
+        reports.iter().filter_map(|r| r.lost.as_ref().map(|why| format!("{}: {why}", r.kind))).collect();
+    let packets_lost: u64 =
+        reports.iter().filter(|r| r.kind.starts_with("udp")).map(|r| r.sent.saturating_sub(r.answered)).sum();
+    let mut stalls = Vec::new();
+    for (i, how, master_down, from, to, ready) in &windows {
+        let (stall, kind) = reports
+            .iter()
+            .map(|r| (r.stall_within(*from, *to), r.kind.as_str()))
+            .max()
+            .unwrap_or((Duration::ZERO, "-"));
+        println!(
+            "restart {:>2} {how:<30} master {:<4} ready after {:>5} ms  longest pause {:>4} ms ({kind})",
+            i + 1,
+            if *master_down { "down" } else { "up" },
+            ready.as_millis(),
+            stall.as_millis()
+        );
+        stalls.push(stall.as_millis());
+    }
+    for why in &lost {
+        println!("lost: {why}");
+    }
+    stalls.sort_unstable();
+    let p50 = stalls.get(stalls.len() / 2).copied().unwrap_or(0);
+    let max = stalls.last().copied().unwrap_or(0);
+    println!(
+        "stall_ms_p50={p50} stall_ms_max={max} connections_lost={} packets_lost={packets_lost} restarts={restarts} pods={} connections={}",
+        lost.len(),
+        others + 2,
+        reports.len()
+    );
+    Ok(())
+}
