@@ -8,7 +8,7 @@
 #    (minbase, iptables), imported into podman as localhost/skein-base:bookworm (cached: made
 #    again only when the package list changes).
 # 2. The `build` stage's command runs on the host: cargo build --release --locked of
-#    skein-master, skein-agent and skein-cni (stripped), handed to podman as that stage
+#    skein-master, skein-agent, skein-dp and skein-cni (stripped), handed to podman as that stage
 #    (--build-context build=DIR), since no Rust image can be pulled here.
 # 3. podman build of the Containerfile's runtime stage, tagged with the chart's image name and
 #    the workspace version; podman save --format oci-archive.
@@ -69,10 +69,10 @@ if ! podman image exists "$base" || [ "$(cat "$stamp" 2>/dev/null)" != "bookworm
 fi
 
 # 2. The build stage's command, on the host.
-say "cargo build ${cargo_profile[*]:-} --locked -p skein-master -p skein-agent -p skein-cni"
-cargo build "${cargo_profile[@]}" --locked -p skein-master -p skein-agent -p skein-cni
+say "cargo build ${cargo_profile[*]:-} --locked -p skein-master -p skein-agent -p skein-cni -p skein-datapath"
+cargo build "${cargo_profile[@]}" --locked -p skein-master -p skein-agent -p skein-cni -p skein-datapath
 mkdir -p "$work/build/out"
-for binary in skein-master skein-agent skein-cni; do
+for binary in skein-master skein-agent skein-dp skein-cni; do
     cp "$bin_dir/$binary" "$work/build/out/$binary"
 done
 strip "$work"/build/out/*

@@ -5,7 +5,7 @@
 //! The binaries are taken from beside this test's executable (`target/<profile>/`), where
 //! `cargo test --workspace` builds them before any test runs. With `cargo test -p
 //! skein-install-tests` alone, build them first: `cargo build -p skein-master -p skein-agent
-//! -p skein-cni`.
+//! -p skein-cni -p skein-datapath`.
 
 mod common;
 
@@ -26,7 +26,7 @@ fn binary(name: &str) -> PathBuf {
     let path = binary_dir().join(name);
     assert!(
         path.is_file(),
-        "{} is missing: `cargo test --workspace` builds it; alone, run `cargo build -p skein-master -p skein-agent -p skein-cni` first",
+        "{} is missing: `cargo test --workspace` builds it; alone, run `cargo build -p skein-master -p skein-agent -p skein-cni -p skein-datapath` first",
         path.display()
     );
     path
@@ -92,7 +92,7 @@ fn every_flag_in_the_manifests_is_one_its_binary_accepts() {
         }
     }
     let binaries: BTreeSet<&str> = wanted.keys().map(|(b, _)| b.as_str()).collect();
-    assert_eq!(binaries, BTreeSet::from(["skein-agent", "skein-master"]), "the manifests run these binaries");
+    assert_eq!(binaries, BTreeSet::from(["skein-agent", "skein-dp", "skein-master"]), "the manifests run these binaries");
     let mut missing = Vec::new();
     for ((name, subcommand), flags) in &wanted {
         let known = help_flags(&binary(name), subcommand.as_deref());

@@ -142,6 +142,34 @@ fn the_agent_runs_on_every_node_in_the_host_network() {
 }
 
 #[test]
+fn the_datapath_runs_apart_from_the_agent_on_its_socket() {
+    for render in renders() {
+        let who = format!("render {}: datapath", render.name);
+        let ds: DaemonSet = render.component("DaemonSet", "datapath");
+        let spec = ds.spec.clone().and_then(|s| s.template.spec).expect("datapath pod spec");
+        assert_eq!(spec.host_network, Some(true), "{who}: the node's interfaces are in the host namespace");
+        assert_eq!(spec.automount_service_account_token, Some(false), "{who}: it needs no API access");
+        let dp = container(&spec, "datapath");
+        assert_eq!(dp.command.as_deref(), Some(&["skein-dp".to_owned()][..]), "{who}");
+        let control = Flags::of(dp).value("--control").expect("--control").to_owned();
+        let (_, agent_spec) = agent(&render);
+        let main = container(&agent_spec, "agent");
+        let socket = Flags::of(main).value("--datapath-socket").expect("the agent drives the datapath process");
+        assert_eq!(socket, control, "{who}: the agent's --datapath-socket is the datapath's --control");
+        // The socket's directory is the same host directory in both pods.
+        let dir = Path::new(&control).parent().expect("a directory").to_string_lossy().into_owned();
+        let (mine, theirs) = (host_mounts(&spec, dp), host_mounts(&agent_spec, main));
+        assert!(mine.get(&dir).is_some() && mine.get(&dir) == theirs.get(&dir), "{who}: {dir} shared: {mine:?} {theirs:?}");
+        // Replaced only on purpose (it costs a forwarding pause), unless the values say so.
+        let strategy = ds.spec.and_then(|s| s.update_strategy).and_then(|u| u.type_).unwrap_or_default();
+        assert!(["OnDelete", "RollingUpdate"].contains(&strategy.as_str()), "{who}: {strategy}");
+        if render.name == "default" {
+            assert_eq!(strategy, "OnDelete", "{who}");
+        }
+    }
+}
+
+#[test]
 fn the_agent_installs_the_cni_plugin_and_mounts_what_it_needs() {
     for render in renders() {
         let (_, spec) = agent(&render);

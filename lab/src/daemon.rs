@@ -1,6 +1,6 @@
 //! The lab's background process (`skein-lab up` starts it, `skein-lab down` stops it): builds
 //! the topology, serves the API, runs the scheduler, the EndpointSlice and Deployment
-//! controllers and one kubelet per node, and supervises the real `skein-master`, one `skein-agent` per node (in
+//! controllers and one kubelet per node, and supervises the real `skein-master`, one `skein-dp` and one `skein-agent` per node (in
 //! the node's namespace) and the outside echo server — restarting any that exits, as
 //! Kubernetes would. It records its state in the state file and answers on a control socket.
 
@@ -295,6 +295,8 @@ fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) ->
         path(layout.cni_socket(node)),
         "--state-dir".into(),
         path(layout.agent_state_dir(node)),
+        "--datapath-socket".into(),
+        path(layout.datapath_socket(node)),
         "--cni-bin-dir".into(),
         path(layout.cni_bin_dir(node)),
         "--cni-conf-dir".into(),
@@ -306,6 +308,18 @@ fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) ->
         "--no-device-plugin".into(),
         "--log".into(),
         "info".into(),
+    ]
+}
+
+/// The datapath process's command line in the lab: no ports (the agent adds them), the
+/// agent's ring size.
+fn datapath_args(layout: &Layout, node: &str) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--ring-mib".into(),
+        "1".into(),
+        "--control".into(),
+        layout.datapath_socket(node).display().to_string(),
     ]
 }
 
@@ -521,9 +535,21 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
     );
 
     tasks.push(tokio::spawn(agent_tokens(server.store().clone(), layout.clone(), nodes, daemon.stop.clone())));
-    daemon.phase("agents", format!("skein-agent in each of the {nodes} node namespaces"));
+    daemon.phase("agents", format!("skein-dp and skein-agent in each of the {nodes} node namespaces"));
     for index in 1..=nodes {
         let node = Layout::node_name(index);
+        // The datapath is its own process, as on a cluster (its own DaemonSet): it forwards
+        // while the agent restarts.
+        daemon.add_process(
+            Supervised::new(
+                format!("datapath/{node}"),
+                binaries.datapath.clone(),
+                datapath_args(&layout, &node),
+                Some(layout.node_netns(&node)),
+                layout.datapath_log(&node),
+            ),
+            &mut tasks,
+        );
         daemon.add_process(
             Supervised::new(
                 format!("agent/{node}"),
@@ -571,5 +597,8 @@ mod tests {
         assert_eq!(value("--cni-plugin"), Some("/x/skein-cni"));
         assert_eq!(value("--master"), Some("https://172.18.0.1:6643"));
         assert_eq!(value("--token-file"), Some("/run/skein-lab/sklab/node2-southbound.token"));
+        assert_eq!(value("--datapath-socket"), Some("/run/skein-lab/sklab/node2/dp.sock"));
+        let dp = datapath_args(&layout, "node2");
+        assert_eq!(dp.last().map(String::as_str), Some("/run/skein-lab/sklab/node2/dp.sock"));
     }
 }

@@ -157,6 +157,16 @@ impl Layout {
         self.node_dir(node).join("agent.log")
     }
 
+    /// The datapath process's control socket (the agent drives the datapath through it).
+    pub fn datapath_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("dp.sock")
+    }
+
+    /// The datapath process's log.
+    pub fn datapath_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("datapath.log")
+    }
+
     /// Where a pod's workload logs.
     pub fn pod_log(&self, node: &str, namespace: &str, pod: &str) -> PathBuf {
         self.node_dir(node).join("pods").join(format!("{namespace}_{pod}.log"))

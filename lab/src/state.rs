@@ -87,6 +87,9 @@ pub struct Binaries {
     pub agent: PathBuf,
     /// `skein-cni`.
     pub cni: PathBuf,
+    /// `skein-dp` (each node's datapath process; the agent drives it).
+    #[serde(default)]
+    pub datapath: PathBuf,
     /// `containerd` (each node runs one).
     #[serde(default)]
     pub containerd: PathBuf,
@@ -108,17 +111,18 @@ impl Binaries {
             master: dir.join("skein-master"),
             agent: dir.join("skein-agent"),
             cni: dir.join("skein-cni"),
+            datapath: dir.join("skein-dp"),
             containerd: crate::prereq::which("containerd").unwrap_or_else(|| PathBuf::from("containerd")),
             busybox: crate::prereq::which("busybox").unwrap_or_else(|| PathBuf::from("/bin/busybox")),
         };
-        let missing: Vec<String> = [&binaries.master, &binaries.agent, &binaries.cni]
+        let missing: Vec<String> = [&binaries.master, &binaries.agent, &binaries.cni, &binaries.datapath]
             .into_iter()
             .filter(|p| !p.is_file())
             .map(|p| p.display().to_string())
             .collect();
         if !missing.is_empty() {
             anyhow::bail!(
-                "missing {} — build them first: cargo build -p skein-lab -p skein-master -p skein-agent -p skein-cni (or point --bin-dir at them)",
+                "missing {} — build them first: cargo build -p skein-lab -p skein-master -p skein-agent -p skein-cni -p skein-datapath (or point --bin-dir at them)",
                 missing.join(", ")
             );
         }

@@ -116,7 +116,12 @@ def pod_cases(master, other):
 
 def main() -> int:
     docs = list(load(sys.argv[1:]))
-    agents = [d for d in docs if d["kind"] == "DaemonSet"]
+    # The agent's DaemonSet (the datapath's runs without API access).
+    agents = [
+        d
+        for d in docs
+        if d["kind"] == "DaemonSet" and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "agent"
+    ]
     masters = [d for d in docs if d["kind"] == "Deployment"]
     policies = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
     bindings = {d["spec"]["policyName"] for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}

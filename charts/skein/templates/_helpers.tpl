@@ -23,6 +23,10 @@ Names and labels shared by every template.
 {{- printf "%s-agent" (include "skein.fullname" .) -}}
 {{- end -}}
 
+{{- define "skein.datapath.name" -}}
+{{- printf "%s-datapath" (include "skein.fullname" .) -}}
+{{- end -}}
+
 {{- define "skein.config.name" -}}
 {{- printf "%s-config" (include "skein.fullname" .) -}}
 {{- end -}}

@@ -13,13 +13,13 @@ pub const LAB: &str = env!("CARGO_BIN_EXE_skein-lab");
 pub fn ensure_binaries() -> PathBuf {
     let dir: PathBuf = Path::new(LAB).parent().expect("skein-lab has a directory").to_path_buf();
     let missing: Vec<&str> =
-        ["skein-master", "skein-agent", "skein-cni"].into_iter().filter(|b| !dir.join(b).is_file()).collect();
+        ["skein-master", "skein-agent", "skein-cni", "skein-dp"].into_iter().filter(|b| !dir.join(b).is_file()).collect();
     if missing.is_empty() {
         return dir;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
-    command.args(["build", "-p", "skein-master", "-p", "skein-agent", "-p", "skein-cni"]);
+    command.args(["build", "-p", "skein-master", "-p", "skein-agent", "-p", "skein-cni", "-p", "skein-datapath"]);
     if dir.ends_with("release") {
         command.arg("--release");
     }
