@@ -92,7 +92,11 @@ fn every_flag_in_the_manifests_is_one_its_binary_accepts() {
         }
     }
     let binaries: BTreeSet<&str> = wanted.keys().map(|(b, _)| b.as_str()).collect();
-    assert_eq!(binaries, BTreeSet::from(["skein-agent", "skein-dp", "skein-master"]), "the manifests run these binaries");
+    assert_eq!(
+        binaries,
+        BTreeSet::from(["skein-agent", "skein-dp", "skein-master"]),
+        "the manifests run these binaries"
+    );
     let mut missing = Vec::new();
     for ((name, subcommand), flags) in &wanted {
         let known = help_flags(&binary(name), subcommand.as_deref());

@@ -159,7 +159,10 @@ fn the_datapath_runs_apart_from_the_agent_on_its_socket() {
         // The socket's directory is the same host directory in both pods.
         let dir = Path::new(&control).parent().expect("a directory").to_string_lossy().into_owned();
         let (mine, theirs) = (host_mounts(&spec, dp), host_mounts(&agent_spec, main));
-        assert!(mine.get(&dir).is_some() && mine.get(&dir) == theirs.get(&dir), "{who}: {dir} shared: {mine:?} {theirs:?}");
+        assert!(
+            mine.get(&dir).is_some() && mine.get(&dir) == theirs.get(&dir),
+            "{who}: {dir} shared: {mine:?} {theirs:?}"
+        );
         // Replaced only on purpose (it costs a forwarding pause), unless the values say so.
         let strategy = ds.spec.and_then(|s| s.update_strategy).and_then(|u| u.type_).unwrap_or_default();
         assert!(["OnDelete", "RollingUpdate"].contains(&strategy.as_str()), "{who}: {strategy}");

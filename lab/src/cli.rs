@@ -20,7 +20,7 @@ use crate::cni_runtime::NodeCni;
 use crate::echo::{self, ProbeOptions, ServePort, Target, TargetReport};
 use crate::layout::{Layout, STATE_ROOT};
 use crate::state::{Binaries, ControlRequest, LabState, control};
-use crate::{containerd, daemon, manifest, prereq, scenario, sys, topology};
+use crate::{containerd, daemon, hold, manifest, prereq, scenario, sys, topology};
 
 /// skein-lab: a whole Skein cluster on one Linux host, in network namespaces, running the
 /// real skein-master, skein-agent and skein-cni. Needs root.
@@ -938,9 +938,147 @@ async fn check_pod_deletion(
     outcome.unwrap_or_else(|e| fail(format!("{e:#}")))
 }
 
+/// The port of the restart check's own echo servers (in pods' namespaces and outside).
+const HOLD_PORT: u16 = 47070;
+
+/// The restart check's long-lived connections: every kind through `node`, with the servers
+/// and the Service they need.
+struct Held {
+    connections: Vec<hold::Connection>,
+    _servers: Vec<hold::EchoServer>,
+    /// Kinds that could not be set up (no pod where one is needed).
+    missing: Vec<&'static str>,
+}
+
+/// The connection kinds the restart check holds across the restart.
+const HELD_KINDS: [&str; 8] = [
+    "tcp pod→pod same node",
+    "tcp pod→pod other node",
+    "tcp pod→ClusterIP",
+    "tcp outside→NodePort",
+    "tcp pod→outside (SNAT)",
+    "udp pod→pod other node",
+    "udp pod→ClusterIP",
+    "udp pod→outside (SNAT)",
+];
+
+/// Starts echo servers in a pod on `node`, a pod on another node and the outside, a NodePort
+/// Service (TCP and UDP, without selector: its EndpointSlice names those two pods), and one
+/// connection of each of [`HELD_KINDS`] through `node`: from a third pod on it, and from
+/// outside to `node`'s NodePort.
+async fn hold_connections(client: &Client, layout: &Layout, view: &ClusterView, node: &str) -> anyhow::Result<Held> {
+    let on_node: Vec<&checks::PodInfo> = view.pods.iter().filter(|p| p.node == node).collect();
+    let Some(client_pod) = on_node.first() else { bail!("no pod on {node}") };
+    let local = on_node.get(1);
+    let remote = view.pods.iter().find(|p| p.node != node);
+    let node_ip = view.nodes.iter().find(|n| n.name == node).map(|n| n.ip).context("the node's address")?;
+    let IpAddr::V4(node_ip) = node_ip else { bail!("{node} has no IPv4 address") };
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => Some(std::net::SocketAddrV4::new(ip, HOLD_PORT)),
+        IpAddr::V6(_) => None,
+    };
+    let mut servers = Vec::new();
+    let mut backends = Vec::new();
+    for pod in [local.copied(), remote].into_iter().flatten() {
+        let at = v4(pod.ip).context("pods have IPv4 addresses")?;
+        let bind = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, HOLD_PORT);
+        servers.push(hold::EchoServer::start(&pod.netns, bind).map_err(anyhow::Error::msg)?);
+        backends.push((pod, at));
+    }
+    let outside = std::net::SocketAddrV4::new(crate::layout::OUTSIDE_IP, HOLD_PORT);
+    servers.push(hold::EchoServer::start(&layout.outside_netns(), outside).map_err(anyhow::Error::msg)?);
+
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let _ = services.delete(HOLD_SERVICE, &DeleteParams::default()).await;
+    let _ = slices.delete(HOLD_SERVICE, &DeleteParams::default()).await;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": HOLD_SERVICE, "namespace": "default"},
+        "spec": {"type": "NodePort", "ports": [
+            {"name": "tcp", "port": HOLD_PORT, "targetPort": HOLD_PORT, "protocol": "TCP"},
+            {"name": "udp", "port": HOLD_PORT, "targetPort": HOLD_PORT, "protocol": "UDP"}]}
+    }))?;
+    let service = services.create(&PostParams::default(), &service).await.context("creating the check's Service")?;
+    let spec = service.spec.unwrap_or_default();
+    let vip: std::net::Ipv4Addr =
+        spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()).context("the Service got no IPv4 ClusterIP")?;
+    let node_port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.protocol.as_deref() == Some("TCP"))
+        .and_then(|p| p.node_port)
+        .and_then(|p| u16::try_from(p).ok())
+        .context("the Service got no NodePort")?;
+    let endpoints: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|(pod, at)| json!({"addresses": [at.ip().to_string()], "conditions": {"ready": true}, "nodeName": pod.node}))
+        .collect();
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": HOLD_SERVICE, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": HOLD_SERVICE}},
+        "addressType": "IPv4",
+        "ports": [{"name": "tcp", "port": HOLD_PORT, "protocol": "TCP"}, {"name": "udp", "port": HOLD_PORT, "protocol": "UDP"}],
+        "endpoints": endpoints,
+    }))?;
+    slices.create(&PostParams::default(), &slice).await.context("creating the check's EndpointSlice")?;
+
+    let vip = std::net::SocketAddrV4::new(vip, HOLD_PORT);
+    let node_port = std::net::SocketAddrV4::new(node_ip, node_port);
+    let pod_ns = client_pod.netns.clone();
+    let local_at = local.and_then(|p| v4(p.ip));
+    let remote_at = remote.and_then(|p| v4(p.ip));
+    let has_backend = !backends.is_empty();
+    let wanted: [(&'static str, String, hold::Proto, Option<std::net::SocketAddrV4>); 8] = [
+        (HELD_KINDS[0], pod_ns.clone(), hold::Proto::Tcp, local_at),
+        (HELD_KINDS[1], pod_ns.clone(), hold::Proto::Tcp, remote_at),
+        (HELD_KINDS[2], pod_ns.clone(), hold::Proto::Tcp, has_backend.then_some(vip)),
+        (HELD_KINDS[3], layout.outside_netns(), hold::Proto::Tcp, has_backend.then_some(node_port)),
+        (HELD_KINDS[4], pod_ns.clone(), hold::Proto::Tcp, Some(outside)),
+        (HELD_KINDS[5], pod_ns.clone(), hold::Proto::Udp, remote_at),
+        (HELD_KINDS[6], pod_ns.clone(), hold::Proto::Udp, has_backend.then_some(vip)),
+        (HELD_KINDS[7], pod_ns, hold::Proto::Udp, Some(outside)),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let mut connections = Vec::new();
+        let mut missing = Vec::new();
+        for (kind, ns, proto, dst) in wanted {
+            let Some(dst) = dst else {
+                missing.push(kind);
+                continue;
+            };
+            // The Service's flows reach the node a moment after the objects exist.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !hold::answers(&ns, proto, dst) {
+                if Instant::now() > deadline {
+                    bail!("{kind}: {dst} does not answer from {ns}");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            connections.push(hold::Connection::start(kind, &ns, proto, dst));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for c in &connections {
+            while c.answered() < 3 {
+                if Instant::now() > deadline {
+                    bail!("{} does not exchange", c.kind());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(Held { connections, _servers: servers, missing })
+    })
+    .await?
+}
+
+/// The restart check's Service and EndpointSlice.
+const HOLD_SERVICE: &str = "skein-lab-restart-hold";
+
 /// Restarts one node's agent, waits until its CNI plugin reports ready again, then runs the
-/// connectivity checks again.
+/// connectivity checks again; long-lived connections of every kind through the node are held
+/// across the restart and must all survive.
 async fn check_agent_restart(
+    client: &Client,
     layout: &Layout,
     view: &ClusterView,
     plan: &[checks::Check],
@@ -959,6 +1097,12 @@ async fn check_agent_restart(
         .unwrap_or_else(|| "node1".into());
     let title = format!("after restarting skein-agent on {node}: the checks that passed still pass");
     let fail = |detail: String| CheckResult { title: title.clone(), passed: false, detail, latency: None, tries: 1 };
+    progress.say(format!("restart check: holding connections of every kind through {node}"));
+    let held = match hold_connections(client, layout, view, &node).await {
+        Ok(held) => held,
+        Err(e) => return fail(format!("setting up the long-lived connections: {e:#}")),
+    };
+    let restarted_at = Instant::now();
     progress.say(format!("restart check: restarting skein-agent on {node}"));
     let response =
         match control(layout, &ControlRequest::RestartAgent { node: node.clone() }, Duration::from_secs(30)).await {
@@ -994,7 +1138,32 @@ async fn check_agent_restart(
     let passing_before = passed_before.iter().filter(|p| **p).count();
     let still_failing = results.iter().zip(&passed_before).filter(|(r, before)| !**before && !r.passed).count();
     let retried = results.iter().filter(|r| r.passed && r.tries > 1).count();
+    // The held connections: a second more after the checks, then their reports.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let Held { connections, _servers, missing } = held;
+    let reports = tokio::task::spawn_blocking(move || {
+        let reports: Vec<hold::Report> = connections.into_iter().map(hold::Connection::finish).collect();
+        drop(_servers);
+        reports
+    })
+    .await
+    .unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let _ = services.delete(HOLD_SERVICE, &DeleteParams::default()).await;
+    let _ = slices.delete(HOLD_SERVICE, &DeleteParams::default()).await;
+    let lost: Vec<String> =
+        reports.iter().filter_map(|r| r.lost.as_ref().map(|why| format!("{}: {why}", r.kind))).collect();
+    let pause = reports.iter().map(|r| r.stall_within(restarted_at, Instant::now())).max().unwrap_or_default();
+    let unanswered: u64 =
+        reports.iter().filter(|r| r.kind.starts_with("udp")).map(|r| r.sent.saturating_sub(r.answered)).sum();
+    if !lost.is_empty() {
+        return fail(format!("{}/{} long-lived connections lost: {}", lost.len(), reports.len(), lost.join(" | ")));
+    }
     let mut notes = Vec::new();
+    if !missing.is_empty() {
+        notes.push(format!("not held (no pod for them): {}", missing.join(", ")));
+    }
     if retried > 0 {
         notes.push(format!("{retried} after a retry"));
     }
@@ -1007,9 +1176,12 @@ async fn check_agent_restart(
             title,
             passed: true,
             detail: format!(
-                "{}, network ready after {:.1} s; {passing_before}/{passing_before} pass again{notes}",
+                "{}, network ready after {:.1} s; {passing_before}/{passing_before} pass again; {}/{} long-lived connections kept (longest pause {} ms, {unanswered} UDP requests unanswered){notes}",
                 response.message,
-                ready_after.as_secs_f64()
+                ready_after.as_secs_f64(),
+                reports.len(),
+                reports.len(),
+                pause.as_millis()
             ),
             latency: Some(ready_after),
             tries: 1,
@@ -1052,7 +1224,7 @@ pub async fn check(
     if disruptive {
         results.push(check_pod_deletion(client, layout, &view, &prober, progress).await);
         let before = results.clone();
-        results.push(check_agent_restart(layout, &view, &plan, &before, &prober, progress).await);
+        results.push(check_agent_restart(client, layout, &view, &plan, &before, &prober, progress).await);
     }
     let exits = LabState::read(layout).map(|s| s.exits).unwrap_or_default();
     if exits.len() > state.exits.len() {

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod deployments;
 pub mod echo;
 pub mod endpointslices;
+pub mod hold;
 pub mod image;
 pub mod kubelet;
 pub mod layout;

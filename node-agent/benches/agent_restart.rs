@@ -22,6 +22,9 @@ mod connections;
 #[path = "../tests/cluster/harness.rs"]
 #[allow(dead_code, unused_imports)]
 mod harness;
+#[path = "../../lab/src/hold.rs"]
+#[allow(dead_code)]
+mod hold;
 #[path = "../../datapath/tests/netns/traffic.rs"]
 #[allow(dead_code)]
 mod traffic;

@@ -12,6 +12,9 @@ mod connections;
 #[path = "cluster/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../../lab/src/hold.rs"]
+#[allow(dead_code)]
+mod hold;
 #[path = "../../datapath/tests/netns/traffic.rs"]
 #[allow(dead_code)]
 mod traffic;

@@ -12,8 +12,10 @@ pub const LAB: &str = env!("CARGO_BIN_EXE_skein-lab");
 /// packages have integration tests); a lone `cargo test -p skein-lab` may not, so build them.
 pub fn ensure_binaries() -> PathBuf {
     let dir: PathBuf = Path::new(LAB).parent().expect("skein-lab has a directory").to_path_buf();
-    let missing: Vec<&str> =
-        ["skein-master", "skein-agent", "skein-cni", "skein-dp"].into_iter().filter(|b| !dir.join(b).is_file()).collect();
+    let missing: Vec<&str> = ["skein-master", "skein-agent", "skein-cni", "skein-dp"]
+        .into_iter()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
     if missing.is_empty() {
         return dir;
     }
