@@ -231,11 +231,14 @@ impl CniServer {
         let mut installed = self.net.installed();
         let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout_at(deadline, wait) => outcome,
+            // Only whether: the value is a read guard of the watch, and an install publishing
+            // while holding the network's lock would wait for it while this task waits for
+            // that lock (view(), unbind() below).
+            outcome = tokio::time::timeout_at(deadline, wait) => outcome.map(|ready| ready.is_ok()),
             () = &mut gone => return self.plugin_gone(container_id, host_ifname, ifindex, Some(&record)),
         };
         match outcome {
-            Ok(Ok(_)) => {
+            Ok(true) => {
                 // Only the master's address: the view must agree with the annotation.
                 let view = self.net.view();
                 let agreed = view

@@ -451,6 +451,44 @@ fn an_established_tcp_stream_survives_an_agent_restart() {
     assert!(links.contains(&skein_cni::host::host_ifname(&a.container, "eth0")));
 }
 
+#[test]
+fn a_new_datapath_process_gets_the_ports_and_flows_again() {
+    // The datapath process restarted under a running agent (a crash, or an upgrade of its
+    // DaemonSet): the agent sees its watch end and gives the new process the node's ports,
+    // the pods' ports and the installed view. The new process starts with an empty
+    // conntrack, but NAT is a function of the connection's tuple (ports are picked by its
+    // hash), so the connections' next packets rebuild the same entries and every kind
+    // survives; what it costs is the pause (a figure, printed).
+    let Some(mut c) = Cluster::new("datapath_restart", "d", 2) else { return };
+    let workload = connections::every_kind(&mut c, "dr", "10.96.0.78", 30778, 1);
+    let a = c.add_pod("d1", 0, "x");
+    let b = c.add_pod("d2", 0, "x");
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    c.stop_datapath(0);
+    c.start_datapath(0);
+    c.wait_for("the agent to set up the new datapath process", Duration::from_secs(30), || {
+        c.agent_log(0).contains("the new datapath process has the node's ports and flows")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let window = (stopped, Instant::now());
+    if let Err(e) = ping(&a.ns, &b.ip, 2, 10) {
+        c.fail(&format!("d1 → d2 through the new datapath process: {e}"));
+    }
+    let stats = c.stats(0);
+    for port in ["port_1_rx", "port_2_rx", "port_3_rx", "port_100_rx"] {
+        assert!(stats.contains_key(port), "{port}: the node's and pods' ports are re-added: {stats:?}");
+    }
+    let reports = workload.finish();
+    let pause = reports.iter().map(|r| r.stall_within(window.0, window.1)).max().unwrap_or_default();
+    let lost: Vec<String> =
+        reports.iter().filter_map(|r| r.lost.as_ref().map(|why| format!("{}: {why}", r.kind))).collect();
+    eprintln!("datapath_restart_pause_ms={} connections={} connections_lost={}", pause.as_millis(), reports.len(), lost.len());
+    if !lost.is_empty() {
+        c.fail(&format!("connections lost across the datapath's restart: {lost:#?}"));
+    }
+}
+
 /// The versions every plugin of the chain answers VERSION with, as the agent computes them.
 fn chain_versions(c: &Cluster, i: usize) -> Vec<String> {
     let mut common: Vec<String> = ["0.4.0", "1.0.0", "1.1.0"].map(String::from).to_vec();
