@@ -155,5 +155,5 @@ fn install_cni_writes_the_plugin_and_the_conflist_the_config_map_shows() {
 /// The chart's base name (`skein` for the release `skein`): the agent's name less `-agent`.
 fn ds_prefix(render: &common::Render) -> String {
     let ds = render.of_kind("DaemonSet");
-    ds[0].name().strip_suffix("-agent").expect("<base>-agent").to_owned()
+    ds.iter().find_map(|d| d.name().strip_suffix("-agent").map(str::to_owned)).expect("a DaemonSet <base>-agent")
 }

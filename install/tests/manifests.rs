@@ -154,7 +154,8 @@ fn the_datapath_runs_apart_from_the_agent_on_its_socket() {
         let control = Flags::of(dp).value("--control").expect("--control").to_owned();
         let (_, agent_spec) = agent(&render);
         let main = container(&agent_spec, "agent");
-        let socket = Flags::of(main).value("--datapath-socket").expect("the agent drives the datapath process");
+        let socket =
+            Flags::of(main).value("--datapath-socket").expect("the agent drives the datapath process").to_owned();
         assert_eq!(socket, control, "{who}: the agent's --datapath-socket is the datapath's --control");
         // The socket's directory is the same host directory in both pods.
         let dir = Path::new(&control).parent().expect("a directory").to_string_lossy().into_owned();
@@ -163,11 +164,15 @@ fn the_datapath_runs_apart_from_the_agent_on_its_socket() {
             mine.get(&dir).is_some() && mine.get(&dir) == theirs.get(&dir),
             "{who}: {dir} shared: {mine:?} {theirs:?}"
         );
-        // Replaced only on purpose (it costs a forwarding pause), unless the values say so.
-        let strategy = ds.spec.and_then(|s| s.update_strategy).and_then(|u| u.type_).unwrap_or_default();
-        assert!(["OnDelete", "RollingUpdate"].contains(&strategy.as_str()), "{who}: {strategy}");
-        if render.name == "default" {
-            assert_eq!(strategy, "OnDelete", "{who}");
+        // One node at a time (each replacement pauses its node's forwarding), or on demand.
+        let strategy = ds.spec.and_then(|s| s.update_strategy).unwrap_or_default();
+        match strategy.type_.as_deref() {
+            Some("RollingUpdate") => {
+                let max = strategy.rolling_update.and_then(|r| r.max_unavailable);
+                assert_eq!(max, Some(IntOrString::Int(1)), "{who}: one node at a time");
+            }
+            Some("OnDelete") => assert_ne!(render.name, "default", "{who}: rolling by default"),
+            other => panic!("{who}: update strategy {other:?}"),
         }
     }
 }

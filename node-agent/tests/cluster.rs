@@ -483,7 +483,12 @@ fn a_new_datapath_process_gets_the_ports_and_flows_again() {
     let pause = reports.iter().map(|r| r.stall_within(window.0, window.1)).max().unwrap_or_default();
     let lost: Vec<String> =
         reports.iter().filter_map(|r| r.lost.as_ref().map(|why| format!("{}: {why}", r.kind))).collect();
-    eprintln!("datapath_restart_pause_ms={} connections={} connections_lost={}", pause.as_millis(), reports.len(), lost.len());
+    eprintln!(
+        "datapath_restart_pause_ms={} connections={} connections_lost={}",
+        pause.as_millis(),
+        reports.len(),
+        lost.len()
+    );
     if !lost.is_empty() {
         c.fail(&format!("connections lost across the datapath's restart: {lost:#?}"));
     }
