@@ -1,24 +1,27 @@
-//! The node's datapath as the agent runs it: the switch and its ports, the bindings of
-//! logical ports to datapath ports, and the installation of each chassis view.
+//! The node's network as the agent runs it: the datapath's ports, the bindings of logical
+//! ports to datapath ports, and the installation of each chassis view. The datapath itself
+//! is usually another process ([`crate::datapath`]), which keeps forwarding while the agent
+//! restarts.
 //!
 //! Every install translates the view with the current bindings ([`crate::translate`])
-//! and hands the result to [`Control::install`], which changes only what differs in one
-//! atomic step: a packet sees the old version or the new one, never half of each, and
-//! flows that did not change keep their counters and cached decisions. Binding or
-//! unbinding a pod (the CNI ADD and DEL paths) changes only the pod ports' own flows
-//! ([`pod_port_flows`]): those are computed alone and their difference is installed with
-//! [`Control::update_flows`], so an ADD costs the same with 10 pods or 500.
+//! and hands the result to the datapath's install (`Control::install`), which changes only
+//! what differs in one atomic step: a packet sees the old version or the new one, never
+//! half of each, and flows that did not change keep their counters and cached decisions.
+//! Binding or unbinding a pod (the CNI ADD and DEL paths) changes only the pod ports' own
+//! flows ([`pod_port_flows`]): those are computed alone and their difference is installed
+//! with `Control::update_flows`, so an ADD costs the same with 10 pods or 500.
 //!
 //! What must survive an agent restart is kept in the state directory: one record per
 //! bound pod port (`ports/<host interface>.json`: pod, container, port number), written
 //! before the pod's flows are installed, and the last installed flow file (`flows.txt`),
-//! written by a thread after each install (a burst of installs costs one write; an agent
-//! killed before the write restores the previous flows and gets the rest from the
-//! master's snapshot), with the view it was translated from (`view.json`). A restarted
-//! agent re-opens the ports whose interfaces still exist, re-installs the last flows at
-//! once — pods forward again before the master has answered —, installs the saved view
-//! (so it serves CNI ADDs and answers STATUS "ready" before the master has answered) and
-//! then the master's snapshot over them, which changes nothing that is still valid.
+//! written by a thread after each install (a burst of installs costs one write), with the
+//! view it was translated from (`view.json`). A restarted agent adds the ports again (a
+//! datapath process that has them keeps them), leaves the flows of a datapath that kept
+//! forwarding alone until a whole view is installed — the saved view (so it serves CNI ADDs
+//! and answers STATUS "ready" before the master has answered), then the master's snapshot,
+//! each applied as a difference — and gives a new, empty datapath the saved flows at once.
+//! A datapath process that restarts under a running agent is given everything again
+//! ([`NodeNetwork::resync_datapath`]).
 //!
 //! A port record whose veth or sandbox network namespace is gone — the CNI plugin was
 //! killed, a runtime skipped DEL — is reclaimed: at start, periodically
