@@ -161,7 +161,7 @@ fn the_datapath_runs_apart_from_the_agent_on_its_socket() {
         let dir = Path::new(&control).parent().expect("a directory").to_string_lossy().into_owned();
         let (mine, theirs) = (host_mounts(&spec, dp), host_mounts(&agent_spec, main));
         assert!(
-            mine.get(&dir).is_some() && mine.get(&dir) == theirs.get(&dir),
+            mine.contains_key(&dir) && mine.get(&dir) == theirs.get(&dir),
             "{who}: {dir} shared: {mine:?} {theirs:?}"
         );
         // One node at a time (each replacement pauses its node's forwarding), or on demand.
