@@ -133,6 +133,17 @@ fn bench() -> Result<(), String> {
         return Err(format!("the upgraded agent's log does not show build={upgrade_build}"));
     }
 
+    // Frames the datapath dropped on node1's ports over the whole run (ring full on
+    // receive, socket full on send): where packets went when a pause was not a restart's.
+    let stats = c.stats(0);
+    let dropped = |suffix: &str| -> u64 {
+        stats
+            .iter()
+            .filter(|(k, _)| k.starts_with("port_") && k.ends_with(suffix))
+            .filter_map(|(_, v)| v.parse::<u64>().ok())
+            .sum()
+    };
+    println!("datapath node1: rx_dropped={} tx_dropped={}", dropped("_rx_dropped"), dropped("_tx_dropped"));
     let reports = workload.finish();
     let lost: Vec<String> =
         reports.iter().filter_map(|r| r.lost.as_ref().map(|why| format!("{}: {why}", r.kind))).collect();
