@@ -2,7 +2,7 @@
 # CNI ADD latency over sequential pods: Skein against the reference `bridge` plugin with
 # host-local IPAM (../shared/bench/peer-kernel-bridge.sh), in one run.
 #   Skein: node-agent/benches/cni_add.rs, a one-node cluster (API fake, master, the release
-#   skein-agent in a node namespace); per pod, ADD start -> first echo reply from the pod's
+#   skein-dp and skein-agent driving it in a node namespace); per pod, ADD start -> first echo reply from the pod's
 #   gateway (the measure, flow installation included), and ADD alone.
 #   Reference: ADD alone (the bridge plugin's figure; it installs no flows).
 # Run as root from the repository root: bench/cni-add.sh
@@ -21,8 +21,8 @@ need ping python3 ip cargo
 
 # The bench finds skein-cni beside itself in target/release and runs the agent cargo built
 # for it (same directory): build both as release first so that neither is a debug build.
-echo "building skein-cni, skein-agent and the bench (release)..." >&2
-(cd "$repo" && cargo build --release -q -p skein-cni -p skein-agent)
+echo "building skein-cni, skein-dp, skein-agent and the bench (release)..." >&2
+(cd "$repo" && cargo build --release -q -p skein-cni -p skein-agent -p skein-datapath --bin skein-cni --bin skein-agent --bin skein-dp)
 (cd "$repo" && cargo bench -q -p skein-agent --bench cni_add --no-run)
 
 echo "measuring the reference bridge plugin ($BENCH_PODS pods)..." >&2

@@ -57,8 +57,10 @@ pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
     let path = dir.join(name);
     if !path.exists() {
+        let release = dir.ends_with("release").then_some("--release");
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", package, "--bin", name])
+            .args(release)
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building {name} failed");
