@@ -759,7 +759,13 @@ impl<'a> Xlate<'a> {
                     self.commit();
                     match self.p.tunnels.get(port) {
                         Some(t) => {
-                            for f in [Field::TunId, Field::TunDst, Field::TunIngressPort, Field::TunEgressPort] {
+                            for f in [
+                                Field::TunId,
+                                Field::TunDst,
+                                Field::TunIngressPort,
+                                Field::TunEgressPort,
+                                Field::TunIdentity,
+                            ] {
                                 self.wc.unwildcard(f);
                             }
                             self.out.push(DpAction::TunnelOutput(Box::new(crate::exec::EncapSpec {
@@ -767,6 +773,7 @@ impl<'a> Xlate<'a> {
                                 dst: self.key.get(Field::TunDst) as u32,
                                 ingress: self.key.get(Field::TunIngressPort) as u16,
                                 egress: self.key.get(Field::TunEgressPort) as u16,
+                                identity: self.key.get(Field::TunIdentity) as u32,
                                 tunnel: *t,
                             })));
                         }
@@ -780,6 +787,7 @@ impl<'a> Xlate<'a> {
                     self.outputs += 1;
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
+                Action::Log(id) => self.out.push(DpAction::Log(*id)),
                 Action::SetField { field, value, mask } => self.write(*field, *value, *mask),
                 Action::Move { src, dst } => {
                     // The result depends on the source bits the packet brought in (bits

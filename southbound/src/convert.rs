@@ -219,10 +219,9 @@ fn action_to_proto(a: &Action) -> pb::Action {
         }
         Action::SetAclMeta { value, mask } => A::SetAclMeta(pb::SetAclMeta { value: *value, mask: *mask }),
         Action::AclEval(ids) => A::AclEval(pb::AclEval { ids: ids.clone() }),
-        Action::Deny { direction: d, policies } => A::Deny(pb::Deny {
-            direction: direction(*d),
-            policies: policies.iter().map(object_key).collect(),
-        }),
+        Action::Deny { direction: d, policies } => {
+            A::Deny(pb::Deny { direction: direction(*d), policies: policies.iter().map(object_key).collect() })
+        }
         Action::SetDstIdentity(i) => A::SetDstIdentity(i.0),
     };
     pb::Action { action: Some(action) }

@@ -393,6 +393,8 @@ impl State<'_> {
                     }
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
+                // The audit log is not an output.
+                Action::Log(_) => {}
                 Action::SetField { field, value, mask } => self.set(*field, *value, *mask),
                 Action::Move { src, dst } => self.set(dst.field, src.read(&self.pkt.key) << dst.offset, dst.mask()),
                 Action::CtClear => {
@@ -442,6 +444,7 @@ impl State<'_> {
                     dst: k.get(Field::TunDst) as u32,
                     ingress: k.get(Field::TunIngressPort) as u16,
                     egress: k.get(Field::TunEgressPort) as u16,
+                    identity: k.get(Field::TunIdentity) as u32,
                     tunnel: *t,
                 };
                 let mut sink = Collect(&mut self.outputs);
