@@ -634,7 +634,13 @@ impl Engine {
                         let local = **n == *c;
                         compile::compile_node(&self.config, frag, owner, local, &mut items);
                         if local && self.policy.stateful() {
-                            policy::switch_flows(&self.config, frag.switch.key, owner, &mut items.flows);
+                            let mgmt = frag
+                                .switch
+                                .ports
+                                .get(&crate::southbound::port_keys::MANAGEMENT)
+                                .map(|p| p.ips.clone())
+                                .unwrap_or_default();
+                            policy::switch_flows(&self.config, frag.switch.key, &mgmt, owner, &mut items.flows);
                         }
                     }
                 }

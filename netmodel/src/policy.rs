@@ -1280,7 +1280,13 @@ pub(crate) fn pod_flows(acl: &PodAcl, dp: DatapathKey, port: PortKey, owner: &Ow
 /// vouching for replies, deferral of pod destinations, the commit of allowed
 /// connections, and what is always allowed (the node's own traffic to its pods,
 /// hairpin, ARP).
-pub(crate) fn switch_flows(config: &NetworkConfig, dp: DatapathKey, owner: &Owner, out: &mut Vec<LogicalFlow>) {
+pub(crate) fn switch_flows(
+    config: &NetworkConfig,
+    dp: DatapathKey,
+    management_ips: &[IpNet],
+    owner: &Owner,
+    out: &mut Vec<LogicalFlow>,
+) {
     let mut add = |stage, priority, matches, actions| {
         out.push(LogicalFlow { datapath: dp, stage, priority, matches, actions, owner: owner.clone() })
     };
@@ -1405,12 +1411,16 @@ pub(crate) fn switch_flows(config: &NetworkConfig, dp: DatapathKey, owner: &Owne
             );
         }
     }
-    add(
-        Stage::LsOutPreAcl,
-        105,
-        ip().inport(port_keys::MANAGEMENT),
-        vec![Action::SetFlags(Flags::ACL_BYPASS), Action::Next],
-    );
+    // The node's own host (kubelet probes), directly or through a Service: its address
+    // with the host identity, which only its management port gives.
+    for mgmt in management_ips {
+        add(
+            Stage::LsOutPreAcl,
+            105,
+            Match::any().ip_src(IpNet::host(mgmt.addr())).acl_meta(Identity::HOST.0, Identity::MASK),
+            vec![Action::SetFlags(Flags::ACL_BYPASS), Action::Next],
+        );
+    }
     add(Stage::LsOutPreAcl, 90, ip(), vec![Action::AclEval(vec![EGRESS_OF_SOURCE]), Action::Next]);
 
     // ls_out_acl: the verdict. Denials are the pods' and namespaces' flows above 80;

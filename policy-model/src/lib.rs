@@ -144,7 +144,10 @@ impl Model {
     ) -> Model {
         Model {
             namespaces: namespaces.into_iter().map(|n| (n.name.clone(), n.labels.clone())).collect(),
-            pods: pods.into_iter().map(|p| (ObjectKey::new(p.namespace.as_str(), p.name.as_str()), p.clone())).collect(),
+            pods: pods
+                .into_iter()
+                .map(|p| (ObjectKey::new(p.namespace.as_str(), p.name.as_str()), p.clone()))
+                .collect(),
             policies: policies.into_iter().cloned().collect(),
         }
     }
@@ -240,9 +243,7 @@ impl Model {
 
     fn address(&self, e: &Endpoint) -> Option<IpAddr> {
         match e {
-            Endpoint::Pod(k) => {
-                self.pods.get(k)?.network.as_ref()?.ip_addresses.first().map(|n| n.addr())
-            }
+            Endpoint::Pod(k) => self.pods.get(k)?.network.as_ref()?.ip_addresses.first().map(|n| n.addr()),
             Endpoint::Host { ip, .. } | Endpoint::External(ip) => Some(*ip),
         }
     }
@@ -416,7 +417,11 @@ mod tests {
     }
 
     fn tcp(src: Endpoint, dst: &str, port: u16) -> Connection {
-        Connection { src, dst: Endpoint::Pod(ObjectKey::new("shop", dst)), transport: Transport::Port(Protocol::Tcp, port) }
+        Connection {
+            src,
+            dst: Endpoint::Pod(ObjectKey::new("shop", dst)),
+            transport: Transport::Port(Protocol::Tcp, port),
+        }
     }
 
     fn key(name: &str) -> Endpoint {
@@ -438,7 +443,11 @@ mod tests {
             policy_types: vec![],
             ingress: vec![PolicyRule {
                 peers: vec![PolicyPeer { pod_selector: Some(app("client")), ..Default::default() }],
-                ports: vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None }],
+                ports: vec![PolicyPort {
+                    protocol: Protocol::Tcp,
+                    port: Some(PortRef::Name("http".into())),
+                    end_port: None,
+                }],
             }],
             egress: vec![],
         };
@@ -462,11 +471,9 @@ mod tests {
 
     #[test]
     fn egress_ip_blocks_with_except_namespace_selectors_and_invalid_rules() {
-        let pods = [
-            pod("shop", "a", "n1", "10.244.1.5", "a", &[]),
-            pod("db", "d", "n2", "10.244.2.5", "d", &[]),
-        ];
-        let ns = [Namespace { name: "db".into(), labels: [("team".to_owned(), "data".to_owned())].into_iter().collect() }];
+        let pods = [pod("shop", "a", "n1", "10.244.1.5", "a", &[]), pod("db", "d", "n2", "10.244.2.5", "d", &[])];
+        let ns =
+            [Namespace { name: "db".into(), labels: [("team".to_owned(), "data".to_owned())].into_iter().collect() }];
         let np = NetworkPolicy {
             namespace: "shop".into(),
             name: "out".into(),
@@ -496,7 +503,11 @@ mod tests {
                         }),
                         ..Default::default()
                     }],
-                    ports: vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Number(5000)), end_port: Some(5010) }],
+                    ports: vec![PolicyPort {
+                        protocol: Protocol::Udp,
+                        port: Some(PortRef::Number(5000)),
+                        end_port: Some(5010),
+                    }],
                 },
                 // Invalid (endPort without a port): allows nothing.
                 PolicyRule {
