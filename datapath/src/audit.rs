@@ -106,6 +106,13 @@ impl AuditLog {
         }
     }
 
+    /// A new rate limit; the bucket starts full again.
+    pub fn set_config(&mut self, config: AuditConfig) {
+        self.config = config;
+        self.tokens = u64::from(config.burst) * MICRO;
+        self.last = None;
+    }
+
     /// Records the packet with key `key` under `id` at `now` (ns), if the rate allows.
     pub fn record(&mut self, id: u32, key: &FlowKey, now: u64) {
         if self.config.per_second == 0 {

@@ -236,6 +236,11 @@ impl Datapath {
         }
     }
 
+    /// Replaces the audit log's rate limit (what it holds is kept).
+    pub fn set_audit(&self, config: AuditConfig) {
+        self.audit.lock().set_config(config);
+    }
+
     /// What `log` actions recorded since the last call (oldest first), and how many
     /// packets the rate limit left out.
     pub fn take_audit(&self) -> AuditBatch {

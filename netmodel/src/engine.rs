@@ -217,7 +217,7 @@ impl Engine {
             self.note_policy_inputs(&change, &mut touched);
             self.apply_one(change, &mut dirty, &mut services_on);
         }
-        let dirt = self.policy.refresh(&self.state, &touched);
+        let dirt = self.policy.refresh(&self.state, &touched, !self.chassis.is_empty());
         if dirt.everything {
             for out in self.chassis.values() {
                 for owner in out.by_owner.keys() {
@@ -291,15 +291,11 @@ impl Engine {
                 }
             }
         }
-        for c in added {
-            let mut out = ChassisOutput { version: 1, by_owner: HashMap::new() };
-            for owner in self.owners_for(&c) {
-                let items = self.compile_owner(&owner, &c);
-                update.recompiled += 1;
-                if !items.is_empty() {
-                    out.by_owner.insert(owner, items);
-                }
-            }
+        // New chassis are independent of each other: compile them on every core (the
+        // result does not depend on how they are split).
+        let compiled = self.compile_chassis(&added);
+        for (c, out, owners) in compiled {
+            update.recompiled += owners;
             self.chassis.insert(c.clone(), out);
             update.added_chassis.push(c);
         }
@@ -315,6 +311,34 @@ impl Engine {
             }
         }
         update
+    }
+
+    /// The whole output of each chassis in `names`, with the number of owners compiled,
+    /// in the order of `names`; spread over the available cores when there are several.
+    fn compile_chassis(&self, names: &[String]) -> Vec<(String, ChassisOutput, usize)> {
+        let one = |c: &String| {
+            let mut out = ChassisOutput { version: 1, by_owner: HashMap::new() };
+            let owners = self.owners_for(c);
+            let n = owners.len();
+            for owner in owners {
+                let items = self.compile_owner(&owner, c);
+                if !items.is_empty() {
+                    out.by_owner.insert(owner, items);
+                }
+            }
+            (c.clone(), out, n)
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        if threads < 2 || names.len() < 2 {
+            return names.iter().map(one).collect();
+        }
+        let chunk = names.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                names.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>())).collect();
+            // A panic in a worker is a bug in the compiler: let it surface here.
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        })
     }
 
     /// Every owner that may have items on chassis `c`.

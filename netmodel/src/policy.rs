@@ -481,6 +481,8 @@ struct PolicyEntry {
     flows: PolicyFlows,
     /// Pods it selects, by node (only those with a node).
     selected: BTreeMap<String, BTreeSet<ObjectKey>>,
+    /// The node each selected pod is filed under in `selected`.
+    selected_at: HashMap<ObjectKey, String>,
 }
 
 /// A pod's NetworkPolicy state, as its own chassis needs it.
@@ -700,8 +702,9 @@ impl PolicyIndex {
     }
 
     /// Brings the index up to date with `state` after the changes in `touched`, and says
-    /// what must be recompiled.
-    pub fn refresh(&mut self, state: &ClusterState, touched: &Touched) -> Dirt {
+    /// what must be recompiled. Without `per_chassis` (no chassis exists yet), what is
+    /// stale on some chassis only is not worked out.
+    pub fn refresh(&mut self, state: &ClusterState, touched: &Touched, per_chassis: bool) -> Dirt {
         let mut dirt = Dirt::default();
         let stateful = !state.network_policies().is_empty();
         if stateful != self.stateful {
@@ -811,6 +814,7 @@ impl PolicyIndex {
                         number: None,
                         flows: PolicyFlows::default(),
                         selected: BTreeMap::new(),
+                        selected_at: HashMap::new(),
                     },
                 );
                 self.by_namespace.entry(key.namespace.to_string()).or_default().insert(key.clone());
@@ -844,24 +848,29 @@ impl PolicyIndex {
         let relevant_ns: BTreeSet<&String> =
             class_namespaces.iter().chain(moved_namespaces.iter()).chain(touched.namespaces.iter()).collect();
         if !relevant_ns.is_empty() {
+            let labels: Vec<(&String, Labels)> =
+                relevant_ns.iter().map(|ns| (*ns, namespace_labels(state, ns))).collect();
             for (key, entry) in &self.policies {
                 let Some(c) = &entry.compiled else { continue };
                 let own = &*key.namespace;
-                let reads = |ns: &str| {
-                    own == ns || {
-                        let labels = namespace_labels(state, ns);
-                        c.ingress.iter().chain(&c.egress).flatten().any(|r| {
-                            r.peers.iter().flatten().any(|p| match p {
-                                Peer::Pods { namespaces: Some(sel), .. } => {
-                                    // Namespace label changes can also unmatch: be generous.
-                                    touched.namespaces.contains(ns) || sel.matches(&labels)
-                                }
-                                _ => false,
-                            })
-                        })
-                    }
+                let selectors: Vec<&LabelSelector> = c
+                    .ingress
+                    .iter()
+                    .chain(&c.egress)
+                    .flatten()
+                    .flat_map(|r| r.peers.iter().flatten())
+                    .filter_map(|p| match p {
+                        Peer::Pods { namespaces: Some(sel), .. } => Some(sel),
+                        _ => None,
+                    })
+                    .collect();
+                // Namespace label changes can also unmatch: be generous with those.
+                let reads = |ns: &String, l: &Labels| {
+                    **ns == *own
+                        || (!selectors.is_empty() && touched.namespaces.contains(ns))
+                        || selectors.iter().any(|sel| sel.matches(l))
                 };
-                if relevant_ns.iter().any(|ns| reads(ns)) {
+                if labels.iter().any(|(ns, l)| reads(ns, l)) {
                     recompute.insert(key.clone());
                 }
             }
@@ -879,59 +888,69 @@ impl PolicyIndex {
             dirt.policies.insert(key.clone());
         }
 
-        // Which pods each policy selects (touched pods, touched policies).
+        // Which pods each policy selects (touched pods, touched policies' namespaces).
+        let policy_namespaces: BTreeSet<&str> = touched.policies.iter().map(|k| &*k.namespace).collect();
         let mut selection_pods: BTreeSet<ObjectKey> = pods.clone();
-        for key in &touched.policies {
-            if let Some(entry) = self.policies.get(key)
-                && entry.compiled.is_some()
-            {
-                selection_pods.extend(pods_in_namespace(state, &key.namespace).map(Pod::key));
-            }
+        for ns in &policy_namespaces {
+            selection_pods.extend(pods_in_namespace(state, ns).map(Pod::key));
         }
+        let mut on: HashMap<&ObjectKey, BTreeSet<&str>> = HashMap::new();
         for pod_key in &selection_pods {
             let pod = state.pods().get(pod_key);
-            let old_node = touched.pods.get(pod_key).cloned().flatten();
+            let old = touched.pods.get(pod_key);
+            let old_node = old.and_then(Option::as_deref);
+            let touched_pod = old.is_some();
             let ns = &*pod_key.namespace;
-            let candidates: Vec<ObjectKey> = self.by_namespace.get(ns).into_iter().flatten().cloned().collect();
+            let Some(candidates) = self.by_namespace.get(ns) else { continue };
             for pk in candidates {
-                let Some(entry) = self.policies.get_mut(&pk) else { continue };
-                let mut changed = false;
-                for set in entry.selected.values_mut() {
-                    changed |= set.remove(pod_key);
+                let Some(entry) = self.policies.get_mut(pk) else { continue };
+                let before = entry.selected_at.remove(pod_key);
+                if let Some(node) = &before
+                    && let Some(set) = entry.selected.get_mut(node)
+                {
+                    set.remove(pod_key);
+                    if set.is_empty() {
+                        entry.selected.remove(node);
+                    }
                 }
-                entry.selected.retain(|_, s| !s.is_empty());
+                let mut after = None;
                 if let (Some(c), Some(pod)) = (&entry.compiled, pod)
                     && let Some(node) = &pod.node
                     && c.selector.matches(&pod.labels)
                 {
-                    changed |= entry.selected.entry(node.clone()).or_default().insert(pod_key.clone());
+                    entry.selected.entry(node.clone()).or_default().insert(pod_key.clone());
+                    entry.selected_at.insert(pod_key.clone(), node.clone());
+                    after = Some(node.clone());
                 }
-                if changed || touched.pods.contains_key(pod_key) {
-                    for node in old_node.iter().chain(pod.and_then(|p| p.node.as_ref())) {
-                        dirt.policies_on.entry(pk.clone()).or_default().insert(node.clone());
-                    }
+                let changed = before != after;
+                if per_chassis && (changed || touched_pod) {
+                    let nodes = on.entry(pk).or_default();
+                    nodes.extend(old_node);
+                    nodes.extend(pod.and_then(|p| p.node.as_deref()));
                 }
             }
         }
+        for (pk, nodes) in on {
+            dirt.policies_on.entry(pk.clone()).or_default().extend(nodes.into_iter().map(str::to_owned));
+        }
         // Named ports resolve on local pods: a pod change on a node recompiles the
         // policies with named ports there.
-        for (pod_key, old_node) in &touched.pods {
-            let new_node = state.pods().get(pod_key).and_then(|p| p.node.clone());
+        let nodes: BTreeSet<String> = touched
+            .pods
+            .iter()
+            .flat_map(|(key, old)| old.iter().cloned().chain(state.pods().get(key).and_then(|p| p.node.clone())))
+            .collect();
+        if per_chassis && !nodes.is_empty() {
             for (pk, entry) in &self.policies {
                 if !entry.flows.ingress_named.is_empty() || !entry.flows.egress_named.is_empty() {
-                    for node in old_node.iter().chain(new_node.iter()) {
-                        dirt.policies_on.entry(pk.clone()).or_default().insert(node.clone());
-                    }
+                    dirt.policies_on.entry(pk.clone()).or_default().extend(nodes.iter().cloned());
                 }
             }
         }
 
         // Pods' own ACL state.
-        let mut acl_pods: BTreeSet<ObjectKey> = dirt.pods.clone();
-        acl_pods.extend(selection_pods);
-        for key in &touched.policies {
-            acl_pods.extend(pods_in_namespace(state, &key.namespace).map(Pod::key));
-        }
+        let mut acl_pods: BTreeSet<ObjectKey> = selection_pods;
+        acl_pods.extend(dirt.pods.iter().cloned());
         for key in acl_pods {
             let new = state.pods().get(&key).map(|p| self.compute_pod_acl(p));
             let old = match &new {

@@ -89,6 +89,8 @@ pub struct NetworkSettings {
     pub uplink_ports: UplinkPorts,
     /// How long to wait for the gateway's MAC at start.
     pub gateway_wait: Duration,
+    /// Denied connections written to the audit log per second (0: no audit log).
+    pub policy_audit_rate: u32,
 }
 
 /// The running network side.
@@ -218,7 +220,7 @@ pub async fn start(
         }
     }
     tokio::task::spawn_blocking(move || host::ensure_uplink_rules(node_ip, s.uplink_ports)).await??;
-    crate::controlsock::serve(&s.state_dir.join("control.sock"), control.clone())
+    crate::controlsock::serve_with_policies(&s.state_dir.join("control.sock"), control.clone(), Some(net.clone()))
         .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
 
     // Housekeeping: expire idle cache entries and connections.
@@ -264,6 +266,7 @@ pub async fn start(
     tokio::spawn(follow_master(client.clone(), s.master.clone(), tls, registration, net.clone(), shutdown.clone()));
 
     metrics.attach(net.clone());
+    crate::policylog::start(net.clone(), s.policy_audit_rate, shutdown.clone()).context("starting the audit log")?;
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
 }

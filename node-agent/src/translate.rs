@@ -366,6 +366,14 @@ impl Part {
     }
 }
 
+/// The datapath table of a logical stage.
+pub fn datapath_table(stage: Stage) -> u8 {
+    match stage.pipeline() {
+        Pipeline::Ingress => tables::INGRESS + stage.table(),
+        Pipeline::Egress => tables::EGRESS + stage.table(),
+    }
+}
+
 /// A flow's cookie: a hash of the cluster object it was compiled from (flows of one
 /// owner share it; `dump-flows` and the policy counters use it).
 pub fn owner_cookie(owner: &Owner) -> u64 {

@@ -60,6 +60,9 @@ struct Sizes {
     /// In-process agents subscribed over gRPC (the first A nodes; default: every node).
     #[arg(long)]
     agents: Option<u32>,
+    /// Compile the cluster with policies and exit (for profiling the compiler).
+    #[arg(long)]
+    compile_only: bool,
 }
 
 const ENDPOINTS: u32 = 10;
@@ -256,7 +259,11 @@ fn policies(ns: u32) -> Vec<NetworkPolicy> {
                         pod_selector: Some(select(&[("k8s-app", "kube-dns")])),
                         ip_block: None,
                     }],
-                    ports: vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Number(53)), end_port: None }],
+                    ports: vec![PolicyPort {
+                        protocol: Protocol::Udp,
+                        port: Some(PortRef::Number(53)),
+                        end_port: None,
+                    }],
                 },
                 PolicyRule { peers: vec![pods_peer(LabelSelector::default())], ports: vec![] },
             ],
@@ -420,8 +427,22 @@ async fn start(sizes: Sizes, with_policies: bool) -> anyhow::Result<Run> {
     tokio::time::timeout(Duration::from_secs(600), wait_all_acked(&mut acked, &initial))
         .await
         .context("agents did not all install their snapshots within 600 s")?;
-    println!("  {count} agents subscribed and installed their snapshots in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
-    Ok(Run { compile, rss, rss_added: rss - rss_before, snapshot, items, shared, agents, shutdown, server, _leading: leading_tx })
+    println!(
+        "  {count} agents subscribed and installed their snapshots in {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(Run {
+        compile,
+        rss,
+        rss_added: rss - rss_before,
+        snapshot,
+        items,
+        shared,
+        agents,
+        shutdown,
+        server,
+        _leading: leading_tx,
+    })
 }
 
 impl Run {
@@ -470,13 +491,23 @@ async fn main() -> anyhow::Result<()> {
         namespaces(sizes)
     );
 
+    if sizes.compile_only {
+        let mut config = NetworkConfig::default();
+        config.cluster_networks[0].cidr = IpNet::clamped(ip(10, 0, 0, 0), 8);
+        let mut engine = Engine::new(config)?;
+        let changes = cluster(sizes, true);
+        let start = Instant::now();
+        engine.apply(changes);
+        println!("policy_full_compile_ms={:.1}", start.elapsed().as_secs_f64() * 1e3);
+        return Ok(());
+    }
+
     // The baseline: no policies.
     let base = start(sizes, false).await?;
     let mut samples = Vec::new();
     for round in 1..=ENDPOINT_CHANGES {
         let s = round * 37 % sizes.services.max(1);
-        let (t, deltas) =
-            base.change_acked(vec![ClusterChange::UpsertEndpointSlice(slice(sizes, s, round))]).await?;
+        let (t, deltas) = base.change_acked(vec![ClusterChange::UpsertEndpointSlice(slice(sizes, s, round))]).await?;
         // (In small clusters a new round may give the same backends: no change at all.)
         if deltas == sizes.nodes as usize {
             samples.push(t);
