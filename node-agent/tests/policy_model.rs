@@ -24,7 +24,7 @@ use skein_netmodel::cluster::{
     Labels, Namespace, NetworkPolicy, Node, Pod, PolicyPeer, PolicyPort, PolicyRule, PolicyType, PortRef, Protocol,
     SelectorOperator, SelectorRequirement, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
-use skein_netmodel::{ClusterChange, Engine, IpNet, MacAddr, NetworkConfig};
+use skein_netmodel::{ClusterChange, Engine, IpNet, MacAddr, NetworkConfig, ObjectKey};
 use skein_policy_model::{Connection, Endpoint as Peer, Model, Transport};
 
 const NODES: u8 = 3;
@@ -741,4 +741,75 @@ fn the_issues_scenario_and_a_label_change() {
     assert!(f.send(2, 3, from_p2(sport, ACK)).is_empty(), "the established connection is cut by the new verdict");
     assert!(f.send(1, 2, from_p1(ACK)).is_empty(), "and its replies too (blocked both ways)");
     assert!(f.send(2, 3, from_p2(sport + 1, SYN)).is_empty(), "a new connection is denied");
+}
+
+/// What the user sees: per-policy counters from the datapath's flow counters, and a
+/// trace that names the policy and rule that allowed a packet or the policies whose
+/// isolation dropped it.
+#[test]
+fn counters_and_traces_name_the_policy_and_rule() {
+    use std::sync::Arc;
+
+    use skein_agent::policyview::PolicyView;
+    use skein_datapath::control::Control;
+
+    let spec = |node, app: u8| PodSpec { ns: 0, node, app: Some(app), tier: None, http: 8080, metrics: false };
+    // p0: a cart (app=a) on n0; p1: a client (app=b) on n0.
+    let pods: Vec<Pod> = [spec(0, 0), spec(0, 1)].iter().enumerate().map(|(i, s)| pod(i, s)).collect();
+    let select = |app: &str| LabelSelector {
+        match_labels: [("app".to_owned(), app.to_owned())].into_iter().collect(),
+        match_expressions: vec![],
+    };
+    let np = NetworkPolicy {
+        namespace: "ns0".into(),
+        name: "cart".into(),
+        pod_selector: select("a"),
+        policy_types: vec![PolicyType::Ingress],
+        ingress: vec![PolicyRule {
+            peers: vec![PolicyPeer { pod_selector: Some(select("b")), ..Default::default() }],
+            ports: vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None }],
+        }],
+        egress: vec![],
+    };
+    let namespaces = namespaces(&[false, false, false]);
+    let mut f = Fabric::new(pods.clone(), std::slice::from_ref(&np), &namespaces, None);
+    let (p0, p1) = (f.pod_ip(0), f.pod_ip(1));
+    let to_cart = |port, sport| frame(mac(p1), mac(p0), 6, p1, p0, sport, port, SYN, false);
+    assert_eq!(f.send(0, 2, to_cart(8080, 50000)).len(), 1, "allowed");
+    assert_eq!(f.send(0, 2, to_cart(8080, 50001)).len(), 1, "allowed");
+    assert!(f.send(0, 2, to_cart(9999, 50002)).is_empty(), "denied");
+
+    let view = f.engine.snapshot("n0").unwrap();
+    let policies = PolicyView::new(&view);
+    let counts = policies.counts(&f.dps[0].flow_stats());
+    let c = counts[&(ObjectKey::new("ns0", "cart"), PolicyType::Ingress)];
+    assert_eq!((c.allowed, c.denied), (2, 1), "{counts:?}");
+
+    // The denied packet was offered to the audit log, which names the policy.
+    let audit = f.dps[0].take_audit();
+    assert_eq!(audit.records.len(), 1);
+    let r = audit.records[0];
+    assert_eq!((r.src, r.dst, r.dport), (Some(IpAddr::V4(p1)), Some(IpAddr::V4(p0)), 9999));
+    let denial = policies.denial_logged(&r).expect("the log id maps back to the denial");
+    assert_eq!(denial.policies, vec![ObjectKey::new("ns0", "cart")]);
+
+    // A trace of each through a datapath holding the same flows.
+    let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+    dp.apply(&translate(&view, &bindings(0, &pods)).unwrap().to_mods()).unwrap();
+    let control = Control::new(dp, Box::new(Default::default), || 0);
+    let packet = |port| {
+        format!(
+            "in_port=2,dl_src={},dl_dst={},tcp,nw_src={p1},nw_dst={p0},tp_src=40000,tp_dst={port}",
+            mac(p1),
+            mac(p0)
+        )
+    };
+    let allowed = policies.annotate_trace(&control.trace(&packet(8080), &[]).unwrap());
+    assert!(allowed.contains("-> networkpolicy ns0/cart: spec.ingress[0] allows"), "{allowed}");
+    assert!(allowed.ends_with("NetworkPolicy: networkpolicy ns0/cart: spec.ingress[0] allows\n"), "{allowed}");
+    let denied = policies.annotate_trace(&control.trace(&packet(9999), &[]).unwrap());
+    assert!(
+        denied.contains("NetworkPolicy: networkpolicy: ingress denied: isolated by ns0/cart, and none of their rules allows it"),
+        "{denied}"
+    );
 }
