@@ -502,14 +502,16 @@ pub fn acl_scenario(config: DatapathConfig, policies: Option<u32>) -> Datapath {
         // Table 23: `n` policies' rules in 100 namespaces: each an ingress rule from a
         // class of its namespace on a port, and every tenth an egress selection and rule.
         for p in 1..=n {
-            let ns = p % 100 + 1;
-            let (class, port) = if p == 5 { (1, 8080) } else { (p % 7 + 3, 8000 + p % 50) };
+            // The fifth allows A (class 1 of namespace 1) on 8080; the others other peers.
+            let (ns, class, port) = if p == 5 { (1, 1, 8080) } else { (p % 100 + 1, p % 7 + 3, 8000 + p % 50) };
             flow(format!(
                 "table=23,priority=100,{dp_key},reg5={:#x},reg4={:#x}/0xffffff,tcp,tp_dst={port},actions=set_field:0x8/0x8->reg0",
                 rule(p, 0),
                 (ns << 12) | class
             ));
             if p % 10 == 0 {
+                // One egress policy per namespace, allowing its own namespace.
+                let ns = (p / 10) % 100 + 1;
                 flow(format!(
                     "table=23,priority=100,{dp_key},reg5={:#x},reg4={:#x}/0xfff000,actions=set_field:0x10/0x10->reg0,set_field:{:#x}->reg5,resubmit(,23)",
                     p << 8,
@@ -526,7 +528,7 @@ pub fn acl_scenario(config: DatapathConfig, policies: Option<u32>) -> Datapath {
         // Namespace 1's egress policies (A's): selection through EGRESS_OF_SOURCE.
         for ns in 1..=100u32 {
             let sel: Vec<String> = (1..=n)
-                .filter(|p| p % 10 == 0 && p % 100 + 1 == ns)
+                .filter(|p| p % 10 == 0 && (p / 10) % 100 + 1 == ns)
                 .map(|p| format!("set_field:{:#x}->reg5,resubmit(,23)", p << 8))
                 .collect();
             if !sel.is_empty() {

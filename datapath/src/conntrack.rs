@@ -584,13 +584,17 @@ impl Conntrack {
         if l4 == L4::IcmpError {
             return self.track_related(frame, offs, zone, nat.is_some(), now);
         }
-        // A packet a NAT of this zone already translated (a second `ct` in the zone after
-        // `ct_lb`, as when a NetworkPolicy verdict commits a load-balanced connection) is
-        // its connection's original direction under the translated tuple: the reverse of
-        // the reply tuple. Open vSwitch keeps that association on the packet; here the
-        // lookup finds it.
+        // A packet a NAT of this zone already translated, committed again (a NetworkPolicy
+        // verdict committing a load-balanced connection after `ct_lb`), is its
+        // connection's original direction under the translated tuple: the reverse of the
+        // reply tuple. Open vSwitch keeps that association on the packet; here the lookup
+        // finds it.
+        // Only a commit needs it (a lookup that misses costs a second probe otherwise).
         let mut translated = false;
         let found = self.find(&tuple, now).or_else(|| {
+            if !commit {
+                return None;
+            }
             let (idx, dir) = self.find(&tuple.reverse(), now)?;
             let c = self.slab[idx as usize].as_ref()?;
             (dir == Dir::Reply && c.flags & (F_SNAT | F_DNAT) != 0).then(|| {

@@ -767,7 +767,11 @@ fn counters_and_traces_name_the_policy_and_rule() {
         policy_types: vec![PolicyType::Ingress],
         ingress: vec![PolicyRule {
             peers: vec![PolicyPeer { pod_selector: Some(select("b")), ..Default::default() }],
-            ports: vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None }],
+            ports: vec![PolicyPort {
+                protocol: Protocol::Tcp,
+                port: Some(PortRef::Name("http".into())),
+                end_port: None,
+            }],
         }],
         egress: vec![],
     };
@@ -809,7 +813,9 @@ fn counters_and_traces_name_the_policy_and_rule() {
     assert!(allowed.ends_with("NetworkPolicy: networkpolicy ns0/cart: spec.ingress[0] allows\n"), "{allowed}");
     let denied = policies.annotate_trace(&control.trace(&packet(9999), &[]).unwrap());
     assert!(
-        denied.contains("NetworkPolicy: networkpolicy: ingress denied: isolated by ns0/cart, and none of their rules allows it"),
+        denied.contains(
+            "NetworkPolicy: networkpolicy: ingress denied: isolated by ns0/cart, and none of their rules allows it"
+        ),
         "{denied}"
     );
 }
