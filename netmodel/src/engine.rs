@@ -605,16 +605,22 @@ impl Engine {
                 },
                 None => Vec::new(),
             },
-            Owner::Pod(p) => match self.pods.get(p) {
-                Some(Err(e)) => vec![e.clone()],
-                Some(Ok(e)) => match self.port_claims.get(&(e.node.clone(), e.port.key)).and_then(|s| s.first()) {
-                    Some(holder) if holder != p => {
-                        vec![CompileError::AddressTaken { ips: e.port.ips.clone(), holder: holder.clone() }]
-                    }
-                    _ => Vec::new(),
-                },
-                None => Vec::new(),
-            },
+            Owner::Pod(p) => {
+                let mut errors = match self.pods.get(p) {
+                    Some(Err(e)) => vec![e.clone()],
+                    Some(Ok(e)) => match self.port_claims.get(&(e.node.clone(), e.port.key)).and_then(|s| s.first()) {
+                        Some(holder) if holder != p => {
+                            vec![CompileError::AddressTaken { ips: e.port.ips.clone(), holder: holder.clone() }]
+                        }
+                        _ => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
+                if matches!(self.pods.get(p), Some(Ok(_))) {
+                    errors.extend(self.policy.pod_issue(p).map(CompileError::from));
+                }
+                errors
+            }
             Owner::Service(s) => self
                 .services
                 .get(s)

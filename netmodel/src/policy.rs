@@ -146,6 +146,13 @@ pub enum PolicyIssue {
     /// The policy's `spec.podSelector` is not valid: whom it isolates is unknown.
     #[error("spec.podSelector: {0}; the policy is not programmed")]
     BadPodSelector(String),
+    /// The pod's namespace, or its label class, got no number (more than 4,095
+    /// namespaces, or label classes in its namespace): it has the "world" identity, so
+    /// no pod selector matches it as a peer.
+    #[error(
+        "no security identity left for this pod's namespace or label class; policies see it as outside the cluster"
+    )]
+    NoIdentity,
 }
 
 /// A port of a rule.
@@ -559,6 +566,13 @@ impl PolicyIndex {
     /// Policies by key, with their problems.
     pub fn issues(&self, key: &ObjectKey) -> Vec<PolicyIssue> {
         self.policies.get(key).map(|e| e.issues.clone()).unwrap_or_default()
+    }
+
+    /// The pod's problem, if it got no identity while policies are in force.
+    pub fn pod_issue(&self, key: &ObjectKey) -> Option<PolicyIssue> {
+        let acl = self.pod_acl.get(key)?;
+        (self.stateful && self.pod_class.contains_key(key) && acl.identity == Identity::WORLD)
+            .then_some(PolicyIssue::NoIdentity)
     }
 
     /// The pod's ACL state (`None` for pods the index does not hold).
