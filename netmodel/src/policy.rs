@@ -462,6 +462,10 @@ struct PeerTerms {
     blocks: BTreeSet<IpNet>,
 }
 
+/// A rule with named ports, resolved per chassis on its pods: (rule id, peer terms, the
+/// named ports).
+type NamedPortRule = (u32, PeerTerms, Vec<(Protocol, String)>);
+
 /// The chassis-independent part of a policy: its flows with identity and address terms,
 /// and the named ports still to resolve on each chassis's pods.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -469,10 +473,10 @@ struct PolicyFlows {
     /// Flows the same on every chassis (selection, rules without named ports), on
     /// datapath key 0 (set per chassis).
     common: Vec<LogicalFlow>,
-    /// Ingress rules with named ports: (rule id, source terms, named ports).
-    ingress_named: Vec<(u32, PeerTerms, Vec<(Protocol, String)>)>,
-    /// Egress rules with named ports: (rule id, destination terms, named ports).
-    egress_named: Vec<(u32, PeerTerms, Vec<(Protocol, String)>)>,
+    /// Ingress rules with named ports, with their source terms.
+    ingress_named: Vec<NamedPortRule>,
+    /// Egress rules with named ports, with their destination terms.
+    egress_named: Vec<NamedPortRule>,
     /// True if the policy has ingress rules (its flows matter only where it selects
     /// a pod).
     ingress: bool,

@@ -135,7 +135,7 @@ fn pod(sizes: Sizes, name: String, n: u32, host: u32, app_shift: u32) -> Pod {
         ports: vec![
             ContainerPort {
                 name: Some("http".into()),
-                port: if app % 3 == 0 { 9090 } else { 8080 },
+                port: if app.is_multiple_of(3) { 9090 } else { 8080 },
                 protocol: Protocol::Tcp,
             },
             ContainerPort { name: Some("metrics".into()), port: 9100, protocol: Protocol::Tcp },
@@ -305,7 +305,7 @@ fn cluster(sizes: Sizes, with_policies: bool) -> Vec<ClusterChange> {
     let mut changes = Vec::new();
     if with_policies {
         for ns in 0..namespaces(sizes) {
-            let team = if ns % 10 == 0 { "monitoring".to_owned() } else { format!("team-{}", ns % 7) };
+            let team = if ns.is_multiple_of(10) { "monitoring".to_owned() } else { format!("team-{}", ns % 7) };
             changes.push(ClusterChange::UpsertNamespace(Namespace {
                 name: format!("ns-{ns}"),
                 labels: labels(&[("team", &team)]),
