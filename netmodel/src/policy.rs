@@ -969,8 +969,18 @@ impl PolicyIndex {
         // Pods' own ACL state.
         let mut acl_pods: BTreeSet<ObjectKey> = selection_pods;
         acl_pods.extend(dirt.pods.iter().cloned());
+        // Pods with one namespace and one set of labels share their policies: work them
+        // out once per such group.
+        let mut by_labels: HashMap<(&str, &Labels), PodAcl> = HashMap::new();
         for key in acl_pods {
-            let new = state.pods().get(&key).map(|p| self.compute_pod_acl(p));
+            let new = state.pods().get(&key).map(|p| {
+                let mut acl = by_labels
+                    .entry((p.namespace.as_str(), &p.labels))
+                    .or_insert_with(|| self.compute_pod_acl(p))
+                    .clone();
+                acl.identity = self.identity_of(&key);
+                acl
+            });
             let old = match &new {
                 Some(acl) => self.pod_acl.insert(key.clone(), acl.clone()),
                 None => self.pod_acl.remove(&key),
