@@ -589,10 +589,13 @@ impl Conntrack {
         // connection's original direction under the translated tuple: the reverse of the
         // reply tuple. Open vSwitch keeps that association on the packet; here the lookup
         // finds it.
-        // Only a commit needs it (a lookup that misses costs a second probe otherwise).
+        // Only a commit after a NAT in this zone needs it (the key says what the last `ct`
+        // did), so other lookups that miss cost no second probe.
+        let nat_here = key.get(crate::key::Field::CtZone) == u128::from(zone)
+            && key.get(crate::key::Field::CtState) as u8 & (ct_state::SNAT | ct_state::DNAT) != 0;
         let mut translated = false;
         let found = self.find(&tuple, now).or_else(|| {
-            if !commit {
+            if !(commit && nat_here) {
                 return None;
             }
             let (idx, dir) = self.find(&tuple.reverse(), now)?;
@@ -1350,6 +1353,9 @@ mod tests {
         // connection instead of creating a clashing one.
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&f, &mut key);
+        // As the packet recirculates from the `ct_lb`: zone 1, +dnat.
+        key.set(crate::key::Field::CtZone, 1);
+        key.set(crate::key::Field::CtState, u128::from(ct_state::TRK | ct_state::NEW | ct_state::DNAT));
         let req = CtRequest { set_mark: Some((1, 1)), ..CtRequest::zone(1).commit() };
         let r = ct.track(&mut f, &offs, &key, &req, 1);
         assert_eq!(r.state, ct_state::TRK | ct_state::NEW | ct_state::DNAT);

@@ -819,3 +819,51 @@ fn counters_and_traces_name_the_policy_and_rule() {
         "{denied}"
     );
 }
+
+/// A Service whose backend is outside the pod network (as the API server's): the client's
+/// egress is judged at its own chassis after DNAT, the load-balanced connection committed
+/// as allowed in the same zone, and the reply, un-NATed there, let back in.
+#[test]
+fn a_service_with_an_outside_backend_is_judged_after_dnat_at_the_client() {
+    let spec = PodSpec { ns: 0, node: 0, app: Some(0), tier: None, http: 8080, metrics: false };
+    let pods = vec![pod(0, &spec)];
+    let egress_to = |cidr: &str| NetworkPolicy {
+        namespace: "ns0".into(),
+        name: "out".into(),
+        pod_selector: LabelSelector::default(),
+        policy_types: vec![PolicyType::Ingress, PolicyType::Egress],
+        ingress: vec![],
+        egress: vec![PolicyRule {
+            peers: vec![PolicyPeer {
+                ip_block: Some(IpBlock { cidr: cidr.parse().unwrap(), except: vec![] }),
+                ..Default::default()
+            }],
+            ports: vec![],
+        }],
+    };
+    for (cidr, allowed) in [("203.0.113.0/24", true), ("192.0.2.0/24", false)] {
+        let np = egress_to(cidr);
+        let mut f = Fabric::new(pods.clone(), std::slice::from_ref(&np), &namespaces(&[false; 3]), None);
+        let mut changes = service(&pods[0]);
+        if let ClusterChange::UpsertEndpointSlice(s) = &mut changes[1] {
+            s.endpoints[0].addresses = vec![ip(OUTSIDE[0])];
+            s.endpoints[0].node = None;
+        }
+        f.engine.apply(changes);
+        f.install();
+        let p0 = f.pod_ip(0);
+        let vip: Ipv4Addr = VIP.parse().unwrap();
+        let out = f.send(0, 1, frame(mac(p0), mac(gateway(0)), 6, p0, vip, 40000, 80, SYN, false));
+        let Some(Landed::Outside(_, sent)) = out.first() else {
+            assert!(!allowed, "{cidr}: the SYN must leave: {out:?}");
+            continue;
+        };
+        assert!(allowed, "{cidr}: denied egress left: {out:?}");
+        assert_eq!(ip_dst(sent), OUTSIDE[0].parse::<Ipv4Addr>().unwrap(), "DNATed to the backend");
+        let (sport, _) = l4_ports(sent);
+        let reply = frame(GATEWAY_MAC, NIC_MAC, 6, ip_dst(sent), ip_src(sent), 8080, sport, SYN_ACK, true);
+        let back = f.send(0, UPLINK, reply);
+        let Some(Landed::Pod(0, b)) = back.first() else { panic!("the reply must come back: {back:?}") };
+        assert_eq!((ip_src(b), ip_dst(b)), (vip, p0), "un-SNATed and un-DNATed");
+    }
+}
