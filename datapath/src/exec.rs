@@ -494,7 +494,10 @@ fn execute_in(
                 let mut fresh = FlowKey::ZERO;
                 let k = if modified {
                     // Re-parsed after a rewrite: the frame's checksum state stays what it was.
+                    // What the last recirculating `ct` said stays the packet's.
                     let partial = offs.csum_partial;
+                    fresh.set(Field::CtZone, key.get(Field::CtZone));
+                    fresh.set(Field::CtState, key.get(Field::CtState));
                     *offs = parse_frame(frame, &mut fresh);
                     offs.csum_partial = partial;
                     &fresh

@@ -75,6 +75,8 @@ fn match_strategy() -> impl Strategy<Value = Match> {
         .prop_map(|(v, m)| (Field::CtState, v, m)),
         (0u128..2).prop_map(|v| (Field::CtMark, v, 1)),
         (0u128..3).prop_map(|v| (Field::CtZone, v, u128::MAX)),
+        (0u128..2).prop_map(|v| (Field::Reg8, v, u128::MAX)),
+        prop_oneof![Just(0u128), Just(0x0100_1002)].prop_map(|v| (Field::TunIdentity, v, u128::MAX)),
     ];
     prop::collection::vec(clause, 0..4)
         .prop_map(|cs| cs.into_iter().fold(Match::ANY, |m, (f, v, mask)| m.with_masked(f, v, mask)))
@@ -103,6 +105,8 @@ fn set_field_strategy() -> impl Strategy<Value = Action> {
         (1u128..3).prop_map(|v| (Field::TunId, v, u128::MAX)),
         (0u128..2).prop_map(|v| (Field::TunDst, 0xc000_0210 + v, u128::MAX)),
         (0u128..3).prop_map(|v| (Field::TunEgressPort, v * 20000, u128::MAX)),
+        (0u128..2).prop_map(|v| (Field::Reg8, v, u128::MAX)),
+        prop_oneof![Just(0u128), Just(0x0100_1002)].prop_map(|v| (Field::TunIdentity, v, u128::MAX)),
     ]
     .prop_map(|(field, value, mask)| Action::SetField { field, value, mask })
 }
