@@ -75,6 +75,11 @@ impl Control {
         Control { dp, installed: Mutex::new(FlowFile::default()), switch, now }
     }
 
+    /// The datapath it controls.
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.dp
+    }
+
     /// Replaces everything installed with the flow file `text`, in one atomic step:
     /// the file is parsed first (nothing changes if any line is bad), then installed as
     /// [`Control::install`] does.

@@ -13,6 +13,8 @@
 //! | `ports` | one `SPEC` per line |
 //! | `installed` | the installed flow file (what `reload` and `update-flows` made) |
 //! | `update-flows` + body | the body's `+FLOW` lines added, `-table=T,priority=P,MATCH` lines removed, in one step |
+//! | `set-audit PER_SECOND BURST CAPACITY` | `ok`: the rate of the `log` actions' audit records |
+//! | `take-audit` | `suppressed=N`, then one record a line: `ID TIME IN_PORT SRC DST PROTO SPORT DPORT` (`-` for an address of a frame that is not IP) |
 //!
 //! `SPEC` is `interface N IFNAME`, `uplink N IFNAME [filter=NODE_IP,LO-HI,LO-HI]` or
 //! `geneve N IP:PORT`. Requests are parsed by [`parse_request`] (untrusted input: an error
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::audit::{AuditBatch, AuditConfig, AuditRecord};
 use crate::control::{Control, ControlError, ReloadReport};
 use crate::flow::{Flow, Match};
 use crate::flowtext::{self, FlowFile};
@@ -55,6 +58,10 @@ pub enum Request {
         /// Flows to remove.
         remove: Vec<(u8, u16, Match)>,
     },
+    /// `set-audit PER_SECOND BURST CAPACITY`.
+    SetAudit(AuditConfig),
+    /// `take-audit`.
+    TakeAudit,
     /// Anything else: a [`Control`] request (`reload`, dumps, `stats`, `trace`).
     Control(String),
 }
@@ -202,6 +209,28 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
         "remove-port" => {
             arg.trim().parse().map(Request::RemovePort).map_err(|_| format!("remove-port {arg:?}: not a port number"))
         }
+        "take-audit" => no_arg(Request::TakeAudit),
+        "set-audit" => {
+            let n: Vec<&str> = arg.split_ascii_whitespace().collect();
+            let number = |i: usize| -> Result<u64, String> {
+                n.get(i)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("set-audit {arg:?}: expected PER_SECOND BURST CAPACITY"))
+            };
+            if n.len() != 3 {
+                return Err(format!("set-audit {arg:?}: expected PER_SECOND BURST CAPACITY"));
+            }
+            let small = |v: u64| u32::try_from(v).map_err(|_| format!("set-audit {arg:?}: {v} is too large"));
+            let capacity = number(2)?;
+            if capacity > 1 << 20 {
+                return Err(format!("set-audit {arg:?}: capacity {capacity} is over 1048576"));
+            }
+            Ok(Request::SetAudit(AuditConfig {
+                per_second: small(number(0)?)?,
+                burst: small(number(1)?)?,
+                capacity: capacity as usize,
+            }))
+        }
         "update-flows" => {
             if !arg.trim().is_empty() {
                 return Err("update-flows takes its flows in the body".into());
@@ -210,6 +239,57 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
         }
         _ => Ok(Request::Control(text.to_owned())),
     }
+}
+
+/// The text of an audit batch (the answer to `take-audit`).
+pub fn format_audit_batch(batch: &AuditBatch) -> String {
+    let mut out = format!("suppressed={}\n", batch.suppressed);
+    let addr = |a: Option<std::net::IpAddr>| a.map_or("-".to_owned(), |a| a.to_string());
+    for r in &batch.records {
+        let _ = writeln!(
+            out,
+            "{} {} {} {} {} {} {} {}",
+            r.id,
+            r.time,
+            r.in_port,
+            addr(r.src),
+            addr(r.dst),
+            r.proto,
+            r.sport,
+            r.dport
+        );
+    }
+    out
+}
+
+/// Reads what [`format_audit_batch`] writes.
+pub fn parse_audit_batch(text: &str) -> Result<AuditBatch, String> {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let suppressed = first
+        .strip_prefix("suppressed=")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("audit batch: expected suppressed=N, got {first:?}"))?;
+    let mut records = Vec::new();
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = || format!("audit record {}: {line:?}", i + 1);
+        let w: Vec<&str> = line.split_ascii_whitespace().collect();
+        let [id, time, in_port, src, dst, proto, sport, dport] = w.as_slice() else { return Err(bad()) };
+        let addr = |a: &str| -> Result<Option<std::net::IpAddr>, String> {
+            if a == "-" { Ok(None) } else { a.parse().map(Some).map_err(|_| bad()) }
+        };
+        records.push(AuditRecord {
+            id: id.parse().map_err(|_| bad())?,
+            time: time.parse().map_err(|_| bad())?,
+            in_port: in_port.parse().map_err(|_| bad())?,
+            src: addr(src)?,
+            dst: addr(dst)?,
+            proto: proto.parse().map_err(|_| bad())?,
+            sport: sport.parse().map_err(|_| bad())?,
+            dport: dport.parse().map_err(|_| bad())?,
+        });
+    }
+    Ok(AuditBatch { records, suppressed })
 }
 
 /// Which run of the datapath process answers: a restarted process has another boot id
@@ -301,6 +381,11 @@ impl Service {
                 Ok(out)
             }
             Request::Installed => Ok(flowtext::format_flow_file(&self.control.installed())),
+            Request::SetAudit(config) => {
+                self.control.datapath().set_audit(config);
+                Ok(String::new())
+            }
+            Request::TakeAudit => Ok(format_audit_batch(&self.control.datapath().take_audit())),
             Request::UpdateFlows { add, remove } => {
                 let report = self.control.update_flows(&add, &remove)?;
                 self.switch.wake();
@@ -548,6 +633,38 @@ impl Client {
         ReloadReport::parse(&body).map_err(ClientError::Reply)
     }
 
+    /// Sets the rate of the audit records of `log` actions.
+    pub fn set_audit(&self, config: AuditConfig) -> Result<(), ClientError> {
+        self.request(&format!("set-audit {} {} {}", config.per_second, config.burst, config.capacity)).map(|_| ())
+    }
+
+    /// The audit records since the last call.
+    pub fn take_audit(&self) -> Result<AuditBatch, ClientError> {
+        parse_audit_batch(&self.request("take-audit")?).map_err(ClientError::Reply)
+    }
+
+    /// Every flow with its counters (`last_used` is not carried: 0).
+    pub fn flow_stats(&self) -> Result<Vec<crate::datapath::FlowStats>, ClientError> {
+        let mut out = Vec::new();
+        for line in self.request("dump-flows")?.lines() {
+            // `n_packets=P, n_bytes=B, FLOW`; groups, load balancers and tunnels follow.
+            let Some(rest) = line.strip_prefix("n_packets=") else { continue };
+            let bad = || ClientError::Reply(format!("dump-flows line {line:?}"));
+            let (packets, rest) = rest.split_once(", n_bytes=").ok_or_else(bad)?;
+            let (bytes, flow) = rest.split_once(", ").ok_or_else(bad)?;
+            let file = flowtext::parse_flow_file(flow).map_err(|e| ClientError::Reply(format!("{line:?}: {e}")))?;
+            for flow in file.flows {
+                out.push(crate::datapath::FlowStats {
+                    flow,
+                    packets: packets.parse().map_err(|_| bad())?,
+                    bytes: bytes.parse().map_err(|_| bad())?,
+                    last_used: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// What is installed.
     pub fn installed(&self) -> Result<FlowFile, ClientError> {
         flowtext::parse_flow_file(&self.request("installed")?).map_err(|e| ClientError::Reply(e.to_string()))
@@ -632,6 +749,30 @@ mod tests {
         let hello = Hello { boot_id: "00ff".into(), pid: 7, version: "0.1.0".into() };
         assert_eq!(Hello::parse(&hello.format()), Ok(hello));
         assert!(Hello::parse("boot_id=1").is_err());
+        assert_eq!(
+            parse_request("set-audit 5 25 100"),
+            Ok(Request::SetAudit(AuditConfig { per_second: 5, burst: 25, capacity: 100 }))
+        );
+        assert!(parse_request("set-audit 5 25").unwrap_err().contains("PER_SECOND BURST CAPACITY"));
+        assert!(parse_request("set-audit 5 25 99999999").unwrap_err().contains("over"));
+        let batch = AuditBatch {
+            records: vec![
+                AuditRecord {
+                    id: 7,
+                    time: 9,
+                    in_port: 100,
+                    src: Some("10.0.0.1".parse().unwrap()),
+                    dst: Some("10.0.0.2".parse().unwrap()),
+                    proto: 6,
+                    sport: 1,
+                    dport: 80,
+                },
+                AuditRecord { id: 1, time: 2, in_port: 3, src: None, dst: None, proto: 0, sport: 0, dport: 0 },
+            ],
+            suppressed: 4,
+        };
+        assert_eq!(parse_audit_batch(&format_audit_batch(&batch)), Ok(batch));
+        assert!(parse_audit_batch("suppressed=1\n1 2 3\n").unwrap_err().contains("audit record 1"));
     }
 
     #[test]
@@ -684,6 +825,10 @@ mod tests {
         assert!(e.to_string().contains("nw_dst"), "{e}");
         assert_eq!(client.installed().unwrap().flows, add, "a refused reload changes nothing");
         assert!(client.request("stats").unwrap().lines().any(|l| l == "flows=1"));
+        let stats = client.flow_stats().unwrap();
+        assert_eq!(stats.iter().map(|s| s.flow.clone()).collect::<Vec<_>>(), add);
+        client.set_audit(AuditConfig { per_second: 1, burst: 1, capacity: 8 }).unwrap();
+        assert_eq!(client.take_audit().unwrap(), AuditBatch::default());
 
         assert!(client.remove_port(100).unwrap());
         assert!(!client.remove_port(100).unwrap());

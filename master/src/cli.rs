@@ -62,8 +62,8 @@ pub struct Options {
     #[arg(long, env = "SKEIN_JOIN_SUBNET", value_delimiter = ',', default_value = "100.64.0.0/16,fd98::/64")]
     pub join_subnet: Vec<IpNet>,
 
-    /// Pod interface MTU written into pod annotations (underlay MTU − 58 for Geneve over
-    /// IPv4).
+    /// Pod interface MTU written into pod annotations (at most the underlay MTU − 66 for
+    /// Geneve over IPv4 with the identity option NetworkPolicy adds; − 58 without).
     #[arg(long, env = "SKEIN_MTU", default_value_t = 1400)]
     pub mtu: u16,
 

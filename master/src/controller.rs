@@ -127,6 +127,8 @@ fn owner_reference(owner: &Owner) -> Option<ObjectReference> {
         Owner::Node(n) => Some(reference(Kind::Node, None, n)),
         Owner::Pod(p) => Some(reference(Kind::Pod, Some(&p.namespace), &p.name)),
         Owner::Service(s) => Some(reference(Kind::Service, Some(&s.namespace), &s.name)),
+        Owner::Policy(p) => Some(reference(Kind::NetworkPolicy, Some(&p.namespace), &p.name)),
+        Owner::Namespace(n) => Some(reference(Kind::Namespace, None, n)),
     }
 }
 
@@ -489,6 +491,8 @@ impl Controller {
                         Owner::Node(_) => "Node",
                         Owner::Pod(_) => "Pod",
                         Owner::Service(_) => "Service",
+                        Owner::Policy(_) => "NetworkPolicy",
+                        Owner::Namespace(_) => "Namespace",
                     },
                     "NotProgrammed",
                 );

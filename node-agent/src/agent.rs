@@ -102,6 +102,8 @@ pub struct NetworkSettings {
     pub gateway_wait: Duration,
     /// How often port records are checked for a veth or sandbox namespace that is gone.
     pub stale_port_interval: Duration,
+    /// Denied connections written to the audit log per second (0: no audit log).
+    pub policy_audit_rate: u32,
 }
 
 /// The running network side.
@@ -264,7 +266,7 @@ pub async fn start(
     net.install_saved_view(&s.node_name);
     tokio::task::spawn_blocking(move || host::ensure_uplink_rules(node_ip, s.uplink_ports)).await??;
     tokio::task::spawn_blocking(host::ensure_host_port_rules).await??;
-    crate::controlsock::serve(&s.state_dir.join("control.sock"), handle.clone())
+    crate::controlsock::serve_with_policies(&s.state_dir.join("control.sock"), handle.clone(), Some(net.clone()))
         .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
 
     // The management port follows the view.
@@ -314,6 +316,7 @@ pub async fn start(
         shutdown.clone(),
     ));
 
+    crate::policylog::start(net.clone(), s.policy_audit_rate, shutdown.clone()).context("starting the audit log")?;
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
 }

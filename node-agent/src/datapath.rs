@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use skein_datapath::audit::{AuditBatch, AuditConfig};
 use skein_datapath::control::{Control, ReloadReport};
-use skein_datapath::datapath::Datapath;
+use skein_datapath::datapath::{Datapath, FlowStats};
 use skein_datapath::flow::{Flow, Match};
 use skein_datapath::flowtext::FlowFile;
 use skein_datapath::io::{PortSpec, Switch};
@@ -177,6 +178,36 @@ impl DatapathHandle {
         match self {
             DatapathHandle::InProcess { control, .. } => control.handle(text).map_err(|e| e.to_string()),
             DatapathHandle::Remote(c) => c.request(text).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Every flow with its counters (empty, and logged, when the datapath cannot be asked).
+    pub fn flow_stats(&self) -> Vec<FlowStats> {
+        match self {
+            DatapathHandle::InProcess { dp, .. } => dp.flow_stats(),
+            DatapathHandle::Remote(c) => c.flow_stats().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the datapath's flow counters");
+                Vec::new()
+            }),
+        }
+    }
+
+    /// Sets the rate of the `log` actions' audit records.
+    pub fn set_audit(&self, config: AuditConfig) -> Result<(), String> {
+        match self {
+            DatapathHandle::InProcess { dp, .. } => {
+                dp.set_audit(config);
+                Ok(())
+            }
+            DatapathHandle::Remote(c) => c.set_audit(config).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The audit records since the last call.
+    pub fn take_audit(&self) -> Result<AuditBatch, String> {
+        match self {
+            DatapathHandle::InProcess { dp, .. } => Ok(dp.take_audit()),
+            DatapathHandle::Remote(c) => c.take_audit().map_err(|e| e.to_string()),
         }
     }
 

@@ -304,6 +304,11 @@ struct Args {
     /// Log filter in `RUST_LOG` syntax, e.g. `info` or `skein_agent=debug`.
     #[arg(long, env = "SKEIN_LOG", default_value = "info")]
     log: String,
+
+    /// Audit log of connections NetworkPolicy denied: at most this many lines per second
+    /// (target `skein::policy_audit`; 0, the default, writes none).
+    #[arg(long, env = "SKEIN_POLICY_AUDIT_LOG_RATE", default_value_t = 0)]
+    policy_audit_log_rate: u32,
 }
 
 impl CniPaths {
@@ -415,6 +420,7 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         uplink_ports: UplinkPorts { node_ports: args.node_port_range, snat_ports: args.snat_port_range },
         gateway_wait: Duration::from_secs(10),
         stale_port_interval: args.stale_port_interval,
+        policy_audit_rate: args.policy_audit_log_rate,
     })
 }
 

@@ -232,6 +232,8 @@ pub struct NodeNetwork {
     node_ports: Vec<PortSpec>,
     /// The datapath process's boot id when this agent last gave it its ports and flows.
     datapath_boot: Mutex<Option<String>>,
+    /// The audit rate the agent set (given again to a new datapath process).
+    audit: Mutex<Option<skein_datapath::audit::AuditConfig>>,
     inner: Mutex<Inner>,
     installed: watch::Sender<InstallState>,
     state_dir: PathBuf,
@@ -269,6 +271,7 @@ impl NodeNetwork {
             dp,
             node_ports,
             datapath_boot: Mutex::new(boot),
+            audit: Mutex::new(None),
             inner: Mutex::new(Inner { view: None, pod_flows: None, bindings, records: BTreeMap::new() }),
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
@@ -430,8 +433,18 @@ impl NodeNetwork {
             drop(inner);
             self.restore_saved_flows();
         }
+        if let Some(config) = *self.audit.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.dp.set_audit(config)?;
+        }
         *boot = Some(hello.boot_id);
         Ok(true)
+    }
+
+    /// Sets the datapath's audit rate (and gives it again to a datapath process that
+    /// restarts).
+    pub fn set_audit(&self, config: skein_datapath::audit::AuditConfig) -> Result<(), String> {
+        *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        self.dp.set_audit(config)
     }
 
     /// Follows what is installed.

@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = service::parse_port_spec(text);
     let _ = Hello::parse(text);
+    if let Ok(batch) = service::parse_audit_batch(text) {
+        assert_eq!(service::parse_audit_batch(&service::format_audit_batch(&batch)), Ok(batch));
+    }
     if let Ok(report) = ReloadReport::parse(text) {
         assert_eq!(ReloadReport::parse(&report.to_string()), Ok(report));
     }

@@ -676,6 +676,45 @@ impl Cluster {
         Pod { name: name.to_owned(), node: i, ns, container, result, ip }
     }
 
+    /// Creates pod `name` on node `i` in the API with `labels` and container `ports`
+    /// (`[{"name": "http", "containerPort": 8080}]`), its sandbox, and runs ADD; panics
+    /// (with diagnostics) if ADD fails.
+    pub fn add_pod_with(&mut self, name: &str, i: usize, labels: Value, ports: Value) -> Pod {
+        let created = self
+            .api
+            .insert(
+                Kind::Pod,
+                json!({"metadata": {"name": name, "namespace": "default", "labels": labels},
+                       "spec": {"nodeName": self.nodes[i].name,
+                                "containers": [{"name": "c", "image": "x", "ports": ports}]}}),
+            )
+            .expect("pod created");
+        let uid = created["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let ns = self.namespace(&format!("p-{name}"));
+        let container = format!("ctr-{name}-{}", self.prefix);
+        let args = Self::cni_args(name, &container, &uid);
+        let out = self.cni_raw(i, "ADD", &container, &format!("/run/netns/{ns}"), "eth0", &args, None);
+        if out.code != 0 {
+            self.fail(&format!("ADD of {name} failed: {out:?}"));
+        }
+        let result = out.json();
+        let ip =
+            result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_owned();
+        Pod { name: name.to_owned(), node: i, ns, container, result, ip }
+    }
+
+    /// Replaces pod `name`'s labels in the API (the pod and its sandbox stay).
+    pub fn relabel_pod(&self, name: &str, labels: Value) {
+        let mut pod = self.api.get(Kind::Pod, Some("default"), name).expect("pod exists");
+        pod["metadata"]["labels"] = labels;
+        self.api.insert(Kind::Pod, pod).expect("pod updated");
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) {
+        self.api.delete(kind, namespace, name).expect("object deleted");
+    }
+
     /// The pod's `skein.dev/pod-networks` annotation.
     pub fn pod_annotation(&self, name: &str) -> Value {
         let pod = self.api.get(Kind::Pod, Some("default"), name).expect("pod exists");
