@@ -416,6 +416,11 @@ impl NodeNetwork {
             return Ok(false);
         }
         warn!(boot_id = %hello.boot_id, pid = hello.pid, "a new datapath process: giving it the node's ports, the pods' ports and the flows");
+        // The audit rate first: it is the one step that cannot half-happen, and the log
+        // actions of the flows installed below record from their first packet.
+        if let Some(config) = *self.audit.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.dp.set_audit(config).map_err(|e| format!("setting the audit rate: {e}"))?;
+        }
         for spec in &self.node_ports {
             self.dp.add_port(spec).map_err(|e| format!("adding the node's port {}: {e}", spec.number()))?;
         }
@@ -432,9 +437,6 @@ impl NodeNetwork {
         } else {
             drop(inner);
             self.restore_saved_flows();
-        }
-        if let Some(config) = *self.audit.lock().unwrap_or_else(|p| p.into_inner()) {
-            self.dp.set_audit(config)?;
         }
         *boot = Some(hello.boot_id);
         Ok(true)

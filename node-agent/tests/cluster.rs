@@ -1006,6 +1006,30 @@ fn network_policies_are_enforced_on_real_packets() {
             && l.contains("verdict=\"denied\"")),
         "per-policy counters in /metrics:\n{metrics}"
     );
+    // The audit log across the process split: the agent sets the rate in the datapath
+    // process (`set-audit`), gives it again to a new datapath process, and collects the
+    // records (`take-audit`) into its log, naming the policy.
+    let count = |c: &Cluster, what: &str| c.agent_log(0).matches(what).count();
+    let runs = count(&c, "node network running");
+    c.stop_agent(0);
+    let master = c.master_url.clone();
+    c.start_agent_with(0, &master, &["--policy-audit-log-rate", "100"]);
+    c.wait_for("the agent to run again", Duration::from_secs(30), || count(&c, "node network running") > runs);
+    let resyncs = count(&c, "the new datapath process has the node's ports and flows");
+    c.stop_datapath(0);
+    c.start_datapath(0);
+    c.wait_for("the agent to set up the new datapath process", Duration::from_secs(30), || {
+        count(&c, "the new datapath process has the node's ports and flows") > resyncs
+    });
+    c.wait_for("an audit record of the denied connection", Duration::from_secs(30), || {
+        assert!(reach(&other.ns, at(&cart1, 8080), quick).is_err(), "still denied");
+        c.agent_log(0).lines().map(without_colours).any(|l| {
+            l.contains("connection denied by NetworkPolicy")
+                && l.contains("default/cart")
+                && l.contains(&format!("src={}", other.ip))
+                && l.contains("dport=8080")
+        })
+    });
     // A deleted policy stops isolating.
     c.delete(Kind::NetworkPolicy, Some("default"), "other");
     c.wait_for("the deleted policy to stop isolating", Duration::from_secs(30), || {
