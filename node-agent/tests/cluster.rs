@@ -459,7 +459,7 @@ fn a_new_datapath_process_gets_the_ports_and_flows_again() {
     // conntrack, but NAT is a function of the connection's tuple (ports are picked by its
     // hash), so the connections' next packets rebuild the same entries and every kind
     // survives; what it costs is the pause (a figure, printed).
-    let Some(mut c) = Cluster::new("datapath_restart", "d", 2) else { return };
+    let Some(mut c) = Cluster::new("datapath_restart", "h", 2) else { return };
     let workload = connections::every_kind(&mut c, "dr", "10.96.0.78", 30778, 1);
     let a = c.add_pod("d1", 0, "x");
     let b = c.add_pod("d2", 0, "x");

@@ -176,9 +176,11 @@ impl Cluster {
         let pid = std::process::id();
         let prefix = format!("sa{:03}{tag}", pid % 1000);
         // One underlay subnet per cluster of this process (tests run in parallel), and
-        // per process: the tag's letter picks one of eight.
-        let slot = u32::from(tag.bytes().next().unwrap_or(b'a').wrapping_sub(b'a')) % 8;
-        let net = format!("172.31.{}", 10 + (pid % 30) * 8 + slot);
+        // per process: the tag's letter picks one of sixteen. Tags must differ within a
+        // test binary (the prefix and the subnet come from them: a second cluster with the
+        // same tag would delete the first one's bridge).
+        let slot = u32::from(tag.bytes().next().unwrap_or(b'a').wrapping_sub(b'a')) % 16;
+        let net = format!("172.31.{}", 10 + (pid % 15) * 16 + slot);
         let dir = tempfile::Builder::new().prefix(&format!("skein-{test}-")).tempdir().expect("tempdir");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(3).enable_all().build().expect("runtime");
         let bridge = format!("{prefix}br");
