@@ -128,7 +128,8 @@ fn bench() -> Result<(), String> {
         std::thread::sleep(Duration::from_secs(1));
         windows.push((i, how, i >= master_down_from, from, Instant::now(), ready));
     }
-    let log = c.agent_log(0);
+    // The agent's log is coloured (`ESC[3mbuild ESC[0m ESC[2m= ESC[0m...`): compare without.
+    let log = without_colours(&c.agent_log(0));
     if !log.contains(&format!("build={upgrade_build}")) && !log.contains(&format!("build=\"{upgrade_build}\"")) {
         return Err(format!("the upgraded agent's log does not show build={upgrade_build}"));
     }
@@ -178,4 +179,22 @@ fn bench() -> Result<(), String> {
         reports.len()
     );
     Ok(())
+}
+
+/// `text` without its ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
