@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -779,7 +780,9 @@ async fn cluster_view(client: &Client, layout: &Layout) -> anyhow::Result<Cluste
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
     let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?.items;
     let services = Api::<Service>::all(client.clone()).list(&ListParams::default()).await?.items;
-    Ok(ClusterView::new(layout, &nodes, &pods, &services))
+    let namespaces = Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let policies = Api::<NetworkPolicy>::all(client.clone()).list(&ListParams::default()).await?.items;
+    Ok(ClusterView::new(layout, &nodes, &pods, &services).with_policies(&namespaces, &pods, &policies))
 }
 
 /// Waits until every pod is ready (showing progress and the reason of the first waiting
@@ -862,7 +865,9 @@ async fn check_pod_deletion(
     progress: Progress,
 ) -> CheckResult {
     let node = view.nodes.last().map(|n| n.name.clone()).unwrap_or_else(|| "node1".into());
-    let client_pod = view.pods.iter().find(|p| p.node != node).or(view.pods.first());
+    // The probe pods are not in the policy model: probe from a pod no egress policy holds
+    // back (they land in `default`, which the demo's policies do not isolate).
+    let client_pod = view.open_client(&node);
     let title = format!("pod deleted on {node}: its IP stops answering, address released and reused");
     let fail = |detail: String| CheckResult { title: title.clone(), passed: false, detail, latency: None, tries: 1 };
     let Some(client_pod) = client_pod else { return fail("no client pod to probe from".into()) };
@@ -1033,8 +1038,17 @@ pub async fn check(
     let prober = NetnsProber { lab_binary: std::env::current_exe()? };
     let view = wait_for_pods(client, layout, wait, progress).await?;
     let plan = checks::plan(&view, layout);
+    let policies = match &view.policies {
+        Some(p) => {
+            for problem in &p.problems {
+                progress.say(format!("warning: {problem}"));
+            }
+            format!(", {} network policies (expected verdicts from the reference model)", p.names.len())
+        }
+        None => String::new(),
+    };
     progress.say(format!(
-        "running {} checks over {} pods, {} services, {} nodes",
+        "running {} checks over {} pods, {} services, {} nodes{policies}",
         plan.len(),
         view.pods.len(),
         view.services.len(),

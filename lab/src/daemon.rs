@@ -314,6 +314,9 @@ fn agent_token_file(layout: &Layout, node: &str) -> PathBuf {
     layout.state_dir().join(format!("{node}-southbound.token"))
 }
 
+/// How long the agents wait, at most, for the kubelets to register their nodes.
+const NODE_REGISTRATION_WAIT: Duration = Duration::from_secs(30);
+
 /// How long the agents' tokens live; they are renewed at a third of it, as kubelet renews
 /// projected tokens well before they expire.
 const AGENT_TOKEN_SECONDS: u64 = 3600;
@@ -521,6 +524,14 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
     );
 
     tasks.push(tokio::spawn(agent_tokens(server.store().clone(), layout.clone(), nodes, daemon.stop.clone())));
+    // An agent reads its Node at start, as the agent pod of a DaemonSet does, which only runs
+    // once the node is registered: wait for the kubelets to register them (bounded: an agent
+    // started without its Node exits saying so, and `up` shows it).
+    let registered = |index| server.store().get(skein_kube_fake::Kind::Node, None, &Layout::node_name(index)).is_some();
+    let waiting_since = std::time::Instant::now();
+    while !(1..=nodes).all(registered) && waiting_since.elapsed() < NODE_REGISTRATION_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     daemon.phase("agents", format!("skein-agent in each of the {nodes} node namespaces"));
     for index in 1..=nodes {
         let node = Layout::node_name(index);

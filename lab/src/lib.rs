@@ -20,6 +20,7 @@ pub mod image;
 pub mod kubelet;
 pub mod layout;
 pub mod manifest;
+pub mod policy;
 pub mod prereq;
 pub mod scenario;
 pub mod scheduler;

@@ -229,7 +229,10 @@ impl CniServer {
         };
         let bound = Instant::now();
         let mut installed = self.net.installed();
-        let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
+        // The borrow `wait_for` returns holds the channel's read lock: drop it at once. Kept
+        // while `view()` below takes the node's lock, it deadlocked with an install holding
+        // that lock and waiting to publish (`send_modify`) — every later ADD hung.
+        let wait = async { installed.wait_for(|s| s.ready_ports.contains(&logical_port)).await.map(|_| ()) };
         let outcome = tokio::select! {
             outcome = tokio::time::timeout_at(deadline, wait) => outcome,
             () = &mut gone => return self.plugin_gone(container_id, host_ifname, ifindex, Some(&record)),
