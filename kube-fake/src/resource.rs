@@ -35,6 +35,8 @@ pub enum Kind {
     Lease,
     /// `apps/v1` Deployment (namespaced, `/status` and `/scale` subresources).
     Deployment,
+    /// `batch/v1` Job (namespaced, `/status` subresource).
+    Job,
 }
 
 /// How strategic merge patch treats a list field.
@@ -383,6 +385,29 @@ static DEPLOYMENT: KindSpec = KindSpec {
     validate: Some(defaults::validate_deployment),
 };
 
+static JOB: KindSpec = KindSpec {
+    group: "batch",
+    version: "v1",
+    api_version: "batch/v1",
+    kind: "Job",
+    plural: "jobs",
+    singular: "job",
+    short_names: &[],
+    categories: &["all"],
+    namespaced: true,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: Some("spec.template.spec"),
+    merge_lists: &[("status.conditions", ListStrategy::MergeByKey("type"))],
+    schema: schema::round_trip::<k8s_openapi::api::batch::v1::Job>,
+    definition: "io.k8s.api.batch.v1.Job",
+    printer: Some(&table::JOB),
+    initial_status: Some(defaults::empty_status),
+    defaults: Some(defaults::job),
+    validate: Some(defaults::validate_job),
+};
+
 /// The lists of a `PodSpec` that strategic merge patch merges, relative to the pod spec
 /// (`patchMergeKey`/`patchStrategy` in `k8s.io/api/core/v1`). `*` stands for any of the
 /// container lists.
@@ -404,7 +429,7 @@ const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -415,6 +440,7 @@ impl Kind {
         Kind::NetworkPolicy,
         Kind::Lease,
         Kind::Deployment,
+        Kind::Job,
     ];
 
     /// This kind's row of the table.
@@ -430,6 +456,7 @@ impl Kind {
             Kind::NetworkPolicy => &NETWORK_POLICY,
             Kind::Lease => &LEASE,
             Kind::Deployment => &DEPLOYMENT,
+            Kind::Job => &JOB,
         }
     }
 
