@@ -176,7 +176,11 @@ async fn jobs_get_a_selector_on_their_uid_and_invalid_ones_are_refused() {
         "template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c"}]}}}}));
     let error = api_error(api.create(&PostParams::default(), &bad).await);
     assert_eq!(error.code, 422, "{error:?}");
-    assert!(error.message.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""), "{}", error.message);
+    assert!(
+        error.message.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
+        "{}",
+        error.message
+    );
     assert!(error.message.contains("spec.completions: Required value"), "{}", error.message);
 }
 
