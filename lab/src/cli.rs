@@ -181,6 +181,32 @@ pub enum Command {
         #[arg(long = "port", required = true)]
         ports: Vec<ServePort>,
     },
+    /// (internal) A remote shell server for MPI launchers between pods (`docs/lab.md`).
+    #[command(hide = true)]
+    RemoteShellServer {
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        address: IpAddr,
+        /// The port.
+        #[arg(long, default_value_t = crate::remote_shell::DEFAULT_PORT)]
+        port: u16,
+    },
+    /// (internal) The rsh-style agent: `remote-shell [FLAGS] HOST COMMAND...`, or `--stop HOST`.
+    #[command(hide = true)]
+    RemoteShell {
+        /// The server's port.
+        #[arg(long, default_value_t = crate::remote_shell::DEFAULT_PORT)]
+        port: u16,
+        /// Ask the server on HOST to stop.
+        #[arg(long, value_name = "HOST")]
+        stop: Option<String>,
+        /// Longest wait for the server to answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        /// `[flags] HOST COMMAND...` as an rsh agent is called.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// (internal) Sends requests to targets and prints one JSON report per target.
     #[command(hide = true)]
     Probe {
@@ -1269,6 +1295,13 @@ async fn demo(
     progress: Progress,
 ) -> anyhow::Result<bool> {
     progress.say(format!("skein-lab demo: {nodes} nodes, prefix {:?}", layout.prefix()));
+    let binaries = Binaries::find(bin_dir)?;
+    if !binaries.allreduce.is_file() {
+        bail!(
+            "{} is missing (the demo's allreduce job runs it): cargo build -p skein-collectives --bin skein-allreduce",
+            binaries.allreduce.display()
+        );
+    }
     let outcome: anyhow::Result<Vec<CheckResult>> = async {
         let client = up(layout, nodes, bin_dir, wait, &[], progress).await?;
         progress.say(format!("applying the demo scenario (namespace {})", scenario::NAMESPACE));
@@ -1338,6 +1371,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             std::io::Write::flush(&mut std::io::stdout())?;
             loop {
                 std::thread::park();
+            }
+        }
+        Command::RemoteShellServer { address, port } => {
+            crate::remote_shell::serve(SocketAddr::new(address, port), &crate::remote_shell::token_from_env())?;
+            Ok(0)
+        }
+        Command::RemoteShell { port, stop, wait, args } => {
+            use crate::remote_shell::{Request, run, token_from_env};
+            let token = token_from_env();
+            let (host, request) = match stop {
+                Some(host) => (host, Request::Stop { token }),
+                None => {
+                    let (host, command) = crate::remote_shell::parse_agent_args(&args).map_err(anyhow::Error::msg)?;
+                    (host, Request::Run { token, command })
+                }
+            };
+            match run(&host, port, &request, Duration::from_secs(wait)) {
+                Ok(code) => Ok(code),
+                Err(error) => {
+                    eprintln!("skein-lab remote-shell: {error}");
+                    Ok(255)
+                }
             }
         }
         Command::Probe { count, timeout_ms, udp_tries, give_up_after, targets } => {

@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod podspec;
 pub mod prereq;
 pub mod rdma;
+pub mod remote_shell;
 pub mod scenario;
 pub mod scheduler;
 pub mod state;
