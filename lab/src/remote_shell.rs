@@ -95,9 +95,8 @@ impl Frame {
 /// Reads one frame; `Ok(None)` when the stream ends cleanly between frames.
 pub fn read_frame(reader: &mut impl Read) -> Result<Option<Frame>, FrameError> {
     let mut kind = [0u8; 1];
-    match reader.read(&mut kind)? {
-        0 => return Ok(None),
-        _ => {}
+    if reader.read(&mut kind)? == 0 {
+        return Ok(None);
     }
     let mut length = [0u8; 4];
     reader.read_exact(&mut length)?;
