@@ -604,9 +604,18 @@ pub async fn get(
                     } else {
                         layout.pod_netns(&node, &pod.uid().unwrap_or_default())
                     };
-                    let ports: Vec<String> =
-                        crate::kubelet::workload_ports(&pod).iter().map(ToString::to_string).collect();
-                    row.extend([sandbox, ports.join(",")]);
+                    // The echo server's ports, or what a pod running its own program declares.
+                    let ports: Vec<String> = if echo_pods(layout, vec![pod.clone()]).is_empty() {
+                        pod.spec
+                            .iter()
+                            .flat_map(|s| s.containers.iter())
+                            .flat_map(|c| c.ports.iter().flatten())
+                            .map(|p| format!("{}:{}", p.protocol.as_deref().unwrap_or("TCP").to_lowercase(), p.container_port))
+                            .collect()
+                    } else {
+                        crate::kubelet::workload_ports(&pod).iter().map(ToString::to_string).collect()
+                    };
+                    row.extend([sandbox, if ports.is_empty() { "-".into() } else { ports.join(",") }]);
                 }
                 rows.push(row);
             }
