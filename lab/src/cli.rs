@@ -692,7 +692,7 @@ pub async fn get(
             nodes.sort_by_key(|n| Layout::node_index(&n.name_any()).unwrap_or(usize::MAX));
             let mut rows = vec![["NAME", "STATUS", "INTERNAL-IP", "AGE"].map(String::from).to_vec()];
             if wide {
-                rows[0].extend(["NETNS", "POD-SUBNETS", "CHASSIS", "MESSAGE"].map(String::from));
+                rows[0].extend(["NETNS", "POD-SUBNETS", "CHASSIS", "DEVICES", "MESSAGE"].map(String::from));
             }
             for node in nodes {
                 let (ready, message) = node_ready(&node);
@@ -708,10 +708,23 @@ pub async fn get(
                 if wide {
                     let annotation =
                         |key: &str| node.annotations().get(key).cloned().unwrap_or_else(|| "<none>".into());
+                    // Device plugins' resources: allocatable/capacity.
+                    let status = node.status.clone().unwrap_or_default();
+                    let capacity = status.capacity.unwrap_or_default();
+                    let allocatable = status.allocatable.unwrap_or_default();
+                    let devices: Vec<String> = capacity
+                        .iter()
+                        .filter(|(name, _)| crate::devices::is_extended_resource(name))
+                        .map(|(name, total)| {
+                            let free = allocatable.get(name).map_or("0", |q| q.0.as_str());
+                            format!("{name}={free}/{}", total.0)
+                        })
+                        .collect();
                     row.extend([
                         layout.node_netns(&node.name_any()),
                         annotation("skein.dev/node-subnets"),
                         annotation("skein.dev/chassis"),
+                        if devices.is_empty() { "<none>".into() } else { devices.join(",") },
                         message,
                     ]);
                 }
