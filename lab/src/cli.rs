@@ -610,7 +610,13 @@ pub async fn get(
                             .iter()
                             .flat_map(|s| s.containers.iter())
                             .flat_map(|c| c.ports.iter().flatten())
-                            .map(|p| format!("{}:{}", p.protocol.as_deref().unwrap_or("TCP").to_lowercase(), p.container_port))
+                            .map(|p| {
+                                format!(
+                                    "{}:{}",
+                                    p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+                                    p.container_port
+                                )
+                            })
                             .collect()
                     } else {
                         crate::kubelet::workload_ports(&pod).iter().map(ToString::to_string).collect()

@@ -38,7 +38,11 @@ fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>
         if let Some(value) = check() {
             return value;
         }
-        assert!(started.elapsed() < limit, "not seen within {limit:?}: {what}\n{}", lab(&["get", "pods", "-o", "wide"]).1);
+        assert!(
+            started.elapsed() < limit,
+            "not seen within {limit:?}: {what}\n{}",
+            lab(&["get", "pods", "-o", "wide"]).1
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -148,7 +152,8 @@ fn netns_pods_run_as_their_spec_says_and_jobs_fail_as_told() {
         runtime.block_on(async {
             let layout = skein_lab::layout::Layout::new(PREFIX).unwrap();
             let client = skein_lab::cli::lab_client(&layout).await.ok()?;
-            let pod = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "default").get("greedy").await.ok()?;
+            let pod =
+                kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "default").get("greedy").await.ok()?;
             let conditions = pod.status?.conditions?;
             let scheduled = conditions.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
             scheduled.message
