@@ -52,6 +52,7 @@ bad_values=(
     "master.southboundPort=70000"
     "agent.tolerations=everything"
     "agent.addTimeout=2h"
+    "agent.tokenExpirationSeconds=60"
     "agent.cni.confDir=etc/cni"
     "devicePlugin.enabled=maybe"
     "tls.enabled=yes"

@@ -406,3 +406,159 @@ pub fn snat_scenario(config: DatapathConfig) -> (Datapath, impl FnMut() -> Packe
     };
     (dp, next)
 }
+
+/// Two pods on one node switch, A (port 1, 10.244.0.10) and B (port 2, 10.244.0.11), in
+/// the agent's table layout (`docs/agent-translation.md`: classification in 0, switch
+/// ingress 8–17 and the rule table 23, output 32, switch egress 40–43, delivery 64).
+///
+/// Without `policies` this is the pipeline of a cluster with no NetworkPolicy: one
+/// conntrack pass, in the receiving port's zone. With `policies` (≥ 10) the ACL stages are
+/// programmed as the agent translates them: the sender's identity, conntrack in its zone
+/// (which vouches for its replies), the destination's ingress rules and the source's
+/// egress policies evaluated by `resubmit` into table 23 — which holds `policies` policies'
+/// rule and selection flows — and the commit of allowed connections. B is isolated by five
+/// policies, A's egress by one; the fifth of B's allows A.
+pub fn acl_scenario(config: DatapathConfig, policies: Option<u32>) -> Datapath {
+    let dp = Datapath::new(config);
+    let mut t = String::new();
+    let mut flow = |line: String| {
+        t.push_str(&line);
+        t.push('\n');
+    };
+    let dp_key = "metadata=0x10";
+    let (a_mac, b_mac) = ("0a:58:0a:f4:00:0a", "0a:58:0a:f4:00:0b");
+    let (a_ip, b_ip) = ("10.244.0.10", "10.244.0.11");
+    // Identities: A is class 1 of namespace 1, B class 2 of namespace 1.
+    let (id_a, id_b) = (0x0000_1001u32, 0x0000_1002u32);
+    let acl = policies.is_some();
+    for (port, key, mac) in [(1, 3, a_mac), (2, 4, b_mac)] {
+        flow(format!(
+            "table=0,priority=100,in_port={port},actions=set_field:0x10->metadata,set_field:{key:#x}->reg6,set_field:{:#x}->reg3,goto_table:8",
+            key | 0x8000
+        ));
+        flow(format!("table=8,priority=50,{dp_key},reg6={key:#x},dl_src={mac},actions=goto_table:9"));
+        let ip = if port == 1 { a_ip } else { b_ip };
+        flow(format!("table=9,priority=90,{dp_key},reg6={key:#x},ip,nw_src={ip},actions=goto_table:10"));
+        let id = if port == 1 { id_a } else { id_b };
+        if acl {
+            flow(format!("table=10,priority=100,{dp_key},reg6={key:#x},actions=set_field:{id:#x}->reg4,goto_table:11"));
+        }
+        flow(format!("table=17,priority=50,{dp_key},dl_dst={mac},actions=set_field:{key:#x}->reg7,goto_table:32"));
+        flow(format!("table=32,priority=100,{dp_key},reg7={key:#x},actions=goto_table:40"));
+        flow(format!("table=64,priority=100,{dp_key},reg7={key:#x},actions=output:{port}"));
+    }
+    for table in [9, 10, 11, 12, 13, 14, 15, 16, 41, 42] {
+        flow(format!("table={table},priority=0,actions=goto_table:{}", table + 1));
+    }
+    flow("table=43,priority=50,actions=goto_table:64".into());
+    // ls_out_lb: un-NAT of Service replies in the destination port's zone.
+    flow(format!("table=40,priority=100,{dp_key},ip,actions=ct(zone=reg7,nat,table=41)"));
+    if let Some(n) = policies {
+        // ls_in_acl_ct, ls_in_acl, ls_in_acl_action.
+        flow(format!("table=13,priority=100,{dp_key},ip,ct_state=-trk,actions=ct(zone=reg6,table=14)"));
+        flow(format!(
+            "table=14,priority=100,{dp_key},ip,ct_state=+est+rpl,ct_mark=0x1/0x3,actions=set_field:0x1000000/0x1000000->reg4,goto_table:15"
+        ));
+        flow(format!(
+            "table=14,priority=90,{dp_key},ip,nw_dst=10.244.0.0/16,actions=set_field:0x40/0x40->reg0,goto_table:15"
+        ));
+        flow(format!("table=15,priority=111,{dp_key},reg4=0x1000000/0x1000000,actions=goto_table:16"));
+        flow(format!("table=15,priority=110,{dp_key},reg0=0x40/0x40,actions=goto_table:16"));
+        // ls_out_lb: vouched replies skip conntrack.
+        flow(format!("table=40,priority=105,{dp_key},reg4=0x1000000/0x3000000,actions=goto_table:41"));
+        // ls_out_pre_acl: what passes, then B's rules and the source's egress policies.
+        flow(format!(
+            "table=41,priority=110,{dp_key},reg4=0x1000000/0x1000000,actions=set_field:0x80/0x80->reg0,goto_table:42"
+        ));
+        flow(format!(
+            "table=41,priority=109,{dp_key},ip,ct_state=+est+rpl,ct_mark=0x1/0x1,actions=set_field:0x80/0x80->reg0,goto_table:42"
+        ));
+        let rule = |p: u32, i: u32| (p << 8) | (1 + i);
+        let egress_rule = |p: u32, i: u32| (p << 8) | (128 + i);
+        let egsrc = 0xffff_ff00u32;
+        let mut b_eval = String::new();
+        for p in 1..=5u32 {
+            b_eval.push_str(&format!("set_field:{:#x}->reg5,resubmit(,23),", rule(p, 0)));
+        }
+        b_eval.push_str(&format!("set_field:{egsrc:#x}->reg5,resubmit(,23),"));
+        flow(format!(
+            "table=41,priority=100,{dp_key},reg7=0x4,ip,actions=set_field:{id_b:#x}->reg8,set_field:0x4/0x4->reg0,{b_eval}goto_table:42"
+        ));
+        flow(format!(
+            "table=41,priority=100,{dp_key},reg7=0x3,ip,actions=set_field:{id_a:#x}->reg8,set_field:{egsrc:#x}->reg5,resubmit(,23),goto_table:42"
+        ));
+        // ls_out_acl: B's denial, the commit of what is allowed.
+        for (est, prio) in [("+est", 91), ("", 90)] {
+            let commit = if est.is_empty() { "" } else { "ct(commit,zone=reg7,exec(set_field:0x4/0x5->ct_mark))," };
+            let state = if est.is_empty() { String::new() } else { format!(",ct_state={est}") };
+            flow(format!(
+                "table=42,priority={prio},{dp_key},reg7=0x4,ip,reg0=0x4/0xc{state},actions={commit}log:7,drop"
+            ));
+        }
+        flow(format!("table=42,priority=110,{dp_key},reg0=0x80/0x80,actions=goto_table:43"));
+        flow(format!(
+            "table=42,priority=70,{dp_key},ip,ct_state=-inv,ct_mark=0/0x1,actions=ct(commit,zone=reg7,exec(set_field:0x1/0x5->ct_mark)),goto_table:43"
+        ));
+        // Table 23: `n` policies' rules in 100 namespaces: each an ingress rule from a
+        // class of its namespace on a port, and every tenth an egress selection and rule.
+        for p in 1..=n {
+            // The fifth allows A (class 1 of namespace 1) on 8080; the others other peers.
+            let (ns, class, port) = if p == 5 { (1, 1, 8080) } else { (p % 100 + 1, p % 7 + 3, 8000 + p % 50) };
+            flow(format!(
+                "table=23,priority=100,{dp_key},reg5={:#x},reg4={:#x}/0xffffff,tcp,tp_dst={port},actions=set_field:0x8/0x8->reg0",
+                rule(p, 0),
+                (ns << 12) | class
+            ));
+            if p % 10 == 0 {
+                // One egress policy per namespace, allowing its own namespace.
+                let ns = (p / 10) % 100 + 1;
+                flow(format!(
+                    "table=23,priority=100,{dp_key},reg5={:#x},reg4={:#x}/0xfff000,actions=set_field:0x10/0x10->reg0,set_field:{:#x}->reg5,resubmit(,23)",
+                    p << 8,
+                    ns << 12,
+                    egress_rule(p, 0)
+                ));
+                flow(format!(
+                    "table=23,priority=100,{dp_key},reg5={:#x},reg8={:#x}/0xfff000,actions=set_field:0x20/0x20->reg0",
+                    egress_rule(p, 0),
+                    ns << 12
+                ));
+            }
+        }
+        // Namespace 1's egress policies (A's): selection through EGRESS_OF_SOURCE.
+        for ns in 1..=100u32 {
+            let sel: Vec<String> = (1..=n)
+                .filter(|p| p % 10 == 0 && (p / 10) % 100 + 1 == ns)
+                .map(|p| format!("set_field:{:#x}->reg5,resubmit(,23)", p << 8))
+                .collect();
+            if !sel.is_empty() {
+                flow(format!(
+                    "table=23,priority=100,{dp_key},reg5={egsrc:#x},reg4={:#x}/0xfff000,actions={}",
+                    ns << 12,
+                    sel.join(",")
+                ));
+                for (est, prio) in [("+est", 81), ("", 80)] {
+                    let state = if est.is_empty() { String::new() } else { format!(",ct_state={est}") };
+                    flow(format!(
+                        "table=42,priority={prio},{dp_key},ip,reg4={:#x}/0xfff000,reg0=0x10/0x30{state},actions=log:9,drop",
+                        ns << 12
+                    ));
+                }
+            }
+        }
+    }
+    let file = crate::flowtext::parse_flow_file(&t).unwrap_or_else(|e| panic!("the ACL scenario's flows: {e}"));
+    dp.apply(&file.to_mods()).expect("valid flows");
+    dp
+}
+
+/// A's packets to B (`flags`, from source port `sport`) and B's back.
+pub fn acl_packets(sport: u16, flags: u8, reply: bool) -> Packet {
+    let (a, b) = (0x0af4_000a, 0x0af4_000b);
+    let mac = |ip: u32| 0x0a58_0000_0000u64 | u64::from(ip);
+    let (src, dst, in_port, s, d) = if reply { (b, a, 2, 8080, sport) } else { (a, b, 1, sport, 8080) };
+    let mut f = tcp64(src, dst, s, d, flags);
+    f[0..6].copy_from_slice(&mac(dst).to_be_bytes()[2..]);
+    f[6..12].copy_from_slice(&mac(src).to_be_bytes()[2..]);
+    Packet::new(f, in_port)
+}

@@ -584,7 +584,27 @@ impl Conntrack {
         if l4 == L4::IcmpError {
             return self.track_related(frame, offs, zone, nat.is_some(), now);
         }
-        let found = self.find(&tuple, now);
+        // A packet a NAT of this zone already translated, committed again (a NetworkPolicy
+        // verdict committing a load-balanced connection after `ct_lb`), is its
+        // connection's original direction under the translated tuple: the reverse of the
+        // reply tuple. Open vSwitch keeps that association on the packet; here the lookup
+        // finds it.
+        // Only a commit after a NAT in this zone needs it (the key says what the last `ct`
+        // did), so other lookups that miss cost no second probe.
+        let nat_here = key.get(crate::key::Field::CtZone) == u128::from(zone)
+            && key.get(crate::key::Field::CtState) as u8 & (ct_state::SNAT | ct_state::DNAT) != 0;
+        let mut translated = false;
+        let found = self.find(&tuple, now).or_else(|| {
+            if !(commit && nat_here) {
+                return None;
+            }
+            let (idx, dir) = self.find(&tuple.reverse(), now)?;
+            let c = self.slab[idx as usize].as_ref()?;
+            (dir == Dir::Reply && c.flags & (F_SNAT | F_DNAT) != 0).then(|| {
+                translated = true;
+                (idx, Dir::Orig)
+            })
+        });
         let (idx, dir) = match found {
             Some((idx, dir)) => {
                 let reopen = {
@@ -629,8 +649,10 @@ impl Conntrack {
         let to = self.timeout(timeouts_state);
         let c = self.slab[idx as usize].as_mut().expect("found entries are live");
         c.expires = now + to;
-        if nat.is_some() {
+        if nat.is_some() && !translated {
             apply_nat(frame, offs, c, dir);
+        }
+        if nat.is_some() || translated {
             state_bits |= nat_state(c.flags, dir);
         }
         CtResult { state: state_bits, mark: c.mark, label: c.label(), error: None, existing: true }
@@ -1319,6 +1341,31 @@ mod tests {
         parse_frame(&other, &mut k);
         assert_eq!((k.get(Field::Ipv6Src), k.get(Field::TpSrc)), (vip6, 80));
         assert!(packet::checksums_valid(&other));
+    }
+
+    #[test]
+    fn a_translated_packet_finds_its_connection_in_the_same_zone() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let mut f = tcp(A, VIP, 1000, 80, 0x02);
+        track(&mut ct, &mut f, true, Some(NatAction::Dst(NatRange::v4_port(B, 8080))), 0);
+        assert_eq!(fields(&f), (A, B, 1000, 8080));
+        // A second commit of the translated packet (a verdict's mark) updates the same
+        // connection instead of creating a clashing one.
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&f, &mut key);
+        // As the packet recirculates from the `ct_lb`: zone 1, +dnat.
+        key.set(crate::key::Field::CtZone, 1);
+        key.set(crate::key::Field::CtState, u128::from(ct_state::TRK | ct_state::NEW | ct_state::DNAT));
+        let req = CtRequest { set_mark: Some((1, 1)), ..CtRequest::zone(1).commit() };
+        let r = ct.track(&mut f, &offs, &key, &req, 1);
+        assert_eq!(r.state, ct_state::TRK | ct_state::NEW | ct_state::DNAT);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(fields(&f), (A, B, 1000, 8080), "not translated twice");
+        let mut reply = tcp(B, A, 8080, 1000, 0x12);
+        let s = track(&mut ct, &mut reply, false, Some(NatAction::Stored), 2);
+        assert_eq!(s.state, ct_state::TRK | ct_state::EST | ct_state::RPL | ct_state::SNAT);
+        assert_eq!(s.mark, 1, "the reply sees the mark");
+        assert_eq!(fields(&reply), (VIP, A, 80, 1000));
     }
 
     #[test]

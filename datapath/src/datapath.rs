@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::audit::{AuditBatch, AuditConfig, AuditLog};
 use crate::conntrack::{Conntrack, CtConfig};
 pub use crate::exec::OutputSink;
 use crate::exec::{self, ExecCtx, Outcome};
@@ -44,6 +45,8 @@ pub struct DatapathConfig {
     pub expire_budget: usize,
     /// Connection tracking.
     pub conntrack: CtConfig,
+    /// The audit log's rate limit (`log` actions).
+    pub audit: AuditConfig,
 }
 
 impl Default for DatapathConfig {
@@ -54,6 +57,7 @@ impl Default for DatapathConfig {
             idle_timeout_ns: 10_000_000_000,
             expire_budget: 4096,
             conntrack: CtConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -209,6 +213,7 @@ pub struct Datapath {
     conntrack: Mutex<Conntrack>,
     lbs: Mutex<HashMap<u32, LbState>>,
     counters: DatapathCounters,
+    audit: Mutex<AuditLog>,
 }
 
 impl Default for Datapath {
@@ -227,7 +232,19 @@ impl Datapath {
             conntrack: Mutex::new(Conntrack::new(config.conntrack)),
             lbs: Mutex::new(HashMap::new()),
             counters: DatapathCounters::default(),
+            audit: Mutex::new(AuditLog::new(config.audit)),
         }
+    }
+
+    /// Replaces the audit log's rate limit (what it holds is kept).
+    pub fn set_audit(&self, config: AuditConfig) {
+        self.audit.lock().set_config(config);
+    }
+
+    /// What `log` actions recorded since the last call (oldest first), and how many
+    /// packets the rate limit left out.
+    pub fn take_audit(&self) -> AuditBatch {
+        self.audit.lock().take()
     }
 
     /// The configuration.
@@ -361,6 +378,7 @@ impl Datapath {
                 in_port: p.in_port,
                 arrived_eth,
                 offload: p.offload,
+                audit: Some(&self.audit),
             };
             let mut key = FlowKey::ZERO;
             key.set(Field::InPort, p.in_port as u128);
@@ -996,12 +1014,48 @@ mod move_tests {
         let mut words = Vec::new();
         exec::encode(&t.actions, &mut words);
         let (ct, lbs) = (Mutex::new(Conntrack::new(CtConfig::default())), Mutex::new(HashMap::new()));
-        let ctx =
-            ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload: Offload::NONE };
+        let ctx = ExecCtx {
+            conntrack: &ct,
+            lbs: &lbs,
+            now: 0,
+            in_port: 1,
+            arrived_eth: [0; 12],
+            offload: Offload::NONE,
+            audit: None,
+        };
         let mut sink = CollectSink::default();
         let mut data = frame.to_vec();
         exec::execute(&words, &mut data, &mut offs, &key, 0, &mut sink, &ctx);
         sink.outputs.into_iter().map(|(_, p, f)| (p, f)).collect()
+    }
+
+    #[test]
+    fn log_records_every_packet_cached_or_not_within_the_rate() {
+        use crate::audit::AuditConfig;
+        let dp = Datapath::new(DatapathConfig {
+            audit: AuditConfig { per_second: 1000, burst: 3, capacity: 10 },
+            ..DatapathConfig::default()
+        });
+        dp.apply(&[FlowMod::AddFlow(Flow {
+            table: 0,
+            priority: 1,
+            matches: Match::ANY,
+            cookie: 0,
+            actions: vec![Action::Log(42), Action::Drop],
+        })])
+        .unwrap();
+        let frame = crate::parse::tests::ipv4_frame(crate::key::ip_proto::UDP, 0x0a00_0001, 0x0a00_0002, 5, 53, b"x");
+        let mut w = dp.worker();
+        for _ in 0..5 {
+            let mut batch = vec![Packet::new(frame.clone(), 3)];
+            dp.process_batch(&mut w, &mut batch, 1_000, &mut crate::exec::CollectSink::default());
+        }
+        assert_eq!(dp.stats().upcalls, 1, "later packets hit the caches");
+        let b = dp.take_audit();
+        assert_eq!((b.records.len(), b.suppressed), (3, 2), "burst of 3, then the rate");
+        let r = b.records[0];
+        assert_eq!((r.id, r.in_port, r.proto, r.dport), (42, 3, 17, 53));
+        assert_eq!(r.src, Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

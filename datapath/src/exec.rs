@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
+use crate::audit::AuditLog;
 use crate::conntrack::{Conntrack, CtError, CtRequest, CtResult, NatAction, NatRange};
 use crate::flow::{Responder, TunnelPort};
 use crate::geneve;
@@ -89,6 +90,8 @@ pub enum DpAction {
     TunnelOutput(Box<EncapSpec>),
     /// Answer the frame; the answer leaves through the input port.
     Respond(Responder),
+    /// Record the packet in the audit log under this id.
+    Log(u32),
     /// Load balancing through conntrack, then recirculation (`recirc` ≠ 0).
     CtLb {
         /// Zone.
@@ -111,6 +114,8 @@ pub struct EncapSpec {
     pub ingress: u16,
     /// Logical egress port key.
     pub egress: u16,
+    /// The identity option's data (0: none).
+    pub identity: u32,
     /// The tunnel port.
     pub tunnel: TunnelPort,
 }
@@ -132,6 +137,8 @@ pub struct ExecCtx<'a> {
     /// The frame's offload state (partial checksum, super-frame), resolved in software
     /// where the frame cannot keep it (into a tunnel).
     pub offload: Offload,
+    /// The audit log `log` actions record into (`None`: they record nothing).
+    pub audit: Option<&'a Mutex<AuditLog>>,
 }
 
 /// A packet that must go through the pipeline again.
@@ -164,6 +171,7 @@ const TAG_CT: u64 = 7;
 const TAG_CT_LB: u64 = 8;
 const TAG_TUNNEL: u64 = 9;
 const TAG_RESPOND: u64 = 10;
+const TAG_LOG: u64 = 11;
 
 const RESPOND_ARP: u64 = 1;
 const RESPOND_ECHO: u64 = 2;
@@ -179,9 +187,10 @@ fn encode_tunnel(e: &EncapSpec, out: &mut Vec<u64>) {
     out.push((t.port as u64) << 32 | t.icmp_src as u64);
     out.push((t.icmp_src6 >> 64) as u64);
     out.push(t.icmp_src6 as u64);
+    out.push(e.identity as u64);
 }
 
-const TUNNEL_WORDS: usize = 8;
+const TUNNEL_WORDS: usize = 9;
 
 fn decode_tunnel(w: &[u64]) -> EncapSpec {
     EncapSpec {
@@ -189,6 +198,7 @@ fn decode_tunnel(w: &[u64]) -> EncapSpec {
         dst: w[2] as u32,
         ingress: (w[1] >> 16) as u16,
         egress: w[1] as u16,
+        identity: w[8] as u32,
         tunnel: TunnelPort {
             port: (w[5] >> 32) as u32,
             local_ip: (w[2] >> 32) as u32,
@@ -347,6 +357,7 @@ pub fn encode(actions: &[DpAction], out: &mut Vec<u64>) {
             }
             DpAction::TunnelOutput(e) => encode_tunnel(e, out),
             DpAction::Respond(r) => encode_respond(r, out),
+            DpAction::Log(id) => out.push(TAG_LOG << 56 | *id as u64),
         }
     }
 }
@@ -385,6 +396,7 @@ pub fn decode(words: &[u64]) -> Vec<DpAction> {
                 out.push(DpAction::Respond(r));
                 i += used - 1;
             }
+            TAG_LOG => out.push(DpAction::Log(w as u32)),
             _ => {
                 let n = (w & 0xffff_ffff) as usize;
                 out.push(DpAction::Clone(decode(&words[i..i + n])));
@@ -445,6 +457,11 @@ fn execute_in(
                 packet::pop_vlan(frame, offs);
                 modified = true;
             }
+            TAG_LOG => {
+                if let Some(audit) = ctx.audit {
+                    audit.lock().record(w as u32, key, ctx.now);
+                }
+            }
             TAG_TUNNEL => {
                 let e = decode_tunnel(&words[i - 1..]);
                 i += TUNNEL_WORDS - 1;
@@ -477,7 +494,10 @@ fn execute_in(
                 let mut fresh = FlowKey::ZERO;
                 let k = if modified {
                     // Re-parsed after a rewrite: the frame's checksum state stays what it was.
+                    // What the last recirculating `ct` said stays the packet's.
                     let partial = offs.csum_partial;
+                    fresh.set(Field::CtZone, key.get(Field::CtZone));
+                    fresh.set(Field::CtState, key.get(Field::CtState));
                     *offs = parse_frame(frame, &mut fresh);
                     offs.csum_partial = partial;
                     &fresh
@@ -548,7 +568,8 @@ pub fn tunnel_output(
     offload: Offload,
 ) -> Result<(), DropReason> {
     let t = &e.tunnel;
-    let max_l3 = (t.mtu as usize).saturating_sub(geneve::ENCAP_OVERHEAD_V4);
+    let overhead = geneve::encap_overhead_v4(e.identity);
+    let max_l3 = (t.mtu as usize).saturating_sub(overhead);
     let offload = if offs.l4 != ABSENT && offload.csum_partial() {
         Offload { csum_start: offs.l4, ..offload }
     } else {
@@ -591,8 +612,9 @@ pub fn tunnel_output(
         vni: e.vni,
         ingress: e.ingress,
         egress: e.egress,
+        identity: e.identity,
     };
-    let mut out = Vec::with_capacity(frame.len().min(max_l3 + 14) + geneve::ENCAP_OVERHEAD_V4);
+    let mut out = Vec::with_capacity(frame.len().min(max_l3 + 14) + overhead);
     if !offload.csum_partial() && !offload.is_gso() {
         geneve::encap(frame, &params, geneve::inner_flow_entropy(frame), &mut out)
             .map_err(|_| DropReason::EncapError)?;
@@ -676,6 +698,7 @@ mod tests {
                 dst: 0xc000_020c,
                 ingress: 0x7fff,
                 egress: 0x8001,
+                identity: 0x0100_0001,
                 tunnel: TunnelPort {
                     port: 9,
                     local_ip: 0xc000_020b,
@@ -711,8 +734,15 @@ mod tests {
         let mut sink = CollectSink::default();
         let ct = Mutex::new(Conntrack::new(Default::default()));
         let lbs = Mutex::new(HashMap::new());
-        let ctx =
-            ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload: Offload::NONE };
+        let ctx = ExecCtx {
+            conntrack: &ct,
+            lbs: &lbs,
+            now: 0,
+            in_port: 1,
+            arrived_eth: [0; 12],
+            offload: Offload::NONE,
+            audit: None,
+        };
         execute(&w, &mut f, &mut o, &key, 0, &mut sink, &ctx);
         assert_eq!(sink.outputs.len(), 2);
         assert_ne!(sink.outputs[0].2, orig);
@@ -739,8 +769,15 @@ mod tests {
         let o = crate::parse::parse_frame(&f, &mut key);
         let ct = Mutex::new(Conntrack::new(Default::default()));
         let lbs = Mutex::new(HashMap::new());
-        let ctx =
-            ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload: Offload::NONE };
+        let ctx = ExecCtx {
+            conntrack: &ct,
+            lbs: &lbs,
+            now: 0,
+            in_port: 1,
+            arrived_eth: [0; 12],
+            offload: Offload::NONE,
+            audit: None,
+        };
         type Outputs = Vec<(u32, bool)>;
         let cases: Vec<(Vec<DpAction>, Outputs)> = vec![
             (vec![DpAction::Output(1), DpAction::Output(2)], vec![(1, false), (2, true)]),
@@ -791,7 +828,8 @@ mod tests {
             offs.csum_partial = csum_partial;
             let ct = Mutex::new(Conntrack::new(Default::default()));
             let lbs = Mutex::new(HashMap::new());
-            let ctx = ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload };
+            let ctx =
+                ExecCtx { conntrack: &ct, lbs: &lbs, now: 0, in_port: 1, arrived_eth: [0; 12], offload, audit: None };
             let mut sink = CollectSink::default();
             execute(&w, frame, &mut offs, &key, 0, &mut sink, &ctx);
             sink.outputs.pop().map(|o| o.2).unwrap_or_default()

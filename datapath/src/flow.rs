@@ -115,6 +115,10 @@ pub enum Action {
     /// (A packet carries no other conntrack association: each `ct` looks its connection
     /// up from the headers.)
     CtClear,
+    /// Record the packet (addresses, protocol, ports) under `id` in the datapath's audit
+    /// log, within its rate limit ([`crate::audit`]); processing goes on. Runs for every
+    /// packet, cached or not.
+    Log(u32),
     /// Load-balance through conntrack: a packet of a known connection keeps its
     /// translation; a new one is given a backend of load balancer `lb` and committed with
     /// destination NAT to it; with no backends the client gets a TCP reset or an ICMP

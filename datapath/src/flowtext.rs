@@ -889,11 +889,13 @@ const DISPLAY_ORDER: &[Field] = &[
     Field::Reg5,
     Field::Reg6,
     Field::Reg7,
+    Field::Reg8,
     Field::TunId,
     Field::TunSrc,
     Field::TunDst,
     Field::TunIngressPort,
     Field::TunEgressPort,
+    Field::TunIdentity,
     Field::CtState,
     Field::CtZone,
     Field::CtMark,
@@ -1079,6 +1081,7 @@ const ACTION_USAGE: &[(&str, &str)] = &[
     ("ct", "ct(zone=Z,commit,nat(...),exec(...),table=T)"),
     ("ct_lb", "ct_lb(lb=ID,zone=Z,table=T)"),
     ("ct_clear", "ct_clear"),
+    ("log", "log:ID"),
     ("move", "move:FIELD[A..B]->FIELD[C..D]"),
     ("arp_responder", "arp_responder(mac=MAC)"),
     ("icmp_echo_responder", "icmp_echo_responder"),
@@ -1133,6 +1136,7 @@ fn parse_action(token: &str, ctx: &str) -> Res<Action> {
             }
         }
         ("ct_clear", Arg::None) => Action::CtClear,
+        ("log", Arg::Colon(a)) => Action::Log(int(a, u32::MAX).in_field(f)?),
         ("move", Arg::Colon(a)) => parse_move(a).in_field(f)?,
         ("arp_responder", Arg::Parens(a)) => {
             let args = Args::parse(a, f, &["mac"])?;
@@ -1367,6 +1371,7 @@ fn format_action(a: &Action) -> String {
         Action::Respond(r) => format_responder(r),
         Action::Move { src, dst } => format!("move:{src}->{dst}"),
         Action::CtClear => "ct_clear".into(),
+        Action::Log(id) => format!("log:{id}"),
         Action::CtLb { lb, zone, table } => {
             let table = table.map(|t| format!(",table={t}")).unwrap_or_default();
             format!("ct_lb(lb={lb},zone={}{table})", format_zone(*zone))
@@ -1432,15 +1437,19 @@ fn format_dp_action(a: &DpAction) -> String {
             };
             format!("{}{}", format_action(&Action::Ct(Box::new(spec))), recirc(*id))
         }
-        DpAction::TunnelOutput(spec) => format!(
-            "tunnel(port={},vni={},dst={},ingress={},egress={})",
-            spec.tunnel.port,
-            spec.vni,
-            Ipv4Addr::from(spec.dst),
-            spec.ingress,
-            spec.egress
-        ),
+        DpAction::TunnelOutput(spec) => {
+            let identity = if spec.identity == 0 { String::new() } else { format!(",identity={:#x}", spec.identity) };
+            format!(
+                "tunnel(port={},vni={},dst={},ingress={},egress={}{identity})",
+                spec.tunnel.port,
+                spec.vni,
+                Ipv4Addr::from(spec.dst),
+                spec.ingress,
+                spec.egress
+            )
+        }
         DpAction::Respond(r) => format_responder(r),
+        DpAction::Log(id) => format!("log({id})"),
         DpAction::CtLb { zone, lb, recirc: id } => format!("ct_lb(lb={lb},zone={zone}){}", recirc(*id)),
     }
 }
@@ -1779,6 +1788,7 @@ mod tests {
             ("arp_responder(mac=02:00:00:00:00:01)", Action::Respond(Responder::Arp { mac: 0x0200_0000_0001 })),
             ("icmp_echo_responder", Action::Respond(Responder::IcmpEcho)),
             ("ct_clear", Action::CtClear),
+            ("log:7", Action::Log(7)),
             (
                 "move:nw_dst->eth_dst[0..31]",
                 Action::Move { src: Subfield::whole(Field::Ipv4Dst), dst: Subfield::range(Field::EthDst, 0, 31) },
@@ -2038,7 +2048,14 @@ mod tests {
             DpAction::PopVlan,
             DpAction::Clone(vec![DpAction::Output(1)]),
             DpAction::Ct { zone: 5, commit: true, nat: Some(NatAction::Stored), mark: None, label: None, recirc: 3 },
-            DpAction::TunnelOutput(Box::new(EncapSpec { vni: 7, dst: 0xc000_0202, ingress: 1, egress: 2, tunnel })),
+            DpAction::TunnelOutput(Box::new(EncapSpec {
+                vni: 7,
+                dst: 0xc000_0202,
+                ingress: 1,
+                egress: 2,
+                identity: 0,
+                tunnel,
+            })),
             DpAction::Respond(Responder::IcmpEcho),
             DpAction::CtLb { zone: 5, lb: 2, recirc: 4 },
             DpAction::Output(2),

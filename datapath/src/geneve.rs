@@ -26,6 +26,17 @@ pub const SKEIN_OPTION_CLASS: u16 = 0x0102;
 /// without knowing which port it is for.
 pub const SKEIN_OPTION_TYPE: u8 = 0x80;
 
+/// Option class of Skein's identity option: RFC 8926's range for experimental use
+/// (0xFF00–0xFFFF), since it is Skein's own, not OVN's.
+pub const IDENTITY_OPTION_CLASS: u16 = 0xff01;
+
+/// Option type of Skein's identity option. Not critical: a receiver that does not know
+/// it (one that enforces no NetworkPolicy) may ignore it.
+pub const IDENTITY_OPTION_TYPE: u8 = 0x01;
+
+/// Bytes the identity option adds when a packet carries one.
+pub const IDENTITY_OPTION_LEN: usize = 8;
+
 /// The first egress port key that names a multicast group rather than a port: keys
 /// 32768–65535 are groups, as in OVN. Decapsulation passes them through like any key;
 /// the pipeline tells them apart.
@@ -62,11 +73,19 @@ const UDP_LEN: usize = 8;
 
 const _: () = assert!(ETH_LEN + IPV4_LEN + UDP_LEN + GENEVE_HEADER_LEN == ENCAP_OVERHEAD_V4);
 
-/// Largest inner frame that fits in one outer IPv4 datagram (total length is 16 bits).
-pub const MAX_INNER_FRAME: usize = u16::MAX as usize - IPV4_LEN - UDP_LEN - GENEVE_HEADER_LEN;
+/// Bytes [`encap`] puts in front of an inner frame that carries an identity: the
+/// identity option's 8 more than [`ENCAP_OVERHEAD_V4`]. While NetworkPolicies are in use
+/// pod traffic carries one, so pod MTU ≤ underlay MTU − 66.
+pub const ENCAP_OVERHEAD_V4_IDENTITY: usize = ENCAP_OVERHEAD_V4 + IDENTITY_OPTION_LEN;
 
-/// Geneve base header, first byte: version 0, options length 2 (× 4 bytes).
-const VER_OPTLEN: u8 = (GENEVE_HEADER_LEN as u8 - 8) / 4;
+/// The encapsulation overhead of a packet with `identity` (0: none).
+pub fn encap_overhead_v4(identity: u32) -> usize {
+    if identity == 0 { ENCAP_OVERHEAD_V4 } else { ENCAP_OVERHEAD_V4_IDENTITY }
+}
+
+/// Largest inner frame that fits in one outer IPv4 datagram (total length is 16 bits);
+/// 8 bytes less with the identity option.
+pub const MAX_INNER_FRAME: usize = u16::MAX as usize - IPV4_LEN - UDP_LEN - GENEVE_HEADER_LEN;
 /// Geneve flags: O (OAM) bit.
 const FLAG_OAM: u8 = 0x80;
 /// Geneve flags: C (critical options present) bit. Skein's option is critical, so Skein
@@ -84,6 +103,8 @@ pub struct GeneveHeader {
     pub ingress: u16,
     /// Logical egress port key; 32768 and above name multicast groups.
     pub egress: u16,
+    /// The identity option's data (0: no option).
+    pub identity: u32,
 }
 
 /// Tunnel metadata of a decapsulated frame: the Geneve fields plus the outer addresses.
@@ -99,17 +120,21 @@ pub struct TunnelMeta {
     pub ingress: u16,
     /// Logical egress port key; 32768 and above name multicast groups.
     pub egress: u16,
+    /// The identity option's data (0: no option).
+    pub identity: u32,
 }
 
 impl TunnelMeta {
     /// Writes the metadata into the tunnel fields of a flow key (`tun_id`, `tun_src`,
-    /// `tun_dst`, `tun_ingress_port`, `tun_egress_port`), which the pipeline matches on.
+    /// `tun_dst`, `tun_ingress_port`, `tun_egress_port`, `tun_identity`), which the
+    /// pipeline matches on.
     pub fn write_key(&self, key: &mut FlowKey) {
         key.set(Field::TunId, self.vni as u128);
         key.set(Field::TunSrc, self.src as u128);
         key.set(Field::TunDst, self.dst as u128);
         key.set(Field::TunIngressPort, self.ingress as u128);
         key.set(Field::TunEgressPort, self.egress as u128);
+        key.set(Field::TunIdentity, self.identity as u128);
     }
 }
 
@@ -132,6 +157,8 @@ pub struct EncapParams {
     pub ingress: u16,
     /// Logical egress port key (or multicast group, from [`FIRST_MULTICAST_EGRESS`]).
     pub egress: u16,
+    /// Data of the identity option (0: the option is left out).
+    pub identity: u32,
 }
 
 /// Why a frame could not be encapsulated or decapsulated.
@@ -250,14 +277,23 @@ pub enum GeneveError {
         /// The option's data length in bytes.
         len: usize,
     },
+    /// Skein identity option has {len} data bytes, expected 4
+    #[error("Skein identity option has {len} data bytes, expected 4")]
+    BadIdentityOption {
+        /// The option's data length in bytes.
+        len: usize,
+    },
+    /// Skein identity option appears more than once
+    #[error("Skein identity option appears more than once")]
+    DuplicateIdentityOption,
     /// Skein port-key option appears more than once
     #[error("Skein port-key option appears more than once")]
     DuplicateSkeinOption,
     /// Skein port-key option (class 0x0102, type 0x80) is missing
     #[error("Skein port-key option (class 0x0102, type 0x80) is missing")]
     MissingSkeinOption,
-    /// inner frame of {len} bytes cannot be encapsulated (14 to 65491 bytes)
-    #[error("inner frame of {len} bytes cannot be encapsulated (14 to 65491 bytes)")]
+    /// inner frame of {len} bytes cannot be encapsulated (14 to 65491 bytes, 65483 with an identity)
+    #[error("inner frame of {len} bytes cannot be encapsulated (14 to 65491 bytes, 65483 with an identity)")]
     BadInnerLength {
         /// The inner frame's length.
         len: usize,
@@ -289,8 +325,9 @@ fn need(b: &[u8], len: usize, layer: &'static str) -> Result<(), GeneveError> {
 }
 
 /// Encapsulates the Ethernet frame `inner` into `out` (cleared first; its capacity is
-/// reused): outer Ethernet, IPv4, UDP to port 6081, Geneve with Skein's option, then
-/// `inner` unchanged — [`ENCAP_OVERHEAD_V4`] bytes in front of it.
+/// reused): outer Ethernet, IPv4, UDP to port 6081, Geneve with Skein's option (and the
+/// identity option if `p.identity` is not 0), then `inner` unchanged —
+/// [`encap_overhead_v4`] bytes in front of it.
 ///
 /// The outer UDP source port is `49152 + entropy % 16384`; pass
 /// [`inner_flow_entropy`] of the frame so that one inner flow keeps one outer port (and
@@ -303,7 +340,8 @@ fn need(b: &[u8], len: usize, layer: &'static str) -> Result<(), GeneveError> {
 /// Errors: an inner frame shorter than an Ethernet header or longer than
 /// [`MAX_INNER_FRAME`], a VNI over 24 bits, an ingress key over 15 bits.
 pub fn encap(inner: &[u8], p: &EncapParams, entropy: u32, out: &mut Vec<u8>) -> Result<(), GeneveError> {
-    if inner.len() < ETH_LEN || inner.len() > MAX_INNER_FRAME {
+    let room = if p.identity == 0 { MAX_INNER_FRAME } else { MAX_INNER_FRAME - IDENTITY_OPTION_LEN };
+    if inner.len() < ETH_LEN || inner.len() > room {
         return Err(GeneveError::BadInnerLength { len: inner.len() });
     }
     if p.vni > MAX_VNI {
@@ -312,13 +350,14 @@ pub fn encap(inner: &[u8], p: &EncapParams, entropy: u32, out: &mut Vec<u8>) -> 
     if p.ingress > MAX_INGRESS_KEY {
         return Err(GeneveError::IngressKeyTooWide { key: p.ingress });
     }
+    let opt_len = GENEVE_HEADER_LEN - 8 + if p.identity == 0 { 0 } else { IDENTITY_OPTION_LEN };
     out.clear();
-    out.reserve(ENCAP_OVERHEAD_V4 + inner.len());
+    out.reserve(ENCAP_OVERHEAD_V4 + IDENTITY_OPTION_LEN + inner.len());
     out.extend_from_slice(&p.outer_eth_dst);
     out.extend_from_slice(&p.outer_eth_src);
     out.extend_from_slice(&eth_type::IPV4.to_be_bytes());
     // Both lengths were bounded by the MAX_INNER_FRAME check.
-    let udp_len = (UDP_LEN + GENEVE_HEADER_LEN + inner.len()) as u16;
+    let udp_len = (UDP_LEN + 8 + opt_len + inner.len()) as u16;
     let ip = Ipv4Fields { tos: 0, id: 0, df: true, ttl: p.ttl, proto: ip_proto::UDP, src: p.src, dst: p.dst };
     push_ipv4(out, &ip, IPV4_LEN as u16 + udp_len);
     let sport = SOURCE_PORT_BASE + (entropy % 16384) as u16;
@@ -327,7 +366,7 @@ pub fn encap(inner: &[u8], p: &EncapParams, entropy: u32, out: &mut Vec<u8>) -> 
     out.extend_from_slice(&udp_len.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
     let vni = p.vni.to_be_bytes();
-    out.extend_from_slice(&[VER_OPTLEN, FLAG_CRITICAL]);
+    out.extend_from_slice(&[(opt_len / 4) as u8, FLAG_CRITICAL]);
     out.extend_from_slice(&PROTO_TYPE_ETHERNET.to_be_bytes());
     out.extend_from_slice(&[vni[1], vni[2], vni[3], 0]);
     out.extend_from_slice(&SKEIN_OPTION_CLASS.to_be_bytes());
@@ -335,6 +374,11 @@ pub fn encap(inner: &[u8], p: &EncapParams, entropy: u32, out: &mut Vec<u8>) -> 
     out.extend_from_slice(&[SKEIN_OPTION_TYPE, 1]);
     let data = ((p.ingress as u32) << 16) | p.egress as u32;
     out.extend_from_slice(&data.to_be_bytes());
+    if p.identity != 0 {
+        out.extend_from_slice(&IDENTITY_OPTION_CLASS.to_be_bytes());
+        out.extend_from_slice(&[IDENTITY_OPTION_TYPE, 1]);
+        out.extend_from_slice(&p.identity.to_be_bytes());
+    }
     out.extend_from_slice(inner);
     Ok(())
 }
@@ -439,7 +483,10 @@ pub fn decap(frame: &[u8]) -> Result<(TunnelMeta, usize), GeneveError> {
     let (h, inner) = decap_payload(&frame[payload..])?;
     let src = u32::from_be_bytes([frame[l3 + 12], frame[l3 + 13], frame[l3 + 14], frame[l3 + 15]]);
     let dst = u32::from_be_bytes([frame[l3 + 16], frame[l3 + 17], frame[l3 + 18], frame[l3 + 19]]);
-    Ok((TunnelMeta { vni: h.vni, src, dst, ingress: h.ingress, egress: h.egress }, payload + inner))
+    Ok((
+        TunnelMeta { vni: h.vni, src, dst, ingress: h.ingress, egress: h.egress, identity: h.identity },
+        payload + inner,
+    ))
 }
 
 /// Decapsulates a UDP payload as a UDP socket on port 6081 receives it. Returns the
@@ -451,7 +498,8 @@ pub fn decap(frame: &[u8]) -> Result<(TunnelMeta, usize), GeneveError> {
 /// every option must lie inside the options area; an unknown option with the critical
 /// bit is an error (the endpoint must drop the packet), an unknown non-critical one is
 /// skipped. Skein's option must appear exactly once with 4 data bytes; its top bit is
-/// reserved and ignored, as OVN ignores it.
+/// reserved and ignored, as OVN ignores it. Skein's identity option may appear once, with
+/// 4 data bytes.
 pub fn decap_payload(udp_payload: &[u8]) -> Result<(GeneveHeader, usize), GeneveError> {
     let p = udp_payload;
     need(p, 8, "Geneve header")?;
@@ -470,6 +518,7 @@ pub fn decap_payload(udp_payload: &[u8]) -> Result<(GeneveHeader, usize), Geneve
     need(p, header_len, "Geneve options")?;
     let vni = u32::from_be_bytes([0, p[4], p[5], p[6]]);
     let mut port_keys = None;
+    let mut identity = None;
     let mut at = 8;
     // Options are whole 4-byte words and so is the area: a header always fits.
     while at + 4 <= header_len {
@@ -488,6 +537,14 @@ pub fn decap_payload(udp_payload: &[u8]) -> Result<(GeneveHeader, usize), Geneve
                 return Err(GeneveError::DuplicateSkeinOption);
             }
             port_keys = Some(u32::from_be_bytes([p[data], p[data + 1], p[data + 2], p[data + 3]]));
+        } else if class == IDENTITY_OPTION_CLASS && option_type == IDENTITY_OPTION_TYPE {
+            if len != 4 {
+                return Err(GeneveError::BadIdentityOption { len });
+            }
+            if identity.is_some() {
+                return Err(GeneveError::DuplicateIdentityOption);
+            }
+            identity = Some(u32::from_be_bytes([p[data], p[data + 1], p[data + 2], p[data + 3]]));
         } else if option_type & OPTION_CRITICAL != 0 {
             return Err(GeneveError::UnknownCriticalOption { class, option_type });
         }
@@ -495,7 +552,12 @@ pub fn decap_payload(udp_payload: &[u8]) -> Result<(GeneveHeader, usize), Geneve
     }
     let keys = port_keys.ok_or(GeneveError::MissingSkeinOption)?;
     need(p, header_len + ETH_LEN, "inner Ethernet header")?;
-    let h = GeneveHeader { vni, ingress: (keys >> 16) as u16 & MAX_INGRESS_KEY, egress: keys as u16 };
+    let h = GeneveHeader {
+        vni,
+        ingress: (keys >> 16) as u16 & MAX_INGRESS_KEY,
+        egress: keys as u16,
+        identity: identity.unwrap_or(0),
+    };
     Ok((h, header_len))
 }
 
@@ -545,6 +607,7 @@ mod tests {
         vni: 0x00ab_cdef,
         ingress: 0x1234,
         egress: 0x8765,
+        identity: 0,
     };
 
     fn inner_tcp() -> Vec<u8> {
@@ -625,13 +688,45 @@ mod tests {
                     src: PARAMS.src,
                     dst: PARAMS.dst,
                     ingress: PARAMS.ingress,
-                    egress: PARAMS.egress
+                    egress: PARAMS.egress,
+                    identity: 0,
                 }
             );
             let (h, inner_off) = decap_payload(&f[42..]).expect("decap_payload");
             assert_eq!(inner_off, GENEVE_HEADER_LEN);
-            assert_eq!(h, GeneveHeader { vni: PARAMS.vni, ingress: PARAMS.ingress, egress: PARAMS.egress });
+            assert_eq!(
+                h,
+                GeneveHeader { vni: PARAMS.vni, ingress: PARAMS.ingress, egress: PARAMS.egress, identity: 0 }
+            );
         }
+    }
+
+    #[test]
+    fn the_identity_option_follows_the_port_keys_and_round_trips() {
+        let inner = inner_tcp();
+        let p = EncapParams { identity: 0x0100_5007, ..PARAMS };
+        let mut f = Vec::new();
+        encap(&inner, &p, 0, &mut f).unwrap();
+        assert_eq!(f.len(), inner.len() + ENCAP_OVERHEAD_V4_IDENTITY);
+        assert_eq!(f[42] & 0x3f, 4, "options: 4 words");
+        assert_eq!(&f[58..66], &[0xff, 0x01, 0x01, 0x01, 0x01, 0x00, 0x50, 0x07]);
+        assert!(checksums_valid(&f));
+        let (m, off) = decap(&f).unwrap();
+        assert_eq!((m.identity, off), (0x0100_5007, ENCAP_OVERHEAD_V4_IDENTITY));
+        assert_eq!(&f[off..], &inner[..]);
+        // Twice, or with the wrong length: refused.
+        let opts = |o: &[u8]| {
+            let mut g = f[..50].to_vec();
+            g[42] = (g[42] & 0xc0) | ((8 + o.len()) / 4) as u8;
+            g.extend_from_slice(&f[50..58]);
+            g.extend_from_slice(o);
+            g.extend_from_slice(&inner);
+            g
+        };
+        let twice = opts(&[0xff, 1, 1, 1, 0, 0, 0, 1, 0xff, 1, 1, 1, 0, 0, 0, 2]);
+        assert_eq!(decap_payload(&twice[42..]), Err(GeneveError::DuplicateIdentityOption));
+        let long = opts(&[0xff, 1, 1, 2, 0, 0, 0, 1, 0, 0, 0, 2]);
+        assert_eq!(decap_payload(&long[42..]), Err(GeneveError::BadIdentityOption { len: 8 }));
     }
 
     #[test]
@@ -689,7 +784,7 @@ mod tests {
 
     #[test]
     fn tunnel_meta_fills_the_key() {
-        let m = TunnelMeta { vni: 5, src: 6, dst: 7, ingress: 8, egress: 40000 };
+        let m = TunnelMeta { vni: 5, src: 6, dst: 7, ingress: 8, egress: 40000, identity: 9 };
         let mut k = FlowKey::ZERO;
         m.write_key(&mut k);
         assert_eq!(k.get(Field::TunId), 5);
@@ -697,6 +792,7 @@ mod tests {
         assert_eq!(k.get(Field::TunDst), 7);
         assert_eq!(k.get(Field::TunIngressPort), 8);
         assert_eq!(k.get(Field::TunEgressPort), 40000);
+        assert_eq!(k.get(Field::TunIdentity), 9);
     }
 
     #[test]

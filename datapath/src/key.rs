@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// Number of 64-bit words in a [`FlowKey`].
-pub const KEY_WORDS: usize = 23;
+pub const KEY_WORDS: usize = 24;
 
 /// `vlan_tci` bit that says a tag is present (the 802.1Q CFI/DEI bit, as Open vSwitch
 /// uses it): a VID of 0 with this bit set is a priority tag, without it no tag at all.
@@ -40,7 +40,7 @@ pub mod ct_state {
     pub const DNAT: u8 = 0x80;
 }
 
-/// A parsed packet's header fields plus pipeline metadata, as 23 little-endian-agnostic
+/// A parsed packet's header fields plus pipeline metadata, as 24 little-endian-agnostic
 /// 64-bit words. All values are host-order integers (an IPv4 address `10.0.0.1` is
 /// `0x0a000001`), so masks and prefixes read naturally.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -292,6 +292,11 @@ fields! {
     Ipv6Src = "ipv6_src", 19, 0, 128, true;
     /// IPv6 destination.
     Ipv6Dst = "ipv6_dst", 21, 0, 128, true;
+    /// Geneve identity option: the sender's security identity and bits that travel with
+    /// it (32 bits; 0 = no option).
+    TunIdentity = "tun_identity", 23, 0, 32, true;
+    /// Register 8.
+    Reg8 = "reg8", 23, 32, 32, true;
 }
 
 impl Field {
@@ -311,11 +316,21 @@ impl Field {
         Field::ALL.iter().copied().find(|f| f.name() == name)
     }
 
-    /// Register `n` (0..8).
+    /// Register `n` (0..9).
     pub fn reg(n: usize) -> Option<Field> {
-        [Field::Reg0, Field::Reg1, Field::Reg2, Field::Reg3, Field::Reg4, Field::Reg5, Field::Reg6, Field::Reg7]
-            .get(n)
-            .copied()
+        [
+            Field::Reg0,
+            Field::Reg1,
+            Field::Reg2,
+            Field::Reg3,
+            Field::Reg4,
+            Field::Reg5,
+            Field::Reg6,
+            Field::Reg7,
+            Field::Reg8,
+        ]
+        .get(n)
+        .copied()
     }
 }
 

@@ -11,6 +11,7 @@
 // Only the port I/O system-call module (`io::sys`) may use `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod benchkit;
 pub mod classifier;
 pub mod conntrack;

@@ -315,23 +315,27 @@ pub fn select_bucket(group: &Group, fields: &[Field], key: &FlowKey) -> Option<u
 pub struct RecircState {
     /// Table to resume in.
     pub table: u8,
-    /// Key words 1..=7 and the tunnel half of word 8.
-    pub frozen: [u64; 8],
+    /// Key words 1..=7, the tunnel half of word 8 and word 23 (`tun_identity`, `reg8`).
+    pub frozen: [u64; 9],
 }
 
 const FROZEN_W8_MASK: u64 = 0xffff_ffff;
+/// The key word holding `tun_identity` and `reg8`.
+const FROZEN_W23: usize = 23;
 
 impl RecircState {
     fn freeze(table: u8, key: &FlowKey) -> Self {
-        let mut frozen = [0u64; 8];
+        let mut frozen = [0u64; 9];
         frozen[..7].copy_from_slice(&key.w[1..8]);
         frozen[7] = key.w[8] & FROZEN_W8_MASK;
+        frozen[8] = key.w[FROZEN_W23];
         RecircState { table, frozen }
     }
 
     fn thaw(&self, key: &mut FlowKey) {
         key.w[1..8].copy_from_slice(&self.frozen[..7]);
         key.w[8] = (key.w[8] & !FROZEN_W8_MASK) | self.frozen[7];
+        key.w[FROZEN_W23] = self.frozen[8];
     }
 }
 
@@ -681,6 +685,7 @@ impl<'a> Xlate<'a> {
                     self.wc.w[w] = u64::MAX;
                 }
                 self.wc.w[8] |= FROZEN_W8_MASK;
+                self.wc.w[FROZEN_W23] = u64::MAX;
                 self.p.recirc_id(RecircState::freeze(t, &self.key))
             }
             None => 0,
@@ -759,7 +764,13 @@ impl<'a> Xlate<'a> {
                     self.commit();
                     match self.p.tunnels.get(port) {
                         Some(t) => {
-                            for f in [Field::TunId, Field::TunDst, Field::TunIngressPort, Field::TunEgressPort] {
+                            for f in [
+                                Field::TunId,
+                                Field::TunDst,
+                                Field::TunIngressPort,
+                                Field::TunEgressPort,
+                                Field::TunIdentity,
+                            ] {
                                 self.wc.unwildcard(f);
                             }
                             self.out.push(DpAction::TunnelOutput(Box::new(crate::exec::EncapSpec {
@@ -767,6 +778,7 @@ impl<'a> Xlate<'a> {
                                 dst: self.key.get(Field::TunDst) as u32,
                                 ingress: self.key.get(Field::TunIngressPort) as u16,
                                 egress: self.key.get(Field::TunEgressPort) as u16,
+                                identity: self.key.get(Field::TunIdentity) as u32,
                                 tunnel: *t,
                             })));
                         }
@@ -780,6 +792,7 @@ impl<'a> Xlate<'a> {
                     self.outputs += 1;
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
+                Action::Log(id) => self.out.push(DpAction::Log(*id)),
                 Action::SetField { field, value, mask } => self.write(*field, *value, *mask),
                 Action::Move { src, dst } => {
                     // The result depends on the source bits the packet brought in (bits

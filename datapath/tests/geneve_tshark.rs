@@ -63,6 +63,10 @@ struct Case {
 }
 
 fn params(src: [u8; 4], dst: [u8; 4], vni: u32, ingress: u16, egress: u16) -> EncapParams {
+    with_identity(src, dst, vni, ingress, egress, 0)
+}
+
+fn with_identity(src: [u8; 4], dst: [u8; 4], vni: u32, ingress: u16, egress: u16, identity: u32) -> EncapParams {
     EncapParams {
         outer_eth_src: [0x02, 0x42, src[0], src[1], src[2], src[3]],
         outer_eth_dst: [0x02, 0x42, dst[0], dst[1], dst[2], dst[3]],
@@ -72,6 +76,7 @@ fn params(src: [u8; 4], dst: [u8; 4], vni: u32, ingress: u16, egress: u16) -> En
         vni,
         ingress,
         egress,
+        identity,
     }
 }
 
@@ -92,6 +97,11 @@ fn cases() -> Vec<Case> {
         Case {
             inner: inner_ipv4(ip_proto::UDP, [10, 244, 1, 5], [239, 1, 2, 3], &udp(1000, 2000, b"to a group")),
             params: params([192, 0, 2, 11], [192, 0, 2, 12], 4242, 0x1234, 40000),
+        },
+        // A pod's packet while NetworkPolicies are in use: its identity rides along.
+        Case {
+            inner: inner_ipv4(ip_proto::TCP, [10, 244, 2, 9], [10, 244, 1, 5], &tcp_syn(8080, 43210)),
+            params: with_identity([192, 0, 2, 12], [192, 0, 2, 11], 1, 3, 2, 0x0100_5007),
         },
     ]
 }
@@ -155,7 +165,15 @@ fn tshark_decodes_skein_geneve_as_encoded() {
         let (meta, off) = geneve::decap(f).expect("decap");
         assert_eq!(&f[off..], &c.inner[..], "inner frame byte for byte");
         let p = &c.params;
-        assert_eq!(meta, TunnelMeta { vni: p.vni, src: p.src, dst: p.dst, ingress: p.ingress, egress: p.egress });
+        let want = TunnelMeta {
+            vni: p.vni,
+            src: p.src,
+            dst: p.dst,
+            ingress: p.ingress,
+            egress: p.egress,
+            identity: p.identity,
+        };
+        assert_eq!(meta, want);
     }
 
     let pcap = TempPcap::new();
@@ -203,13 +221,22 @@ fn tshark_decodes_skein_geneve_as_encoded() {
         assert_eq!(got("geneve.flags.critical"), "1", "{ctx}");
         assert_eq!(got("geneve.proto_type"), "0x6558", "{ctx}");
         assert_eq!(got("geneve.vni"), format!("{:#08x}", p.vni), "{ctx}");
-        assert_eq!(got("geneve.option.class"), "0x0102", "{ctx}");
-        assert_eq!(got("geneve.option.type"), "0x80", "{ctx}");
-        assert_eq!(got("geneve.option.type.critical"), "1", "{ctx}");
-        // Wireshark uses this field twice, both in bytes: the base header's options
-        // length (2 words), then the option's own length (4 of header, 4 of data).
-        assert_eq!(got("geneve.option.length"), "8,8", "{ctx}");
-        assert_eq!(got("geneve.option.unknown.data"), format!("{data:08x}"), "{ctx}");
+        if p.identity == 0 {
+            assert_eq!(got("geneve.option.class"), "0x0102", "{ctx}");
+            assert_eq!(got("geneve.option.type"), "0x80", "{ctx}");
+            assert_eq!(got("geneve.option.type.critical"), "1", "{ctx}");
+            // Wireshark uses this field twice, both in bytes: the base header's options
+            // length (2 words), then the option's own length (4 of header, 4 of data).
+            assert_eq!(got("geneve.option.length"), "8,8", "{ctx}");
+            assert_eq!(got("geneve.option.unknown.data"), format!("{data:08x}"), "{ctx}");
+        } else {
+            // The identity option follows, in the experimental class, not critical.
+            assert_eq!(got("geneve.option.class"), "0x0102,0xff01", "{ctx}");
+            assert_eq!(got("geneve.option.type"), "0x80,0x01", "{ctx}");
+            assert_eq!(got("geneve.option.type.critical"), "1,0", "{ctx}");
+            assert_eq!(got("geneve.option.length"), "16,8,8", "{ctx}");
+            assert_eq!(got("geneve.option.unknown.data"), format!("{data:08x},{:08x}", p.identity), "{ctx}");
+        }
         // UDP fields list the outer header first, then the inner UDP header if any.
         let list = |name: &str| got(name).split(',').map(str::to_owned).collect::<Vec<_>>();
         let (sports, dports) = (list("udp.srcport"), list("udp.dstport"));
@@ -239,6 +266,6 @@ fn tshark_decodes_skein_geneve_as_encoded() {
         assert_eq!(got("ip.checksum.status"), "1,1", "outer and inner IPv4 checksums verified good: {ctx}");
         let mac = p.outer_eth_src.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         assert!(got("eth.src").starts_with(&mac), "{ctx}");
-        assert_eq!(f.len(), c.inner.len() + geneve::ENCAP_OVERHEAD_V4);
+        assert_eq!(f.len(), c.inner.len() + geneve::encap_overhead_v4(p.identity));
     }
 }

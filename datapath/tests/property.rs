@@ -75,6 +75,8 @@ fn match_strategy() -> impl Strategy<Value = Match> {
         .prop_map(|(v, m)| (Field::CtState, v, m)),
         (0u128..2).prop_map(|v| (Field::CtMark, v, 1)),
         (0u128..3).prop_map(|v| (Field::CtZone, v, u128::MAX)),
+        (0u128..2).prop_map(|v| (Field::Reg8, v, u128::MAX)),
+        prop_oneof![Just(0u128), Just(0x0100_1002)].prop_map(|v| (Field::TunIdentity, v, u128::MAX)),
     ];
     prop::collection::vec(clause, 0..4)
         .prop_map(|cs| cs.into_iter().fold(Match::ANY, |m, (f, v, mask)| m.with_masked(f, v, mask)))
@@ -103,6 +105,8 @@ fn set_field_strategy() -> impl Strategy<Value = Action> {
         (1u128..3).prop_map(|v| (Field::TunId, v, u128::MAX)),
         (0u128..2).prop_map(|v| (Field::TunDst, 0xc000_0210 + v, u128::MAX)),
         (0u128..3).prop_map(|v| (Field::TunEgressPort, v * 20000, u128::MAX)),
+        (0u128..2).prop_map(|v| (Field::Reg8, v, u128::MAX)),
+        prop_oneof![Just(0u128), Just(0x0100_1002)].prop_map(|v| (Field::TunIdentity, v, u128::MAX)),
     ]
     .prop_map(|(field, value, mask)| Action::SetField { field, value, mask })
 }
@@ -161,6 +165,7 @@ fn action_strategy(table: u8, in_bucket: bool) -> BoxedStrategy<Vec<Action>> {
         3 => (0..TABLES).prop_map(Action::Resubmit),
         2 => (1u32..4).prop_map(Action::Group),
         1 => Just(Action::Drop),
+        1 => (0u32..3).prop_map(Action::Log),
     ];
     let body = prop::collection::vec(a, 0..5);
     if in_bucket {
@@ -270,12 +275,8 @@ fn frame_strategy() -> impl Strategy<Value = (FrameSpec, u32, Option<TunnelMeta>
         1u32..4,
         prop::option::weighted(
             0.2,
-            (1u32..3, 0u16..3).prop_map(|(vni, ing)| TunnelMeta {
-                vni,
-                src: 0xc000_0210,
-                dst: 0xc000_020b,
-                ingress: ing,
-                egress: 1,
+            (1u32..3, 0u16..3, prop_oneof![Just(0u32), Just(0x0100_1002)]).prop_map(|(vni, ing, identity)| {
+                TunnelMeta { vni, src: 0xc000_0210, dst: 0xc000_020b, ingress: ing, egress: 1, identity }
             }),
         ),
     )
@@ -305,6 +306,7 @@ fn config_strategy() -> impl Strategy<Value = DatapathConfig> {
             idle_timeout_ns: 50,
             expire_budget: 2,
             conntrack: ct_config(max_megaflows),
+            audit: Default::default(),
         },
     )
 }

@@ -379,7 +379,10 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
             for rule in o.value["rules"].as_array().into_iter().flatten() {
                 let text = rule.to_string();
                 assert!(!text.contains("\"*\""), "{who}: {} {} has a wildcard: {text}", o.kind(), o.name());
-                assert!(!text.contains("secrets"), "{who}: {} {} reads secrets", o.kind(), o.name());
+                // Only the master's own Role touches Secrets: its key Secret (create, and get
+                // by name); checked exactly below.
+                let masters_role = o.kind() == "Role" && o.label("app.kubernetes.io/component") == Some("master");
+                assert!(masters_role || !text.contains("secrets"), "{who}: {} {} reads secrets", o.kind(), o.name());
             }
         }
         let master_cr: ClusterRole = render.component("ClusterRole", "master");
@@ -404,6 +407,7 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
                 "networking.k8s.io/networkpolicies/watch",
                 "events.k8s.io/events/create",
                 "events.k8s.io/events/patch",
+                "authentication.k8s.io/tokenreviews/create",
             ]),
             "{who}: master ClusterRole"
         );
@@ -418,6 +422,11 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
                 "coordination.k8s.io/leases/create",
                 &format!("coordination.k8s.io/leases/get/{lease}"),
                 &format!("coordination.k8s.io/leases/update/{lease}"),
+                "/secrets/create",
+                "/secrets/get/skein-master-keys",
+                "/configmaps/create",
+                "/configmaps/get/skein-southbound-ca",
+                "/configmaps/update/skein-southbound-ca",
             ]),
             "{who}: master Role (leader election on Lease {lease})"
         );
@@ -430,7 +439,7 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
         let agent_role: Role = render.component("Role", "agent");
         assert_eq!(
             grants(&agent_role.rules.unwrap_or_default()),
-            set(&["discovery.k8s.io/endpointslices/list"]),
+            set(&["discovery.k8s.io/endpointslices/list", "/configmaps/get/skein-southbound-ca"]),
             "{who}: agent Role"
         );
         // Each binding gives its role to the service account the workload runs as.
@@ -469,7 +478,11 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
 fn the_own_node_policy_names_the_agents_service_account() {
     let mut checked = 0;
     for render in renders() {
-        let Some(policy) = render.of_kind("ValidatingAdmissionPolicy").into_iter().next() else { continue };
+        let Some(policy) =
+            render.of_kind("ValidatingAdmissionPolicy").into_iter().find(|p| p.name().ends_with("-own-node"))
+        else {
+            continue;
+        };
         let (_, spec) = agent(&render);
         let user = format!(
             "system:serviceaccount:{}:{}",
@@ -687,5 +700,61 @@ fn the_examples_fit_skeins_defaults() {
             let target = p["targetPort"].as_str().unwrap_or_default();
             assert!(ports.contains(&target), "Service {}: targetPort {target} is a named port of the pods", s.name());
         }
+    }
+}
+
+#[test]
+fn agents_prove_their_node_with_a_projected_token_and_only_the_master_writes_pod_annotations() {
+    for render in renders() {
+        let who = format!("render {}", render.name);
+        let (_, spec) = agent(&render);
+        let flags = Flags::of(container(&spec, "agent"));
+        let token_file = flags.value("--token-file").unwrap_or_else(|| panic!("{who}: the agent has no --token-file"));
+        let (dir, file) = token_file.rsplit_once('/').expect("a path");
+        let mount = container(&spec, "agent")
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == dir)
+            .unwrap_or_else(|| panic!("{who}: nothing is mounted at {dir}"));
+        let volume = spec.volumes.iter().flatten().find(|v| v.name == mount.name).expect("the mounted volume");
+        let source = volume
+            .projected
+            .as_ref()
+            .and_then(|p| p.sources.iter().flatten().find_map(|s| s.service_account_token.clone()))
+            .unwrap_or_else(|| panic!("{who}: {} is not a projected ServiceAccount token", volume.name));
+        assert_eq!(source.audience.as_deref(), Some("skein.dev/southbound"), "{who}");
+        assert_eq!(source.path, file, "{who}");
+        assert!(source.expiration_seconds.is_some_and(|s| (600..=86_400).contains(&s)), "{who}");
+        let (_, master_spec) = master(&render);
+        let master_flags = Flags::of(container(&master_spec, "master"));
+        let agent_account = format!("{}/{}", render.namespace(), spec.service_account_name.clone().unwrap_or_default());
+        assert_eq!(master_flags.value("--agent-service-account"), Some(agent_account.as_str()), "{who}");
+        assert_eq!(
+            flags.value("--master-ca-configmap"),
+            Some(format!("{}/skein-southbound-ca", render.namespace()).as_str()),
+            "{who}"
+        );
+
+        let policy = render
+            .of_kind("ValidatingAdmissionPolicy")
+            .into_iter()
+            .find(|p| p.name().ends_with("-pod-annotations"))
+            .unwrap_or_else(|| panic!("{who}: no pod annotation policy"));
+        let master_user = format!(
+            "system:serviceaccount:{}:{}",
+            render.namespace(),
+            master_spec.service_account_name.as_deref().unwrap_or_default()
+        );
+        let condition = policy.value["spec"]["matchConditions"][0]["expression"].as_str().unwrap_or_default();
+        assert!(condition.contains(&format!("!= '{master_user}'")), "{who}: {condition}");
+        assert!(
+            render
+                .of_kind("ValidatingAdmissionPolicyBinding")
+                .iter()
+                .any(|b| b.value["spec"]["policyName"] == policy.name()
+                    && b.value["spec"]["validationActions"] == serde_json::json!(["Deny"])),
+            "{who}: the pod annotation policy must be bound with Deny"
+        );
     }
 }

@@ -21,12 +21,22 @@ pub struct Fault {
     namespace: Option<String>,
     name: Option<String>,
     path_prefix: Option<String>,
+    delay: Option<std::time::Duration>,
 }
 
 impl Fault {
     /// Fails the next matching request with HTTP `code` (500, 409, 429, 503, 410, ...).
     pub fn new(code: u16) -> Self {
-        Fault { code, remaining: 1, verb: None, kind: None, namespace: None, name: None, path_prefix: None }
+        Fault {
+            code,
+            remaining: 1,
+            verb: None,
+            kind: None,
+            namespace: None,
+            name: None,
+            path_prefix: None,
+            delay: None,
+        }
     }
 
     /// Fails this many matching requests instead of one.
@@ -65,6 +75,13 @@ impl Fault {
         self
     }
 
+    /// Holds each matching request this long before answering it (with the error): a
+    /// request that hangs, as to an API server that stopped answering.
+    pub fn delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
     /// How many more requests this fault will fail.
     pub fn remaining(&self) -> usize {
         self.remaining
@@ -89,14 +106,19 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) path: &'a str,
 }
 
-/// Takes one use of the first matching fault and returns the error to answer with.
-pub(crate) fn take_fault(faults: &mut Vec<Fault>, request: &RequestInfo<'_>) -> Option<ApiError> {
+/// Takes one use of the first matching fault and returns the error to answer with, and how
+/// long to hold the request first.
+pub(crate) fn take_fault(
+    faults: &mut Vec<Fault>,
+    request: &RequestInfo<'_>,
+) -> Option<(ApiError, Option<std::time::Duration>)> {
     let index = faults.iter().position(|f| f.matches(request))?;
     let fault = &mut faults[index];
     fault.remaining -= 1;
     let error = ApiError::injected(fault.code);
+    let delay = fault.delay;
     if fault.remaining == 0 {
         faults.remove(index);
     }
-    Some(error)
+    Some((error, delay))
 }

@@ -1,10 +1,11 @@
 //! Skein's in-process Kubernetes API endpoint: a test harness, never part of an install.
 //!
 //! [`FakeApiServer`] serves, over plain HTTP/1.1 on a local TCP port, the calls kube-rs makes
-//! for Nodes, Namespaces, Pods, Services, Events, EndpointSlices, NetworkPolicies, Leases and
-//! Deployments: list and watch (resourceVersion, bookmarks, 410 Expired on compacted history),
-//! get, create, update, patch (merge, strategic subset, JSON patch, apply) and delete, with
-//! label and field selectors. The master's and agent's tests and `skein-lab` point real kube-rs
+//! for Nodes, Namespaces, Pods, Services, Events, EndpointSlices, NetworkPolicies, Leases,
+//! Deployments, ServiceAccounts (with TokenRequest), Secrets and ConfigMaps, and TokenReviews
+//! for the tokens it issued: list and watch (resourceVersion, bookmarks, 410 Expired on
+//! compacted history), get, create, update, patch (merge, strategic subset, JSON patch, apply)
+//! and delete, with label and field selectors. The master's and agent's tests and `skein-lab` point real kube-rs
 //! clients at it, so every test drives the real client code path. For kubectl it also serves
 //! OpenAPI v3, server-side field validation (`fieldValidation`) and server-side Tables. See
 //! `docs/kube-fake.md`.
@@ -33,6 +34,7 @@ mod selector;
 mod server;
 mod store;
 mod table;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +54,9 @@ pub use resource::{Kind, Verb};
 pub use schema::{FieldValidation, validate_fields};
 pub use store::{Store, StoreOptions};
 pub use table::table_cells;
+pub use tokens::{
+    DEFAULT_AUDIENCE, EXTRA_CREDENTIAL_ID, EXTRA_NODE_NAME, EXTRA_NODE_UID, EXTRA_POD_NAME, EXTRA_POD_UID,
+};
 
 /// How to start a [`FakeApiServer`].
 #[derive(Clone, Debug)]

@@ -43,6 +43,11 @@ pub(crate) fn now_rfc3339() -> String {
     format_time(SystemTime::now(), false)
 }
 
+/// `time` as `2006-01-02T15:04:05Z`.
+pub(crate) fn format_rfc3339(time: SystemTime) -> String {
+    format_time(time, false)
+}
+
 fn format_time(time: SystemTime, micros: bool) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();

@@ -37,6 +37,12 @@ pub enum Kind {
     Deployment,
     /// `batch/v1` Job (namespaced, `/status` subresource).
     Job,
+    /// `v1` ServiceAccount (namespaced, `/token` subresource: TokenRequest).
+    ServiceAccount,
+    /// `v1` Secret (namespaced).
+    Secret,
+    /// `v1` ConfigMap (namespaced).
+    ConfigMap,
 }
 
 /// How strategic merge patch treats a list field.
@@ -358,6 +364,75 @@ static LEASE: KindSpec = KindSpec {
     validate: None,
 };
 
+static SERVICE_ACCOUNT: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    short_names: &["sa"],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[("secrets", ListStrategy::MergeByKey("name"))],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::ServiceAccount>,
+    definition: "io.k8s.api.core.v1.ServiceAccount",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static SECRET: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    short_names: &[],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &["type"],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::Secret>,
+    definition: "io.k8s.api.core.v1.Secret",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static CONFIG_MAP: KindSpec = KindSpec {
+    group: "",
+    version: "v1",
+    api_version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    singular: "configmap",
+    short_names: &["cm"],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::core::v1::ConfigMap>,
+    definition: "io.k8s.api.core.v1.ConfigMap",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
 static DEPLOYMENT: KindSpec = KindSpec {
     group: "apps",
     version: "v1",
@@ -429,7 +504,7 @@ const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -441,6 +516,9 @@ impl Kind {
         Kind::Lease,
         Kind::Deployment,
         Kind::Job,
+        Kind::ServiceAccount,
+        Kind::Secret,
+        Kind::ConfigMap,
     ];
 
     /// This kind's row of the table.
@@ -457,6 +535,9 @@ impl Kind {
             Kind::Lease => &LEASE,
             Kind::Deployment => &DEPLOYMENT,
             Kind::Job => &JOB,
+            Kind::ServiceAccount => &SERVICE_ACCOUNT,
+            Kind::Secret => &SECRET,
+            Kind::ConfigMap => &CONFIG_MAP,
         }
     }
 

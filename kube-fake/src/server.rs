@@ -190,6 +190,8 @@ enum Route {
     Group(&'static str),
     Resources(&'static str, &'static str),
     Object(Target),
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews` (create-only, nothing stored).
+    TokenReview,
 }
 
 struct Target {
@@ -220,6 +222,7 @@ fn route(path: &str) -> Option<Route> {
         ["api"] => Some(Route::CoreVersions),
         ["api", "v1"] => Some(Route::Resources("", "v1")),
         ["apis"] => Some(Route::Groups),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Some(Route::TokenReview),
         ["apis", group] => served_group(group).map(Route::Group),
         ["apis", group, version] => served_group_version(group, version).map(|(g, v)| Route::Resources(g, v)),
         ["api", "v1", rest @ ..] => resource_route("", "v1", rest),
@@ -375,11 +378,27 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
             json_response(200, &body)
         }
         Route::Resources(group, version) => json_response(200, &resource_list(group, version)),
+        Route::TokenReview => match token_review(request, context).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        },
         Route::Object(target) => match handle_object(request, context, target, &path).await {
             Ok(response) => response,
             Err(error) => error_response(&error),
         },
     }
+}
+
+async fn token_review(request: Request<Incoming>, context: &ServerContext) -> Result<Response<Body>, ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} is not supported on tokenreviews: only create",
+            request.method()
+        )));
+    }
+    let body = read_body(request).await?;
+    let review = parse_json(&body, "TokenReview")?;
+    Ok(json_response(201, &context.store.review_token(&review)?))
 }
 
 /// The named groups served, in discovery order.
@@ -621,6 +640,7 @@ async fn handle_object(
             WriteMode::Main
         }
         Some("binding") if kind == Kind::Pod && method == Method::POST => WriteMode::Main,
+        Some("token") if kind == Kind::ServiceAccount && method == Method::POST => WriteMode::Main,
         Some(other) => {
             return Err(ApiError::new(
                 404,
@@ -641,7 +661,10 @@ async fn handle_object(
         _ => return Err(ApiError::method_not_allowed(format!("method {method} is not supported on {path}"))),
     };
     let info = RequestInfo { verb, kind, namespace, name, path };
-    if let Some(error) = context.store.admit(&info) {
+    if let Some((error, delay)) = context.store.admit(&info) {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         return Err(error);
     }
     let presentation = match negotiate(&request) {
@@ -732,6 +755,12 @@ async fn handle_object(
                     201,
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 ));
+            }
+            if target.subresource.as_deref() == Some("token") {
+                let request = parse_json(&body, "TokenRequest")?;
+                let issued =
+                    context.store.request_token(namespace.unwrap_or("default"), name.unwrap_or(""), &request)?;
+                return Ok(json_response(201, &issued));
             }
             if name.is_some() {
                 return Err(ApiError::method_not_allowed(format!("POST is not supported on {path}")));

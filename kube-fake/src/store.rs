@@ -17,6 +17,7 @@ use crate::patch::{self, PatchError};
 use crate::resource::{Kind, Verb};
 use crate::schema::{self, Duplicates, FieldValidation, ParsedBody, Schema};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::tokens;
 
 /// (namespace — empty for cluster-scoped kinds —, name).
 pub(crate) type Key = (String, String);
@@ -83,6 +84,8 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     changes: broadcast::Sender<Arc<Change>>,
+    /// Issued ServiceAccount tokens, by token.
+    tokens: Mutex<std::collections::HashMap<String, tokens::IssuedToken>>,
 }
 
 /// The fake API server's objects, history, injected faults and request counters. Cheap to
@@ -515,6 +518,7 @@ impl Store {
                     options,
                 }),
                 changes,
+                tokens: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         if seed {
@@ -668,7 +672,7 @@ impl Store {
     // ---- what the HTTP layer calls ----
 
     /// Counts a request and returns the injected failure to answer with, if any.
-    pub(crate) fn admit(&self, request: &RequestInfo<'_>) -> Option<ApiError> {
+    pub(crate) fn admit(&self, request: &RequestInfo<'_>) -> Option<(ApiError, Option<std::time::Duration>)> {
         let mut state = self.inner.state.lock();
         *state.counts.entry((request.verb, request.kind)).or_insert(0) += 1;
         take_fault(&mut state.faults, request)
@@ -1171,6 +1175,132 @@ impl Store {
     }
 
     /// `POST pods/{name}/binding`: sets `spec.nodeName` once.
+    /// TokenRequest: issues a token for service account `namespace/name` as the API server
+    /// does (`spec.audiences`, `spec.expirationSeconds` ≥ 600, `spec.boundObjectRef` to a Pod,
+    /// Node or Secret that must exist, with the UID if one is given) and answers the
+    /// TokenRequest with `status.token`. The token is valid for [`Store::review_token`] until it
+    /// expires or the service account or bound object is deleted or replaced.
+    pub fn request_token(&self, namespace: &str, name: &str, request: &Value) -> Result<Value, ApiError> {
+        let spec = tokens::parse_request(name, request)?;
+        let account = self
+            .get(Kind::ServiceAccount, Some(namespace), name)
+            .ok_or_else(|| ApiError::not_found(Kind::ServiceAccount, name))?;
+        let uid_of = |object: &Value| object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_owned();
+        let bound = match &spec.bound {
+            None => None,
+            Some((kind, object_name, want_uid)) => {
+                let object_namespace = kind.namespaced().then_some(namespace);
+                let object = self
+                    .get(*kind, object_namespace, object_name)
+                    .ok_or_else(|| ApiError::not_found(*kind, object_name))?;
+                let uid = uid_of(&object);
+                if let Some(want) = want_uid
+                    && *want != uid
+                {
+                    return Err(ApiError::conflict(
+                        *kind,
+                        object_name,
+                        &format!(
+                            "the UID in the bound object reference ({want}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
+                        ),
+                    ));
+                }
+                let node = match kind {
+                    Kind::Pod => object
+                        .pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .and_then(|n| self.get(Kind::Node, None, n).map(|node| (n.to_owned(), uid_of(&node)))),
+                    _ => None,
+                };
+                Some(tokens::BoundObject { kind: *kind, name: object_name.clone(), uid, node })
+            }
+        };
+        let (token, id) = tokens::new_token();
+        let expires = std::time::SystemTime::now() + spec.expiration;
+        let issued = tokens::IssuedToken {
+            id,
+            namespace: namespace.to_owned(),
+            service_account: name.to_owned(),
+            service_account_uid: uid_of(&account),
+            audiences: spec.audiences.clone(),
+            expires,
+            bound,
+        };
+        self.inner.tokens.lock().insert(token.clone(), issued);
+        Ok(tokens::request_response(namespace, name, &spec, &token, expires))
+    }
+
+    /// TokenReview: whether `review.spec.token` is a valid token for one of
+    /// `review.spec.audiences` (the default audience when none), answered as the API server
+    /// does (`status.authenticated`, `status.user` with the bound objects in `extra`,
+    /// `status.audiences`, or `status.error`).
+    pub fn review_token(&self, review: &Value) -> Result<Value, ApiError> {
+        let Some(token) = review.pointer("/spec/token").and_then(Value::as_str).filter(|t| !t.is_empty()) else {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value",
+            ));
+        };
+        let Some(issued) = self.inner.tokens.lock().get(token).cloned() else {
+            return Ok(tokens::unauthenticated(review, "invalid bearer token"));
+        };
+        if std::time::SystemTime::now() >= issued.expires {
+            return Ok(tokens::unauthenticated(review, "invalid bearer token, token has expired"));
+        }
+        let uid_of = |object: Option<Value>| {
+            object.and_then(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned))
+        };
+        if uid_of(self.get(Kind::ServiceAccount, Some(&issued.namespace), &issued.service_account)).as_deref()
+            != Some(issued.service_account_uid.as_str())
+        {
+            return Ok(tokens::unauthenticated(
+                review,
+                &format!(
+                    "invalid bearer token, service account {}/{} has been deleted",
+                    issued.namespace, issued.service_account
+                ),
+            ));
+        }
+        if let Some(bound) = &issued.bound {
+            let namespace = bound.kind.namespaced().then_some(issued.namespace.as_str());
+            if uid_of(self.get(bound.kind, namespace, &bound.name)).as_deref() != Some(bound.uid.as_str()) {
+                return Ok(tokens::unauthenticated(
+                    review,
+                    &format!(
+                        "invalid bearer token, {} {} has been deleted or recreated",
+                        bound.kind.singular(),
+                        bound.name
+                    ),
+                ));
+            }
+        }
+        let asked = tokens::review_audiences(review);
+        let matched: Vec<String> = asked.iter().filter(|a| issued.audiences.contains(a)).cloned().collect();
+        if matched.is_empty() {
+            return Ok(tokens::unauthenticated(
+                review,
+                &format!(
+                    "invalid bearer token, token audiences {:?} is invalid for the target audiences {asked:?}",
+                    issued.audiences
+                ),
+            ));
+        }
+        Ok(tokens::authenticated(review, &issued, matched))
+    }
+
+    /// Makes every issued token of service account `namespace/name` expire now (tests of
+    /// expiry, which the API server never issues shorter than 10 minutes).
+    pub fn expire_tokens(&self, namespace: &str, name: &str) {
+        let now = std::time::SystemTime::now();
+        for issued in self.inner.tokens.lock().values_mut() {
+            if issued.namespace == namespace && issued.service_account == name {
+                issued.expires = now;
+            }
+        }
+    }
+
     pub(crate) fn bind_pod(&self, namespace: Option<&str>, name: &str, node: &str) -> Result<(), ApiError> {
         let key = store_key(Kind::Pod, namespace, name);
         let mut state = self.inner.state.lock();

@@ -291,6 +291,8 @@ fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) ->
         path(layout.kubeconfig()),
         "--master".into(),
         Layout::master_url(),
+        "--token-file".into(),
+        path(agent_token_file(layout, node)),
         "--tunnel-ip".into(),
         Layout::node_ip(index).to_string(),
         "--uplink-interface".into(),
@@ -318,6 +320,68 @@ fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) ->
         "--log".into(),
         "info".into(),
     ]
+}
+
+/// Where node `node`'s agent finds its southbound token.
+fn agent_token_file(layout: &Layout, node: &str) -> PathBuf {
+    layout.state_dir().join(format!("{node}-southbound.token"))
+}
+
+/// How long the agents' tokens live; they are renewed at a third of it, as kubelet renews
+/// projected tokens well before they expire.
+const AGENT_TOKEN_SECONDS: u64 = 3600;
+
+/// Gives each agent what kubelet gives the agent pod on a cluster: a token of the
+/// `kube-system/skein-agent` ServiceAccount for audience `skein.dev/southbound`, bound to
+/// its node (once the node is registered), in a file (mode 0600) renewed before it expires.
+async fn agent_tokens(store: skein_kube_fake::Store, layout: Layout, nodes: usize, stop: CancellationToken) {
+    use skein_kube_fake::Kind;
+    loop {
+        if store.get(Kind::ServiceAccount, Some("kube-system"), "skein-agent").is_none()
+            && let Err(error) = store.insert(
+                Kind::ServiceAccount,
+                serde_json::json!({"metadata": {"name": "skein-agent", "namespace": "kube-system"}}),
+            )
+        {
+            tracing::warn!(%error, "creating the agent ServiceAccount");
+        }
+        let mut missing = 0;
+        for index in 1..=nodes {
+            let node = Layout::node_name(index);
+            let request = serde_json::json!({"spec": {
+                "audiences": ["skein.dev/southbound"],
+                "expirationSeconds": AGENT_TOKEN_SECONDS,
+                "boundObjectRef": {"kind": "Node", "apiVersion": "v1", "name": node},
+            }});
+            let written = store
+                .request_token("kube-system", "skein-agent", &request)
+                .map_err(|e| e.to_string())
+                .and_then(|answer| {
+                    let token = answer.pointer("/status/token").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+                    write_private(&agent_token_file(&layout, &node), &token).map_err(|e| e.to_string())
+                });
+            if let Err(error) = written {
+                // The node registers when its kubelet starts.
+                tracing::debug!(node = %node, %error, "agent token not written yet");
+                missing += 1;
+            }
+        }
+        let wait = if missing > 0 { Duration::from_millis(500) } else { Duration::from_secs(AGENT_TOKEN_SECONDS / 3) };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Writes `text` to `path` readable by its owner only, replacing it atomically.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Runs the daemon until a shutdown request or SIGTERM/SIGINT.
@@ -501,6 +565,7 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
         &mut tasks,
     );
 
+    tasks.push(tokio::spawn(agent_tokens(server.store().clone(), layout.clone(), nodes, daemon.stop.clone())));
     daemon.phase("agents", format!("skein-agent in each of the {nodes} node namespaces"));
     for index in 1..=nodes {
         let node = Layout::node_name(index);
@@ -549,7 +614,8 @@ mod tests {
         assert_eq!(value("--cni-socket"), Some("/run/skein-lab/sklab/node2/state/cni.sock"));
         assert_eq!(value("--tunnel-ip"), Some("172.18.0.12"));
         assert_eq!(value("--cni-plugin"), Some("/x/skein-cni"));
-        assert_eq!(value("--master"), Some("http://172.18.0.1:6643"));
+        assert_eq!(value("--master"), Some("https://172.18.0.1:6643"));
+        assert_eq!(value("--token-file"), Some("/run/skein-lab/sklab/node2-southbound.token"));
         assert_eq!(value("--device-plugin-dir"), Some("/run/skein-lab/sklab/node2/device-plugins"));
         assert_eq!(value("--sysfs-root"), Some("/run/skein-lab/sklab/node2/rdma/sys"));
         assert_eq!(value("--dev-root"), Some("/run/skein-lab/sklab/node2/rdma/dev"));

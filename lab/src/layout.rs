@@ -197,7 +197,7 @@ impl Layout {
 
     /// `http://172.18.0.1:6643`.
     pub fn master_url() -> String {
-        format!("http://{HOST_IP}:{SOUTHBOUND_PORT}")
+        format!("https://{HOST_IP}:{SOUTHBOUND_PORT}")
     }
 }
 

@@ -44,6 +44,10 @@ pub enum WriteOutcome {
     Gone,
     /// Shutting down or no longer leading: not written.
     Abandoned,
+    /// The API server refused the write for good (a 4xx other than a conflict, a missing
+    /// object or throttling: admission, RBAC, validation): retrying the same write would
+    /// only hold a write slot forever. The reason is returned.
+    Rejected(String),
 }
 
 /// What to write.
@@ -61,6 +65,8 @@ pub struct AnnotationWrite {
     pub value: String,
     /// Replace another value if present.
     pub overwrite: bool,
+    /// Another annotation written in the same patch (the signature of the value).
+    pub companion: Option<(&'static str, String)>,
 }
 
 /// Writes `write` on a Node or Pod (by `namespace`), retrying until done, the object is
@@ -113,10 +119,15 @@ where
                     return Ok(Some(WriteOutcome::AlreadyAnnotated(existing.clone())));
                 }
             }
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(write.key.to_owned(), write.value.clone().into());
+            if let Some((key, value)) = &write.companion {
+                annotations.insert((*key).to_owned(), value.clone().into());
+            }
             let patch = serde_json::json!({
                 "metadata": {
                     "resourceVersion": meta.resource_version,
-                    "annotations": { write.key: write.value },
+                    "annotations": annotations,
                 }
             });
             api.patch(&write.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
@@ -138,6 +149,11 @@ where
                 continue;
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => return WriteOutcome::Gone,
+            Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
+                metrics.annotation_write_errors.inc();
+                warn!(%object, annotation = write.key, code = status.code, reason = %status.message, "annotation write refused; not retried");
+                return WriteOutcome::Rejected(format!("{} {}: {}", status.code, status.reason, status.message));
+            }
             Err(e) => {
                 metrics.annotation_write_errors.inc();
                 warn!(%object, annotation = write.key, error = %e, retry_in = ?delay, "annotation write failed");

@@ -10,8 +10,10 @@ use skein_netmodel::config::ClusterNetwork;
 use skein_netmodel::{IpFamily, IpNet};
 
 use crate::annotate::Backoff;
+use crate::auth::AuthSettings;
 use crate::leader::LeaseSettings;
 use crate::master::MasterSettings;
+use crate::pki::PkiSettings;
 use crate::tls::ServerTls;
 
 /// Skein master: watches Nodes, Namespaces, Pods, Services, EndpointSlices and
@@ -60,8 +62,8 @@ pub struct Options {
     #[arg(long, env = "SKEIN_JOIN_SUBNET", value_delimiter = ',', default_value = "100.64.0.0/16,fd98::/64")]
     pub join_subnet: Vec<IpNet>,
 
-    /// Pod interface MTU written into pod annotations (underlay MTU − 58 for Geneve over
-    /// IPv4).
+    /// Pod interface MTU written into pod annotations (at most the underlay MTU − 66 for
+    /// Geneve over IPv4 with the identity option NetworkPolicy adds; − 58 without).
     #[arg(long, env = "SKEIN_MTU", default_value_t = 1400)]
     pub mtu: u16,
 
@@ -70,8 +72,8 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', default_value = "169.254.169.5,fd69::5")]
     pub hairpin_snat_ip: Vec<IpAddr>,
 
-    /// Address of the southbound gRPC server (plaintext unless --grpc-tls-cert and
-    /// --grpc-tls-key are given).
+    /// Address of the southbound gRPC server. Always TLS: with the certificate the master
+    /// issues itself (see --pki-secret) unless --grpc-tls-cert and --grpc-tls-key are given.
     #[arg(long, env = "SKEIN_SOUTHBOUND_LISTEN", default_value = "0.0.0.0:6643")]
     pub southbound_listen: SocketAddr,
 
@@ -89,6 +91,39 @@ pub struct Options {
     /// Requires --grpc-tls-cert and --grpc-tls-key.
     #[arg(long, env = "SKEIN_GRPC_TLS_CLIENT_CA", value_name = "PATH", requires = "grpc_tls_cert")]
     pub grpc_tls_client_ca: Option<PathBuf>,
+
+    /// Namespace of the master's key Secret and CA ConfigMap (default: its own, $POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub pki_namespace: String,
+
+    /// Secret holding the southbound CA, the server certificate and the annotation signing
+    /// key; created by the first master that starts. Delete it to issue new ones.
+    #[arg(long, default_value = "skein-master-keys")]
+    pub pki_secret: String,
+
+    /// ConfigMap in which the master publishes the CA certificate (`ca.crt`) and the name
+    /// agents check in its certificate (`server-name`).
+    #[arg(long, default_value = "skein-southbound-ca")]
+    pub ca_configmap: String,
+
+    /// Names (DNS names or IP addresses, comma-separated) put in the generated server
+    /// certificate; the first is the one agents check. Default: the `skein-master`
+    /// Service's names in the --pki-namespace.
+    #[arg(long, value_delimiter = ',')]
+    pub southbound_server_name: Vec<String>,
+
+    /// ServiceAccount (NAMESPACE/NAME) whose bound tokens agents authenticate with.
+    #[arg(long, env = "SKEIN_AGENT_SERVICE_ACCOUNT", default_value = "kube-system/skein-agent")]
+    pub agent_service_account: String,
+
+    /// Audience the agents' tokens must be issued for.
+    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub southbound_audience: String,
+
+    /// Most southbound streams one node may hold open at once (an agent needs one; a
+    /// second covers a reconnect before the old stream is noticed dead).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_streams_per_node: u16,
 
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "SKEIN_METRICS_LISTEN", default_value = "0.0.0.0:9477")]
@@ -219,10 +254,28 @@ impl Options {
             ));
         }
         let identity = self.identity();
+        let (agent_namespace, agent_account) = self
+            .agent_service_account
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| {
+                format!("--agent-service-account {:?}: expected NAMESPACE/NAME", self.agent_service_account)
+            })?;
+        let mut auth = AuthSettings::new(agent_namespace, agent_account);
+        auth.audience = self.southbound_audience.clone();
+        let mut pki = PkiSettings::new(&self.pki_namespace);
+        pki.secret = self.pki_secret.clone();
+        pki.config_map = self.ca_configmap.clone();
+        if !self.southbound_server_name.is_empty() {
+            pki.server_names = self.southbound_server_name.clone();
+        }
         Ok(MasterSettings {
             network: self.network(),
             grpc_listen: self.southbound_listen,
             grpc_tls: self.grpc_tls()?,
+            pki,
+            auth,
+            max_streams_per_node: usize::from(self.max_streams_per_node),
             http_listen: self.metrics_listen,
             lease: (!self.no_leader_election).then(|| LeaseSettings {
                 namespace: self.lease_namespace.clone(),
@@ -278,7 +331,13 @@ mod tests {
     #[test]
     fn tls_flags_come_as_a_pair_and_name_unreadable_files() {
         let plain = Cli::try_parse_from(["skein-master"]).unwrap();
-        assert!(plain.options.settings().unwrap().grpc_tls.is_none(), "plaintext by default");
+        let s = plain.options.settings().unwrap();
+        assert!(s.grpc_tls.is_none(), "the generated certificate by default");
+        assert_eq!(s.pki.server_names[0], "skein-master.kube-system.svc");
+        assert_eq!(s.auth.agent_username(), "system:serviceaccount:kube-system:skein-agent");
+        assert_eq!(s.max_streams_per_node, 2);
+        let bad = Cli::try_parse_from(["skein-master", "--agent-service-account", "skein-agent"]).unwrap();
+        assert!(bad.options.settings().unwrap_err().contains("--agent-service-account"));
         for args in [
             &["--grpc-tls-cert", "/c"][..],
             &["--grpc-tls-key", "/k"],

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::annotate::{self, AnnotationWrite, Backoff, WriteOutcome};
 use crate::objects::{self, Problem};
+use crate::signing::{AnnotationSigner, POD_NETWORKS_SIGNATURE, Verdict};
 use crate::state::Shared;
 use crate::watch::{Kind, Object, WatchEvent};
 
@@ -126,6 +127,8 @@ fn owner_reference(owner: &Owner) -> Option<ObjectReference> {
         Owner::Node(n) => Some(reference(Kind::Node, None, n)),
         Owner::Pod(p) => Some(reference(Kind::Pod, Some(&p.namespace), &p.name)),
         Owner::Service(s) => Some(reference(Kind::Service, Some(&s.namespace), &s.name)),
+        Owner::Policy(p) => Some(reference(Kind::NetworkPolicy, Some(&p.namespace), &p.name)),
+        Owner::Namespace(n) => Some(reference(Kind::Namespace, None, n)),
     }
 }
 
@@ -158,6 +161,16 @@ pub struct Controller {
     dirty_pods: BTreeSet<ObjectKey>,
     reported: HashMap<(Kind, Option<String>, String), String>,
     reported_issues: BTreeSet<String>,
+    /// Signs the pod annotations this master writes and tells them from others' (`None`:
+    /// every value is taken as it is, as in `dump`).
+    signer: Option<AnnotationSigner>,
+    /// Pods whose pod-networks value is not the master's, reported for that UID.
+    forged: HashMap<ObjectKey, String>,
+    /// Writes the API server refused for good; retried when the object changes.
+    rejected: HashSet<Target>,
+    /// The UID of the pod each IPAM allocation was made for: a pod re-created under the
+    /// same name (another UID) is another pod, and its predecessor's address is released.
+    holder_uids: HashMap<ObjectKey, String>,
 }
 
 impl Controller {
@@ -202,7 +215,55 @@ impl Controller {
             dirty_pods: BTreeSet::new(),
             reported: HashMap::new(),
             reported_issues: BTreeSet::new(),
+            signer: None,
+            forged: HashMap::new(),
+            rejected: HashSet::new(),
+            holder_uids: HashMap::new(),
         }
+    }
+
+    /// Signs the pod annotations written and ignores (and reports) values it did not sign.
+    pub fn with_signer(mut self, signer: AnnotationSigner) -> Controller {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Strips a pod-networks value the master did not write (reported once per pod UID);
+    /// true if it did.
+    fn drop_forged(&mut self, pod: &mut k8s_openapi::api::core::v1::Pod) -> bool {
+        let Some(signer) = &self.signer else { return false };
+        let (ns, name) =
+            (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+        let key = ObjectKey::new(ns.as_str(), name.as_str());
+        // A value that does not parse is reported as invalid by the conversion and never
+        // used; only usable values need the signature check.
+        let parses = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POD_NETWORKS))
+            .is_some_and(|text| annotations::parse_pod_networks(text).is_ok());
+        let reason = match signer.check(pod) {
+            Verdict::Forged(reason) if parses => reason,
+            _ => {
+                self.forged.remove(&key);
+                return false;
+            }
+        };
+        if let Some(a) = pod.metadata.annotations.as_mut() {
+            a.remove(POD_NETWORKS);
+            a.remove(POD_NETWORKS_SIGNATURE);
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.forged.get(&key) != Some(&uid) {
+            warn!(pod = %key, %reason, "pod annotation not written by the master: ignored");
+            self.shared.metrics().object_error(Kind::Pod.name(), "ForgedAnnotation");
+            if self.is_leading() {
+                self.events.warn(reference(Kind::Pod, Some(&ns), &name), "ForgedAnnotation", reason);
+            }
+            self.forged.insert(key, uid);
+        }
+        true
     }
 
     fn is_leading(&self) -> bool {
@@ -324,6 +385,7 @@ impl Controller {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 self.report(Kind::Node, None, &name, &c.problems);
                 let target = Target::Node(name.clone());
+                self.rejected.remove(&target);
                 if c.annotation_broken {
                     self.broken.insert(target.clone());
                 } else {
@@ -337,14 +399,18 @@ impl Controller {
                     changes.push(ClusterChange::UpsertNode(node));
                 }
             }
-            WatchEvent::Apply(Object::Pod(p)) => {
+            WatchEvent::Apply(Object::Pod(mut p)) => {
+                let forged = self.drop_forged(&mut p);
                 let c = objects::pod(&p);
                 let (ns, name) =
                     (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
                 self.report(Kind::Pod, Some(&ns), &name, &c.problems);
                 let key = ObjectKey::new(ns.as_str(), name.as_str());
                 let target = Target::Pod(key.clone());
-                if c.annotation_broken {
+                self.rejected.remove(&target);
+                // A pod whose value is not the master's keeps no address and gets none
+                // (its annotation is written once and stays; the Event says why).
+                if c.annotation_broken || forged {
                     self.broken.insert(target.clone());
                 } else {
                     self.broken.remove(&target);
@@ -398,6 +464,8 @@ impl Controller {
                     Kind::Pod => {
                         self.dirty_pods.insert(key());
                         self.broken.remove(&Target::Pod(key()));
+                        self.rejected.remove(&Target::Pod(key()));
+                        self.forged.remove(&key());
                         ClusterChange::DeletePod(key())
                     }
                     Kind::Service => ClusterChange::DeleteService(key()),
@@ -423,6 +491,8 @@ impl Controller {
                         Owner::Node(_) => "Node",
                         Owner::Pod(_) => "Pod",
                         Owner::Service(_) => "Service",
+                        Owner::Policy(_) => "NetworkPolicy",
+                        Owner::Namespace(_) => "Namespace",
                     },
                     "NotProgrammed",
                 );
@@ -495,6 +565,9 @@ impl Controller {
                 .filter_map(|p| Some((p.key(), p.node.clone()?, p.network.as_ref()?.ip_addresses.clone())))
                 .collect();
             (nodes, pods, s.nodes().keys().cloned().collect(), s.pods().keys().cloned().collect())
+        });
+        self.holder_uids = self.shared.with_engine(|e| {
+            e.state().pods().values().filter(|p| p.network.is_some()).map(|p| (p.key(), p.uid.clone())).collect()
         });
         let restored = Ipam::from_existing(
             self.config.clone(),
@@ -599,6 +672,7 @@ impl Controller {
                                     key: NODE_SUBNETS,
                                     value: annotations::format_node_subnets(&subnets),
                                     overwrite: false,
+                                    companion: None,
                                 },
                             );
                         }
@@ -611,6 +685,7 @@ impl Controller {
             let target = Target::Pod(key.clone());
             let release = |ipam: &mut Ipam, this: &mut Controller| {
                 ipam.release_pod(&key);
+                this.holder_uids.remove(&key);
                 this.first_seen.remove(&key);
                 this.waiting_pods.remove(&key);
                 this.reported_pods.remove(&key);
@@ -622,6 +697,18 @@ impl Controller {
                 release(&mut ipam, self);
                 continue;
             };
+            // Allocations belong to a pod UID: the same name with another UID (a
+            // StatefulSet pod re-created, perhaps on another node, while the watch was
+            // down) is a new pod, and the old one's address goes.
+            if let Some(old) = self.holder_uids.get(&key)
+                && *old != info.uid
+                && ipam.pod_addresses(&key).is_some()
+            {
+                info!(pod = %key, old_uid = %old, uid = %info.uid, "pod re-created under the same name: releasing the old pod's address");
+                ipam.release_pod(&key);
+                self.holder_uids.remove(&key);
+                retry = true;
+            }
             let Some(node) = info.node.clone() else { continue };
             if let Some(ips) = &info.network {
                 self.first_seen.remove(&key);
@@ -634,14 +721,20 @@ impl Controller {
                     }
                     other => other,
                 };
-                if let Err(e) = restored
-                    && !matches!(e, IpamError::NodeWithoutSubnet { .. })
-                {
-                    self.ipam_error(&target, &e);
+                match restored {
+                    Ok(_) => {
+                        self.holder_uids.insert(key.clone(), info.uid.clone());
+                    }
+                    Err(e) if !matches!(e, IpamError::NodeWithoutSubnet { .. }) => self.ipam_error(&target, &e),
+                    Err(_) => {}
                 }
                 continue;
             }
-            if self.broken.contains(&target) || self.pending.contains(&target) || self.await_watch.contains(&target) {
+            if self.broken.contains(&target)
+                || self.pending.contains(&target)
+                || self.await_watch.contains(&target)
+                || self.rejected.contains(&target)
+            {
                 continue;
             }
             self.first_seen.entry(key.clone()).or_insert_with(Instant::now);
@@ -650,6 +743,9 @@ impl Controller {
                     self.waiting_pods.remove(&key);
                     self.reported_pods.remove(&key);
                     debug!(pod = %key, ips = ?network.ip_addresses, "pod address allocated");
+                    self.holder_uids.insert(key.clone(), info.uid.clone());
+                    let value = annotations::format_pod_networks(&network);
+                    let companion = self.signer.as_ref().map(|s| (POD_NETWORKS_SIGNATURE, s.sign(&info.uid, &value)));
                     self.spawn_write(
                         target,
                         AnnotationWrite {
@@ -657,8 +753,9 @@ impl Controller {
                             name: key.name.to_string(),
                             uid: Some(info.uid.clone()).filter(|u| !u.is_empty()),
                             key: POD_NETWORKS,
-                            value: annotations::format_pod_networks(&network),
+                            value,
                             overwrite: false,
+                            companion,
                         },
                     );
                 }
@@ -728,6 +825,32 @@ impl Controller {
             (Target::Node(name), WriteOutcome::Gone) => {
                 ipam.release_node(name);
                 self.dirty_nodes.insert(name.clone());
+            }
+            (target, WriteOutcome::Rejected(reason)) => {
+                // The API server will not take it (admission, RBAC, validation): give the
+                // address back and say so, instead of retrying forever in a write slot.
+                let (kind, ns, name) = match target {
+                    Target::Pod(key) => {
+                        ipam.release_pod(key);
+                        self.holder_uids.remove(key);
+                        self.first_seen.remove(key);
+                        (Kind::Pod, Some(key.namespace.to_string()), key.name.to_string())
+                    }
+                    Target::Node(name) => {
+                        ipam.release_node(name);
+                        (Kind::Node, None, name.clone())
+                    }
+                };
+                warn!(object = ?target, %reason, "annotation write refused by the API server; address released, retried when the object changes");
+                self.shared.metrics().object_error(kind.name(), "AnnotationRejected");
+                if self.is_leading() {
+                    self.events.warn(
+                        reference(kind, ns.as_deref(), &name),
+                        "AnnotationRejected",
+                        format!("writing the Skein annotation failed: {reason}"),
+                    );
+                }
+                self.rejected.insert(target.clone());
             }
             (_, WriteOutcome::Abandoned) => {}
         }

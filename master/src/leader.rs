@@ -5,6 +5,12 @@
 //! between replicas does not matter); a leader that cannot renew for `renew_deadline`
 //! steps down. Every write is a replace or create that fails on a concurrent change, so two
 //! candidates never both win.
+//!
+//! Fencing: the renew deadline is counted from the *start* of the last successful renewal
+//! (the API server may have written it at any moment after that), and every attempt is cut
+//! off at the deadline, so a renewal that hangs cannot keep the leader leading. Since the
+//! deadline is shorter than the lease duration, the leader stops writing (`leading` goes
+//! false) before a standby can see the lease expire and start writing itself.
 
 use std::time::{Duration, Instant};
 
@@ -78,9 +84,41 @@ pub async fn run(
     let mut last_renewal = Instant::now();
     loop {
         let is_leader = *leading.borrow();
-        match try_acquire_or_renew(&api, &settings, &mut observed).await {
+        let attempt_started = Instant::now();
+        let attempt = try_acquire_or_renew(&api, &settings, &mut observed);
+        let result = if is_leader {
+            // The leader's attempt may not outlive its deadline: a hung request would
+            // otherwise keep it writing after the standby took over.
+            let deadline = tokio::time::Instant::from_std(last_renewal + settings.renew_deadline);
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    leading.send_replace(false);
+                    metrics.is_leader.set(0);
+                    metrics.lease_renewal_deadline_missed.inc();
+                    return Err(LeaderError::Lost {
+                        namespace: settings.namespace.clone(),
+                        name: settings.name.clone(),
+                        reason: format!(
+                            "a renewal did not complete within the renew deadline {:?}",
+                            settings.renew_deadline
+                        ),
+                    });
+                }
+            }
+        } else {
+            // A candidate's attempt is bounded too, so that it keeps observing the lease.
+            match tokio::time::timeout(settings.renew_deadline, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    warn!(lease = %settings.name, "leader lease request did not complete; retrying");
+                    Ok(false)
+                }
+            }
+        };
+        match result {
             Ok(true) => {
-                last_renewal = Instant::now();
+                last_renewal = attempt_started;
                 if !is_leader {
                     info!(lease = %settings.name, identity = %settings.identity, "acquired the leader lease");
                     metrics.is_leader.set(1);
@@ -103,6 +141,7 @@ pub async fn run(
                 if is_leader && last_renewal.elapsed() > settings.renew_deadline {
                     leading.send_replace(false);
                     metrics.is_leader.set(0);
+                    metrics.lease_renewal_deadline_missed.inc();
                     return Err(LeaderError::Lost {
                         namespace: settings.namespace.clone(),
                         name: settings.name.clone(),
@@ -111,8 +150,13 @@ pub async fn run(
                 }
             }
         }
+        // A leader wakes up by its deadline at the latest, so that it never leads past it.
+        let mut wake = Instant::now() + settings.retry_period;
+        if *leading.borrow() {
+            wake = wake.min(last_renewal + settings.renew_deadline);
+        }
         tokio::select! {
-            () = tokio::time::sleep(settings.retry_period) => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             () = shutdown.cancelled() => {
                 if *leading.borrow() {
                     release(&api, &settings).await;

@@ -12,7 +12,9 @@
 //! - [`controller`]: batches → engine; allocation and annotations; Events;
 //! - [`annotate`]: conflict-safe annotation patches with retries;
 //! - [`state`]: the engine and the per-chassis fan-out, under one lock;
-//! - [`grpc`]: the southbound service; [`tls`]: its optional TLS;
+//! - [`grpc`]: the southbound service; [`auth`]: who an agent is (TokenReview); [`tls`]:
+//!   its TLS; [`pki`]: the master's CA, certificate and signing key in a Secret;
+//!   [`signing`]: which pod annotations the master wrote;
 //! - [`leader`]: leader election on a Lease;
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`dump`]: `skein-master dump`;
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod annotate;
+pub mod auth;
 pub mod cli;
 pub mod controller;
 pub mod dump;
@@ -32,6 +35,8 @@ pub mod leader;
 pub mod master;
 pub mod metrics;
 pub mod objects;
+pub mod pki;
+pub mod signing;
 pub mod state;
 pub mod tls;
 pub mod watch;

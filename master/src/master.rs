@@ -4,21 +4,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::registry::Registry;
-use skein_netmodel::annotations::{self, CHASSIS, ChassisAnnotation};
 use skein_netmodel::{Engine, NetworkConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::annotate::{self, AnnotationWrite, Backoff, WriteOutcome};
+use crate::annotate::Backoff;
+use crate::auth::{AuthSettings, TokenReviewAuthenticator};
 use crate::controller::{Controller, EventSink};
-use crate::grpc::{ChassisRegistrar, SouthboundService};
+use crate::grpc::SouthboundService;
 use crate::leader::{self, LeaderError, LeaseSettings};
 use crate::metrics::MasterMetrics;
+use crate::pki::{self, PkiSettings};
+use crate::signing::AnnotationSigner;
 use crate::state::Shared;
 use crate::tls::ServerTls;
 use crate::{http, watch as watchers};
@@ -30,8 +32,15 @@ pub struct MasterSettings {
     pub network: NetworkConfig,
     /// Southbound gRPC address.
     pub grpc_listen: SocketAddr,
-    /// TLS of the southbound gRPC server; `None`: plaintext.
+    /// TLS of the southbound gRPC server from files (`--grpc-tls-*`); `None`: the
+    /// certificate the master issues itself from the CA in its Secret (`pki`).
     pub grpc_tls: Option<ServerTls>,
+    /// Where the master keeps its CA, server certificate and signing key.
+    pub pki: PkiSettings,
+    /// How agents are authenticated.
+    pub auth: AuthSettings,
+    /// Most southbound streams one node may hold open.
+    pub max_streams_per_node: usize,
     /// `/metrics`, `/healthz`, `/readyz` address.
     pub http_listen: SocketAddr,
     /// Leader election; `None`: this replica leads unconditionally (a single replica).
@@ -51,6 +60,9 @@ pub enum MasterError {
     /// A listener failed.
     #[error("southbound gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The master's keys could not be read or created.
+    #[error("southbound keys: {0}")]
+    Pki(#[from] pki::PkiError),
     /// The network configuration is invalid.
     #[error("network configuration: {0}")]
     Config(#[from] skein_netmodel::config::ConfigError),
@@ -62,42 +74,6 @@ pub enum MasterError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Writes agent registrations into the node's `skein.dev/chassis` annotation.
-struct KubeRegistrar {
-    client: kube::Client,
-    metrics: MasterMetrics,
-    backoff: Backoff,
-    stop: CancellationToken,
-}
-
-#[tonic::async_trait]
-impl ChassisRegistrar for KubeRegistrar {
-    async fn register(&self, node: &str, chassis: &ChassisAnnotation) -> Result<(), String> {
-        let write = AnnotationWrite {
-            namespace: None,
-            name: node.to_owned(),
-            uid: None,
-            key: CHASSIS,
-            value: annotations::format_chassis(chassis),
-            overwrite: true,
-        };
-        let stop = self.stop.child_token();
-        let deadline = tokio::time::sleep(Duration::from_secs(30));
-        let outcome = tokio::select! {
-            o = annotate::write(&self.client, &write, self.backoff, &self.metrics, &stop) => o,
-            () = deadline => {
-                stop.cancel();
-                return Err("timed out writing the chassis annotation".into());
-            }
-        };
-        match outcome {
-            WriteOutcome::Written | WriteOutcome::AlreadyAnnotated(_) => Ok(()),
-            WriteOutcome::Gone => Err(format!("node {node} does not exist")),
-            WriteOutcome::Abandoned => Err("master shutting down".into()),
-        }
-    }
 }
 
 /// A running master replica.
@@ -129,6 +105,9 @@ impl Master {
         let master_id = format!("{}-{started}", settings.identity);
         let shared = Arc::new(Shared::new(engine, metrics.clone(), master_id));
         let shutdown = CancellationToken::new();
+        let keys = pki::ensure(&client, &settings.pki).await?;
+        let signer = AnnotationSigner::new(&keys.signing_key, keys.created.clone());
+        let grpc_tls = settings.grpc_tls.clone().unwrap_or_else(|| keys.server_tls.clone());
 
         let grpc_listener = SouthboundService::bind(settings.grpc_listen)
             .await
@@ -157,7 +136,8 @@ impl Master {
             synced_tx,
             watch_rx,
             shutdown.clone(),
-        );
+        )
+        .with_signer(signer);
         tokio::spawn(controller.run());
         tokio::spawn(http::serve(
             http_listener,
@@ -165,14 +145,15 @@ impl Master {
             http::Readiness { leading: leading.clone(), synced: synced.clone() },
             shutdown.clone(),
         ));
-        let registrar = Arc::new(KubeRegistrar {
-            client: client.clone(),
-            metrics: metrics.clone(),
-            backoff: settings.backoff,
-            stop: shutdown.clone(),
-        });
-        let service = SouthboundService::new(Arc::clone(&shared), registrar, leading.clone(), shutdown.clone());
-        let grpc_task = tokio::spawn(service.serve(grpc_listener, settings.grpc_tls.clone()));
+        let authenticator = Arc::new(TokenReviewAuthenticator::new(client.clone(), settings.auth.clone()));
+        let service = SouthboundService::new(
+            Arc::clone(&shared),
+            authenticator,
+            settings.max_streams_per_node,
+            leading.clone(),
+            shutdown.clone(),
+        );
+        let grpc_task = tokio::spawn(service.serve(grpc_listener, grpc_tls));
 
         let leader_task = match settings.lease.clone() {
             Some(lease) => {

@@ -15,6 +15,13 @@ pub struct ChassisLabel {
     pub chassis: String,
 }
 
+/// Label of refused southbound streams.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    /// Why (`unauthenticated`, `wrong_node`, `too_many_streams`).
+    pub reason: String,
+}
+
 /// Label of per-kind error series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -63,6 +70,10 @@ pub struct MasterMetrics {
     pub southbound_streams: Gauge,
     /// Bytes of snapshots sent.
     pub snapshot_bytes: Counter,
+    /// Southbound streams refused, by reason.
+    pub southbound_refused: Family<RefusedLabel, Counter>,
+    /// Leadership given up because the lease was not renewed in time.
+    pub lease_renewal_deadline_missed: Counter,
     /// Objects with problems, by kind and reason.
     pub object_errors: Family<ErrorLabel, Counter>,
     /// Objects the compiler currently reports (`Engine::issues`).
@@ -90,6 +101,8 @@ impl MasterMetrics {
             programming_latency: Family::new_with_constructor(latency_histogram),
             southbound_streams: Gauge::default(),
             snapshot_bytes: Counter::default(),
+            southbound_refused: Family::default(),
+            lease_renewal_deadline_missed: Counter::default(),
             object_errors: Family::default(),
             compile_issues: Gauge::default(),
             ipam: Family::default(),
@@ -136,6 +149,16 @@ impl MasterMetrics {
         );
         r.register("southbound_streams", "Open southbound streams", m.southbound_streams.clone());
         r.register("snapshot_bytes", "Encoded bytes of the snapshots sent to agents", m.snapshot_bytes.clone());
+        r.register(
+            "southbound_refused",
+            "Southbound streams refused (unauthenticated, registration for another node, too many streams)",
+            m.southbound_refused.clone(),
+        );
+        r.register(
+            "lease_renewal_deadline_missed",
+            "Times this replica stopped leading because its lease was not renewed within the renew deadline",
+            m.lease_renewal_deadline_missed.clone(),
+        );
         r.register("object_errors", "Objects with problems, by kind and reason", m.object_errors.clone());
         r.register(
             "compile_issues",
@@ -148,7 +171,12 @@ impl MasterMetrics {
         m
     }
 
-    /// Counts one object error.
+    /// Counts one refused southbound stream.
+    pub fn southbound_refused(&self, reason: &str) {
+        self.southbound_refused.get_or_create(&RefusedLabel { reason: reason.to_owned() }).inc();
+    }
+
+    /// Counts one problem with an object.
     pub fn object_error(&self, kind: &str, reason: &str) {
         self.object_errors.get_or_create(&ErrorLabel { kind: kind.to_owned(), reason: reason.to_owned() }).inc();
     }

@@ -486,7 +486,10 @@ fn policy_rule(
     rule
 }
 
-/// A NetworkPolicy (stored; ACLs come in a later issue).
+/// A NetworkPolicy. A field that does not parse takes its whole rule out (leaving out
+/// only the field could widen the rule: a rule whose one port is gone allows every port);
+/// the policy keeps isolating its pods. A `spec.podSelector` or `policyTypes` that does
+/// not parse leaves the policy out: whom, or what, it isolates is unknown.
 pub fn network_policy(np: &NetworkPolicy) -> Converted<nm::NetworkPolicy> {
     let mut problems = Problems(Vec::new());
     let (Some(namespace), Some(name)) = (np.metadata.namespace.clone(), np.metadata.name.clone()) else {
@@ -503,20 +506,32 @@ pub fn network_policy(np: &NetworkPolicy) -> Converted<nm::NetworkPolicy> {
             other => problems.push(format!("spec.policyTypes[{i}]"), format!("{other:?} is not Ingress or Egress")),
         }
     }
-    let ingress = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| policy_rule(&mut problems, &format!("spec.ingress[{i}]"), r.from.as_ref(), r.ports.as_ref()))
-        .collect();
-    let egress = spec
-        .egress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| policy_rule(&mut problems, &format!("spec.egress[{i}]"), r.to.as_ref(), r.ports.as_ref()))
-        .collect();
+    if !problems.0.is_empty() {
+        problems.push("spec", "not programmed: the policy's pod selector or types do not parse");
+        return Converted { object: None, problems: problems.0, annotation_broken: false };
+    }
+    // Without policyTypes, Egress is implied by egress rules: keep it explicit, so that
+    // leaving out bad egress rules cannot lift the isolation.
+    if policy_types.is_empty() && spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+        policy_types = vec![nm::PolicyType::Ingress, nm::PolicyType::Egress];
+    }
+    let mut rules = |field: &str, list: Vec<(Option<&Vec<_>>, Option<&Vec<_>>)>| -> Vec<nm::PolicyRule> {
+        let mut out = Vec::new();
+        for (i, (peers, ports)) in list.into_iter().enumerate() {
+            let before = problems.0.len();
+            let rule = policy_rule(&mut problems, &format!("{field}[{i}]"), peers, ports);
+            if problems.0.len() == before {
+                out.push(rule);
+            } else {
+                problems.push(format!("{field}[{i}]"), "left out: it allows nothing");
+            }
+        }
+        out
+    };
+    let ingress =
+        rules("spec.ingress", spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect());
+    let egress =
+        rules("spec.egress", spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect());
     Converted {
         object: Some(nm::NetworkPolicy { namespace, name, pod_selector, policy_types, ingress, egress }),
         problems: problems.0,
@@ -580,5 +595,59 @@ mod tests {
         assert!(c.annotation_broken);
         assert!(c.object.unwrap().network.is_none());
         assert!(c.problems[0].to_string().contains("skein.dev/pod-networks"));
+    }
+
+    #[test]
+    fn a_bad_field_takes_its_whole_rule_out_never_just_the_field() {
+        use k8s_openapi::api::networking::v1::{
+            NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let port = |protocol: &str, port: i32| NetworkPolicyPort {
+            protocol: Some(protocol.into()),
+            port: Some(IntOrString::Int(port)),
+            ..Default::default()
+        };
+        let np = NetworkPolicy {
+            metadata: meta("np"),
+            spec: Some(NetworkPolicySpec {
+                ingress: Some(vec![
+                    NetworkPolicyIngressRule { ports: Some(vec![port("QUIC", 443)]), ..Default::default() },
+                    NetworkPolicyIngressRule { ports: Some(vec![port("TCP", 80)]), ..Default::default() },
+                ]),
+                egress: Some(vec![NetworkPolicyEgressRule {
+                    ports: Some(vec![port("UDP", 70000)]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        let c = network_policy(&np);
+        let p = c.object.expect("programmed without the bad rules");
+        // The QUIC rule would allow every port if only its port were dropped.
+        assert_eq!(p.ingress.len(), 1);
+        assert_eq!(p.ingress[0].ports[0].port, Some(nm::PortRef::Number(80)));
+        // Egress stays a type of the policy although its only rule is gone: deny all.
+        assert!(p.egress.is_empty());
+        assert_eq!(p.policy_types, vec![nm::PolicyType::Ingress, nm::PolicyType::Egress]);
+        let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.ingress[0].ports[0].protocol", "spec.ingress[0]", "spec.egress[0].ports[0].port", "spec.egress[0]"]
+        );
+
+        // A pod selector that does not parse: whom the policy isolates is unknown.
+        let mut bad = np.clone();
+        bad.spec.as_mut().unwrap().pod_selector = Some(K8sSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        });
+        let c = network_policy(&bad);
+        assert!(c.object.is_none());
+        assert_eq!(c.problems[0].field, "spec.podSelector.matchExpressions[0].operator");
     }
 }

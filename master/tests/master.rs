@@ -61,7 +61,7 @@ async fn objects_become_annotations_and_flows_and_go_away_when_deleted() {
 
     // The agent of n1 registers (the master records its chassis annotation) and receives
     // its view: its own pod, not n2's, and the Service with both backends.
-    let a1 = agent(master.grpc_addr(), "n1", 1);
+    let a1 = agent(&server, master.grpc_addr(), "n1", 1);
     let chassis =
         wait_for("chassis annotation", || annotation(&server, Kind::Node, None, "n1", "skein.dev/chassis")).await;
     assert_eq!(annotations::parse_chassis(&chassis).unwrap().id, "chassis-n1");
@@ -119,7 +119,7 @@ async fn a_restarted_master_keeps_addresses_and_keys_and_the_agent_sees_no_chang
         ips
     };
     add_slice(&server, "web", &[(&ips[0], "n1"), (&ips[1], "n2")]);
-    let mut a1 = agent(grpc, "n1", 1);
+    let mut a1 = agent(&server, grpc, "n1", 1);
     let before = wait_for("n1's view", || {
         let v = a1.view()?;
         (has_pod_port(&v, "p4") && lb_backends(&v, "web").is_some_and(|b| b.len() == 2)).then_some(v)
@@ -194,7 +194,7 @@ async fn malformed_objects_are_reported_and_everything_else_is_served() {
     add_service(&server, "web", "10.96.0.10");
     let ip = wait_for("good pod annotated", || pod_ip(&server, "good")).await;
     add_slice(&server, "web", &[(&ip, "n1")]);
-    let a1 = agent(master.grpc_addr(), "n1", 1);
+    let a1 = agent(&server, master.grpc_addr(), "n1", 1);
     let view = wait_for("n1 serves the good objects", || {
         let v = a1.view()?;
         (has_pod_port(&v, "good") && lb_backends(&v, "web").is_some()).then_some(v)
@@ -259,7 +259,7 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     wait_for("the leader counted its write", || (leader.shared().metrics().pods_annotated.get() == 1).then_some(()))
         .await;
     // The standby refuses agents.
-    let mut refused = agent(standby.grpc_addr(), "n1", 1);
+    let mut refused = agent(&server, standby.grpc_addr(), "n1", 1);
     let reason = loop {
         match tokio::time::timeout(WAIT, refused.events().recv()).await.unwrap().unwrap() {
             ClientEvent::Disconnected(r) => break r,
@@ -294,7 +294,7 @@ async fn dump_shows_the_logical_network_and_a_chassis_flows() {
     let ip1 = wait_for("p1 annotated", || pod_ip(&server, "p1")).await;
     add_slice(&server, "web", &[(&ip1, "n1")]);
     // The chassis appear once their agents register.
-    let a1 = agent(master.grpc_addr(), "n1", 1);
+    let a1 = agent(&server, master.grpc_addr(), "n1", 1);
     wait_for("chassis annotation", || annotation(&server, Kind::Node, None, "n1", "skein.dev/chassis")).await;
     wait_for("n1's view", || a1.view().filter(|v| has_pod_port(v, "p1"))).await;
 
@@ -353,7 +353,7 @@ async fn watches_that_expire_are_relisted_and_nothing_is_missed() {
     let master = start_master(&server, "m1").await;
     add_node(&server, "n1", "192.0.2.1");
     add_pod(&server, "p1", "n1");
-    let a1 = agent(master.grpc_addr(), "n1", 1);
+    let a1 = agent(&server, master.grpc_addr(), "n1", 1);
     wait_for("p1 in n1's view", || a1.view().filter(|v| has_pod_port(v, "p1"))).await;
     // Every watch ends and the history they would resume from is gone: the master's
     // watchers get 410 Gone and must list again. Changes made meanwhile — a pod deleted,

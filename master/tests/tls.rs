@@ -33,12 +33,15 @@ async fn an_agent_over_tls_registers_and_gets_its_view() {
     add_pod(&server, "p1", "n1");
     wait_for("p1 annotated", || pod_ip(&server, "p1")).await;
 
-    let secure = tls_agent(master.grpc_addr(), "n1", 1, &ca, None);
+    let secure = tls_agent(&server, master.grpc_addr(), "n1", 1, &ca, None);
     wait_for("n1's view over TLS, with p1's port", || view_of(&secure).filter(|v| has_pod_port(v, "p1"))).await;
     assert_eq!(master.shared().metrics().southbound_streams.get(), 1);
 
     // A plaintext agent gets nothing from the TLS port.
-    let mut plaintext = agent(master.grpc_addr(), "n1", 2);
+    let mut settings = agent_settings(&server, master.grpc_addr(), "n1", 2);
+    settings.endpoint = format!("http://{}", master.grpc_addr());
+    settings.tls = None;
+    let mut plaintext = skein_southbound::AgentClient::start(settings);
     refused(&mut plaintext, 2).await;
     assert!(plaintext.view().is_none());
     master.stop().await.expect("clean stop");
@@ -54,14 +57,14 @@ async fn an_agent_that_does_not_trust_the_masters_ca_is_refused() {
     wait_for("p1 annotated", || pod_ip(&server, "p1")).await;
 
     let other = TestCa::new("another CA");
-    let mut untrusting = tls_agent(master.grpc_addr(), "n1", 1, &other, None);
+    let mut untrusting = tls_agent(&server, master.grpc_addr(), "n1", 1, &other, None);
     let reason = refused(&mut untrusting, 2).await;
     assert!(reason.contains("certificate"), "{reason}");
     assert!(untrusting.view().is_none());
     assert_eq!(master.shared().metrics().southbound_streams.get(), 0);
 
     // The same agent trusting the right CA is served.
-    let trusting = tls_agent(master.grpc_addr(), "n1", 1, &ca, None);
+    let trusting = tls_agent(&server, master.grpc_addr(), "n1", 1, &ca, None);
     wait_for("n1's view", || view_of(&trusting).filter(|v| has_pod_port(v, "p1"))).await;
     master.stop().await.expect("clean stop");
 }
@@ -108,14 +111,14 @@ async fn with_a_client_ca_only_agents_with_a_certificate_it_signed_are_served() 
     wait_for("p1 annotated", || pod_ip(&server, "p1")).await;
 
     // No client certificate: refused.
-    let mut anonymous = tls_agent(master.grpc_addr(), "n1", 1, &ca, None);
+    let mut anonymous = tls_agent(&server, master.grpc_addr(), "n1", 1, &ca, None);
     refused(&mut anonymous, 2).await;
     assert!(anonymous.view().is_none());
     drop(anonymous);
 
     // A certificate from another CA (here the server's): refused.
     let stranger_cert = ca.client("n1");
-    let mut stranger = tls_agent(master.grpc_addr(), "n1", 1, &ca, Some(&stranger_cert));
+    let mut stranger = tls_agent(&server, master.grpc_addr(), "n1", 1, &ca, Some(&stranger_cert));
     refused(&mut stranger, 2).await;
     assert!(stranger.view().is_none());
     drop(stranger);
@@ -123,7 +126,7 @@ async fn with_a_client_ca_only_agents_with_a_certificate_it_signed_are_served() 
 
     // A certificate signed by the client CA: served.
     let agent_cert = client_ca.client("n1");
-    let agent = tls_agent(master.grpc_addr(), "n1", 1, &ca, Some(&agent_cert));
+    let agent = tls_agent(&server, master.grpc_addr(), "n1", 1, &ca, Some(&agent_cert));
     wait_for("n1's view over mutual TLS", || view_of(&agent).filter(|v| has_pod_port(v, "p1"))).await;
     master.stop().await.expect("clean stop");
 }

@@ -91,9 +91,11 @@ fn switch_defaults(f: &mut Flows<'_>, dp: DatapathKey, node_switch: bool, config
     for stage in [
         Stage::LsInPortSecIp,
         Stage::LsInPreAcl,
-        Stage::LsInAcl,
         Stage::LsInLb,
         Stage::LsInHairpin,
+        Stage::LsInAclCt,
+        Stage::LsInAcl,
+        Stage::LsInAclAction,
         Stage::LsInArpResponder,
         Stage::LsOutLb,
         Stage::LsOutPreAcl,

@@ -23,6 +23,7 @@ use crate::logical::{
     self, LbAttachment, LoadBalancer, LogicalNetwork, LogicalPort, LogicalRouter, LogicalSwitch, NodeFragment,
     ServiceIssue,
 };
+use crate::policy::{self, PolicyIndex, PolicyIssue, Touched};
 use crate::southbound::{ChassisDelta, ChassisView, DatapathKey, ItemSet, Owner, PortKey};
 
 /// Why an object (or part of it) is not in the network.
@@ -53,6 +54,9 @@ pub enum CompileError {
     /// Part of a Service was skipped.
     #[error(transparent)]
     Service(#[from] ServiceIssue),
+    /// Part of a NetworkPolicy (or all of it) was skipped.
+    #[error(transparent)]
+    Policy(#[from] PolicyIssue),
 }
 
 /// A problem with one object; everything else keeps being compiled.
@@ -129,6 +133,7 @@ pub struct Engine {
     services: HashMap<ObjectKey, (Vec<LoadBalancer>, Vec<ServiceIssue>)>,
     chassis: BTreeMap<String, ChassisOutput>,
     issues: BTreeMap<Owner, Vec<Issue>>,
+    policy: PolicyIndex,
 }
 
 impl Engine {
@@ -148,6 +153,7 @@ impl Engine {
             services: HashMap::new(),
             chassis: BTreeMap::new(),
             issues: BTreeMap::new(),
+            policy: PolicyIndex::default(),
         })
     }
 
@@ -197,12 +203,47 @@ impl Engine {
         Some(ChassisView { chassis: chassis.to_owned(), version: out.version, items })
     }
 
+    /// True while the cluster has a NetworkPolicy (the ACL stages are programmed).
+    pub fn policies_enforced(&self) -> bool {
+        self.policy.stateful()
+    }
+
     /// Applies a batch of changes and returns what changed for each chassis.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = ClusterChange>) -> Update {
         let mut dirty: BTreeMap<Owner, Targets> = BTreeMap::new();
         let mut services_on: BTreeSet<String> = BTreeSet::new();
+        let mut touched = Touched::default();
         for change in changes {
+            self.note_policy_inputs(&change, &mut touched);
             self.apply_one(change, &mut dirty, &mut services_on);
+        }
+        let dirt = self.policy.refresh(&self.state, &touched, !self.chassis.is_empty());
+        if dirt.everything {
+            for out in self.chassis.values() {
+                for owner in out.by_owner.keys() {
+                    Self::mark(&mut dirty, owner.clone(), Targets::All);
+                }
+            }
+            let all: Vec<String> = self.chassis.keys().cloned().collect();
+            for c in &all {
+                for owner in self.owners_for(c) {
+                    Self::mark(&mut dirty, owner, Targets::All);
+                }
+            }
+        }
+        for p in &dirt.pods {
+            if let Some(node) = self.state.pods().get(p).and_then(|p| p.node.clone()) {
+                Self::mark(&mut dirty, Owner::Pod(p.clone()), Self::on(&node));
+            }
+        }
+        for p in &dirt.policies {
+            Self::mark(&mut dirty, Owner::Policy(p.clone()), Targets::All);
+        }
+        for (p, nodes) in dirt.policies_on {
+            Self::mark(&mut dirty, Owner::Policy(p), Targets::Some(nodes));
+        }
+        for ns in &dirt.namespaces {
+            Self::mark(&mut dirty, Owner::Namespace(ns.as_str().into()), Targets::All);
         }
         for owner in dirty.keys() {
             self.refresh_issues(owner);
@@ -230,26 +271,31 @@ impl Engine {
                 update.recompiled += 1;
             }
         }
-        let services: Vec<ObjectKey> = self.state.services().keys().cloned().collect();
+        let mut per_chassis: Vec<Owner> = self.state.services().keys().cloned().map(Owner::Service).collect();
+        per_chassis.extend(self.policy_owners());
         let services_on: Vec<String> = services_on.into_iter().filter(|c| self.chassis.contains_key(c)).collect();
         for c in &services_on {
-            for s in &services {
-                let owner = Owner::Service(s.clone());
+            // Policy and namespace owners that went away are in the chassis's output only.
+            let mut owners = per_chassis.clone();
+            if let Some(out) = self.chassis.get(c) {
+                owners.extend(
+                    out.by_owner.keys().filter(|o| matches!(o, Owner::Policy(_) | Owner::Namespace(_))).cloned(),
+                );
+            }
+            owners.sort();
+            owners.dedup();
+            for owner in owners {
                 if !dirty.get(&owner).is_some_and(|t| *t == Targets::All) {
                     self.recompile(&owner, c, &mut deltas);
                     update.recompiled += 1;
                 }
             }
         }
-        for c in added {
-            let mut out = ChassisOutput { version: 1, by_owner: HashMap::new() };
-            for owner in self.owners_for(&c) {
-                let items = self.compile_owner(&owner, &c);
-                update.recompiled += 1;
-                if !items.is_empty() {
-                    out.by_owner.insert(owner, items);
-                }
-            }
+        // New chassis are independent of each other: compile them on every core (the
+        // result does not depend on how they are split).
+        let compiled = self.compile_chassis(&added);
+        for (c, out, owners) in compiled {
+            update.recompiled += owners;
             self.chassis.insert(c.clone(), out);
             update.added_chassis.push(c);
         }
@@ -267,13 +313,78 @@ impl Engine {
         update
     }
 
+    /// The whole output of each chassis in `names`, with the number of owners compiled,
+    /// in the order of `names`; spread over the available cores when there are several.
+    fn compile_chassis(&self, names: &[String]) -> Vec<(String, ChassisOutput, usize)> {
+        let one = |c: &String| {
+            let mut out = ChassisOutput { version: 1, by_owner: HashMap::new() };
+            let owners = self.owners_for(c);
+            let n = owners.len();
+            for owner in owners {
+                let items = self.compile_owner(&owner, c);
+                if !items.is_empty() {
+                    out.by_owner.insert(owner, items);
+                }
+            }
+            (c.clone(), out, n)
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        if threads < 2 || names.len() < 2 {
+            return names.iter().map(one).collect();
+        }
+        let chunk = names.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                names.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>())).collect();
+            // A panic in a worker is a bug in the compiler: let it surface here.
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        })
+    }
+
     /// Every owner that may have items on chassis `c`.
     fn owners_for(&self, c: &str) -> Vec<Owner> {
         let mut owners = vec![Owner::Cluster];
         owners.extend(self.state.nodes().keys().map(|n| Owner::Node(n.as_str().into())));
         owners.extend(self.state.pods_on_node(c).map(|p| Owner::Pod(p.clone())));
         owners.extend(self.state.services().keys().map(|s| Owner::Service(s.clone())));
+        owners.extend(self.policy_owners());
         owners
+    }
+
+    /// The NetworkPolicy owners: every policy and every namespace with egress policies
+    /// (none while the cluster has no policy).
+    fn policy_owners(&self) -> Vec<Owner> {
+        if !self.policy.stateful() {
+            return Vec::new();
+        }
+        let mut owners: Vec<Owner> = self.policy.policy_keys().cloned().map(Owner::Policy).collect();
+        owners.extend(self.policy.egress_namespaces().map(|n| Owner::Namespace(n.into())));
+        owners
+    }
+
+    /// Records what a change touches of the NetworkPolicy inputs (before it is applied).
+    fn note_policy_inputs(&self, change: &ClusterChange, touched: &mut Touched) {
+        let mut pod = |key: ObjectKey| {
+            let old_node = self.state.pods().get(&key).and_then(|p| p.node.clone());
+            touched.pods.entry(key).or_insert(old_node);
+        };
+        match change {
+            ClusterChange::UpsertPod(p) => pod(p.key()),
+            ClusterChange::DeletePod(k) => pod(k.clone()),
+            ClusterChange::UpsertNamespace(n) => {
+                touched.namespaces.insert(n.name.clone());
+            }
+            ClusterChange::DeleteNamespace(n) => {
+                touched.namespaces.insert(n.clone());
+            }
+            ClusterChange::UpsertNetworkPolicy(p) => {
+                touched.policies.insert(p.key());
+            }
+            ClusterChange::DeleteNetworkPolicy(k) => {
+                touched.policies.insert(k.clone());
+            }
+            _ => {}
+        }
     }
 
     fn mark(dirty: &mut BTreeMap<Owner, Targets>, owner: Owner, targets: Targets) {
@@ -346,7 +457,8 @@ impl Engine {
                     self.refresh_service(&svc, dirty);
                 }
             }
-            // Namespaces and NetworkPolicies shape ACLs, which a later stage compiles.
+            // Namespaces and NetworkPolicies are compiled by the policy index after the
+            // batch (`PolicyIndex::refresh`).
             change @ (ClusterChange::UpsertNamespace(_)
             | ClusterChange::DeleteNamespace(_)
             | ClusterChange::UpsertNetworkPolicy(_)
@@ -493,21 +605,29 @@ impl Engine {
                 },
                 None => Vec::new(),
             },
-            Owner::Pod(p) => match self.pods.get(p) {
-                Some(Err(e)) => vec![e.clone()],
-                Some(Ok(e)) => match self.port_claims.get(&(e.node.clone(), e.port.key)).and_then(|s| s.first()) {
-                    Some(holder) if holder != p => {
-                        vec![CompileError::AddressTaken { ips: e.port.ips.clone(), holder: holder.clone() }]
-                    }
-                    _ => Vec::new(),
-                },
-                None => Vec::new(),
-            },
+            Owner::Pod(p) => {
+                let mut errors = match self.pods.get(p) {
+                    Some(Err(e)) => vec![e.clone()],
+                    Some(Ok(e)) => match self.port_claims.get(&(e.node.clone(), e.port.key)).and_then(|s| s.first()) {
+                        Some(holder) if holder != p => {
+                            vec![CompileError::AddressTaken { ips: e.port.ips.clone(), holder: holder.clone() }]
+                        }
+                        _ => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
+                if matches!(self.pods.get(p), Some(Ok(_))) {
+                    errors.extend(self.policy.pod_issue(p).map(CompileError::from));
+                }
+                errors
+            }
             Owner::Service(s) => self
                 .services
                 .get(s)
                 .map(|(_, issues)| issues.iter().cloned().map(Into::into).collect())
                 .unwrap_or_default(),
+            Owner::Policy(p) => self.policy.issues(p).into_iter().map(Into::into).collect(),
+            Owner::Namespace(_) => Vec::new(),
         };
         if errors.is_empty() {
             self.issues.remove(owner);
@@ -541,7 +661,17 @@ impl Engine {
                     if self.node_layout(n).is_some()
                         && let Some(frag) = self.nodes.get(&**n).and_then(|e| e.fragment.as_ref())
                     {
-                        compile::compile_node(&self.config, frag, owner, **n == *c, &mut items);
+                        let local = **n == *c;
+                        compile::compile_node(&self.config, frag, owner, local, &mut items);
+                        if local && self.policy.stateful() {
+                            let mgmt = frag
+                                .switch
+                                .ports
+                                .get(&crate::southbound::port_keys::MANAGEMENT)
+                                .map(|p| p.ips.clone())
+                                .unwrap_or_default();
+                            policy::switch_flows(&self.config, frag.switch.key, &mgmt, owner, &mut items.flows);
+                        }
                     }
                 }
             }
@@ -550,6 +680,30 @@ impl Engine {
                     && port.chassis.as_deref() == Some(c)
                 {
                     compile::compile_pod(&self.config, switch, port, owner, &mut items);
+                    if self.policy.stateful()
+                        && let Some(acl) = self.policy.pod_acl(p)
+                    {
+                        policy::pod_flows(acl, switch, port.key, owner, &mut items.flows);
+                    }
+                }
+            }
+            Owner::Policy(p) => {
+                if self.policy.stateful()
+                    && let Some(layout) = self.node_layout(c)
+                {
+                    let local_port = |pod: &ObjectKey| {
+                        self.pod_port(pod)
+                            .filter(|(port, _)| port.chassis.as_deref() == Some(c))
+                            .map(|(port, _)| port.key)
+                    };
+                    self.policy.policy_flows_on(&self.state, p, c, layout.switch_key, &local_port, &mut items.flows);
+                }
+            }
+            Owner::Namespace(n) => {
+                if self.policy.stateful()
+                    && let Some(layout) = self.node_layout(c)
+                {
+                    self.policy.namespace_flows(n, layout.switch_key, &mut items.flows);
                 }
             }
             Owner::Service(s) => {

@@ -10,6 +10,7 @@
 //!   switch, gateway routers, load balancers;
 //! - [`southbound`]: what one chassis receives — bindings, typed logical flows, load
 //!   balancer tables — and the versioned deltas between views;
+//! - [`policy`]: NetworkPolicy → ACLs: validation, security identities, ACL flows;
 //! - [`engine`]: the incremental compiler from cluster changes to per-chassis deltas.
 //!
 //! No I/O, no clock, no async: every function is deterministic. `docs/netmodel.md`
@@ -25,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod ipam;
 pub mod logical;
+pub mod policy;
 pub mod southbound;
 
 pub use addr::{IpFamily, IpNet, MacAddr};

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::addr::{IpFamily, IpNet, MacAddr};
 use crate::annotations::Encap;
-use crate::cluster::{ObjectKey, Protocol};
+use crate::cluster::{ObjectKey, PolicyType, Protocol};
 
 /// A logical datapath's 24-bit tunnel key (the Geneve VNI). Never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -262,23 +262,33 @@ pub enum Stage {
     LsInPortSecL2,
     /// Switch ingress 1: admit only a port's own IP/ARP source addresses.
     LsInPortSecIp,
-    /// Switch ingress 2: reserved for NetworkPolicy (conntrack before ACLs); `next`.
+    /// Switch ingress 2: NetworkPolicy: the source's security identity (`acl_meta`).
     LsInPreAcl,
-    /// Switch ingress 3: reserved for NetworkPolicy egress ACLs (from-pod); `next`.
-    LsInAcl,
-    /// Switch ingress 4: Service load balancing (DNAT on the client's chassis).
+    /// Switch ingress 3: Service load balancing (DNAT on the client's chassis).
     LsInLb,
-    /// Switch ingress 5: hairpin (a pod reaching itself through its Service).
+    /// Switch ingress 4: hairpin (a pod reaching itself through its Service).
     LsInHairpin,
-    /// Switch ingress 6: ARP answered for known addresses.
+    /// Switch ingress 5: NetworkPolicy: conntrack, in the input port's zone, of traffic
+    /// the load balancer did not track.
+    LsInAclCt,
+    /// Switch ingress 6: NetworkPolicy: replies vouched for, destinations deferred,
+    /// egress rules evaluated (after DNAT, OVN's `ls_in_acl_after_lb`).
+    LsInAcl,
+    /// Switch ingress 7: NetworkPolicy: the egress verdict (commit, or drop).
+    LsInAclAction,
+    /// Switch ingress 8: ARP answered for known addresses.
     LsInArpResponder,
-    /// Switch ingress 7: destination MAC lookup.
+    /// Switch ingress 9: destination MAC lookup.
     LsInL2Lookup,
+    /// Switch ingress 15: NetworkPolicy rule evaluation, a table reached only through
+    /// [`Action::AclEval`] (OVN would use conjunctive matches here).
+    AclEval,
     /// Switch egress 0: un-NAT of Service replies in the destination port's zone.
     LsOutLb,
-    /// Switch egress 1: reserved for NetworkPolicy (conntrack before ACLs); `next`.
+    /// Switch egress 1: NetworkPolicy: the ingress rules of the destination port and the
+    /// egress rules of the source identity evaluated.
     LsOutPreAcl,
-    /// Switch egress 2: reserved for NetworkPolicy ingress ACLs (to-pod); `next`.
+    /// Switch egress 2: NetworkPolicy: the verdict (commit, or drop).
     LsOutAcl,
     /// Switch egress 3: deliver to the output port.
     LsOutDeliver,
@@ -302,15 +312,18 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 20] = [
+    pub const ALL: [Stage; 23] = [
         Stage::LsInPortSecL2,
         Stage::LsInPortSecIp,
         Stage::LsInPreAcl,
-        Stage::LsInAcl,
         Stage::LsInLb,
         Stage::LsInHairpin,
+        Stage::LsInAclCt,
+        Stage::LsInAcl,
+        Stage::LsInAclAction,
         Stage::LsInArpResponder,
         Stage::LsInL2Lookup,
+        Stage::AclEval,
         Stage::LsOutLb,
         Stage::LsOutPreAcl,
         Stage::LsOutAcl,
@@ -331,11 +344,14 @@ impl Stage {
             Stage::LsInPortSecL2
             | Stage::LsInPortSecIp
             | Stage::LsInPreAcl
-            | Stage::LsInAcl
             | Stage::LsInLb
             | Stage::LsInHairpin
+            | Stage::LsInAclCt
+            | Stage::LsInAcl
+            | Stage::LsInAclAction
             | Stage::LsInArpResponder
             | Stage::LsInL2Lookup
+            | Stage::AclEval
             | Stage::LsOutLb
             | Stage::LsOutPreAcl
             | Stage::LsOutAcl
@@ -363,11 +379,14 @@ impl Stage {
             Stage::LsInPortSecL2 | Stage::LsOutLb | Stage::LrInAdmission | Stage::LrOutSnat => 0,
             Stage::LsInPortSecIp | Stage::LsOutPreAcl | Stage::LrInIpInput | Stage::LrOutDeliver => 1,
             Stage::LsInPreAcl | Stage::LsOutAcl | Stage::LrInUnsnat => 2,
-            Stage::LsInAcl | Stage::LsOutDeliver | Stage::LrInDnat => 3,
-            Stage::LsInLb | Stage::LrInRouting => 4,
-            Stage::LsInHairpin | Stage::LrInArpResolve => 5,
-            Stage::LsInArpResponder => 6,
-            Stage::LsInL2Lookup => 7,
+            Stage::LsInLb | Stage::LsOutDeliver | Stage::LrInDnat => 3,
+            Stage::LsInHairpin | Stage::LrInRouting => 4,
+            Stage::LsInAclCt | Stage::LrInArpResolve => 5,
+            Stage::LsInAcl => 6,
+            Stage::LsInAclAction => 7,
+            Stage::LsInArpResponder => 8,
+            Stage::LsInL2Lookup => 9,
+            Stage::AclEval => 15,
         }
     }
 
@@ -377,9 +396,12 @@ impl Stage {
             Stage::LsInPortSecL2 => "ls_in_port_sec_l2",
             Stage::LsInPortSecIp => "ls_in_port_sec_ip",
             Stage::LsInPreAcl => "ls_in_pre_acl",
-            Stage::LsInAcl => "ls_in_acl",
             Stage::LsInLb => "ls_in_lb",
             Stage::LsInHairpin => "ls_in_hairpin",
+            Stage::LsInAclCt => "ls_in_acl_ct",
+            Stage::LsInAcl => "ls_in_acl",
+            Stage::LsInAclAction => "ls_in_acl_action",
+            Stage::AclEval => "acl_eval",
             Stage::LsInArpResponder => "ls_in_arp_rsp",
             Stage::LsInL2Lookup => "ls_in_l2_lkup",
             Stage::LsOutLb => "ls_out_lb",
@@ -397,9 +419,19 @@ impl Stage {
         }
     }
 
-    /// True for the stages kept for NetworkPolicy ACLs (today they only hold `next`).
-    pub fn is_reserved_for_acls(self) -> bool {
-        matches!(self, Stage::LsInPreAcl | Stage::LsInAcl | Stage::LsOutPreAcl | Stage::LsOutAcl)
+    /// True for the stages that NetworkPolicy fills (they hold only `next` while the
+    /// cluster has no NetworkPolicy).
+    pub fn is_acl(self) -> bool {
+        matches!(
+            self,
+            Stage::LsInPreAcl
+                | Stage::LsInAclCt
+                | Stage::LsInAcl
+                | Stage::LsInAclAction
+                | Stage::AclEval
+                | Stage::LsOutPreAcl
+                | Stage::LsOutAcl
+        )
     }
 }
 
@@ -465,11 +497,97 @@ impl Flags {
     pub const FORCE_SNAT: Flags = Flags(1 << 0);
     /// Switch: this is a reply to a hairpinned connection (undo both NATs).
     pub const HAIRPIN_REPLY: Flags = Flags(1 << 1);
+    /// Switch: the destination port is isolated for ingress by some NetworkPolicy.
+    pub const ACL_IN_ISOLATED: Flags = Flags(1 << 2);
+    /// Switch: an ingress rule of a policy isolating the destination allows the packet.
+    pub const ACL_IN_ALLOWED: Flags = Flags(1 << 3);
+    /// Switch: the source identity is isolated for egress by some NetworkPolicy.
+    pub const ACL_EG_ISOLATED: Flags = Flags(1 << 4);
+    /// Switch: an egress rule of a policy isolating the source allows the packet.
+    pub const ACL_EG_ALLOWED: Flags = Flags(1 << 5);
+    /// Switch ingress: the destination is a pod address; the verdict is the destination
+    /// port's (on whichever chassis it resides).
+    pub const ACL_DEFERRED: Flags = Flags(1 << 6);
+    /// Switch: no verdict needed (a reply of an allowed connection, or router-port
+    /// traffic).
+    pub const ACL_PASS: Flags = Flags(1 << 7);
+    /// Switch egress: always allowed and committed (the node's own traffic to its pods,
+    /// hairpin).
+    pub const ACL_BYPASS: Flags = Flags(1 << 8);
 
     /// True if no flag is set.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+}
+
+/// A pod's security identity: its namespace's number and the number of its label class
+/// within the namespace (the pods of one namespace whose labels agree on every key some
+/// NetworkPolicy selector reads share a class). 24 bits: `namespace (12) | class (12)`.
+/// It travels with the packet (the `acl_meta` register, and the Geneve identity option
+/// between chassis), so that a chassis judges traffic from remote pods without knowing
+/// them (Cilium's numeric identities).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Identity(pub u32);
+
+impl Identity {
+    /// Not a pod: outside the cluster, or a node's host through another path.
+    pub const WORLD: Identity = Identity(0);
+    /// A node's host through its management port.
+    pub const HOST: Identity = Identity(1);
+    /// Largest namespace number (0 is for non-pod identities).
+    pub const MAX_NAMESPACE: u16 = (1 << 12) - 1;
+    /// Largest class number.
+    pub const MAX_CLASS: u16 = (1 << 12) - 1;
+    /// Mask of the namespace bits.
+    pub const NAMESPACE_MASK: u32 = 0xfff << 12;
+    /// Mask of every identity bit.
+    pub const MASK: u32 = 0x00ff_ffff;
+
+    /// The identity of class `class` in namespace `namespace` (both masked to 12 bits).
+    pub fn new(namespace: u16, class: u16) -> Identity {
+        Identity((u32::from(namespace & 0xfff) << 12) | u32::from(class & 0xfff))
+    }
+
+    /// The namespace number.
+    pub fn namespace(self) -> u16 {
+        ((self.0 >> 12) & 0xfff) as u16
+    }
+
+    /// The class number.
+    pub fn class(self) -> u16 {
+        (self.0 & 0xfff) as u16
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.namespace(), self.class())
+    }
+}
+
+/// The `acl_meta` register: the source's [`Identity`] in the low 24 bits, and bits that
+/// travel with it (through patch ports and, as the Geneve identity option, through
+/// tunnels).
+pub mod acl_meta {
+    /// This packet is a reply (or related) of a connection that the sending port's
+    /// conntrack zone committed as allowed: the receiving port accepts it.
+    pub const VOUCHED: u32 = 1 << 24;
+    /// The connection was DNATed in the client's zone: the reply must be un-NATed there.
+    pub const CLIENT_NAT: u32 = 1 << 25;
+    /// Every bit.
+    pub const ALL: u32 = u32::MAX;
+}
+
+/// `ct_mark` bits of the connections NetworkPolicy commits.
+pub mod ct_mark {
+    /// The connection was allowed (its replies are vouched for).
+    pub const ALLOWED: u32 = 1 << 0;
+    /// The client's zone DNATed the connection (a Service): replies need un-NAT there.
+    pub const CLIENT_NAT: u32 = 1 << 1;
+    /// A policy change denied the established connection: both directions drop (OVN's
+    /// `ct_mark.blocked`).
+    pub const BLOCKED: u32 = 1 << 2;
 }
 
 /// Conntrack state bits (as in OVS `ct_state`).
@@ -545,6 +663,18 @@ pub struct Match {
     pub ct_state: BitsMatch<CtState>,
     /// Metadata flags.
     pub flags: BitsMatch<Flags>,
+    /// Last port of an L4 destination range `l4_dst..=l4_dst_end` (NetworkPolicy
+    /// `endPort`).
+    pub l4_dst_end: Option<u16>,
+    /// The `acl_meta` register (source [`Identity`] and [`acl_meta`] bits).
+    pub acl_meta: BitsMatch<u32>,
+    /// The ACL id being evaluated (in [`Stage::AclEval`]).
+    pub acl_id: Option<u32>,
+    /// The destination's [`Identity`] (set in switch egress for local pods; matched by
+    /// egress rules).
+    pub dst_identity: BitsMatch<u32>,
+    /// Conntrack mark ([`ct_mark`] bits).
+    pub ct_mark: BitsMatch<u32>,
 }
 
 impl Match {
@@ -619,10 +749,52 @@ impl Match {
         self
     }
 
+    /// Adds flag bits that must be clear.
+    pub fn flags_clear(mut self, flags: Flags) -> Match {
+        self.flags.value.0 &= !flags.0;
+        self.flags.mask.0 |= flags.0;
+        self
+    }
+
     /// Adds conntrack state bits that must be set.
     pub fn ct_set(mut self, state: CtState) -> Match {
         self.ct_state.value.0 |= state.0;
         self.ct_state.mask.0 |= state.0;
+        self
+    }
+
+    /// Adds conntrack state bits that must be clear.
+    pub fn ct_clear(mut self, state: CtState) -> Match {
+        self.ct_state.value.0 &= !state.0;
+        self.ct_state.mask.0 |= state.0;
+        self
+    }
+
+    /// Adds `ip.proto == proto && l4.dst ∈ lo..=hi`.
+    pub fn l4_dst_range(mut self, proto: IpProto, lo: u16, hi: u16) -> Match {
+        self.ip_proto = Some(proto);
+        self.l4_dst = Some(lo);
+        self.l4_dst_end = (hi != lo).then_some(hi);
+        self
+    }
+
+    /// Adds `acl_meta & mask == value`.
+    pub fn acl_meta(mut self, value: u32, mask: u32) -> Match {
+        self.acl_meta.value = (self.acl_meta.value & !mask) | (value & mask);
+        self.acl_meta.mask |= mask;
+        self
+    }
+
+    /// Adds `ct_mark & mask == value`.
+    pub fn ct_mark(mut self, value: u32, mask: u32) -> Match {
+        self.ct_mark.value = (self.ct_mark.value & !mask) | (value & mask);
+        self.ct_mark.mask |= mask;
+        self
+    }
+
+    /// Adds `acl_id == id`.
+    pub fn acl_id(mut self, id: u32) -> Match {
+        self.acl_id = Some(id);
         self
     }
 }
@@ -726,6 +898,43 @@ pub enum Action {
         /// Zone.
         zone: ZoneScope,
     },
+    /// Conntrack in `zone` without NAT (OVN's `ct_next`): the next table sees `ct_state`
+    /// and `ct_mark`.
+    CtNext {
+        /// Zone.
+        zone: ZoneScope,
+    },
+    /// Commit the connection in `zone`, setting the `ct_mark` bits in `mask` to
+    /// `mark`; processing goes on with the next action (no recirculation).
+    CtCommit {
+        /// Zone.
+        zone: ZoneScope,
+        /// Mark value.
+        mark: u32,
+        /// Mark bits written.
+        mask: u32,
+    },
+    /// The destination identity register = the identity.
+    SetDstIdentity(Identity),
+    /// `acl_meta = (acl_meta & !mask) | value`.
+    SetAclMeta {
+        /// Value.
+        value: u32,
+        /// Bits written.
+        mask: u32,
+    },
+    /// Evaluates each ACL id in turn in [`Stage::AclEval`] (`acl_id = id`, then that
+    /// table's best flow), then goes on with the next action.
+    AclEval(Vec<u32>),
+    /// Drop: NetworkPolicy denies the packet. `policies` isolate the port (or the source
+    /// identity) in `direction` and none of their rules allows it; counters and the
+    /// audit log blame them.
+    Deny {
+        /// Ingress (the destination is isolated) or egress (the source is).
+        direction: PolicyType,
+        /// The isolating policies.
+        policies: Vec<ObjectKey>,
+    },
 }
 
 /// Which cluster object a flow (or any item) comes from: the unit of recompilation, and
@@ -740,6 +949,10 @@ pub enum Owner {
     Pod(ObjectKey),
     /// A Service with its EndpointSlices.
     Service(ObjectKey),
+    /// A NetworkPolicy (its rule evaluation flows).
+    Policy(ObjectKey),
+    /// A namespace (the egress policies that may isolate its pods).
+    Namespace(Arc<str>),
 }
 
 impl fmt::Display for Owner {
@@ -749,6 +962,8 @@ impl fmt::Display for Owner {
             Owner::Node(n) => write!(f, "node/{n}"),
             Owner::Pod(p) => write!(f, "pod/{p}"),
             Owner::Service(s) => write!(f, "service/{s}"),
+            Owner::Policy(p) => write!(f, "networkpolicy/{p}"),
+            Owner::Namespace(n) => write!(f, "namespace/{n}"),
         }
     }
 }
@@ -959,8 +1174,10 @@ impl fmt::Display for Match {
         });
         if let Some(l4) = l4 {
             terms.push(l4.into());
-            if let Some(port) = self.l4_dst {
-                terms.push(format!("{l4}.dst == {port}"));
+            match (self.l4_dst, self.l4_dst_end) {
+                (Some(lo), Some(hi)) => terms.push(format!("{l4}.dst >= {lo} && {l4}.dst <= {hi}")),
+                (Some(port), None) => terms.push(format!("{l4}.dst == {port}")),
+                _ => {}
             }
             if let Some(t) = self.icmp_type {
                 terms.push(format!("{l4}.type == {t}"));
@@ -974,11 +1191,56 @@ impl fmt::Display for Match {
                 terms.push(format!("{neg}ct.{name}"));
             }
         }
-        const FLAGS: [(u16, &str); 2] = [(1, "flags.force_snat"), (2, "flags.hairpin_reply")];
+        const FLAGS: [(u16, &str); 9] = [
+            (1, "flags.force_snat"),
+            (2, "flags.hairpin_reply"),
+            (4, "flags.acl_in_isolated"),
+            (8, "flags.acl_in_allowed"),
+            (16, "flags.acl_eg_isolated"),
+            (32, "flags.acl_eg_allowed"),
+            (64, "flags.acl_deferred"),
+            (128, "flags.acl_pass"),
+            (256, "flags.acl_bypass"),
+        ];
         for (bit, name) in FLAGS {
             if self.flags.mask.0 & bit != 0 {
                 let neg = if self.flags.value.0 & bit == 0 { "!" } else { "" };
                 terms.push(format!("{neg}{name}"));
+            }
+        }
+        let meta = self.acl_meta;
+        match meta.mask & Identity::MASK {
+            0 => {}
+            Identity::MASK => terms.push(format!("identity == {}", Identity(meta.value & Identity::MASK))),
+            Identity::NAMESPACE_MASK => {
+                terms.push(format!("identity.namespace == {}", Identity(meta.value).namespace()))
+            }
+            m => terms.push(format!("identity & {m:#x} == {:#x}", meta.value & m)),
+        }
+        for (bit, name) in [(acl_meta::VOUCHED, "vouched"), (acl_meta::CLIENT_NAT, "client_nat")] {
+            if meta.mask & bit != 0 {
+                let neg = if meta.value & bit == 0 { "!" } else { "" };
+                terms.push(format!("{neg}acl_meta.{name}"));
+            }
+        }
+        if let Some(id) = self.acl_id {
+            terms.push(format!("acl_id == {id:#x}"));
+        }
+        let dst = self.dst_identity;
+        match dst.mask {
+            0 => {}
+            Identity::MASK => terms.push(format!("dst_identity == {}", Identity(dst.value))),
+            Identity::NAMESPACE_MASK => {
+                terms.push(format!("dst_identity.namespace == {}", Identity(dst.value).namespace()))
+            }
+            m => terms.push(format!("dst_identity & {m:#x} == {:#x}", dst.value & m)),
+        }
+        for (bit, name) in
+            [(ct_mark::ALLOWED, "allowed"), (ct_mark::CLIENT_NAT, "client_nat"), (ct_mark::BLOCKED, "blocked")]
+        {
+            if self.ct_mark.mask & bit != 0 {
+                let neg = if self.ct_mark.value & bit == 0 { "!" } else { "" };
+                terms.push(format!("{neg}ct_mark.{name}"));
             }
         }
         if terms.is_empty() { f.write_str("1") } else { f.write_str(&terms.join(" && ")) }
@@ -1020,6 +1282,27 @@ impl fmt::Display for Action {
             Action::CtNat { zone } => write!(f, "ct_nat(zone = {zone});"),
             Action::CtLb { lb, zone } => write!(f, "ct_lb(lb = {lb}, zone = {zone});"),
             Action::CtSnat { ip, zone } => write!(f, "ct_snat({ip}, zone = {zone});"),
+            Action::CtNext { zone } => write!(f, "ct_next(zone = {zone});"),
+            Action::CtCommit { zone, mark, mask } => {
+                write!(f, "ct_commit(zone = {zone}, ct_mark = {mark:#x}/{mask:#x});")
+            }
+            Action::SetDstIdentity(i) => write!(f, "dst_identity = {i};"),
+            Action::SetAclMeta { value, mask } if *mask == acl_meta::ALL => {
+                write!(f, "identity = {};", Identity(*value & Identity::MASK))
+            }
+            Action::SetAclMeta { value, mask } => write!(f, "acl_meta = {value:#x}/{mask:#x};"),
+            Action::AclEval(ids) => {
+                let ids: Vec<String> = ids.iter().map(|i| format!("{i:#x}")).collect();
+                write!(f, "acl_eval({});", ids.join(", "))
+            }
+            Action::Deny { direction, policies } => {
+                let dir = match direction {
+                    PolicyType::Ingress => "ingress",
+                    PolicyType::Egress => "egress",
+                };
+                let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
+                write!(f, "deny({dir}, isolated by {});", names.join(", "))
+            }
         }
     }
 }

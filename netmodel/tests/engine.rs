@@ -278,3 +278,103 @@ fn logical_network_lists_the_topology() {
     assert_eq!(net.switches["node-b"].load_balancers, ["svc-default-web-tcp"]);
     assert_eq!(net.routers["gw-a"].nat.len(), 1);
 }
+
+fn policy(
+    ns: &str,
+    name: &str,
+    select: Option<(&str, &str)>,
+    from_app: &str,
+) -> skein_netmodel::cluster::NetworkPolicy {
+    use skein_netmodel::cluster::{LabelSelector, NetworkPolicy, PolicyPeer, PolicyRule};
+    let sel = |k: &str, v: &str| LabelSelector {
+        match_labels: [(k.to_owned(), v.to_owned())].into_iter().collect(),
+        match_expressions: vec![],
+    };
+    NetworkPolicy {
+        namespace: ns.into(),
+        name: name.into(),
+        pod_selector: select.map(|(k, v)| sel(k, v)).unwrap_or_default(),
+        policy_types: vec![],
+        ingress: vec![PolicyRule {
+            peers: vec![PolicyPeer { pod_selector: Some(sel("app", from_app)), ..Default::default() }],
+            ports: vec![],
+        }],
+        egress: vec![],
+    }
+}
+
+#[test]
+fn policies_cost_a_chassis_nothing_per_remote_pod_of_a_known_class() {
+    let mut e = cluster();
+    let mut web = labelled_pod("shop", "web", "a", 0, 10, Some("a"), None);
+    web.labels.insert("app".into(), "web".into());
+    let client = labelled_pod("shop", "client", "b", 1, 10, Some("a"), None);
+    e.apply([UpsertPod(web), UpsertPod(client), UpsertNetworkPolicy(policy("shop", "web", Some(("app", "web")), "a"))]);
+    assert_eq!(e.issues().count(), 0, "{:?}", e.issues().collect::<Vec<_>>());
+    assert!(e.policies_enforced());
+    let before = e.snapshot("a").unwrap();
+    // The web pod isolated: its ingress evaluation names the policy's rule.
+    let web_flows: Vec<String> = flows_of(&before, &Owner::Pod(skein_netmodel::ObjectKey::new("shop", "web")))
+        .map(ToString::to_string)
+        .collect();
+    assert!(web_flows.iter().any(|f| f.contains("ls_out_pre_acl") && f.contains("acl_eval(")), "{web_flows:#?}");
+    // Ten more clients on b and c, all of the class the rule allows: chassis a's view
+    // does not change by one item, and only b and c get deltas (their own pods).
+    let more: Vec<_> = (0..10)
+        .map(|i| {
+            let node = if i % 2 == 0 { ("b", 1) } else { ("c", 2) };
+            UpsertPod(labelled_pod("shop", &format!("c{i}"), node.0, node.1, 20 + i, Some("a"), None))
+        })
+        .collect();
+    let update = e.apply(more);
+    assert!(
+        update.deltas.iter().all(|d| d.chassis != "a"),
+        "{:?}",
+        update.deltas.iter().map(|d| &d.chassis).collect::<Vec<_>>()
+    );
+    assert_eq!(e.snapshot("a").unwrap().items, before.items);
+    // A label no policy reads does not make a new class: a remote pod's change of it
+    // costs chassis a nothing either.
+    let odd = labelled_pod("shop", "c0", "b", 1, 20, Some("a"), Some("x"));
+    let update = e.apply([UpsertPod(odd)]);
+    assert!(update.deltas.iter().all(|d| d.chassis != "a"));
+    assert_eq!(e.snapshot("a").unwrap().items, before.items);
+}
+
+#[test]
+fn a_policy_that_cannot_be_compiled_is_reported_and_the_rest_is_served() {
+    use skein_netmodel::cluster::{
+        LabelSelector, PolicyPort, PortRef, Protocol, SelectorOperator, SelectorRequirement,
+    };
+    let mut e = cluster();
+    let mut bad_rule = policy("default", "bad-rule", None, "a");
+    bad_rule.ingress[0].ports =
+        vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(90)), end_port: Some(80) }];
+    let mut bad_selector = policy("default", "bad-selector", None, "a");
+    bad_selector.pod_selector = LabelSelector {
+        match_labels: Default::default(),
+        match_expressions: vec![SelectorRequirement {
+            key: "app".into(),
+            operator: SelectorOperator::In,
+            values: vec![],
+        }],
+    };
+    e.apply([UpsertNetworkPolicy(bad_rule), UpsertNetworkPolicy(bad_selector)]);
+    let issues: Vec<String> = e.issues().map(ToString::to_string).collect();
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert!(
+        issues[0].starts_with("networkpolicy/default/bad-rule: spec.ingress[0].ports[0]: endPort 80 is below port 90"),
+        "{issues:#?}"
+    );
+    assert!(issues[1].contains("networkpolicy/default/bad-selector: spec.podSelector"), "{issues:#?}");
+    assert!(e.issues().all(|i| matches!(i.error, CompileError::Policy(_))));
+    // The bad rule is left out but its policy still isolates the pods (deny all); the
+    // other policy is not programmed at all.
+    let view = e.snapshot("a").unwrap();
+    let p1 = Owner::Pod(key("p1"));
+    assert!(
+        flows_of(&view, &p1)
+            .any(|f| f.stage == Stage::LsOutAcl && f.actions.iter().any(|a| matches!(a, Action::Deny { .. })))
+    );
+    assert_eq!(flows_of(&view, &Owner::Policy(key("bad-selector"))).count(), 0);
+}

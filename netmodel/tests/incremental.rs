@@ -1,6 +1,7 @@
 //! Property: applying every delta in order gives exactly what a full compile of the final
-//! state gives, for random sequences of node, pod, Service and EndpointSlice changes —
-//! including conflicting annotations, unregistered nodes and deleted objects. Every view
+//! state gives, for random sequences of node, pod, Service, EndpointSlice, namespace and
+//! NetworkPolicy changes — including conflicting annotations, unregistered nodes, label
+//! changes, invalid policy rules and deleted objects. Every view
 //! is also checked for the structural promises the agent relies on.
 
 mod support;
@@ -9,7 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use skein_netmodel::ClusterChange;
-use skein_netmodel::cluster::{EndpointConditions, ServiceType, SessionAffinity, TrafficPolicy};
+use skein_netmodel::ObjectKey;
+use skein_netmodel::cluster::{
+    ContainerPort, EndpointConditions, Labels, Namespace, NetworkPolicy, Protocol, ServiceType, SessionAffinity,
+    TrafficPolicy,
+};
 use skein_netmodel::southbound::{Action, ChassisView};
 use support::*;
 
@@ -23,6 +28,11 @@ enum Op {
     DeleteService(u8),
     Slice { e: u8, svc: u8, endpoints: Vec<(u8, u8, bool, bool)> },
     DeleteSlice(u8),
+    Labels { p: u8, node: u8, host: u8, app: Option<u8>, tier: Option<u8>, metrics: bool },
+    Namespace { ns: u8, team: Option<u8> },
+    DeleteNamespace(u8),
+    Policy(NetworkPolicy),
+    DeletePolicy(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +55,12 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..4u8, 0..3u8, proptest::collection::vec((3..7u8, 0..4u8, any::<bool>(), any::<bool>()), 0..4))
             .prop_map(|(e, svc, endpoints)| Op::Slice { e, svc, endpoints }),
         1 => (0..4u8).prop_map(Op::DeleteSlice),
+        4 => (8..14u8, 0..4u8, 3..8u8, proptest::option::of(0..2u8), proptest::option::of(0..2u8), any::<bool>())
+            .prop_map(|(p, node, host, app, tier, metrics)| Op::Labels { p, node, host, app, tier, metrics }),
+        1 => (0..3u8, proptest::option::of(0..2u8)).prop_map(|(ns, team)| Op::Namespace { ns, team }),
+        1 => (0..3u8).prop_map(Op::DeleteNamespace),
+        3 => (0..3u8, 0..3u8).prop_flat_map(|(ns, n)| policies::policy(format!("ns{ns}"), format!("np{n}"))).prop_map(Op::Policy),
+        1 => (0..3u8, 0..3u8).prop_map(|(ns, n)| Op::DeletePolicy(ns, n)),
     ]
 }
 
@@ -102,6 +118,33 @@ fn change(op: &Op) -> ClusterChange {
             ClusterChange::UpsertEndpointSlice(slice)
         }
         Op::DeleteSlice(e) => ClusterChange::DeleteEndpointSlice(key(&format!("e{e}"))),
+        Op::Labels { p, node, host, app, tier, metrics } => {
+            let ns = format!("ns{}", p % 3);
+            let app = app.map(|a| if a == 0 { "a" } else { "b" });
+            let tier = tier.map(|t| if t == 0 { "x" } else { "y" });
+            let mut pod = labelled_pod(&ns, &format!("q{p}"), &node_name(*node), *node, *host, app, tier);
+            if *metrics {
+                // Two pods may map one name to different numbers.
+                pod.ports.push(ContainerPort {
+                    name: Some("metrics".into()),
+                    port: 9000 + u16::from(*p),
+                    protocol: Protocol::Tcp,
+                });
+            }
+            ClusterChange::UpsertPod(pod)
+        }
+        Op::Namespace { ns, team } => {
+            let mut labels = Labels::new();
+            if let Some(t) = team {
+                labels.insert("team".into(), if *t == 0 { "red".into() } else { "blue".into() });
+            }
+            ClusterChange::UpsertNamespace(Namespace { name: format!("ns{ns}"), labels })
+        }
+        Op::DeleteNamespace(ns) => ClusterChange::DeleteNamespace(format!("ns{ns}")),
+        Op::Policy(np) => ClusterChange::UpsertNetworkPolicy(np.clone()),
+        Op::DeletePolicy(ns, n) => {
+            ClusterChange::DeleteNetworkPolicy(ObjectKey::new(format!("ns{ns}"), format!("np{n}")))
+        }
     }
 }
 
@@ -167,8 +210,8 @@ proptest! {
                 let view = &mirror[&expected.chassis];
                 prop_assert_eq!(view.version, engine.version(&expected.chassis).unwrap_or_default());
                 if view.items != expected.items {
-                    let extra: Vec<_> = view.items.flows.difference(&expected.items.flows).collect();
-                    let missing: Vec<_> = expected.items.flows.difference(&view.items.flows).collect();
+                    let extra: Vec<String> = view.items.flows.difference(&expected.items.flows).map(ToString::to_string).collect();
+                    let missing: Vec<String> = expected.items.flows.difference(&view.items.flows).map(ToString::to_string).collect();
                     prop_assert!(false, "chassis {}: incremental differs from full; extra flows {:#?}, missing flows {:#?}",
                         expected.chassis, extra, missing);
                 }

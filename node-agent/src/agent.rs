@@ -48,8 +48,14 @@ pub enum MasterLocation {
 /// TLS towards the master.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MasterTls {
-    /// CA to trust (PEM file).
+    /// CA to trust (PEM file); without it, the CA the master publishes in
+    /// [`MasterTls::ca_config_map`].
     pub ca: Option<PathBuf>,
+    /// ConfigMap (namespace, name) where the master publishes its CA (`ca.crt`) and the
+    /// name in its certificate (`server-name`), read through the API server.
+    pub ca_config_map: Option<(String, String)>,
+    /// The projected ServiceAccount token proving this node, re-read on every connection.
+    pub token: Option<PathBuf>,
     /// Client certificate (PEM file).
     pub cert: Option<PathBuf>,
     /// Its key.
@@ -91,6 +97,8 @@ pub struct NetworkSettings {
     pub gateway_wait: Duration,
     /// How often port records are checked for a veth or sandbox namespace that is gone.
     pub stale_port_interval: Duration,
+    /// Denied connections written to the audit log per second (0: no audit log).
+    pub policy_audit_rate: u32,
 }
 
 /// The running network side.
@@ -225,7 +233,7 @@ pub async fn start(
     net.install_saved_view(&s.node_name);
     tokio::task::spawn_blocking(move || host::ensure_uplink_rules(node_ip, s.uplink_ports)).await??;
     tokio::task::spawn_blocking(host::ensure_host_port_rules).await??;
-    crate::controlsock::serve(&s.state_dir.join("control.sock"), control.clone())
+    crate::controlsock::serve_with_policies(&s.state_dir.join("control.sock"), control.clone(), Some(net.clone()))
         .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
 
     // Housekeeping: expire idle cache entries and connections.
@@ -272,8 +280,22 @@ pub async fn start(
         encap: Encap::Geneve,
     };
     let tls = client_tls(&s.tls)?;
-    tokio::spawn(follow_master(client.clone(), s.master.clone(), tls, registration, net.clone(), shutdown.clone()));
+    if let Some(token) = &s.tls.token
+        && let Err(e) = skein_southbound::TokenSource::File(token.clone()).read()
+    {
+        // Kubelet may not have written it yet; every connection reads it again.
+        warn!(error = %e, "the southbound token is not readable yet");
+    }
+    tokio::spawn(follow_master(
+        client.clone(),
+        s.master.clone(),
+        MasterAuth { tls, ca_config_map: s.tls.ca_config_map.clone(), token: s.tls.token.clone() },
+        registration,
+        net.clone(),
+        shutdown.clone(),
+    ));
 
+    crate::policylog::start(net.clone(), s.policy_audit_rate, shutdown.clone()).context("starting the audit log")?;
     info!(node = %s.node_name, "node network running");
     Ok(RunningNetwork { net })
 }
@@ -344,6 +366,31 @@ fn chassis_id(state: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// How the agent reaches and proves itself to the master.
+#[derive(Clone, Debug)]
+struct MasterAuth {
+    /// TLS from files (`--master-ca`), if given.
+    tls: Option<ClientTls>,
+    /// Otherwise the CA the master publishes here.
+    ca_config_map: Option<(String, String)>,
+    /// The token file.
+    token: Option<PathBuf>,
+}
+
+/// The master's CA and server name from the ConfigMap it publishes.
+async fn published_ca(client: &Client, namespace: &str, name: &str) -> Result<ClientTls, String> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let map = api.get(name).await.map_err(|e| format!("reading ConfigMap {namespace}/{name}: {e}"))?;
+    let data = map.data.unwrap_or_default();
+    let ca = data
+        .get("ca.crt")
+        .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no data[\"ca.crt\"] (is the master running?)"))?;
+    let mut tls = ClientTls::new(ca.clone());
+    tls.server_name = data.get("server-name").cloned().filter(|n| !n.is_empty());
+    tls.check().map_err(|e| format!("ConfigMap {namespace}/{name}: {e}"))?;
+    Ok(tls)
+}
+
 fn client_tls(tls: &MasterTls) -> anyhow::Result<Option<ClientTls>> {
     let Some(ca) = &tls.ca else {
         if tls.cert.is_some() || tls.key.is_some() {
@@ -412,13 +459,28 @@ async fn master_endpoints(client: &Client, master: &MasterLocation, tls: bool) -
 async fn follow_master(
     client: Client,
     master: MasterLocation,
-    tls: Option<ClientTls>,
+    auth: MasterAuth,
     registration: Registration,
     net: Arc<NodeNetwork>,
     shutdown: CancellationToken,
 ) {
     let mut attempt = 0usize;
     loop {
+        // The CA is read again whenever the agent moves on, so a re-issued one is picked up.
+        let tls = match (&auth.tls, &auth.ca_config_map) {
+            (Some(tls), _) => Some(tls.clone()),
+            (None, Some((namespace, name))) => match published_ca(&client, namespace, name).await {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    warn!(error = %e, "the master's CA is not available yet; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
+            },
+            (None, None) => None,
+        };
         let endpoints = master_endpoints(&client, &master, tls.is_some()).await;
         if endpoints.is_empty() {
             warn!(master = ?master, "no master endpoint known yet; retrying");
@@ -431,6 +493,7 @@ async fn follow_master(
         attempt += 1;
         let mut settings = ClientSettings::new(endpoint.clone(), registration.clone());
         settings.tls = tls.clone();
+        settings.token = auth.token.clone().map(skein_southbound::TokenSource::File);
         settings.installer = Some(net.clone());
         if let Err(e) = settings.channel_endpoint() {
             warn!(%endpoint, error = %e, "master endpoint unusable");
@@ -458,7 +521,9 @@ async fn follow_master(
                 Some(ClientEvent::Disconnected(reason)) => {
                     failures += 1;
                     warn!(%endpoint, %reason, failures, "southbound stream ended");
-                    if failures >= 3 && (endpoints.len() > 1 || matches!(master, MasterLocation::Service { .. })) {
+                    // Two failures in a row: the leader may have moved (a standby answers
+                    // UNAVAILABLE; a vanished one times out), so look again.
+                    if failures >= 2 && (endpoints.len() > 1 || matches!(master, MasterLocation::Service { .. })) {
                         break;
                     }
                 }

@@ -235,7 +235,21 @@ impl CniServer {
             () = &mut gone => return self.plugin_gone(container_id, host_ifname, ifindex, Some(&record)),
         };
         match outcome {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                // Only the master's address: the view must agree with the annotation.
+                let view = self.net.view();
+                let agreed = view
+                    .as_ref()
+                    .map_or(Err("no view".to_owned()), |v| crate::pods::check_against_view(v, &logical_port, &network));
+                if let Err(why) = agreed {
+                    self.net.unbind(&record.host_ifname);
+                    return error(
+                        CODE_BAD_ANNOTATION,
+                        format!("pod {}/{}: {why}", pod.namespace, pod.name),
+                        String::new(),
+                    );
+                }
+            }
             _ => {
                 let state = self.net.installed().borrow().clone();
                 self.net.unbind(&record.host_ifname);

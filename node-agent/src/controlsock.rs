@@ -1,7 +1,8 @@
 //! The agent's control socket (`<state-dir>/control.sock`, mode 0600): the datapath's
 //! read-only requests — `dump-flows`, `dump-cache`, `dump-conntrack`, `stats`, `trace` —
 //! for `skein-agent trace` and friends. Flows are the agent's to install: `reload` is
-//! refused here.
+//! refused here. A trace names the NetworkPolicy and rule that allowed or dropped the
+//! packet ([`crate::policyview`]).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,13 +13,21 @@ use std::time::Duration;
 use skein_datapath::control::Control;
 use tracing::warn;
 
+use crate::node::NodeNetwork;
+use crate::policyview::PolicyView;
+
 /// Binds `path` and serves requests on a thread until the process ends.
 pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
+    serve_with_policies(path, control, None)
+}
+
+/// [`serve`], with traces annotated from `net`'s installed view (policy and rule).
+pub fn serve_with_policies(path: &Path, control: Arc<Control>, net: Option<Arc<NodeNetwork>>) -> std::io::Result<()> {
     let listener = skein_datapath::io::bind_private_socket(path, "another agent runs with this state directory")?;
     std::thread::Builder::new().name("skein-agent-ctl".into()).spawn(move || {
         for conn in listener.incoming() {
             match conn {
-                Ok(stream) => answer(&control, stream),
+                Ok(stream) => answer(&control, net.as_deref(), stream),
                 Err(e) => warn!(error = %e, "control socket accept failed"),
             }
         }
@@ -26,7 +35,7 @@ pub fn serve(path: &Path, control: Arc<Control>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn answer(control: &Control, mut stream: UnixStream) {
+fn answer(control: &Control, net: Option<&NodeNetwork>, mut stream: UnixStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut request = String::new();
     let reply = match stream.read_to_string(&mut request) {
@@ -35,6 +44,14 @@ fn answer(control: &Control, mut stream: UnixStream) {
             "error\nthe agent installs flows from the master's view; reload is not accepted here\n".to_owned()
         }
         Ok(_) => match control.handle(&request) {
+            Ok(body) if request.trim_start().starts_with("trace") => {
+                let view = net.and_then(NodeNetwork::view);
+                let body = match view {
+                    Some(v) => PolicyView::new(&v).annotate_trace(&body),
+                    None => body,
+                };
+                format!("ok\n{body}")
+            }
             Ok(body) => format!("ok\n{body}"),
             Err(e) => format!("error\n{e}\n"),
         },

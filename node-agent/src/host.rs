@@ -26,8 +26,10 @@ pub const MANAGEMENT_IFNAME: &str = "skein-mgmt0";
 pub const MANAGEMENT_DP_IFNAME: &str = "skein-mgmt0-dp";
 /// The `raw` table chain that hides Skein's uplink traffic from the host's stack.
 pub const UPLINK_CHAIN: &str = "SKEIN-UPLINK";
-/// Bytes Geneve over IPv4 adds to an inner frame (outer IPv4, UDP, Geneve, one option, inner Ethernet).
-pub const GENEVE_OVERHEAD: u32 = 58;
+/// Bytes Geneve over IPv4 adds to an inner frame (outer IPv4, UDP, Geneve, the port-key
+/// option, inner Ethernet — and the identity option the host's traffic carries while
+/// NetworkPolicies are in use).
+pub const GENEVE_OVERHEAD: u32 = skein_datapath::geneve::ENCAP_OVERHEAD_V4_IDENTITY as u32;
 
 /// Why host set-up failed.
 #[derive(Debug, thiserror::Error)]

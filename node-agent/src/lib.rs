@@ -16,4 +16,6 @@ pub mod metrics;
 pub mod netmetrics;
 pub mod node;
 pub mod pods;
+pub mod policylog;
+pub mod policyview;
 pub mod translate;

@@ -146,7 +146,7 @@ struct Args {
     kubeconfig: Option<PathBuf>,
 
     /// The master's southbound endpoint(s), comma-separated, tried in turn:
-    /// `http://10.0.0.5:6643` (or `https://` with --master-ca).
+    /// `https://10.0.0.5:6643`.
     #[arg(long, env = "SKEIN_MASTER", value_delimiter = ',', conflicts_with = "master_service")]
     master: Vec<String>,
 
@@ -156,9 +156,22 @@ struct Args {
     #[arg(long, env = "SKEIN_MASTER_SERVICE")]
     master_service: Option<String>,
 
-    /// CA certificate (PEM) that signed the master's certificate; makes the connection TLS.
+    /// CA certificate (PEM) that signed the master's certificate. Without it the agent
+    /// trusts the CA the master publishes in --master-ca-configmap.
     #[arg(long, env = "SKEIN_MASTER_CA")]
     master_ca: Option<PathBuf>,
+
+    /// ConfigMap (NAMESPACE/NAME) in which the master publishes its CA (`ca.crt`) and the
+    /// name its certificate carries (`server-name`); read through the API server. Used
+    /// unless --master-ca is given.
+    #[arg(long, env = "SKEIN_MASTER_CA_CONFIGMAP", default_value = "kube-system/skein-southbound-ca")]
+    master_ca_configmap: String,
+
+    /// The projected ServiceAccount token (audience `skein.dev/southbound`, bound to this
+    /// agent's pod) the agent proves its node with; re-read on every connection, as
+    /// kubelet rotates it.
+    #[arg(long, env = "SKEIN_TOKEN_FILE", default_value = "/var/run/secrets/skein.dev/southbound/token")]
+    token_file: PathBuf,
 
     /// Client certificate (PEM) for a master that requires mutual TLS. Needs --tls-key.
     #[arg(long, env = "SKEIN_TLS_CERT")]
@@ -284,6 +297,11 @@ struct Args {
     /// Log filter in `RUST_LOG` syntax, e.g. `info` or `skein_agent=debug`.
     #[arg(long, env = "SKEIN_LOG", default_value = "info")]
     log: String,
+
+    /// Audit log of connections NetworkPolicy denied: at most this many lines per second
+    /// (target `skein::policy_audit`; 0, the default, writes none).
+    #[arg(long, env = "SKEIN_POLICY_AUDIT_LOG_RATE", default_value_t = 0)]
+    policy_audit_log_rate: u32,
 }
 
 impl CniPaths {
@@ -363,6 +381,16 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         master,
         tls: MasterTls {
             ca: args.master_ca.clone(),
+            ca_config_map: Some(
+                args.master_ca_configmap
+                    .split_once('/')
+                    .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+                    .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                    .with_context(|| {
+                        format!("--master-ca-configmap {:?}: expected NAMESPACE/NAME", args.master_ca_configmap)
+                    })?,
+            ),
+            token: Some(args.token_file.clone()),
             cert: args.tls_cert.clone(),
             key: args.tls_key.clone(),
             server_name: args.master_server_name.clone(),
@@ -384,6 +412,7 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         uplink_ports: UplinkPorts { node_ports: args.node_port_range, snat_ports: args.snat_port_range },
         gateway_wait: Duration::from_secs(10),
         stale_port_interval: args.stale_port_interval,
+        policy_audit_rate: args.policy_audit_log_rate,
     })
 }
 

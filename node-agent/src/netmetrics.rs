@@ -13,7 +13,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use skein_netmodel::cluster::PolicyType;
+
 use crate::node::NodeNetwork;
+use crate::policyview::PolicyView;
 
 /// Labels of `cni_request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +39,18 @@ pub struct StaleLabels {
 pub struct CacheLabels {
     /// `microflow` or `megaflow`.
     pub cache: String,
+}
+
+/// Labels of `skein_policy_packets_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `namespace/name` of the NetworkPolicy.
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `allowed` (its rules allowed the packet) or `denied` (it isolated the endpoint and
+    /// no rule allowed the packet).
+    pub verdict: String,
 }
 
 /// The network metrics.
@@ -152,6 +167,33 @@ impl Collector for NetworkCollector {
             "skein_datapath_upcalls",
             "Packets that missed the caches and ran the flow tables",
             s.upcalls,
-        )
+        )?;
+
+        // Per NetworkPolicy: what its rules allowed, what was dropped while it isolated.
+        let Some(view) = net.view() else { return Ok(()) };
+        let policies = PolicyView::new(&view);
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let counts = policies.counts(&net.datapath().flow_stats());
+        let kind = ConstCounter::new(0u64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "skein_policy_packets",
+            "Packets NetworkPolicy judged on this node, by policy, direction and verdict",
+            None,
+            kind,
+        )?;
+        for ((policy, direction), c) in counts {
+            let direction = match direction {
+                PolicyType::Ingress => "ingress",
+                PolicyType::Egress => "egress",
+            };
+            for (verdict, n) in [("allowed", c.allowed), ("denied", c.denied)] {
+                let labels =
+                    PolicyLabels { policy: policy.to_string(), direction: direction.into(), verdict: verdict.into() };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }

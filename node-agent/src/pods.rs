@@ -10,6 +10,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use skein_netmodel::annotations::{POD_NETWORKS, PodNetwork, parse_pod_networks};
+use skein_netmodel::southbound::ChassisView;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -122,5 +123,71 @@ impl NodePods {
                 }
             }
         }
+    }
+}
+
+/// The addressing rule: a pod gets only the address the master allocated. The annotation
+/// the CNI ADD read must say exactly what the master's view says for the pod's logical
+/// port (the master ignores values it did not write, so a forged annotation has no port,
+/// or another address, in the view). An error says what differs.
+pub fn check_against_view(view: &ChassisView, logical_port: &str, network: &PodNetwork) -> Result<(), String> {
+    let port = view
+        .items
+        .ports
+        .iter()
+        .find(|p| p.name == logical_port)
+        .ok_or_else(|| format!("the master's view has no port {logical_port}"))?;
+    if port.ips != network.ip_addresses || port.mac != Some(network.mac_address) {
+        return Err(format!(
+            "{POD_NETWORKS} says {:?} {}, but the master allocated {:?} {} to {logical_port}: the annotation is not the master's",
+            network.ip_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            network.mac_address,
+            port.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            port.mac.map(|m| m.to_string()).unwrap_or_default(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use skein_netmodel::southbound::{DatapathKey, PortBinding, PortKey, PortKind};
+    use skein_netmodel::{IpNet, MacAddr, ObjectKey};
+
+    use super::*;
+
+    fn network(ip: &str) -> PodNetwork {
+        let net: IpNet = ip.parse().unwrap();
+        PodNetwork {
+            ip_addresses: vec![net],
+            mac_address: MacAddr::derived(net.addr()),
+            gateway_ips: Vec::new(),
+            routes: Vec::new(),
+            mtu: 1400,
+        }
+    }
+
+    #[test]
+    fn a_pod_gets_only_the_address_the_master_allocated() {
+        let allocated = network("10.244.1.5/24");
+        let mut view = ChassisView { chassis: "n1".into(), ..ChassisView::default() };
+        view.items.ports.insert(PortBinding {
+            datapath: DatapathKey::new(1).unwrap(),
+            key: PortKey::new(5).unwrap(),
+            name: "default/p1".into(),
+            kind: PortKind::Pod { pod: ObjectKey::new("default", "p1"), uid: "u".into() },
+            mac: Some(allocated.mac_address),
+            ips: allocated.ip_addresses.clone(),
+            chassis: Some("n1".into()),
+        });
+        check_against_view(&view, "default/p1", &allocated).unwrap();
+        // A forged annotation naming another address, or a pod the master gave no port.
+        let e = check_against_view(&view, "default/p1", &network("10.244.1.9/24")).unwrap_err();
+        assert!(e.contains("10.244.1.9/24") && e.contains("10.244.1.5/24"), "{e}");
+        let mut other_mac = allocated.clone();
+        other_mac.mac_address = MacAddr([2, 0, 0, 0, 0, 1]);
+        assert!(check_against_view(&view, "default/p1", &other_mac).is_err());
+        let e = check_against_view(&view, "default/thief", &allocated).unwrap_err();
+        assert!(e.contains("no port default/thief"), "{e}");
     }
 }

@@ -14,9 +14,10 @@ use skein_datapath::flow::{CtSpec, CtZone, Responder, Subfield, TunnelPort};
 use skein_datapath::flowtext::{FlowFile, format_flow};
 use skein_datapath::lb::{Backend as DpBackend, LoadBalancer};
 use skein_datapath::{Action as DpAction, Bucket, Field, Flow, Group, GroupKind, Match as DpMatch};
+use skein_netmodel::cluster::{ObjectKey, PolicyType};
 use skein_netmodel::southbound::{
-    Action, ArpOp, ChassisView, DatapathKey, DatapathKind, IpProto, L3, LbId, LogicalFlow, Match, NextHop, Pipeline,
-    PortBinding, PortKey, PortKind, ZoneScope,
+    Action, ArpOp, ChassisView, DatapathKey, DatapathKind, IpProto, L3, LbId, LogicalFlow, Match, NextHop, Owner,
+    Pipeline, PortBinding, PortKey, PortKind, Stage, ZoneScope,
 };
 use skein_netmodel::{IpFamily, IpNet, MacAddr};
 use thiserror::Error;
@@ -55,6 +56,13 @@ pub mod regs {
     pub const NEXT_HOP_KIND: Field = Field::Reg2;
     /// Hairpin conntrack zone of the input port (`inport | 0x8000`).
     pub const HAIRPIN_ZONE: Field = Field::Reg3;
+    /// NetworkPolicy: the source's security identity and the bits that travel with it
+    /// (`acl_meta`; the Geneve identity option between chassis).
+    pub const ACL_META: Field = Field::Reg4;
+    /// NetworkPolicy: the ACL id being evaluated.
+    pub const ACL_ID: Field = Field::Reg5;
+    /// NetworkPolicy: the destination's security identity (switch egress).
+    pub const DST_IDENTITY: Field = Field::Reg8;
     /// Logical input port key (also its conntrack zone).
     pub const INPORT: Field = Field::Reg6;
     /// Logical output port key (also its conntrack zone).
@@ -189,6 +197,9 @@ pub enum Unsupported {
     /// The match's address family contradicts its L3 protocol.
     #[error("address family contradicts the L3 protocol")]
     FamilyMismatch,
+    /// An L4 range without a protocol, or whose end is below its start.
+    #[error("an l4 destination range needs IP, a protocol and start <= end")]
+    BadPortRange,
     /// A logical table beyond the pipeline's table range.
     #[error("logical table {0} is beyond the {len} tables of a pipeline", len = tables::PIPELINE_LEN)]
     TableOutOfRange(u8),
@@ -355,6 +366,40 @@ impl Part {
     }
 }
 
+/// The datapath table of a logical stage.
+pub fn datapath_table(stage: Stage) -> u8 {
+    match stage.pipeline() {
+        Pipeline::Ingress => tables::INGRESS + stage.table(),
+        Pipeline::Egress => tables::EGRESS + stage.table(),
+    }
+}
+
+/// A flow's cookie: a hash of the cluster object it was compiled from (flows of one
+/// owner share it; `dump-flows` and the policy counters use it).
+pub fn owner_cookie(owner: &Owner) -> u64 {
+    fnv1a(owner.to_string().as_bytes())
+}
+
+/// The audit log id of a NetworkPolicy denial: a hash of its direction and policies,
+/// stable across reloads (the agent maps it back through the view).
+pub fn deny_log_id(direction: PolicyType, policies: &[ObjectKey]) -> u32 {
+    let mut text = match direction {
+        PolicyType::Ingress => String::from("ingress"),
+        PolicyType::Egress => String::from("egress"),
+    };
+    for p in policies {
+        text.push(' ');
+        text.push_str(&p.to_string());
+    }
+    let h = fnv1a(text.as_bytes());
+    ((h ^ (h >> 32)) as u32).max(1)
+}
+
+/// True if the view programs NetworkPolicy (then identities travel through tunnels).
+pub fn view_has_acls(view: &ChassisView) -> bool {
+    view.items.flows.iter().any(|f| f.actions.iter().any(|a| matches!(a, Action::SetAclMeta { .. })))
+}
+
 /// The datapath id of a load balancer: a hash of its identity, stable across restarts
 /// and deltas (a collision is reported by the translation).
 pub fn load_balancer_id(id: &LbId) -> u32 {
@@ -389,6 +434,8 @@ struct Context<'a> {
     zoned_switch: Option<DatapathKey>,
     /// The router with the DNAT and SNAT zones.
     zoned_router: Option<DatapathKey>,
+    /// The view programs NetworkPolicy: identities cross tunnels.
+    acl: bool,
 }
 
 impl<'a> Context<'a> {
@@ -419,7 +466,11 @@ impl<'a> Context<'a> {
         for f in &view.items.flows {
             for a in &f.actions {
                 let zone = match a {
-                    Action::CtNat { zone } | Action::CtLb { zone, .. } | Action::CtSnat { zone, .. } => *zone,
+                    Action::CtNat { zone }
+                    | Action::CtLb { zone, .. }
+                    | Action::CtSnat { zone, .. }
+                    | Action::CtNext { zone }
+                    | Action::CtCommit { zone, .. } => *zone,
                     _ => continue,
                 };
                 let slot = match zone {
@@ -431,7 +482,7 @@ impl<'a> Context<'a> {
                 }
             }
         }
-        let cx = Context { view, local, kinds, load_balancers, zoned_switch, zoned_router };
+        let cx = Context { view, local, kinds, load_balancers, zoned_switch, zoned_router, acl: view_has_acls(view) };
         // Check every remote port's chassis up front.
         for p in &view.items.ports {
             if cx.is_remote(p) {
@@ -452,6 +503,7 @@ impl<'a> Context<'a> {
             load_balancers: BTreeMap::new(),
             zoned_switch: None,
             zoned_router: None,
+            acl: false,
         }
     }
 
@@ -532,7 +584,7 @@ impl<'a> Context<'a> {
         };
         let table = base + logical_table;
         let actions = self.actions(lf, table)?;
-        let cookie = fnv1a(lf.owner.to_string().as_bytes());
+        let cookie = owner_cookie(&lf.owner);
         let matches = expand_match(&lf.matches)?;
         Ok(matches
             .into_iter()
@@ -645,6 +697,41 @@ impl<'a> Context<'a> {
                     let id = self.load_balancers.get(&name).ok_or(Unsupported::UnknownLoadBalancer(name.clone()))?.id;
                     out.push(DpAction::CtLb { lb: id, zone: self.zone(lf, *zone)?, table: ct_table()? });
                 }
+                Action::CtNext { zone } => out.push(DpAction::Ct(Box::new(CtSpec {
+                    zone: self.zone(lf, *zone)?,
+                    commit: false,
+                    nat: None,
+                    table: ct_table()?,
+                    set_mark: None,
+                    set_label: None,
+                }))),
+                Action::CtCommit { zone, mark, mask } => out.push(DpAction::Ct(Box::new(CtSpec {
+                    zone: self.zone(lf, *zone)?,
+                    commit: true,
+                    nat: None,
+                    table: None,
+                    set_mark: Some((*mark, *mask)),
+                    set_label: None,
+                }))),
+                Action::SetAclMeta { value, mask } => out.push(DpAction::SetField {
+                    field: regs::ACL_META,
+                    value: u128::from(*value),
+                    mask: u128::from(*mask),
+                }),
+                Action::SetDstIdentity(identity) => out.push(set(regs::DST_IDENTITY, u128::from(identity.0))),
+                Action::AclEval(ids) => {
+                    let eval = tables::INGRESS + Stage::AclEval.table();
+                    for id in ids {
+                        out.push(set(regs::ACL_ID, u128::from(*id)));
+                        out.push(DpAction::Resubmit(eval));
+                    }
+                }
+                Action::Deny { direction, policies } => {
+                    // Every denied packet is offered to the audit log (rate-limited in
+                    // the datapath), then dropped.
+                    out.push(DpAction::Log(deny_log_id(*direction, policies)));
+                    out.push(DpAction::Drop);
+                }
                 Action::CtSnat { ip, zone } => {
                     let addr = match ip {
                         IpAddr::V4(a) => skein_datapath::conntrack::v4(u32::from(*a)),
@@ -707,12 +794,19 @@ impl<'a> Context<'a> {
                     .with(Field::InPort, u128::from(self.local.tunnel.port))
                     .with(Field::TunId, u128::from(p.datapath.get()))
                     .with(Field::TunEgressPort, u128::from(p.key.get()));
-                let actions = vec![
+                let mut actions = vec![
                     set(regs::DATAPATH, u128::from(p.datapath.get())),
                     set(regs::INPORT, 0),
                     set(regs::OUTPORT, u128::from(p.key.get())),
-                    DpAction::GotoTable(tables::EGRESS),
                 ];
+                if self.acl {
+                    // The sender's identity (and whether it vouches for a reply).
+                    actions.push(DpAction::Move {
+                        src: Subfield::whole(Field::TunIdentity),
+                        dst: Subfield::whole(regs::ACL_META),
+                    });
+                }
+                actions.push(DpAction::GotoTable(tables::EGRESS));
                 flows.push(Self::infra(tables::CLASSIFY, 100, m, actions));
             }
         }
@@ -795,12 +889,19 @@ impl<'a> Context<'a> {
                 .with(regs::DATAPATH, u128::from(p.datapath.get()))
                 .with(regs::OUTPORT, u128::from(p.key.get()));
             let actions = if self.is_remote(p) {
-                vec![
+                let mut a = vec![
                     set(Field::TunId, u128::from(p.datapath.get())),
                     set(Field::TunDst, v4(self.chassis_ip(p)?)),
                     set(Field::TunEgressPort, u128::from(p.key.get())),
-                    DpAction::Output(self.local.tunnel.port),
-                ]
+                ];
+                if self.acl {
+                    a.push(DpAction::Move {
+                        src: Subfield::whole(regs::ACL_META),
+                        dst: Subfield::whole(Field::TunIdentity),
+                    });
+                }
+                a.push(DpAction::Output(self.local.tunnel.port));
+                a
             } else {
                 vec![DpAction::GotoTable(tables::EGRESS)]
             };
@@ -1044,7 +1145,7 @@ fn expand_match(m: &Match) -> Result<Vec<DpMatch>, Unsupported> {
                 if let Some(t) = m.icmp_type {
                     d = d.with(Field::IcmpType, u128::from(t));
                 }
-                if let Some(port) = m.l4_dst {
+                if let (Some(port), None) = (m.l4_dst, m.l4_dst_end) {
                     d = d.with(Field::TpDst, u128::from(port));
                 }
             }
@@ -1055,7 +1156,28 @@ fn expand_match(m: &Match) -> Result<Vec<DpMatch>, Unsupported> {
         if m.flags.mask.0 != 0 {
             d = d.with_masked(regs::FLAGS, u128::from(m.flags.value.0), u128::from(m.flags.mask.0));
         }
-        out.push(d);
+        if m.acl_meta.mask != 0 {
+            d = d.with_masked(regs::ACL_META, u128::from(m.acl_meta.value), u128::from(m.acl_meta.mask));
+        }
+        if let Some(id) = m.acl_id {
+            d = d.with(regs::ACL_ID, u128::from(id));
+        }
+        if m.ct_mark.mask != 0 {
+            d = d.with_masked(Field::CtMark, u128::from(m.ct_mark.value), u128::from(m.ct_mark.mask));
+        }
+        if m.dst_identity.mask != 0 {
+            d = d.with_masked(regs::DST_IDENTITY, u128::from(m.dst_identity.value), u128::from(m.dst_identity.mask));
+        }
+        // A port range (NetworkPolicy endPort) costs one match per aligned block.
+        match (alt, m.l4_dst, m.l4_dst_end) {
+            (Some(Some(_)), Some(lo), Some(hi)) if hi >= lo => {
+                for (value, mask) in port_masks(lo, hi) {
+                    out.push(d.with_masked(Field::TpDst, u128::from(value), u128::from(mask)));
+                }
+            }
+            (_, _, Some(_)) => return Err(Unsupported::BadPortRange),
+            _ => out.push(d),
+        }
     }
     Ok(out)
 }

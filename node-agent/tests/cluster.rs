@@ -743,3 +743,191 @@ fn the_node_is_network_ready_only_when_it_can_network() {
     let out = status(&c);
     assert_eq!(out.code, 0, "ready without the master: {out:?}");
 }
+
+/// A TCP connection from `ns` to `dst` that answers within `within`: the server's line.
+fn reach(ns: &str, dst: SocketAddrV4, within: Duration) -> Result<String, String> {
+    let handle = spawn_in(ns, "probe", move || {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&dst.into(), within).map_err(|e| format!("connect {dst}: {e}"))?;
+        s.set_read_timeout(Some(within)).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).map_err(|e| format!("read {dst}: {e}"))?;
+        Ok(answer.trim().to_owned())
+    });
+    join_within(handle, within * 2)
+}
+
+/// An established TCP connection from `ns` to an echo server at `dst`: each line sent
+/// on the returned channel is written, and whether its echo came back is answered.
+fn echo_session(
+    server_ns: &str,
+    client_ns: &str,
+    dst: SocketAddrV4,
+) -> (std::sync::mpsc::Sender<String>, std::sync::mpsc::Receiver<bool>) {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let _server = spawn_in(server_ns, "echo server", move || {
+        let listener = TcpListener::bind(dst).map_err(|e| format!("bind {dst}: {e}"))?;
+        let _ = bound_tx.send(());
+        let (s, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        let mut writer = s;
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| e.to_string())? > 0 {
+            let _ = writer.write_all(line.as_bytes());
+            line.clear();
+        }
+        Ok(())
+    });
+    let _ = bound_rx.recv_timeout(Duration::from_secs(10));
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let (echo_tx, echo_rx) = std::sync::mpsc::channel();
+    let _client = spawn_in(client_ns, "echo client", move || {
+        let s = std::net::TcpStream::connect_timeout(&dst.into(), Duration::from_secs(10))
+            .map_err(|e| format!("connect {dst}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        let mut writer = s;
+        for line in lines_rx {
+            let _ = writer.write_all(format!("{line}\n").as_bytes());
+            let mut echo = String::new();
+            let ok = std::io::BufRead::read_line(&mut reader, &mut echo).is_ok_and(|n| n > 0) && echo.trim() == line;
+            let _ = echo_tx.send(ok);
+            if !ok {
+                break;
+            }
+        }
+        Ok(())
+    });
+    (lines_tx, echo_rx)
+}
+
+#[test]
+fn network_policies_are_enforced_on_real_packets() {
+    let Some(mut c) = Cluster::new("agent_policy", "p", 2) else { return };
+    let http = |port: u16| json!([{"name": "http", "containerPort": port, "protocol": "TCP"}]);
+    // Two carts mapping the named port `http` to different numbers, a client, a bystander.
+    let cart1 = c.add_pod_with("cart1", 0, json!({"app": "cart"}), http(8080));
+    let cart2 = c.add_pod_with("cart2", 1, json!({"app": "cart"}), http(9090));
+    let client = c.add_pod_with("client", 1, json!({"app": "client"}), json!([]));
+    let other = c.add_pod_with("other", 0, json!({"app": "other"}), http(8080));
+    let _servers = [
+        NameServer::start(&cart1.ns, addr("0.0.0.0", 8080), "cart1:8080").expect("server"),
+        NameServer::start(&cart1.ns, addr("0.0.0.0", 9999), "cart1:9999").expect("server"),
+        NameServer::start(&cart2.ns, addr("0.0.0.0", 9090), "cart2:9090").expect("server"),
+        NameServer::start(&other.ns, addr("0.0.0.0", 8080), "other:8080").expect("server"),
+    ];
+    c.insert(
+        Kind::Service,
+        json!({"metadata": {"name": "cart", "namespace": "default"},
+               "spec": {"clusterIP": "10.96.0.60", "selector": {"app": "cart"},
+                        "ports": [{"name": "web", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}),
+    );
+    c.insert(
+        Kind::EndpointSlice,
+        json!({"metadata": {"name": "cart-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "cart"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "web", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [{"addresses": [cart1.ip], "conditions": {"ready": true}, "nodeName": "node1"}]}),
+    );
+    let vip = addr("10.96.0.60", 80);
+    let quick = Duration::from_secs(2);
+    let at = |pod: &harness::Pod, port| addr(&pod.ip, port);
+    // Before any policy everything reaches everything.
+    c.wait_for("the Service", Duration::from_secs(30), || reach(&other.ns, vip, quick).is_ok());
+    assert!(reach(&other.ns, at(&cart1, 9999), quick).is_ok());
+
+    // An established connection from the client, before the policies.
+    let (lines, echoes) = echo_session(&cart2.ns, &client.ns, addr(&cart2.ip, 9091));
+    let send = |line: &str| {
+        lines.send(line.into()).ok();
+        echoes.recv_timeout(Duration::from_secs(10)).unwrap_or(false)
+    };
+    assert!(send("before"), "the connection works");
+
+    // The carts take `http` from the clients only (default deny for the rest); the
+    // bystander takes anything from the pod network except the client (ipBlock with
+    // except); the client may only reach carts (egress deny for the rest).
+    let policy = |name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    };
+    c.insert(
+        Kind::NetworkPolicy,
+        policy(
+            "cart",
+            json!({"podSelector": {"matchLabels": {"app": "cart"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                "ports": [{"port": "http"}, {"port": 9091}]}]}),
+        ),
+    );
+    c.insert(
+        Kind::NetworkPolicy,
+        policy(
+            "other",
+            json!({"podSelector": {"matchLabels": {"app": "other"}},
+                   "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": [format!("{}/32", client.ip)]}}]}]}),
+        ),
+    );
+    c.insert(
+        Kind::NetworkPolicy,
+        policy(
+            "client-egress",
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "cart"}}}]}]}),
+        ),
+    );
+    c.wait_for("the policies to be enforced", Duration::from_secs(30), || {
+        reach(&other.ns, at(&cart1, 8080), quick).is_err() && reach(&client.ns, at(&other, 8080), quick).is_err()
+    });
+
+    // Allow-from-app on a named port: each cart's own number, across nodes and locally.
+    assert_eq!(reach(&client.ns, at(&cart1, 8080), quick).as_deref(), Ok("cart1:8080"));
+    assert_eq!(reach(&client.ns, at(&cart2, 9090), quick).as_deref(), Ok("cart2:9090"));
+    // Default deny: another port of a cart, another source, ICMP.
+    assert!(reach(&client.ns, at(&cart1, 9999), quick).is_err(), "not the named port");
+    assert!(reach(&other.ns, at(&cart1, 8080), quick).is_err(), "not a client");
+    assert!(ping(&client.ns, &cart1.ip, 1, 2).is_err(), "ICMP is not allowed either");
+    // Service traffic is judged after DNAT, against the backend.
+    assert_eq!(reach(&client.ns, vip, quick).as_deref(), Ok("cart1:8080"));
+    assert!(reach(&other.ns, vip, quick).is_err(), "the bystander's Service traffic is judged at the backend");
+    // ipBlock with except: the carts reach the bystander, the client does not.
+    assert_eq!(reach(&cart1.ns, at(&other, 8080), quick).as_deref(), Ok("other:8080"));
+    assert!(reach(&client.ns, at(&other, 8080), quick).is_err(), "excepted");
+    // Egress deny: the client reaches nothing but carts.
+    assert!(reach(&client.ns, addr(INTERNET, 7000), quick).is_err(), "egress to the outside");
+    // Kubelet-style probes from the node reach its pods whatever the policies.
+    assert_eq!(reach(&c.nodes[0].ns, at(&cart1, 8080), quick).as_deref(), Ok("cart1:8080"));
+    assert_eq!(reach(&c.nodes[0].ns, at(&cart1, 9999), quick).as_deref(), Ok("cart1:9999"));
+
+    // The established connection: still allowed by the new policies, so it flows on;
+    // once the client is no longer a client, its next packet is denied (OVN's semantics).
+    assert!(send("after the policies"), "allowed connections survive a policy change");
+    c.relabel_pod("client", json!({"app": "former-client"}));
+    c.wait_for("the new label to be enforced", Duration::from_secs(30), || {
+        reach(&client.ns, at(&cart2, 9090), quick).is_err()
+    });
+    assert!(!send("after the label change"), "a connection the policies no longer allow is cut");
+
+    // Counters and the trace name the policy.
+    let metrics = exec(
+        &c.nodes[0].ns,
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9476; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    )
+    .unwrap_or_default();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("skein_policy_packets_total")
+            && l.contains("policy=\"default/cart\"")
+            && l.contains("verdict=\"denied\"")),
+        "per-policy counters in /metrics:\n{metrics}"
+    );
+    // A deleted policy stops isolating.
+    c.delete(Kind::NetworkPolicy, Some("default"), "other");
+    c.wait_for("the deleted policy to stop isolating", Duration::from_secs(30), || {
+        reach(&cart1.ns, at(&other, 8080), quick).is_ok() && reach(&c.nodes[1].ns, at(&other, 8080), quick).is_ok()
+    });
+    drop(c);
+}

@@ -40,7 +40,7 @@ pub mod deviceplugin {
 
 /// Skein's southbound protocol: master ↔ node agent.
 pub mod southbound {
-    /// Schema 1 of the southbound protocol (package `skein.southbound.v1`): the
+    /// The southbound protocol, schema 2 (package `skein.southbound.v1`): the
     /// `Southbound` service the master serves, and the messages of its stream. See
     /// `proto/southbound.proto` for the protocol and its versioning rules.
     pub mod v1 {
@@ -48,8 +48,9 @@ pub mod southbound {
         tonic::include_proto!("skein.southbound.v1");
 
         /// The schema version this build of the protocol speaks (`schema_version` fields).
-        pub const SCHEMA_VERSION: u32 = 1;
-        /// The oldest schema version a master built from this file can still serve.
-        pub const MIN_SCHEMA_VERSION: u32 = 1;
+        pub const SCHEMA_VERSION: u32 = 2;
+        /// The oldest schema version a master built from this file can still serve: schema
+        /// 1 agents cannot enforce NetworkPolicies.
+        pub const MIN_SCHEMA_VERSION: u32 = 2;
     }
 }

@@ -5,7 +5,16 @@
 //! in-process agents.
 //!
 //! `http://` endpoints are plaintext; `https://` endpoints use TLS with
-//! [`ClientSettings::tls`] (the CA to trust, optionally a client certificate).
+//! [`ClientSettings::tls`] (the CA to trust, optionally a client certificate). The agent
+//! proves its node with [`ClientSettings::token`], a bearer token sent as
+//! `authorization` metadata and re-read (from its file) on every connection, since kubelet
+//! rotates projected tokens.
+//!
+//! Liveness: connecting (TCP, TLS, the master's answer to the subscription) is bounded by
+//! [`ClientSettings::connect_timeout`], and HTTP/2 keepalive pings every
+//! [`ClientSettings::keepalive_interval`] end a stream whose master stopped answering
+//! without closing the connection (a dead node, a partition), so the agent reconnects —
+//! to the new leader — instead of waiting forever.
 //!
 //! "Installing" is holding the view, plus — when [`ClientSettings::installer`] is set — the
 //! installer's work (the node agent translates the view into datapath flows) between
@@ -13,6 +22,7 @@
 //! applied message is also reported on [`AgentClient::events`].
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +95,46 @@ pub enum ClientEvent {
     },
 }
 
+/// Where the bearer token comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file re-read on every connection (a projected ServiceAccount token that kubelet
+    /// rotates).
+    File(PathBuf),
+    /// A fixed token (tests).
+    Value(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    // The token stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            TokenSource::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+impl TokenSource {
+    /// The current token; an error names the file.
+    pub fn read(&self) -> Result<String, String> {
+        let token = match self {
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the token file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            TokenSource::Value(token) => token.clone(),
+        };
+        if token.is_empty() || token.contains(|c: char| c.is_control() || c == ' ') {
+            return Err(match self {
+                TokenSource::File(path) => format!("the token file {} holds no usable token", path.display()),
+                TokenSource::Value(_) => "the token is empty or has spaces or control characters".to_owned(),
+            });
+        }
+        Ok(token)
+    }
+}
+
 /// Settings of [`AgentClient::start`].
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -103,10 +153,20 @@ pub struct ClientSettings {
     pub max_backoff: Duration,
     /// Installs each applied view before its ack (none: the view is only held).
     pub installer: Option<Arc<dyn Installer>>,
+    /// The bearer token proving the agent's node (the master refuses streams without one).
+    pub token: Option<TokenSource>,
+    /// Longest time to connect and have the subscription answered.
+    pub connect_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings (also sent while no stream is open).
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is given up.
+    pub keepalive_timeout: Duration,
 }
 
 impl ClientSettings {
-    /// Defaults: no TLS, this build's schema, backoff 100 ms → 5 s.
+    /// Defaults: no TLS, no token, this build's schema, backoff 100 ms → 5 s, connect
+    /// timeout 5 s, keepalive every 5 s with 5 s to answer (a silent master is noticed
+    /// within 10 s).
     pub fn new(endpoint: impl Into<String>, registration: Registration) -> ClientSettings {
         ClientSettings {
             endpoint: endpoint.into(),
@@ -116,6 +176,10 @@ impl ClientSettings {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             installer: None,
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -129,6 +193,12 @@ impl ClientSettings {
     pub fn channel_endpoint(&self) -> Result<Endpoint, String> {
         let endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| format!("endpoint {:?}: {}", self.endpoint, error_chain(&e)))?;
+        let endpoint = endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_keepalive(Some(self.keepalive_interval))
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true);
         let https = match endpoint.uri().scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -222,18 +292,35 @@ async fn session(
     events: &mpsc::UnboundedSender<ClientEvent>,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let channel = settings
-        .channel_endpoint()?
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {}: {}", settings.endpoint, error_chain(&e)))?;
-    let mut client = SouthboundClient::new(channel).max_decoding_message_size(usize::MAX);
+    let endpoint = settings.channel_endpoint()?;
+    let token = settings.token.as_ref().map(TokenSource::read).transpose()?;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
     let register = pb::AgentMessage {
         message: Some(pb::agent_message::Message::Register(settings.registration.to_proto(settings.schema_version))),
     };
     tx.send(register).await.map_err(|_| "stream closed before registering".to_owned())?;
-    let mut inbound = client.subscribe(ReceiverStream::new(rx)).await.map_err(status_text)?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        let value = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the token is not valid in a gRPC header".to_owned())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    // A master that accepts the connection but never answers (a half-dead node, a
+    // blackholed route) must not hold the agent: bound the whole handshake.
+    let subscribe = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {}: {}", settings.endpoint, error_chain(&e)))?;
+        let mut client = SouthboundClient::new(channel).max_decoding_message_size(usize::MAX);
+        client.subscribe(request).await.map_err(status_text)
+    };
+    let mut inbound = tokio::time::timeout(settings.connect_timeout * 2, subscribe)
+        .await
+        .map_err(|_| {
+            format!("connecting to {}: no answer within {:?}", settings.endpoint, settings.connect_timeout * 2)
+        })??
+        .into_inner();
     let _ = events.send(ClientEvent::Connected);
     info!(node = %settings.registration.node_name, endpoint = %settings.endpoint, "subscribed to the southbound stream");
     while let Some(message) = inbound.next().await {
@@ -319,6 +406,26 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["n1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
         (ca, cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn the_token_is_read_from_its_file_on_each_call_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = TokenSource::File(path.clone());
+        let e = source.read().unwrap_err();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        std::fs::write(&path, "first.token\n").unwrap();
+        assert_eq!(source.read().unwrap(), "first.token");
+        // Kubelet rotated it: the next connection sends the new one.
+        std::fs::write(&path, "second.token").unwrap();
+        assert_eq!(source.read().unwrap(), "second.token");
+        for bad in ["", "  \n", "two words"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(source.read().unwrap_err().contains("no usable token"), "{bad:?}");
+        }
+        assert!(TokenSource::Value("a\u{7}b".into()).read().is_err());
+        assert_eq!(format!("{:?}", TokenSource::Value("secret".into())), "Value(<redacted>)");
     }
 
     #[test]

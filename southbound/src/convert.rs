@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use skein_netmodel::addr::{IpFamily, IpNet, MacAddr};
 use skein_netmodel::annotations::Encap;
-use skein_netmodel::cluster::{ObjectKey, Protocol};
+use skein_netmodel::cluster::{ObjectKey, PolicyType, Protocol};
 use skein_netmodel::southbound::{
     Action, ArpOp, Backend, BitsMatch, Chassis, ChassisDelta, ChassisView, CtState, DatapathBinding, DatapathKey,
-    DatapathKind, Flags, IpProto, ItemSet, L3, LbId, LbScope, LoadBalancerEntry, LogicalFlow, Match, NextHop, Owner,
-    PortBinding, PortKey, PortKind, Stage, ZoneScope,
+    DatapathKind, Flags, Identity, IpProto, ItemSet, L3, LbId, LbScope, LoadBalancerEntry, LogicalFlow, Match, NextHop,
+    Owner, PortBinding, PortKey, PortKind, Stage, ZoneScope,
 };
 use skein_proto::southbound::v1 as pb;
 use thiserror::Error;
@@ -95,6 +95,9 @@ fn stage(s: Stage) -> pb::Stage {
         Stage::LsInAcl => pb::Stage::LsInAcl,
         Stage::LsInLb => pb::Stage::LsInLb,
         Stage::LsInHairpin => pb::Stage::LsInHairpin,
+        Stage::LsInAclCt => pb::Stage::LsInAclCt,
+        Stage::LsInAclAction => pb::Stage::LsInAclAction,
+        Stage::AclEval => pb::Stage::AclEval,
         Stage::LsInArpResponder => pb::Stage::LsInArpRsp,
         Stage::LsInL2Lookup => pb::Stage::LsInL2Lkup,
         Stage::LsOutLb => pb::Stage::LsOutLb,
@@ -163,7 +166,23 @@ fn match_to_proto(m: &Match) -> pb::Match {
         ct_state_mask: m.ct_state.mask.0.into(),
         flags_value: m.flags.value.0.into(),
         flags_mask: m.flags.mask.0.into(),
+        l4_dst_end: m.l4_dst_end.map(u32::from),
+        acl_meta_value: m.acl_meta.value,
+        acl_meta_mask: m.acl_meta.mask,
+        acl_id: m.acl_id,
+        ct_mark_value: m.ct_mark.value,
+        ct_mark_mask: m.ct_mark.mask,
+        dst_identity_value: m.dst_identity.value,
+        dst_identity_mask: m.dst_identity.mask,
     }
+}
+
+fn direction(d: PolicyType) -> i32 {
+    match d {
+        PolicyType::Ingress => pb::PolicyDirection::Ingress,
+        PolicyType::Egress => pb::PolicyDirection::Egress,
+    }
+    .into()
 }
 
 fn action_to_proto(a: &Action) -> pb::Action {
@@ -194,6 +213,16 @@ fn action_to_proto(a: &Action) -> pb::Action {
         Action::CtNat { zone: z } => A::CtNat(pb::CtNat { zone: zone(*z) }),
         Action::CtLb { lb, zone: z } => A::CtLb(pb::CtLb { lb: Some(lb_id(lb)), zone: zone(*z) }),
         Action::CtSnat { ip, zone: z } => A::CtSnat(pb::CtSnat { ip: ip_bytes(*ip), zone: zone(*z) }),
+        Action::CtNext { zone: z } => A::CtNext(pb::CtNext { zone: zone(*z) }),
+        Action::CtCommit { zone: z, mark, mask } => {
+            A::CtCommit(pb::CtCommit { zone: zone(*z), mark: *mark, mask: *mask })
+        }
+        Action::SetAclMeta { value, mask } => A::SetAclMeta(pb::SetAclMeta { value: *value, mask: *mask }),
+        Action::AclEval(ids) => A::AclEval(pb::AclEval { ids: ids.clone() }),
+        Action::Deny { direction: d, policies } => {
+            A::Deny(pb::Deny { direction: direction(*d), policies: policies.iter().map(object_key).collect() })
+        }
+        Action::SetDstIdentity(i) => A::SetDstIdentity(i.0),
     };
     pb::Action { action: Some(action) }
 }
@@ -206,6 +235,8 @@ fn owner_to_proto(o: &Owner) -> pb::Owner {
             Owner::Node(n) => O::Node(n.to_string()),
             Owner::Pod(p) => O::Pod(object_key(p)),
             Owner::Service(s) => O::Service(object_key(s)),
+            Owner::Policy(p) => O::Policy(object_key(p)),
+            Owner::Namespace(n) => O::Namespace(n.to_string()),
         }),
     }
 }
@@ -437,6 +468,9 @@ fn stage_from(path: &str, value: i32) -> Result<Stage, ConvertError> {
         pb::Stage::LsInAcl => Stage::LsInAcl,
         pb::Stage::LsInLb => Stage::LsInLb,
         pb::Stage::LsInHairpin => Stage::LsInHairpin,
+        pb::Stage::LsInAclCt => Stage::LsInAclCt,
+        pb::Stage::LsInAclAction => Stage::LsInAclAction,
+        pb::Stage::AclEval => Stage::AclEval,
         pb::Stage::LsInArpRsp => Stage::LsInArpResponder,
         pb::Stage::LsInL2Lkup => Stage::LsInL2Lookup,
         pb::Stage::LsOutLb => Stage::LsOutLb,
@@ -508,7 +542,19 @@ fn match_from(path: &str, m: &pb::Match) -> Result<Match, ConvertError> {
             value: Flags(u16_from(&sub("flags_value"), m.flags_value)?),
             mask: Flags(u16_from(&sub("flags_mask"), m.flags_mask)?),
         },
+        l4_dst_end: m.l4_dst_end.map(|v| u16_from(&sub("l4_dst_end"), v)).transpose()?,
+        acl_meta: BitsMatch { value: m.acl_meta_value & m.acl_meta_mask, mask: m.acl_meta_mask },
+        acl_id: m.acl_id,
+        ct_mark: BitsMatch { value: m.ct_mark_value & m.ct_mark_mask, mask: m.ct_mark_mask },
+        dst_identity: identity_match(&sub("dst_identity_mask"), m.dst_identity_value, m.dst_identity_mask)?,
     })
+}
+
+fn identity_match(path: &str, value: u32, mask: u32) -> Result<BitsMatch<u32>, ConvertError> {
+    if mask & !Identity::MASK != 0 {
+        return err(path, format!("{mask:#x} has bits outside an identity's 24"));
+    }
+    Ok(BitsMatch { value: value & mask, mask })
 }
 
 fn action_from(path: &str, a: &pb::Action) -> Result<Action, ConvertError> {
@@ -544,6 +590,31 @@ fn action_from(path: &str, a: &pb::Action) -> Result<Action, ConvertError> {
             ip: ip_from_proto(&sub("ct_snat.ip"), &c.ip)?,
             zone: zone_from(&sub("ct_snat.zone"), c.zone)?,
         },
+        A::CtNext(c) => Action::CtNext { zone: zone_from(&sub("ct_next.zone"), c.zone)? },
+        A::CtCommit(c) => {
+            Action::CtCommit { zone: zone_from(&sub("ct_commit.zone"), c.zone)?, mark: c.mark & c.mask, mask: c.mask }
+        }
+        A::SetAclMeta(m) => Action::SetAclMeta { value: m.value & m.mask, mask: m.mask },
+        A::AclEval(e) => Action::AclEval(e.ids.clone()),
+        A::Deny(d) => Action::Deny {
+            direction: match enum_from(&sub("deny.direction"), d.direction)? {
+                pb::PolicyDirection::Ingress => PolicyType::Ingress,
+                pb::PolicyDirection::Egress => PolicyType::Egress,
+                pb::PolicyDirection::Unspecified => return unspecified(&sub("deny.direction")),
+            },
+            policies: d
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, k)| key_from(&format!("{path}.deny.policies[{i}]"), &Some(k.clone())))
+                .collect::<Result<_, _>>()?,
+        },
+        A::SetDstIdentity(v) => {
+            if v & !Identity::MASK != 0 {
+                return err(&sub("set_dst_identity"), format!("{v:#x} has bits outside an identity's 24"));
+            }
+            Action::SetDstIdentity(Identity(*v))
+        }
     })
 }
 
@@ -556,6 +627,9 @@ fn owner_from(path: &str, o: &Option<pb::Owner>) -> Result<Owner, ConvertError> 
         O::Node(n) => Owner::Node(Arc::from(n.as_str())),
         O::Pod(p) => Owner::Pod(key_from(&format!("{path}.pod"), &Some(p.clone()))?),
         O::Service(s) => Owner::Service(key_from(&format!("{path}.service"), &Some(s.clone()))?),
+        O::Policy(p) => Owner::Policy(key_from(&format!("{path}.policy"), &Some(p.clone()))?),
+        O::Namespace(n) if n.is_empty() => return err(&format!("{path}.namespace"), "empty namespace name"),
+        O::Namespace(n) => Owner::Namespace(Arc::from(n.as_str())),
     })
 }
 
@@ -779,6 +853,12 @@ mod tests {
             Action::CtNat { zone: ZoneScope::RouterSnat },
             Action::CtLb { lb: lb.clone(), zone: ZoneScope::InPort },
             Action::CtSnat { ip: ip("169.254.169.5"), zone: ZoneScope::InPortHairpin },
+            Action::CtNext { zone: ZoneScope::InPort },
+            Action::CtCommit { zone: ZoneScope::OutPort, mark: 1, mask: 5 },
+            Action::SetAclMeta { value: 0x0100_2003, mask: u32::MAX },
+            Action::AclEval(vec![0x1200, 0x1201, 0xffff_ff00]),
+            Action::Deny { direction: PolicyType::Egress, policies: vec![ObjectKey::new("ns", "deny-all")] },
+            Action::SetDstIdentity(Identity::new(2, 3)),
         ];
         let full = Match {
             inport: Some(k(1)),
@@ -798,9 +878,20 @@ mod tests {
             l4_dst: Some(443),
             ct_state: BitsMatch { value: CtState::DNAT, mask: CtState(0xff) },
             flags: BitsMatch { value: Flags::HAIRPIN_REPLY, mask: Flags(3) },
+            l4_dst_end: Some(8443),
+            acl_meta: BitsMatch { value: 0x0100_2000, mask: 0x0100_f000 },
+            acl_id: Some(0x1201),
+            ct_mark: BitsMatch { value: 1, mask: 5 },
+            dst_identity: BitsMatch { value: Identity::new(2, 3).0, mask: Identity::MASK },
         };
-        let owners =
-            [Owner::Cluster, Owner::Node(Arc::from("a")), Owner::Pod(ObjectKey::new("ns", "p")), Owner::Service(svc)];
+        let owners = [
+            Owner::Cluster,
+            Owner::Node(Arc::from("a")),
+            Owner::Pod(ObjectKey::new("ns", "p")),
+            Owner::Service(svc),
+            Owner::Policy(ObjectKey::new("ns", "deny-all")),
+            Owner::Namespace(Arc::from("ns")),
+        ];
         for (i, stage) in Stage::ALL.into_iter().enumerate() {
             items.flows.insert(LogicalFlow {
                 datapath: DatapathKey::node_switch(3),

@@ -19,7 +19,7 @@ pub mod convert;
 pub mod follower;
 pub mod tls;
 
-pub use client::{AgentClient, ClientEvent, ClientSettings, Installer, Registration};
+pub use client::{AgentClient, ClientEvent, ClientSettings, Installer, Registration, TokenSource};
 pub use convert::ConvertError;
 pub use follower::{Applied, FollowError, Follower};
 pub use tls::{ClientTls, TlsIdentity};

@@ -49,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         vni: u32_at(p, 21) & geneve::MAX_VNI,
         ingress: u16_at(p, 25) & geneve::MAX_INGRESS_KEY,
         egress: u16_at(p, 27),
+        // Every other input carries an identity option.
+        identity: if p[29] & 1 == 0 { 0 } else { u32_at(p, 21) | 1 },
     };
     let entropy = u32::from(u16_at(p, 29)) ^ geneve::inner_flow_entropy(inner);
     let mut out = Vec::new();
@@ -57,13 +59,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     geneve::encap(inner, &params, entropy, &mut out).expect("any inner frame of 14 bytes or more encapsulates");
-    assert_eq!(out.len(), inner.len() + geneve::ENCAP_OVERHEAD_V4);
+    assert_eq!(out.len(), inner.len() + geneve::encap_overhead_v4(params.identity));
     assert!(checksums_valid(&out));
     let (meta, off) = geneve::decap(&out).expect("decap of encap");
     assert_eq!(&out[off..], inner);
     let p = &params;
-    assert_eq!(meta, TunnelMeta { vni: p.vni, src: p.src, dst: p.dst, ingress: p.ingress, egress: p.egress });
+    assert_eq!(
+        meta,
+        TunnelMeta { vni: p.vni, src: p.src, dst: p.dst, ingress: p.ingress, egress: p.egress, identity: p.identity }
+    );
     let (h, inner_off) = geneve::decap_payload(&out[42..]).expect("decap_payload of encap");
-    assert_eq!(h, GeneveHeader { vni: p.vni, ingress: p.ingress, egress: p.egress });
+    assert_eq!(h, GeneveHeader { vni: p.vni, ingress: p.ingress, egress: p.egress, identity: p.identity });
     assert_eq!(&out[42 + inner_off..], inner);
 });

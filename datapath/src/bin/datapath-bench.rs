@@ -23,6 +23,13 @@
 //! - `ct_1m_lookup_ns` / `ct_1m_memory_mb`: tracking a packet of one of 1,000,000
 //!   connections, in random order, and the table's memory.
 //!
+//! - `acl_established_ns` / `acl_established_reply_ns`: a packet of an established
+//!   pod-to-pod connection (the client's direction / the server's) through the agent's
+//!   pipeline with the ACL stages of 1,000 NetworkPolicies; `..._baseline`: the same
+//!   connection without NetworkPolicy; `..._ratio`: the quotient;
+//! - `acl_new_conn_ns`: a new connection's first packet (megaflows warm, conntrack commit)
+//!   through the same pipelines; `acl_new_conn_ns_baseline`, `acl_new_conn_ratio`.
+//!
 //! `--quick` runs each measurement briefly (for smoke tests); the default takes about a
 //! minute.
 
@@ -161,6 +168,11 @@ fn main() {
     // (f) an established, DNATed connection: megaflow hits + conntrack + NAT, per packet.
     conntrack_figures(quick, secs, &|part: &str| run("conntrack") || run(part));
 
+    // (g) NetworkPolicy: established and new connections with 1,000 policies and without.
+    if run("acl") {
+        acl_figures(quick, secs);
+    }
+
     // (e) the Open vSwitch classifier workload, as Open vSwitch 3.1 runs it (one exact
     // subtable), then with 10 wildcard patterns (10 masks).
     if run("classifier") {
@@ -192,6 +204,65 @@ fn main() {
             report(&format!("{prefix}_wc_lookups_per_sec"), format!("{:.0}", n_lookups as f64 / best_wc));
             report(&format!("{prefix}_hit_ratio"), format!("{:.3}", found as f64 / (2 * rounds * n_lookups) as f64));
         }
+    }
+}
+
+/// Established packets and new connections through the agent's pipeline, with the ACL
+/// stages of 1,000 policies and without (`benchkit::acl_scenario`).
+fn acl_figures(quick: bool, secs: f64) {
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    let mut figures = std::collections::BTreeMap::new();
+    for (suffix, policies) in [("_baseline", None), ("", Some(1000))] {
+        let dp = benchkit::acl_scenario(DatapathConfig::default(), policies);
+        let mut worker = dp.worker();
+        let mut sink = CountSink::default();
+        // 32 established connections.
+        let sports: Vec<u16> = (0..32).map(|i| 40000 + i).collect();
+        for (i, &p) in sports.iter().enumerate() {
+            let now = i as u64 + 1;
+            for (flags, reply) in [(SYN, false), (SYN_ACK, true), (ACK, false)] {
+                dp.process_batch(&mut worker, &mut [benchkit::acl_packets(p, flags, reply)], now, &mut sink);
+            }
+        }
+        assert_eq!(sink.packets, 3 * 32, "every handshake packet delivered{suffix}");
+        for (reply, name) in [(false, "acl_established_ns"), (true, "acl_established_reply_ns")] {
+            let mut batch: Vec<Packet> = sports.iter().map(|p| benchkit::acl_packets(*p, ACK, reply)).collect();
+            // Every measured packet must be delivered, or the figure measures drops.
+            let mut check = CountSink::default();
+            dp.process_batch(&mut worker, &mut batch.clone(), 50, &mut check);
+            assert_eq!(check.packets, 32, "established packets delivered ({name}{suffix})");
+            let ns = per_packet_ns(&dp, &mut batch, secs);
+            figures.insert(format!("{name}{suffix}"), ns);
+        }
+        // New connections: distinct source ports (and so 5-tuples); the megaflows are warm.
+        let n: u16 = if quick { 3_000 } else { 20_000 };
+        let mut syns: Vec<Vec<Packet>> = (0..n / 32)
+            .map(|b| (0..32).map(|i| benchkit::acl_packets(1024 + b * 32 + i, SYN, false)).collect())
+            .collect();
+        let mut sink = CountSink::default();
+        // Warm the megaflows with a few connections first.
+        for p in 0..64u16 {
+            dp.process_batch(&mut worker, &mut [benchkit::acl_packets(30000 + p, SYN, false)], 100, &mut sink);
+        }
+        let start = Instant::now();
+        for (i, b) in syns.iter_mut().enumerate() {
+            dp.process_batch(&mut worker, b, 200 + i as u64, &mut sink);
+        }
+        let elapsed = start.elapsed().as_nanos() as f64;
+        assert_eq!(sink.packets, 64 + u64::from(n / 32 * 32), "every SYN delivered{suffix}");
+        figures.insert(format!("acl_new_conn_ns{suffix}"), elapsed / f64::from(n / 32 * 32));
+        if policies.is_some() {
+            report("acl_pipeline_flows", dp.stats().flows);
+        }
+    }
+    for (name, ns) in &figures {
+        report(name, format!("{ns:.1}"));
+    }
+    for name in ["acl_established_ns", "acl_established_reply_ns", "acl_new_conn_ns"] {
+        let ratio = figures[name] / figures[&format!("{name}_baseline")];
+        report(&format!("{}_ratio", name.trim_end_matches("_ns")), format!("{ratio:.2}"));
     }
 }
 

@@ -1003,6 +1003,7 @@ mod tests {
             vni: 5,
             ingress: 1,
             egress: 2,
+            identity: 0,
         };
         let mut frame = Vec::new();
         geneve::encap(&inner, &params, 0, &mut frame).expect("encapsulate");

@@ -103,6 +103,7 @@ impl GenevePort {
                 dst: u32::from(self.local),
                 ingress: h.ingress,
                 egress: h.egress,
+                identity: h.identity,
             };
             out.push(Packet { data, in_port, tunnel: Some(meta), offload: Offload::NONE });
             added += 1;

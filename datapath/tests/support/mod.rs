@@ -215,11 +215,13 @@ impl Reference {
                 Field::Reg5,
                 Field::Reg6,
                 Field::Reg7,
+                Field::Reg8,
                 Field::TunId,
                 Field::TunSrc,
                 Field::TunDst,
                 Field::TunIngressPort,
                 Field::TunEgressPort,
+                Field::TunIdentity,
             ] {
                 k.set(f, st.pkt.key.get(f));
             }
@@ -393,6 +395,8 @@ impl State<'_> {
                     }
                 }
                 Action::Drop => self.exit = Some(DropReason::Explicit),
+                // The audit log is not an output.
+                Action::Log(_) => {}
                 Action::SetField { field, value, mask } => self.set(*field, *value, *mask),
                 Action::Move { src, dst } => self.set(dst.field, src.read(&self.pkt.key) << dst.offset, dst.mask()),
                 Action::CtClear => {
@@ -442,6 +446,7 @@ impl State<'_> {
                     dst: k.get(Field::TunDst) as u32,
                     ingress: k.get(Field::TunIngressPort) as u16,
                     egress: k.get(Field::TunEgressPort) as u16,
+                    identity: k.get(Field::TunIdentity) as u32,
                     tunnel: *t,
                 };
                 let mut sink = Collect(&mut self.outputs);
@@ -487,7 +492,10 @@ impl State<'_> {
         mark: Option<(u32, u32)>,
         label: Option<(u128, u128)>,
     ) -> CtResult {
+        // Headers as the frame has them now; the ct fields the last recirculation gave.
         let mut k = FlowKey::ZERO;
+        k.set(Field::CtZone, self.pkt.key.get(Field::CtZone));
+        k.set(Field::CtState, self.pkt.key.get(Field::CtState));
         let o = parse_frame(&self.pkt.frame, &mut k);
         let req = CtRequest { zone, commit, nat, set_mark: mark, set_label: label };
         self.ct.track(&mut self.pkt.frame, &o, &k, &req, self.now)

@@ -247,6 +247,9 @@ impl Cluster {
             network: NetworkConfig::default(),
             grpc_listen: format!("{}.1:0", cluster.net).parse().expect("grpc address"),
             grpc_tls: None,
+            pki: skein_master::pki::PkiSettings::new("kube-system"),
+            auth: skein_master::auth::AuthSettings::new("kube-system", "skein-agent"),
+            max_streams_per_node: 2,
             http_listen: "127.0.0.1:0".parse().expect("http address"),
             lease: None,
             identity: "test-master".to_owned(),
@@ -258,7 +261,11 @@ impl Cluster {
             let client = cluster.api.client();
             cluster.rt.block_on(Master::start(settings, client)).expect("master starts")
         };
-        cluster.master_url = format!("http://{}", master.grpc_addr());
+        cluster.master_url = format!("https://{}", master.grpc_addr());
+        cluster
+            .api
+            .insert(Kind::ServiceAccount, json!({"metadata": {"name": "skein-agent", "namespace": "kube-system"}}))
+            .expect("agent service account");
         cluster.master = Some(master);
         for i in 0..nodes {
             cluster.start_agent(i);
@@ -269,7 +276,7 @@ impl Cluster {
         Some(cluster)
     }
 
-    fn namespace(&mut self, name: &str) -> String {
+    pub fn namespace(&mut self, name: &str) -> String {
         let ns = format!("{}-{name}", self.prefix);
         let _ = try_run(&["ip", "netns", "del", &ns]);
         run(&["ip", "netns", "add", &ns]);
@@ -306,6 +313,12 @@ impl Cluster {
     /// `extra` flags.
     pub fn start_agent_with(&mut self, i: usize, master: &str, extra: &[&str]) {
         let kubeconfig = self.dir.path().join("kubeconfig");
+        // The agent's projected token: audience skein.dev/southbound, bound to its node.
+        let request = json!({"spec": {"audiences": ["skein.dev/southbound"],
+                                      "boundObjectRef": {"kind": "Node", "name": self.nodes[i].name}}});
+        let answer = self.api.store().request_token("kube-system", "skein-agent", &request).expect("agent token");
+        let token_file = self.dir.path().join(format!("{}.token", self.nodes[i].name));
+        std::fs::write(&token_file, answer["status"]["token"].as_str().expect("token")).expect("token file");
         let node = &mut self.nodes[i];
         std::fs::create_dir_all(&node.state).expect("state dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
@@ -315,6 +328,8 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--master", master])
+            .arg("--token-file")
+            .arg(&token_file)
             .arg("--state-dir")
             .arg(&node.state)
             .arg("--cni-socket")
@@ -594,6 +609,45 @@ impl Cluster {
         let ip =
             result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_owned();
         Pod { name: name.to_owned(), node: i, ns, container, result, ip }
+    }
+
+    /// Creates pod `name` on node `i` in the API with `labels` and container `ports`
+    /// (`[{"name": "http", "containerPort": 8080}]`), its sandbox, and runs ADD; panics
+    /// (with diagnostics) if ADD fails.
+    pub fn add_pod_with(&mut self, name: &str, i: usize, labels: Value, ports: Value) -> Pod {
+        let created = self
+            .api
+            .insert(
+                Kind::Pod,
+                json!({"metadata": {"name": name, "namespace": "default", "labels": labels},
+                       "spec": {"nodeName": self.nodes[i].name,
+                                "containers": [{"name": "c", "image": "x", "ports": ports}]}}),
+            )
+            .expect("pod created");
+        let uid = created["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let ns = self.namespace(&format!("p-{name}"));
+        let container = format!("ctr-{name}-{}", self.prefix);
+        let args = Self::cni_args(name, &container, &uid);
+        let out = self.cni_raw(i, "ADD", &container, &format!("/run/netns/{ns}"), "eth0", &args, None);
+        if out.code != 0 {
+            self.fail(&format!("ADD of {name} failed: {out:?}"));
+        }
+        let result = out.json();
+        let ip =
+            result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_owned();
+        Pod { name: name.to_owned(), node: i, ns, container, result, ip }
+    }
+
+    /// Replaces pod `name`'s labels in the API (the pod and its sandbox stay).
+    pub fn relabel_pod(&self, name: &str, labels: Value) {
+        let mut pod = self.api.get(Kind::Pod, Some("default"), name).expect("pod exists");
+        pod["metadata"]["labels"] = labels;
+        self.api.insert(Kind::Pod, pod).expect("pod updated");
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) {
+        self.api.delete(kind, namespace, name).expect("object deleted");
     }
 
     /// The pod's `skein.dev/pod-networks` annotation.
