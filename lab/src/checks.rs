@@ -1356,3 +1356,194 @@ mod tests {
         );
     }
 }
+
+// ---- Jobs: run to completion, and what their programs say of their results ----
+
+/// What a finished (or still running) Job's pods said: the `skein-allreduce` output of its
+/// rank 0 (completion index 0), when the Job runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AllreduceOutput {
+    /// `bench` rows: (size in bytes, algorithm, busbw GB/s text, #wrong text).
+    pub bench_rows: Vec<(u64, String, String, String)>,
+    /// `check`'s summary: (cases, wrong results).
+    pub check: Option<(u64, u64)>,
+}
+
+/// Reads `skein-allreduce`'s output (its log lines): `bench` rows and `check`'s summary.
+pub fn allreduce_output(lines: &[String]) -> AllreduceOutput {
+    let mut out = AllreduceOutput::default();
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() == 9
+            && let Ok(size) = fields[0].parse::<u64>()
+        {
+            out.bench_rows.push((size, fields[4].to_string(), fields[7].to_string(), fields[8].to_string()));
+        }
+        if let Some(rest) = line.trim().strip_prefix("check: ") {
+            // "N cases on R ranks, W wrong results (counted per rank)"
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let cases = words.first().and_then(|w| w.parse().ok());
+            let wrong =
+                words.iter().position(|w| *w == "wrong").and_then(|i| words.get(i.checked_sub(1)?)?.parse().ok());
+            if let (Some(cases), Some(wrong)) = (cases, wrong) {
+                out.check = Some((cases, wrong));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a Job runs `skein-allreduce` (its image, or its command).
+pub fn runs_allreduce(job: &k8s_openapi::api::batch::v1::Job) -> bool {
+    job.spec.iter().flat_map(|s| s.template.spec.iter().flat_map(|p| p.containers.iter())).any(|c| {
+        c.image.as_deref().is_some_and(|i| crate::podspec::repository(i) == "ghcr.io/skein-net/skein-allreduce")
+            || c.command.iter().flatten().any(|a| a.ends_with("skein-allreduce"))
+    })
+}
+
+/// The title of a Job's row.
+pub fn job_title(job: &k8s_openapi::api::batch::v1::Job) -> String {
+    let spec = job.spec.clone().unwrap_or_default();
+    let mode = spec.completion_mode.unwrap_or_else(|| "NonIndexed".into());
+    let completions = spec.completions.unwrap_or(1);
+    let what = if runs_allreduce(job) { ", skein-allreduce results vs the reference" } else { "" };
+    format!(
+        "job {}/{} ({mode}, {completions} completions) runs to completion{what}",
+        job.namespace().unwrap_or_default(),
+        job.name_any()
+    )
+}
+
+/// Judges a Job: complete, every pod that ran it on the nodes listed, and — for
+/// `skein-allreduce` — rank 0's output shows results and none wrong. `rank0` is rank 0's
+/// log. Pure.
+pub fn judge_job(job: &k8s_openapi::api::batch::v1::Job, pods: &[Pod], rank0: &[String]) -> (bool, String) {
+    let status = job.status.clone().unwrap_or_default();
+    let condition =
+        |kind: &str| status.conditions.iter().flatten().find(|c| c.type_ == kind && c.status == "True").cloned();
+    let mut nodes: Vec<String> = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    let ran = format!(
+        "{} succeeded on {}",
+        status.succeeded.unwrap_or(0),
+        if nodes.is_empty() { "no node".to_string() } else { nodes.join(", ") }
+    );
+    if let Some(failed) = condition("Failed") {
+        return (
+            false,
+            format!("Failed ({}: {}); {ran}", failed.reason.unwrap_or_default(), failed.message.unwrap_or_default()),
+        );
+    }
+    if condition("Complete").is_none() {
+        return (false, format!("not complete: {} active, {ran}", status.active.unwrap_or(0)));
+    }
+    let duration = match (status.start_time.as_ref(), status.completion_time.as_ref()) {
+        (Some(start), Some(end)) => format!(" in {} s", end.0.as_second() - start.0.as_second()),
+        _ => String::new(),
+    };
+    if !runs_allreduce(job) {
+        return (true, format!("Complete{duration}; {ran}"));
+    }
+    let output = allreduce_output(rank0);
+    if let Some((cases, wrong)) = output.check {
+        return (wrong == 0, format!("Complete{duration}; {ran}; rank 0: check {cases} cases, {wrong} wrong"));
+    }
+    if output.bench_rows.is_empty() {
+        return (false, format!("Complete{duration}; {ran}; rank 0 printed no results ({} log lines)", rank0.len()));
+    }
+    let wrong: Vec<String> =
+        output.bench_rows.iter().filter(|r| r.3 != "0").map(|r| format!("{} B: {}", r.0, r.3)).collect();
+    let (first, last) = (&output.bench_rows[0], &output.bench_rows[output.bench_rows.len() - 1]);
+    let summary = format!(
+        "rank 0: {} sizes {}–{} B, busbw {} GB/s at {} B ({})",
+        output.bench_rows.len(),
+        first.0,
+        last.0,
+        last.2,
+        last.0,
+        last.1
+    );
+    if wrong.is_empty() {
+        (true, format!("Complete{duration}; {ran}; {summary}, 0 wrong"))
+    } else {
+        (false, format!("Complete{duration}; {ran}; {summary}; WRONG results at {}", wrong.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(status: serde_json::Value) -> k8s_openapi::api::batch::v1::Job {
+        serde_json::from_value(json!({"metadata": {"name": "skein-allreduce", "namespace": "demo"},
+            "spec": {"completionMode": "Indexed", "completions": 2, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "allreduce", "image": "ghcr.io/skein-net/skein-allreduce:latest"}]}}},
+            "status": status}))
+        .unwrap()
+    }
+
+    fn succeeded(node: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": "Succeeded"}}))
+        .unwrap()
+    }
+
+    const BENCH: &str = "# skein-allreduce bench: 2 ranks, f32 sum, algorithm auto, in-place
+#          size        count  type redop            algorithm       time    algbw    busbw  #wrong
+           8            2   f32   sum   recursive-doubling     120.50    0.000    0.000       0
+     1048576       262144   f32   sum                 ring    9000.00    0.117    0.117       0
+# Avg bus bandwidth    : 0.058";
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_complete_allreduce_job_passes_only_with_results_and_none_wrong() {
+        let complete =
+            job(json!({"succeeded": 2, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:00:12Z",
+            "conditions": [{"type": "Complete", "status": "True"}]}));
+        let pods = [succeeded("node2"), succeeded("node1")];
+        assert!(job_title(&complete).contains("skein-allreduce results vs the reference"));
+        let (passed, detail) = judge_job(&complete, &pods, &lines(BENCH));
+        assert!(passed, "{detail}");
+        assert_eq!(
+            detail,
+            "Complete in 12 s; 2 succeeded on node1, node2; rank 0: 2 sizes 8–1048576 B, busbw 0.117 GB/s at 1048576 B (ring), 0 wrong"
+        );
+        let wrong = BENCH.replace("0.117       0", "0.117       3");
+        let (passed, detail) = judge_job(&complete, &pods, &lines(&wrong));
+        assert!(!passed && detail.contains("WRONG results at 1048576 B: 3"), "{detail}");
+        let (passed, detail) = judge_job(&complete, &pods, &[]);
+        assert!(!passed && detail.contains("printed no results"), "{detail}");
+        let check = lines("check: 420 cases on 2 ranks, 0 wrong results (counted per rank)");
+        assert!(judge_job(&complete, &pods, &check).0);
+        let check = lines("check: 420 cases on 2 ranks, 5 wrong results (counted per rank)");
+        assert!(!judge_job(&complete, &pods, &check).0);
+    }
+
+    #[test]
+    fn failed_and_unfinished_jobs_fail_with_the_reason() {
+        let failed = job(
+            json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit"}]}),
+        );
+        let (passed, detail) = judge_job(&failed, &[], &[]);
+        assert!(!passed);
+        assert!(
+            detail.starts_with("Failed (BackoffLimitExceeded: Job has reached the specified backoff limit)"),
+            "{detail}"
+        );
+        let running = job(json!({"active": 2}));
+        assert_eq!(
+            judge_job(&running, &[], &[]),
+            (false, "not complete: 2 active, 0 succeeded on no node".to_string())
+        );
+    }
+}

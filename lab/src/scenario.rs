@@ -157,6 +157,25 @@ pub fn demo_yaml(nodes: usize) -> String {
     yaml
 }
 
+/// The example allreduce job (`manifests/examples/allreduce-job.yaml`: a headless Service and
+/// an Indexed Job of two `skein-allreduce` ranks, each given a `skein.dev/rdma` device).
+pub const ALLREDUCE_EXAMPLE: &str = include_str!("../../manifests/examples/allreduce-job.yaml");
+/// The example's sweep (8 B to 256 MiB, for a benchmark on real nodes).
+pub const ALLREDUCE_EXAMPLE_ARGS: &str = r#"args: ["bench", "--min-bytes", "8", "--max-bytes", "256M"]"#;
+/// The demo's: 8 B to 1 MiB, 20 timed calls per size, every size checked against the
+/// reference — seconds, in a debug build, on a loaded machine.
+pub const ALLREDUCE_DEMO_ARGS: &str = r#"args: ["bench", "--min-bytes", "8", "--max-bytes", "1M", "--iters", "20"]"#;
+
+/// The example allreduce job with the demo's short sweep, as it is applied in the demo.
+pub fn allreduce_job_yaml() -> Result<String, String> {
+    if !ALLREDUCE_EXAMPLE.contains(ALLREDUCE_EXAMPLE_ARGS) {
+        return Err(format!(
+            "manifests/examples/allreduce-job.yaml no longer holds the line {ALLREDUCE_EXAMPLE_ARGS:?} the demo shortens"
+        ));
+    }
+    Ok(ALLREDUCE_EXAMPLE.replace(ALLREDUCE_EXAMPLE_ARGS, ALLREDUCE_DEMO_ARGS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +243,14 @@ mod tests {
             ports.iter().find(|p| p.name.as_deref() == Some("http")).unwrap().container_port
         };
         assert_eq!((http(14), http(15)), (8080, 9090));
+    }
+
+    #[test]
+    fn the_demo_runs_the_example_allreduce_job_with_a_short_sweep() {
+        let manifests = parse(&allreduce_job_yaml().unwrap(), NAMESPACE).unwrap();
+        let Manifest::Job(job) = &manifests[1] else { panic!("{manifests:?}") };
+        assert_eq!(job.metadata.namespace.as_deref(), Some(NAMESPACE));
+        let container = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.args.as_ref().unwrap().join(" "), "bench --min-bytes 8 --max-bytes 1M --iters 20");
     }
 }
