@@ -15,6 +15,7 @@ use crate::config::{Config, ConnectMode};
 use crate::datatype::{Element, ReduceOp, byte_reducer};
 use crate::engine::{self, Bufs, Ctx, Plan, Reduction};
 use crate::error::{Error, Result};
+use crate::interface::{self, Selection};
 use crate::transport::{self, ReadError};
 use crate::wire::{BootstrapMessage, Collective, FrameHeader, MAX_WORLD_SIZE};
 
@@ -37,6 +38,10 @@ pub struct Communicator {
     failure: Option<String>,
     shared: Arc<AbortShared>,
     busy_wait: Duration,
+    /// The address this rank's connections are made from (the chosen interface's).
+    bind: Option<IpAddr>,
+    /// Why this interface (`interface::select`).
+    interface_reason: String,
 }
 
 struct AbortShared {
@@ -106,8 +111,26 @@ impl Communicator {
     }
 
     /// Bootstraps as `rdv.rank`: rank 0 listens on the rendezvous address, the others
-    /// register with it.
+    /// register with it, from the interface `SKEIN_SOCKET_IFNAME` or `SKEIN_RDMA_NETDEVS`
+    /// choose (`interface::select`).
     pub fn init(rdv: &Rendezvous, config: Config) -> Result<Communicator> {
+        let interfaces = match interface::local_interfaces() {
+            Ok(list) => list,
+            Err(e) if config.socket_ifname.is_empty() && config.rdma_netdevs.is_empty() => {
+                tracing::debug!(error = %e, "cannot list the network interfaces; using the route's");
+                Vec::new()
+            }
+            Err(e) => return Err(Error::local("listing the network interfaces (rtnetlink)", e)),
+        };
+        let selection = interface::select(&config.socket_ifname, &config.rdma_netdevs, &interfaces)?;
+        tracing::info!(rank = rdv.rank, transport = %config.transport, bind = ?selection.bind, reason = %selection.reason,
+            "data interface");
+        let mut comm = Communicator::init_with(rdv, config, &selection)?;
+        comm.interface_reason = selection.reason;
+        Ok(comm)
+    }
+
+    fn init_with(rdv: &Rendezvous, config: Config, selection: &Selection) -> Result<Communicator> {
         if rdv.rank == 0 {
             let (host, port) =
                 parse_host_port(&rdv.address).map_err(|r| Error::config("SKEIN_RENDEZVOUS", &rdv.address, r))?;
@@ -122,7 +145,13 @@ impl Communicator {
                 .map_err(|e| Error::local(format!("rank 0 binding the rendezvous {ip}:{port}"), e))?;
             Communicator::host(listener, rdv.world_size, config)
         } else {
-            Communicator::join(rdv.rank, rdv.world_size, &rdv.address, config)
+            Communicator::join_from(
+                rdv.rank,
+                rdv.world_size,
+                &rdv.address,
+                config,
+                selection.bind.as_ref().map(|b| b.1),
+            )
         }
     }
 
@@ -140,6 +169,8 @@ impl Communicator {
             tmp: Vec::new(),
             failure: None,
             busy_wait: engine::MAX_BUSY_WAIT,
+            bind: None,
+            interface_reason: String::new(),
             shared: Arc::new(AbortShared { flag: AtomicBool::new(false), sockets: Mutex::new(Vec::new()) }),
         }
     }
@@ -224,6 +255,17 @@ impl Communicator {
     /// Rank `rank` > 0: registers with the rendezvous at `rendezvous` (`host:port`, retried
     /// until the bootstrap timeout while rank 0 starts) and waits for the address table.
     pub fn join(rank: usize, world_size: usize, rendezvous: &str, config: Config) -> Result<Communicator> {
+        Communicator::join_from(rank, world_size, rendezvous, config, None)
+    }
+
+    /// [`Communicator::join`] with every connection made from `bind` (an interface's address).
+    pub fn join_from(
+        rank: usize,
+        world_size: usize,
+        rendezvous: &str,
+        config: Config,
+        bind: Option<IpAddr>,
+    ) -> Result<Communicator> {
         Communicator::check_world(world_size)?;
         if rank == 0 || rank >= world_size {
             return Err(Error::InvalidArgument(format!(
@@ -231,8 +273,9 @@ impl Communicator {
             )));
         }
         let mut comm = Communicator::empty(rank, world_size, config);
+        comm.bind = bind;
         let deadline = Instant::now() + comm.config.bootstrap_timeout;
-        let mut s = transport::connect_retry(rendezvous, deadline, &comm.shared.flag)?;
+        let mut s = transport::connect_retry(rendezvous, bind, deadline, &comm.shared.flag)?;
         // Listen on the address rank 0 sees us from: that interface reaches the other ranks.
         let local_ip = s.local_addr().map_err(|e| Error::local("reading the local address", e))?.ip();
         let listener = TcpListener::bind((local_ip, 0))
@@ -346,7 +389,7 @@ impl Communicator {
                 continue;
             }
             let addr = self.addrs[p];
-            let mut s = transport::connect_addr(addr, deadline)
+            let mut s = transport::connect_addr(addr, self.bind, deadline)
                 .map_err(|e| Error::io(p, format!("connecting to {addr}"), e))?;
             let hello =
                 BootstrapMessage::Connect { rank: self.rank as u32, world_size: self.size as u32, job: self.job };
@@ -413,6 +456,23 @@ impl Communicator {
     /// Number of ranks.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// The data path, for a report: transport, the interface and address of this rank's first
+    /// connection, and why that interface (`tcp over eth0 10.244.1.5 (the interface towards
+    /// rank 0)`).
+    pub fn data_path(&self) -> String {
+        let local = self.conns.iter().flatten().find_map(|s| s.local_addr().ok()).map(|a| a.ip());
+        let interfaces = interface::local_interfaces().unwrap_or_default();
+        let reason = if self.interface_reason.is_empty() { "set up in-process" } else { &self.interface_reason };
+        match local {
+            Some(ip) => format!(
+                "{} over {} {ip} ({reason})",
+                self.config.transport,
+                interface::interface_of(ip, &interfaces).unwrap_or("an unnamed interface")
+            ),
+            None => format!("{} (one rank: no connections)", self.config.transport),
+        }
     }
 
     /// The settings in force.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::algorithms::{AllgatherAlgorithm, AllreduceAlgorithm, BroadcastAlgorithm, ReduceAlgorithm};
 use crate::error::{Error, Result};
+use crate::interface::{Transport, parse_interface_list};
 
 /// When peer connections are opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +58,13 @@ pub struct Config {
     pub broadcast: Option<BroadcastAlgorithm>,
     /// Forced reduce algorithm (`SKEIN_REDUCE_ALGORITHM`).
     pub reduce: Option<ReduceAlgorithm>,
+    /// The transport (`SKEIN_TRANSPORT`, `tcp`).
+    pub transport: Transport,
+    /// Interfaces to bind to, first present wins (`SKEIN_SOCKET_IFNAME`, comma-separated).
+    pub socket_ifname: Vec<String>,
+    /// The network interfaces of the RDMA devices the device plugin gave this container
+    /// (`SKEIN_RDMA_NETDEVS`): followed when present in the rank's network namespace.
+    pub rdma_netdevs: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +82,9 @@ impl Default for Config {
             allgather: None,
             broadcast: None,
             reduce: None,
+            transport: Transport::Tcp,
+            socket_ifname: Vec::new(),
+            rdma_netdevs: Vec::new(),
         }
     }
 }
@@ -101,6 +112,12 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SKEIN_ALLGATHER_ALGORITHM", "auto, ring or recursive-doubling"),
     ("SKEIN_BROADCAST_ALGORITHM", "auto, binomial or pipeline"),
     ("SKEIN_REDUCE_ALGORITHM", "auto, binomial or reduce-scatter-gather"),
+    ("SKEIN_TRANSPORT", "the transport the job runs on: tcp (the only one built)"),
+    ("SKEIN_SOCKET_IFNAME", "interfaces to bind to, first present wins (e.g. eth0); overrides SKEIN_RDMA_NETDEVS"),
+    (
+        "SKEIN_RDMA_NETDEVS",
+        "set by the device plugin: the RDMA devices' interfaces, bound to when present in this network namespace",
+    ),
 ];
 
 impl Config {
@@ -173,6 +190,15 @@ impl Config {
         c.allgather = parse_override(lookup, "SKEIN_ALLGATHER_ALGORITHM")?;
         c.broadcast = parse_override(lookup, "SKEIN_BROADCAST_ALGORITHM")?;
         c.reduce = parse_override(lookup, "SKEIN_REDUCE_ALGORITHM")?;
+        if let Some(v) = lookup("SKEIN_TRANSPORT")? {
+            c.transport = v.parse().map_err(|e: String| Error::config("SKEIN_TRANSPORT", &v, e))?;
+        }
+        if let Some(v) = lookup("SKEIN_SOCKET_IFNAME")? {
+            c.socket_ifname = parse_interface_list(&v).map_err(|e| Error::config("SKEIN_SOCKET_IFNAME", &v, e))?;
+        }
+        if let Some(v) = lookup("SKEIN_RDMA_NETDEVS")? {
+            c.rdma_netdevs = parse_interface_list(&v).map_err(|e| Error::config("SKEIN_RDMA_NETDEVS", &v, e))?;
+        }
         Ok(c)
     }
 }
@@ -281,8 +307,13 @@ mod tests {
             ("SKEIN_CONNECT", "eager"),
             ("SKEIN_ALLREDUCE_ALGORITHM", "rabenseifner"),
             ("SKEIN_BROADCAST_ALGORITHM", "auto"),
+            ("SKEIN_TRANSPORT", "tcp"),
+            ("SKEIN_RDMA_NETDEVS", "ens2f0,ib0"),
         ])))
         .unwrap();
+        assert_eq!(c.transport, Transport::Tcp);
+        assert_eq!(c.rdma_netdevs, ["ens2f0", "ib0"]);
+        assert!(c.socket_ifname.is_empty());
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.spin, Duration::ZERO);
         assert_eq!(c.chunk_bytes, 1 << 20);
@@ -304,6 +335,9 @@ mod tests {
             ("SKEIN_CONNECT", "sometimes"),
             ("SKEIN_ALLREDUCE_ALGORITHM", "telepathy"),
             ("SKEIN_SOCKET_BUFFER", "12"),
+            ("SKEIN_TRANSPORT", "verbs"),
+            ("SKEIN_SOCKET_IFNAME", "eth0/../x"),
+            ("SKEIN_RDMA_NETDEVS", "a b"),
         ] {
             let err = Config::from_lookup(&lookup_in(HashMap::from([(k, v)]))).unwrap_err();
             let msg = err.to_string();

@@ -13,8 +13,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: `wire` (bytes on the wire), `bootstrap` and `config` (environment), `transport`
-//! and `engine` (sockets and the progress loop), `algorithms` (plans per collective), `comm`
+//! Layout: `wire` (bytes on the wire), `bootstrap` and `config` (environment), `interface`
+//! (which interface and transport the ranks use), `transport` and `engine` (sockets and the
+//! progress loop), `algorithms` (plans per collective), `comm`
 //! (the public communicator), `model` and `reference` (the benchmark's and tests' yardsticks).
 //! See `docs/collectives.md` for the design.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod config;
 pub mod datatype;
 mod engine;
 pub mod error;
+pub mod interface;
 pub mod model;
 pub mod reference;
 mod transport;

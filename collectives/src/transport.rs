@@ -3,7 +3,7 @@
 //! Everything blocks with a bound; nothing here waits forever.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -94,10 +94,53 @@ pub(crate) fn write_message(s: &mut TcpStream, m: &BootstrapMessage, deadline: I
     s.write_all(&frame)
 }
 
+/// Connects to `addr` within `timeout`, from `local` (port chosen by the kernel) when given:
+/// the interface the rank was told to use.
+pub(crate) fn connect_from(local: Option<IpAddr>, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let Some(local) = local else { return TcpStream::connect_timeout(&addr, timeout) };
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    if local.is_ipv4() != addr.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{addr} is not of the address family of the interface address {local}"),
+        ));
+    }
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC, None)?;
+    rustix::net::bind(&fd, &SocketAddr::new(local, 0))?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::INPROGRESS) => {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = remaining(deadline).ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
+                let ts = Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                match rustix::event::poll(&mut fds, Some(&ts)) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::TimedOut)),
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            rustix::net::sockopt::socket_error(&fd)??;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 /// Connects to `target` (`host:port`), resolving it afresh on every attempt (a StatefulSet
 /// peer's DNS record appears only once its pod exists), retrying with backoff until
-/// `deadline`.
-pub(crate) fn connect_retry(target: &str, deadline: Instant, abort: &AtomicBool) -> Result<TcpStream> {
+/// `deadline`; from `local` when given.
+pub(crate) fn connect_retry(
+    target: &str,
+    local: Option<IpAddr>,
+    deadline: Instant,
+    abort: &AtomicBool,
+) -> Result<TcpStream> {
     let mut backoff = Duration::from_millis(10);
     let mut last_err = String::from("no attempt made");
     loop {
@@ -106,11 +149,16 @@ pub(crate) fn connect_retry(target: &str, deadline: Instant, abort: &AtomicBool)
         }
         match target.to_socket_addrs() {
             Ok(addrs) => {
-                for addr in addrs {
+                for addr in addrs.filter(|a| local.is_none_or(|l| l.is_ipv4() == a.is_ipv4())) {
                     let Some(left) = remaining(deadline) else { break };
-                    match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))) {
+                    match connect_from(local, addr, left.min(Duration::from_secs(5))) {
                         Ok(s) => return Ok(s),
-                        Err(e) => last_err = format!("{addr}: {e}"),
+                        Err(e) => {
+                            last_err = match local {
+                                Some(l) => format!("{addr} from {l}: {e}"),
+                                None => format!("{addr}: {e}"),
+                            }
+                        }
                     }
                 }
             }
@@ -124,10 +172,11 @@ pub(crate) fn connect_retry(target: &str, deadline: Instant, abort: &AtomicBool)
     }
 }
 
-/// Connects once to a known address (a peer's data listener, which is already listening).
-pub(crate) fn connect_addr(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
+/// Connects once to a known address (a peer's data listener, which is already listening),
+/// from `local` when given.
+pub(crate) fn connect_addr(addr: SocketAddr, local: Option<IpAddr>, deadline: Instant) -> io::Result<TcpStream> {
     let left = remaining(deadline).ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
-    TcpStream::connect_timeout(&addr, left)
+    connect_from(local, addr, left)
 }
 
 /// Accepts one connection on a non-blocking listener before `deadline`; `Ok(None)` on

@@ -76,6 +76,43 @@ fn check_suite_passes_across_five_processes_with_a_full_mesh() {
 }
 
 #[test]
+fn ranks_bind_the_interface_they_are_told_and_say_which() {
+    // The device plugin's netdevs are not in this namespace: the route's interface, said so.
+    let outs = wait_all(spawn_ranks(
+        2,
+        &["bench", "-b", "8", "-e", "64", "-n", "5"],
+        &[("SKEIN_RDMA_NETDEVS", "ens2f0,ib0"), ("SKEIN_TRANSPORT", "tcp")],
+    ));
+    assert_all_succeeded(&outs);
+    let out = text(&outs[0].stdout);
+    assert!(
+        out.contains("# data path: tcp over lo 127.0.0.1 (SKEIN_RDMA_NETDEVS=ens2f0,ib0: not in this network namespace; the pod's own interface towards rank 0)"),
+        "{out}"
+    );
+    // A netdev that is there (lo) is bound to.
+    let outs = wait_all(spawn_ranks(
+        2,
+        &["check", "--lengths", "7", "--sweep-length", "0"],
+        &[("SKEIN_RDMA_NETDEVS", "ib0,lo")],
+    ));
+    assert_all_succeeded(&outs);
+    let out = text(&outs[0].stdout);
+    assert!(out.contains("# data path: tcp over lo 127.0.0.1 (SKEIN_RDMA_NETDEVS=ib0,lo)"), "{out}");
+    // An interface that is not there, or a transport this build lacks, fails every rank early.
+    for (k, v, expect) in [
+        ("SKEIN_SOCKET_IFNAME", "nosuch0", "no such interface up with an address"),
+        ("SKEIN_TRANSPORT", "verbs", "RDMA verbs transport"),
+    ] {
+        let outs = wait_all(spawn_ranks(2, &["check", "--lengths", "1"], &[(k, v), ("SKEIN_BOOTSTRAP_TIMEOUT", "3s")]));
+        for o in &outs {
+            assert!(!o.status.success());
+            let err = text(&o.stderr);
+            assert!(err.contains(k) && err.contains(expect), "{err}");
+        }
+    }
+}
+
+#[test]
 fn pod_ordinal_processes_find_each_other() {
     let rdv = format!("127.0.0.1:{}", free_port());
     let children: Vec<Child> = (0..3)

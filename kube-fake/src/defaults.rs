@@ -93,6 +93,120 @@ pub(crate) fn deployment(object: &mut Value) {
     }
 }
 
+/// The label a Job's pods carry with the Job's uid (and the generated selector selects).
+pub const JOB_CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+/// The label a Job's pods carry with the Job's name.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// `batch/v1` Job defaults (`k8s.io/kubernetes/pkg/apis/batch/v1/defaults.go`): completions
+/// and parallelism 1 when both are unset, parallelism 1, `backoffLimit` 6,
+/// `completionMode: NonIndexed`, `suspend: false`, `podReplacementPolicy:
+/// TerminatingOrFailed`, the Job's labels from its template when it has none; and what the
+/// Job strategy adds on create unless `manualSelector` is set: a selector on the Job's uid
+/// and the matching labels on its template (`batch.kubernetes.io/controller-uid`,
+/// `batch.kubernetes.io/job-name` and their legacy forms).
+pub(crate) fn job(object: &mut Value) {
+    let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let Some(root) = object.as_object_mut() else { return };
+    let Some(spec) = ensure_object(root, "spec") else { return };
+    if !spec.contains_key("completions") && !spec.contains_key("parallelism") {
+        spec.insert("completions".into(), json!(1));
+    }
+    spec.entry("parallelism").or_insert_with(|| json!(1));
+    spec.entry("backoffLimit").or_insert_with(|| json!(6));
+    spec.entry("completionMode").or_insert_with(|| json!("NonIndexed"));
+    spec.entry("suspend").or_insert_with(|| json!(false));
+    spec.entry("podReplacementPolicy").or_insert_with(|| json!("TerminatingOrFailed"));
+    let manual = spec.get("manualSelector").and_then(Value::as_bool).unwrap_or(false);
+    if !manual && !uid.is_empty() {
+        spec.entry("selector").or_insert_with(|| json!({"matchLabels": {JOB_CONTROLLER_UID_LABEL: uid}}));
+        if let Some(template) = ensure_object(spec, "template")
+            && let Some(metadata) = ensure_object(template, "metadata")
+            && let Some(labels) = ensure_object(metadata, "labels")
+        {
+            for (key, value) in [
+                (JOB_CONTROLLER_UID_LABEL, &uid),
+                (JOB_NAME_LABEL, &name),
+                ("controller-uid", &uid),
+                ("job-name", &name),
+            ] {
+                labels.entry(key).or_insert_with(|| json!(value));
+            }
+        }
+    }
+    let template_labels = object.pointer("/spec/template/metadata/labels").cloned();
+    if let (Some(labels), Some(metadata)) = (template_labels, object.get_mut("metadata").and_then(Value::as_object_mut))
+        && metadata.get("labels").and_then(Value::as_object).is_none_or(Map::is_empty)
+    {
+        metadata.insert("labels".into(), labels);
+    }
+    if let Some(pod) = object_at(object, &["spec", "template", "spec"]) {
+        pod_spec(pod);
+    }
+}
+
+/// The checks of `ValidateJob` the lab's Job controller depends on: a pod restart policy of
+/// `OnFailure` or `Never`, a completion count for Indexed Jobs, non-negative counts, a
+/// positive deadline, a selector that selects the template (immutable, like the template).
+pub(crate) fn validate_job(object: &Value, old: Option<&Value>) -> Vec<String> {
+    let mut errors = Vec::new();
+    match object.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str) {
+        Some("OnFailure" | "Never") => {}
+        Some(other) => errors.push(format!(
+            "spec.template.spec.restartPolicy: Unsupported value: \"{other}\": supported values: \"OnFailure\", \"Never\""
+        )),
+        None => errors.push(
+            "spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"".to_owned(),
+        ),
+    }
+    let containers = object.pointer("/spec/template/spec/containers").and_then(Value::as_array);
+    if containers.is_none_or(Vec::is_empty) {
+        errors.push("spec.template.spec.containers: Required value".to_owned());
+    }
+    let mode = object.pointer("/spec/completionMode").and_then(Value::as_str).unwrap_or("NonIndexed");
+    if !matches!(mode, "NonIndexed" | "Indexed") {
+        errors.push(format!(
+            "spec.completionMode: Unsupported value: \"{mode}\": supported values: \"NonIndexed\", \"Indexed\""
+        ));
+    }
+    let completions = object.pointer("/spec/completions").filter(|v| !v.is_null());
+    if mode == "Indexed" && completions.is_none() {
+        errors.push("spec.completions: Required value: when completion mode is Indexed".to_owned());
+    }
+    for field in ["completions", "parallelism", "backoffLimit"] {
+        if let Some(value) = object.pointer(&format!("/spec/{field}")).and_then(Value::as_i64)
+            && value < 0
+        {
+            errors.push(format!("spec.{field}: Invalid value: {value}: must be greater than or equal to 0"));
+        }
+    }
+    if let Some(deadline) = object.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_i64)
+        && deadline <= 0
+    {
+        errors.push(format!("spec.activeDeadlineSeconds: Invalid value: {deadline}: must be greater than 0"));
+    }
+    if let Some(selector) = object.pointer("/spec/selector").filter(|s| s.is_object()) {
+        let labels = string_map(object.pointer("/spec/template/metadata/labels"));
+        if !selector_matches(selector, &labels) {
+            errors.push(format!(
+                "spec.template.metadata.labels: Invalid value: {}: `selector` does not match template `labels`",
+                serde_json::to_string(&labels).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(old) = old {
+        for (pointer, field) in [("/spec/selector", "spec.selector"), ("/spec/template", "spec.template")] {
+            if let (Some(previous), Some(current)) = (old.pointer(pointer), object.pointer(pointer))
+                && previous != current
+            {
+                errors.push(format!("{field}: Invalid value: {current}: field is immutable"));
+            }
+        }
+    }
+    errors
+}
+
 /// A label selector's `matchLabels` and `matchExpressions` evaluated against `labels`.
 pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
     let match_labels = selector.get("matchLabels").and_then(Value::as_object);
@@ -196,6 +310,54 @@ mod tests {
         deployment(&mut object);
         assert_eq!(object["spec"]["replicas"], 0);
         assert_eq!(object["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
+
+    #[test]
+    fn jobs_get_the_api_servers_defaults_and_a_generated_selector() {
+        let mut object = json!({"metadata": {"name": "train", "uid": "u-1"},
+            "spec": {"template": {"metadata": {"labels": {"app": "x"}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c"}]}}}});
+        job(&mut object);
+        let spec = &object["spec"];
+        assert_eq!((spec["completions"].clone(), spec["parallelism"].clone()), (json!(1), json!(1)));
+        assert_eq!(spec["backoffLimit"], 6);
+        assert_eq!(spec["completionMode"], "NonIndexed");
+        assert_eq!(spec["suspend"], false);
+        assert_eq!(spec["selector"], json!({"matchLabels": {JOB_CONTROLLER_UID_LABEL: "u-1"}}));
+        let labels = &spec["template"]["metadata"]["labels"];
+        assert_eq!((labels[JOB_NAME_LABEL].clone(), labels["controller-uid"].clone()), (json!("train"), json!("u-1")));
+        assert_eq!(object["metadata"]["labels"], *labels, "the Job takes its template's labels");
+        assert!(validate_job(&object, None).is_empty(), "{:?}", validate_job(&object, None));
+        // Parallelism alone leaves completions unset (a work queue).
+        let mut queue = json!({"spec": {"parallelism": 3}});
+        job(&mut queue);
+        assert!(queue["spec"].get("completions").is_none());
+        // With manualSelector nothing is generated.
+        let mut manual = json!({"metadata": {"uid": "u"}, "spec": {"manualSelector": true}});
+        job(&mut manual);
+        assert!(manual["spec"].get("selector").is_none());
+    }
+
+    #[test]
+    fn job_validation_names_each_bad_field() {
+        let bad = json!({"spec": {"completionMode": "Indexed", "parallelism": -1, "activeDeadlineSeconds": 0,
+            "template": {"spec": {"restartPolicy": "Always", "containers": []}}}});
+        let errors = validate_job(&bad, None);
+        for expected in [
+            "spec.template.spec.restartPolicy: Unsupported value: \"Always\"",
+            "spec.template.spec.containers: Required value",
+            "spec.completions: Required value: when completion mode is Indexed",
+            "spec.parallelism: Invalid value: -1",
+            "spec.activeDeadlineSeconds: Invalid value: 0",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{expected} in {errors:?}");
+        }
+        let mut good = json!({"metadata": {"name": "j", "uid": "u"},
+            "spec": {"template": {"spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c"}]}}}});
+        job(&mut good);
+        let mut changed = good.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("other");
+        assert!(validate_job(&changed, Some(&good)).iter().any(|e| e.starts_with("spec.template: Invalid value")));
+        assert!(validate_job(&good, Some(&good)).is_empty());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum Kind {
     Lease,
     /// `apps/v1` Deployment (namespaced, `/status` and `/scale` subresources).
     Deployment,
+    /// `batch/v1` Job (namespaced, `/status` subresource).
+    Job,
     /// `v1` ServiceAccount (namespaced, `/token` subresource: TokenRequest).
     ServiceAccount,
     /// `v1` Secret (namespaced).
@@ -458,6 +460,29 @@ static DEPLOYMENT: KindSpec = KindSpec {
     validate: Some(defaults::validate_deployment),
 };
 
+static JOB: KindSpec = KindSpec {
+    group: "batch",
+    version: "v1",
+    api_version: "batch/v1",
+    kind: "Job",
+    plural: "jobs",
+    singular: "job",
+    short_names: &[],
+    categories: &["all"],
+    namespaced: true,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: Some("spec.template.spec"),
+    merge_lists: &[("status.conditions", ListStrategy::MergeByKey("type"))],
+    schema: schema::round_trip::<k8s_openapi::api::batch::v1::Job>,
+    definition: "io.k8s.api.batch.v1.Job",
+    printer: Some(&table::JOB),
+    initial_status: Some(defaults::empty_status),
+    defaults: Some(defaults::job),
+    validate: Some(defaults::validate_job),
+};
+
 /// The lists of a `PodSpec` that strategic merge patch merges, relative to the pod spec
 /// (`patchMergeKey`/`patchStrategy` in `k8s.io/api/core/v1`). `*` stands for any of the
 /// container lists.
@@ -479,7 +504,7 @@ const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -490,6 +515,7 @@ impl Kind {
         Kind::NetworkPolicy,
         Kind::Lease,
         Kind::Deployment,
+        Kind::Job,
         Kind::ServiceAccount,
         Kind::Secret,
         Kind::ConfigMap,
@@ -508,6 +534,7 @@ impl Kind {
             Kind::NetworkPolicy => &NETWORK_POLICY,
             Kind::Lease => &LEASE,
             Kind::Deployment => &DEPLOYMENT,
+            Kind::Job => &JOB,
             Kind::ServiceAccount => &SERVICE_ACCOUNT,
             Kind::Secret => &SECRET,
             Kind::ConfigMap => &CONFIG_MAP,

@@ -148,6 +148,20 @@ pub(crate) static DEPLOYMENT: Printer = Printer {
     row: deployment_row,
 };
 
+pub(crate) static JOB: Printer = Printer {
+    columns: &[
+        NAME,
+        col("Status", 0, "Status of the job."),
+        col("Completions", 0, "The completion status of the job."),
+        col("Duration", 0, "Time required to complete the job."),
+        AGE,
+        col("Containers", 1, "Names of each container in the template."),
+        col("Images", 1, "Images referenced by each container in the template."),
+        col("Selector", 1, "Label selector for pods."),
+    ],
+    row: job_row,
+};
+
 pub(crate) static ENDPOINT_SLICE: Printer = Printer {
     columns: &[
         NAME,
@@ -626,6 +640,56 @@ fn deployment_row(deployment: &Value, now: Timestamp) -> Row {
     ])
 }
 
+fn has_true_condition(object: &Value, kind: &str) -> bool {
+    list(object, "/status/conditions").iter().any(|c| {
+        c.get("type").and_then(Value::as_str) == Some(kind) && c.get("status").and_then(Value::as_str) == Some("True")
+    })
+}
+
+/// `printJob`.
+fn job_row(job: &Value, now: Timestamp) -> Row {
+    let succeeded = int(job, "/status/succeeded");
+    let completions = match job.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(completions) => format!("{succeeded}/{completions}"),
+        None => match int(job, "/spec/parallelism") {
+            parallelism if parallelism > 1 => format!("{succeeded}/1 of {parallelism}"),
+            _ => format!("{succeeded}/1"),
+        },
+    };
+    let start = parse_time(text(job, "/status/startTime"));
+    let duration = match (start, parse_time(text(job, "/status/completionTime"))) {
+        (None, _) => String::new(),
+        (Some(start), None) => human_duration(now.as_millisecond() - start.as_millisecond()),
+        (Some(start), Some(end)) => human_duration(end.as_millisecond() - start.as_millisecond()),
+    };
+    let status = if has_true_condition(job, "Complete") {
+        "Complete"
+    } else if has_true_condition(job, "Failed") {
+        "Failed"
+    } else if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        "Terminating"
+    } else if has_true_condition(job, "Suspended") {
+        "Suspended"
+    } else if has_true_condition(job, "FailureTarget") {
+        "FailureTarget"
+    } else if has_true_condition(job, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let (names, images) = container_cells(list(job, "/spec/template/spec/containers"));
+    Row::plain(vec![
+        name(job),
+        json!(status),
+        json!(completions),
+        json!(duration),
+        age(job, now),
+        json!(names),
+        json!(images),
+        json!(format_label_selector(job.pointer("/spec/selector"))),
+    ])
+}
+
 /// `listWithMoreString`: at most three, then `+ N more...`; `<unset>` when empty.
 fn at_most_three(items: Vec<String>) -> String {
     let count = items.len();
@@ -993,6 +1057,32 @@ mod tests {
         let printed = (POD.row)(&done, at(NOW));
         assert_eq!(printed.cells[2], "Completed");
         assert_eq!(printed.conditions.unwrap()[0]["reason"], "Succeeded");
+    }
+
+    #[test]
+    fn jobs_print_status_completions_and_duration() {
+        let running = json!({
+            "metadata": {"name": "train", "creationTimestamp": "2025-06-01T11:59:00Z"},
+            "spec": {"completions": 2, "parallelism": 2, "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u"}},
+                     "template": {"spec": {"containers": [{"name": "rank", "image": "img"}]}}},
+            "status": {"startTime": "2025-06-01T11:59:30Z", "succeeded": 1, "active": 1}
+        });
+        assert_eq!(
+            cells(Kind::Job, running),
+            ["train", "Running", "1/2", "30s", "60s", "rank", "img", "batch.kubernetes.io/controller-uid=u"]
+        );
+        let done = json!({
+            "metadata": {"name": "d"},
+            "spec": {"parallelism": 3},
+            "status": {"startTime": "2025-06-01T11:00:00Z", "completionTime": "2025-06-01T11:02:05Z", "succeeded": 1,
+                       "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]}
+        });
+        let row = cells(Kind::Job, done);
+        assert_eq!(row[1..4], [json!("Complete"), json!("1/1 of 3"), json!("2m5s")]);
+        let failed = json!({"metadata": {"name": "f"}, "spec": {"completions": 1},
+            "status": {"conditions": [{"type": "Complete", "status": "False"}, {"type": "Failed", "status": "True"}]}});
+        let row = cells(Kind::Job, failed);
+        assert_eq!(row[1..4], [json!("Failed"), json!("0/1"), json!("")]);
     }
 
     #[test]

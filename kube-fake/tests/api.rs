@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -149,6 +150,38 @@ async fn crud_for_every_kind() {
         json!({"metadata": {"name": "skein-master"}, "spec": {"holderIdentity": "a"}}),
     )
     .await;
+    crud_round_trip(
+        Api::<Job>::namespaced(client.clone(), "default"),
+        json!({"metadata": {"name": "train"}, "spec": {"completionMode": "Indexed", "completions": 2,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jobs_get_a_selector_on_their_uid_and_invalid_ones_are_refused() {
+    let server = FakeApiServer::start().await;
+    let api = Api::<Job>::namespaced(server.client(), "default");
+    let job: Job = typed(json!({"metadata": {"name": "train"}, "spec": {"completionMode": "Indexed", "completions": 2,
+        "template": {"metadata": {"labels": {"app": "t"}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c"}]}}}}));
+    let created = api.create(&PostParams::default(), &job).await.unwrap();
+    let uid = created.uid().unwrap();
+    let spec = created.spec.unwrap();
+    let selector = spec.selector.unwrap().match_labels.unwrap();
+    assert_eq!(selector["batch.kubernetes.io/controller-uid"], uid);
+    let labels = spec.template.metadata.unwrap().labels.unwrap();
+    assert_eq!((labels["batch.kubernetes.io/job-name"].as_str(), labels["app"].as_str()), ("train", "t"));
+    assert_eq!((spec.parallelism, spec.backoff_limit), (Some(1), Some(6)));
+    let bad: Job = typed(json!({"metadata": {"name": "bad"}, "spec": {"completionMode": "Indexed", "parallelism": 2,
+        "template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c"}]}}}}));
+    let error = api_error(api.create(&PostParams::default(), &bad).await);
+    assert_eq!(error.code, 422, "{error:?}");
+    assert!(
+        error.message.contains("spec.template.spec.restartPolicy: Unsupported value: \"Always\""),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("spec.completions: Required value"), "{}", error.message);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The commands: `up`, `down`, `apply`, `get`, `exec`, `check`, `demo`, `kubeconfig`, and the hidden
-//! `daemon`, `echo-server` and `probe` the lab runs itself.
+//! The commands: `up`, `down`, `apply`, `get`, `logs`, `exec`, `check`, `demo`, `kubeconfig`,
+//! and the hidden `daemon`, `echo-server` and `probe` the lab runs itself.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -55,6 +57,9 @@ pub enum Resource {
     /// Nodes.
     #[value(alias = "node", alias = "no")]
     Nodes,
+    /// Jobs.
+    #[value(alias = "job")]
+    Jobs,
 }
 
 /// The subcommands.
@@ -97,7 +102,7 @@ pub enum Command {
     Down,
     /// Print the path of the running lab's kubeconfig (for kubectl); exit 1 when no lab runs.
     Kubeconfig,
-    /// Create or update the objects of a YAML file (Namespace, Pod, Deployment, Service, NetworkPolicy; many documents).
+    /// Create or update the objects of a YAML file (Namespace, Pod, Deployment, Job, Service, NetworkPolicy; many documents).
     Apply {
         /// The file (`-` for standard input).
         #[arg(short = 'f', long = "filename")]
@@ -106,7 +111,7 @@ pub enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
-    /// List pods, services or nodes.
+    /// List pods, services, nodes or jobs.
     Get {
         /// What to list.
         resource: Resource,
@@ -116,6 +121,20 @@ pub enum Command {
         /// `-o wide` adds columns.
         #[arg(short = 'o', long)]
         output: Option<Output>,
+    },
+    /// Print a container's log (its latest run, or the one before with --previous).
+    Logs {
+        /// The pod (`NAME`, or `NAMESPACE/NAME`).
+        pod: String,
+        /// The pod's namespace (default: wherever a pod of that name is).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// The container (default: the pod's first).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// The run before the latest (a restarted container's).
+        #[arg(short = 'p', long)]
+        previous: bool,
     },
     /// Run a command inside a pod's network namespace.
     Exec {
@@ -162,6 +181,32 @@ pub enum Command {
         /// `tcp:PORT` or `udp:PORT`, repeated.
         #[arg(long = "port", required = true)]
         ports: Vec<ServePort>,
+    },
+    /// (internal) A remote shell server for MPI launchers between pods (`docs/lab.md`).
+    #[command(hide = true)]
+    RemoteShellServer {
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        address: IpAddr,
+        /// The port.
+        #[arg(long, default_value_t = crate::remote_shell::DEFAULT_PORT)]
+        port: u16,
+    },
+    /// (internal) The rsh-style agent: `remote-shell [FLAGS] HOST COMMAND...`, or `--stop HOST`.
+    #[command(hide = true)]
+    RemoteShell {
+        /// The server's port.
+        #[arg(long, default_value_t = crate::remote_shell::DEFAULT_PORT)]
+        port: u16,
+        /// Ask the server on HOST to stop.
+        #[arg(long, value_name = "HOST")]
+        stop: Option<String>,
+        /// Longest wait for the server to answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        /// `[flags] HOST COMMAND...` as an rsh agent is called.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// (internal) Sends requests to targets and prints one JSON report per target.
     #[command(hide = true)]
@@ -560,9 +605,24 @@ pub async fn get(
                     } else {
                         layout.pod_netns(&node, &pod.uid().unwrap_or_default())
                     };
-                    let ports: Vec<String> =
-                        crate::kubelet::workload_ports(&pod).iter().map(ToString::to_string).collect();
-                    row.extend([sandbox, ports.join(",")]);
+                    // The echo server's ports, or what a pod running its own program declares.
+                    let ports: Vec<String> = if echo_pods(layout, vec![pod.clone()]).is_empty() {
+                        pod.spec
+                            .iter()
+                            .flat_map(|s| s.containers.iter())
+                            .flat_map(|c| c.ports.iter().flatten())
+                            .map(|p| {
+                                format!(
+                                    "{}:{}",
+                                    p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+                                    p.container_port
+                                )
+                            })
+                            .collect()
+                    } else {
+                        crate::kubelet::workload_ports(&pod).iter().map(ToString::to_string).collect()
+                    };
+                    row.extend([sandbox, if ports.is_empty() { "-".into() } else { ports.join(",") }]);
                 }
                 rows.push(row);
             }
@@ -639,7 +699,7 @@ pub async fn get(
             nodes.sort_by_key(|n| Layout::node_index(&n.name_any()).unwrap_or(usize::MAX));
             let mut rows = vec![["NAME", "STATUS", "INTERNAL-IP", "AGE"].map(String::from).to_vec()];
             if wide {
-                rows[0].extend(["NETNS", "POD-SUBNETS", "CHASSIS", "MESSAGE"].map(String::from));
+                rows[0].extend(["NETNS", "POD-SUBNETS", "CHASSIS", "DEVICES", "MESSAGE"].map(String::from));
             }
             for node in nodes {
                 let (ready, message) = node_ready(&node);
@@ -655,11 +715,83 @@ pub async fn get(
                 if wide {
                     let annotation =
                         |key: &str| node.annotations().get(key).cloned().unwrap_or_else(|| "<none>".into());
+                    // Device plugins' resources: allocatable/capacity.
+                    let status = node.status.clone().unwrap_or_default();
+                    let capacity = status.capacity.unwrap_or_default();
+                    let allocatable = status.allocatable.unwrap_or_default();
+                    let devices: Vec<String> = capacity
+                        .iter()
+                        .filter(|(name, _)| crate::devices::is_extended_resource(name))
+                        .map(|(name, total)| {
+                            let free = allocatable.get(name).map_or("0", |q| q.0.as_str());
+                            format!("{name}={free}/{}", total.0)
+                        })
+                        .collect();
                     row.extend([
                         layout.node_netns(&node.name_any()),
                         annotation("skein.dev/node-subnets"),
                         annotation("skein.dev/chassis"),
+                        if devices.is_empty() { "<none>".into() } else { devices.join(",") },
                         message,
+                    ]);
+                }
+                rows.push(row);
+            }
+            print_table(rows);
+        }
+        Resource::Jobs => {
+            let api = match namespace {
+                Some(ns) => Api::<Job>::namespaced(client.clone(), ns),
+                None => Api::<Job>::all(client.clone()),
+            };
+            let mut jobs = api.list(&ListParams::default()).await?.items;
+            jobs.sort_by_key(|j| (j.namespace(), j.name_any()));
+            let mut rows =
+                vec![["NAMESPACE", "NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"].map(String::from).to_vec()];
+            if wide {
+                rows[0].extend(["MODE", "COMPLETED-INDEXES", "IMAGES"].map(String::from));
+            }
+            for job in jobs {
+                let spec = job.spec.clone().unwrap_or_default();
+                let status = job.status.clone().unwrap_or_default();
+                let has =
+                    |kind: &str| status.conditions.iter().flatten().any(|c| c.type_ == kind && c.status == "True");
+                let state = if has("Complete") {
+                    "Complete"
+                } else if has("Failed") {
+                    "Failed"
+                } else if has("Suspended") {
+                    "Suspended"
+                } else {
+                    "Running"
+                };
+                let duration = match (status.start_time.as_ref(), status.completion_time.as_ref()) {
+                    (Some(start), Some(end)) => format!("{}s", end.0.as_second() - start.0.as_second()),
+                    (Some(start), None) => {
+                        format!("{}s", k8s_openapi::jiff::Timestamp::now().as_second() - start.0.as_second())
+                    }
+                    _ => String::new(),
+                };
+                let mut row = vec![
+                    job.namespace().unwrap_or_default(),
+                    job.name_any(),
+                    state.into(),
+                    format!("{}/{}", status.succeeded.unwrap_or(0), spec.completions.unwrap_or(1)),
+                    duration,
+                    age(&job.metadata),
+                ];
+                if wide {
+                    let images: Vec<String> = spec
+                        .template
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.containers.iter())
+                        .filter_map(|c| c.image.clone())
+                        .collect();
+                    row.extend([
+                        spec.completion_mode.clone().unwrap_or_else(|| "NonIndexed".into()),
+                        status.completed_indexes.clone().unwrap_or_else(|| "<none>".into()),
+                        images.join(","),
                     ]);
                 }
                 rows.push(row);
@@ -668,6 +800,59 @@ pub async fn get(
         }
     }
     Ok(())
+}
+
+/// The lines of a container's log, as the kubelet stand-in keeps it
+/// (`<node>/pods/<ns>_<name>_<uid>/<container>/<attempt>.log`, CRI format): the latest run,
+/// or the one before.
+pub fn container_log(
+    layout: &Layout,
+    pod: &Pod,
+    container: Option<&str>,
+    previous: bool,
+) -> anyhow::Result<Vec<String>> {
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+    let Some(node) = node else { bail!("pod {} is not scheduled yet", pod.name_any()) };
+    let names: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+        .map(|c| c.name.clone())
+        .collect();
+    let container = match container {
+        Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+        Some(c) => bail!("pod {} has no container {c:?} (it has {})", pod.name_any(), names.join(", ")),
+        None => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone())
+            .ok_or_else(|| anyhow::anyhow!("pod {} has no containers", pod.name_any()))?,
+    };
+    let dir = layout
+        .node_dir(&node)
+        .join("pods")
+        .join(format!("{}_{}_{}", pod.namespace().unwrap_or_default(), pod.name_any(), pod.uid().unwrap_or_default()))
+        .join(&container);
+    let mut attempts: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    Some((name.strip_suffix(".log")?.parse().ok()?, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    attempts.sort();
+    let chosen = if previous { attempts.iter().rev().nth(1) } else { attempts.last() };
+    let Some((_, path)) = chosen else {
+        let which = if previous { "a previous run" } else { "a log yet" };
+        bail!("container {container} of pod {} has no {which} (in {})", pod.name_any(), dir.display());
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(crate::kubelet::cri_log_lines(&text))
 }
 
 async fn find_pod(client: &Client, name: &str, namespace: Option<&str>) -> anyhow::Result<Pod> {
@@ -775,11 +960,23 @@ async fn latest_warning(client: &Client, namespace: &str, pod: &str) -> Option<S
         .and_then(|e| e.message)
 }
 
+/// The pods that run the lab's echo server: the ones the connectivity checks probe (a pod
+/// that runs its own program, as its spec says, answers nothing the checks could judge).
+fn echo_pods(layout: &Layout, pods: Vec<Pod>) -> Vec<Pod> {
+    let bin_dir = LabState::read(layout).map(|s| s.binaries.bin_dir()).unwrap_or_default();
+    let images = crate::podspec::LabImages::skein(&bin_dir);
+    pods.into_iter()
+        .filter(|p| crate::podspec::classify(p, &images, &|_| false) == Ok(crate::podspec::PodWorkload::Echo))
+        .collect()
+}
+
 async fn cluster_view(client: &Client, layout: &Layout) -> anyhow::Result<ClusterView> {
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let pods = echo_pods(layout, Api::<Pod>::all(client.clone()).list(&ListParams::default()).await?.items);
     let services = Api::<Service>::all(client.clone()).list(&ListParams::default()).await?.items;
-    Ok(ClusterView::new(layout, &nodes, &pods, &services))
+    let namespaces = Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let policies = Api::<NetworkPolicy>::all(client.clone()).list(&ListParams::default()).await?.items;
+    Ok(ClusterView::new(layout, &nodes, &pods, &services).with_policies(&namespaces, &pods, &policies))
 }
 
 /// Waits until every pod is ready (showing progress and the reason of the first waiting
@@ -862,7 +1059,9 @@ async fn check_pod_deletion(
     progress: Progress,
 ) -> CheckResult {
     let node = view.nodes.last().map(|n| n.name.clone()).unwrap_or_else(|| "node1".into());
-    let client_pod = view.pods.iter().find(|p| p.node != node).or(view.pods.first());
+    // The probe pods are not in the policy model: probe from a pod no egress policy holds
+    // back (they land in `default`, which the demo's policies do not isolate).
+    let client_pod = view.open_client(&node);
     let title = format!("pod deleted on {node}: its IP stops answering, address released and reused");
     let fail = |detail: String| CheckResult { title: title.clone(), passed: false, detail, latency: None, tries: 1 };
     let Some(client_pod) = client_pod else { return fail("no client pod to probe from".into()) };
@@ -1192,6 +1391,62 @@ async fn check_agent_restart(
     }
 }
 
+/// Waits (up to `wait`) for every Job to finish, then judges each: complete, and for
+/// `skein-allreduce` Jobs, rank 0's results against the reference (`checks::judge_job`).
+async fn check_jobs(
+    client: &Client,
+    layout: &Layout,
+    wait: Duration,
+    progress: Progress,
+) -> anyhow::Result<Vec<CheckResult>> {
+    let api = Api::<Job>::all(client.clone());
+    let started = Instant::now();
+    let mut said = String::new();
+    let jobs = loop {
+        let jobs = api.list(&ListParams::default()).await?.items;
+        let running: Vec<String> = jobs
+            .iter()
+            .filter(|j| !crate::jobs::finished(j))
+            .map(|j| format!("{}/{}", j.namespace().unwrap_or_default(), j.name_any()))
+            .collect();
+        if running.is_empty() || started.elapsed() > wait {
+            break jobs;
+        }
+        let line = format!("waiting for jobs to finish: {}", running.join(", "));
+        if line != said {
+            progress.say(&line);
+            said = line;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut results = Vec::new();
+    for job in jobs {
+        let namespace = job.namespace().unwrap_or_default();
+        let uid = job.uid().unwrap_or_default();
+        let selector = format!("{}={uid}", crate::jobs::CONTROLLER_UID_LABEL);
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
+        // Rank 0: completion index 0 (the latest such pod), else the only pod.
+        let rank0 = pods
+            .iter()
+            .filter(|p| crate::jobs::completion_index(p).is_none_or(|i| i == 0))
+            .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let log = rank0.map(|p| container_log(layout, p, None, false).unwrap_or_default()).unwrap_or_default();
+        let (passed, detail) = checks::judge_job(&job, &pods, &log);
+        let status = job.status.clone().unwrap_or_default();
+        let latency = match (status.start_time, status.completion_time) {
+            (Some(start), Some(end)) => {
+                Some(Duration::from_secs(u64::try_from(end.0.as_second() - start.0.as_second()).unwrap_or(0)))
+            }
+            _ => None,
+        };
+        results.push(CheckResult { title: checks::job_title(&job), passed, detail, latency, tries: 1 });
+    }
+    Ok(results)
+}
+
 /// `skein-lab check`: returns the results (the caller prints the table).
 pub async fn check(
     client: &Client,
@@ -1205,8 +1460,17 @@ pub async fn check(
     let prober = NetnsProber { lab_binary: std::env::current_exe()? };
     let view = wait_for_pods(client, layout, wait, progress).await?;
     let plan = checks::plan(&view, layout);
+    let policies = match &view.policies {
+        Some(p) => {
+            for problem in &p.problems {
+                progress.say(format!("warning: {problem}"));
+            }
+            format!(", {} network policies (expected verdicts from the reference model)", p.names.len())
+        }
+        None => String::new(),
+    };
     progress.say(format!(
-        "running {} checks over {} pods, {} services, {} nodes",
+        "running {} checks over {} pods, {} services, {} nodes{policies}",
         plan.len(),
         view.pods.len(),
         view.services.len(),
@@ -1221,6 +1485,7 @@ pub async fn check(
             }
         })
         .await;
+    results.extend(check_jobs(client, layout, wait, progress).await?);
     if disruptive {
         results.push(check_pod_deletion(client, layout, &view, &prober, progress).await);
         let before = results.clone();
@@ -1244,10 +1509,25 @@ async fn demo(
     progress: Progress,
 ) -> anyhow::Result<bool> {
     progress.say(format!("skein-lab demo: {nodes} nodes, prefix {:?}", layout.prefix()));
+    let binaries = Binaries::find(bin_dir)?;
+    if !binaries.allreduce.is_file() {
+        bail!(
+            "{} is missing (the demo's allreduce job runs it): cargo build -p skein-collectives --bin skein-allreduce",
+            binaries.allreduce.display()
+        );
+    }
     let outcome: anyhow::Result<Vec<CheckResult>> = async {
         let client = up(layout, nodes, bin_dir, wait, &[], progress).await?;
         progress.say(format!("applying the demo scenario (namespace {})", scenario::NAMESPACE));
         for line in apply(&client, &scenario::demo_yaml(nodes), "default").await? {
+            progress.say(line);
+        }
+        progress.say(format!(
+            "applying the allreduce job (manifests/examples/allreduce-job.yaml, a short sweep; namespace {})",
+            scenario::NAMESPACE
+        ));
+        let job = scenario::allreduce_job_yaml().map_err(anyhow::Error::msg)?;
+        for line in apply(&client, &job, scenario::NAMESPACE).await? {
             progress.say(line);
         }
         check(&client, layout, true, wait, progress).await
@@ -1307,6 +1587,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 std::thread::park();
             }
         }
+        Command::RemoteShellServer { address, port } => {
+            crate::remote_shell::serve(SocketAddr::new(address, port), &crate::remote_shell::token_from_env())?;
+            Ok(0)
+        }
+        Command::RemoteShell { port, stop, wait, args } => {
+            use crate::remote_shell::{Request, run, token_from_env};
+            let token = token_from_env();
+            let (host, request) = match stop {
+                Some(host) => (host, Request::Stop { token }),
+                None => {
+                    let (host, command) = crate::remote_shell::parse_agent_args(&args).map_err(anyhow::Error::msg)?;
+                    (host, Request::Run { token, command })
+                }
+            };
+            match run(&host, port, &request, Duration::from_secs(wait)) {
+                Ok(code) => Ok(code),
+                Err(error) => {
+                    eprintln!("skein-lab remote-shell: {error}");
+                    Ok(255)
+                }
+            }
+        }
         Command::Probe { count, timeout_ms, udp_tries, give_up_after, targets } => {
             let options = ProbeOptions { count, timeout: Duration::from_millis(timeout_ms), udp_tries, give_up_after };
             let reports = tokio::task::spawn_blocking(move || echo::probe(&targets, options)).await?;
@@ -1358,6 +1660,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             init_logging("warn");
             let client = lab_client(&layout).await?;
             get(&client, &layout, resource, namespace.as_deref(), output == Some(Output::Wide)).await?;
+            Ok(0)
+        }
+        Command::Logs { pod, namespace, container, previous } => {
+            init_logging("warn");
+            let client = lab_client(&layout).await?;
+            let pod = find_pod(&client, &pod, namespace.as_deref()).await?;
+            for line in container_log(&layout, &pod, container.as_deref(), previous)? {
+                println!("{line}");
+            }
             Ok(0)
         }
         Command::Exec { pod, namespace, command } => {

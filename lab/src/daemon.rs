@@ -1,6 +1,7 @@
 //! The lab's background process (`skein-lab up` starts it, `skein-lab down` stops it): builds
-//! the topology, serves the API, runs the scheduler, the EndpointSlice and Deployment
-//! controllers and one kubelet per node, and supervises the real `skein-master`, one `skein-dp` and one `skein-agent` per node (in
+//! the topology, serves the API and the cluster DNS, runs the scheduler, the EndpointSlice,
+//! Deployment and Job controllers and one kubelet per node (with its synthetic RDMA
+//! hardware), and supervises the real `skein-master`, one `skein-dp` and one `skein-agent` per node (in
 //! the node's namespace) and the outside echo server — restarting any that exits, as
 //! Kubernetes would. It records its state in the state file and answers on a control socket.
 
@@ -18,11 +19,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::containerd::NodeRuntime;
+use crate::devices::DeviceManager;
 use crate::image::{self, ImageContents};
 use crate::kubelet::Kubelet;
-use crate::layout::{API_PORT, HOST_IP, Layout, MASTER_METRICS_PORT, OUTSIDE_IP, OUTSIDE_PORT, SOUTHBOUND_PORT};
+use crate::layout::{
+    API_PORT, DNS_PORT, HOST_IP, Layout, MASTER_METRICS_PORT, OUTSIDE_IP, OUTSIDE_PORT, SOUTHBOUND_PORT,
+};
+use crate::podspec::LabImages;
+use crate::rdma::RdmaTree;
 use crate::state::{Binaries, ControlRequest, ControlResponse, LabState, ProcessExit};
-use crate::{deployments, endpointslices, scheduler, sys, topology};
+use crate::{deployments, dns, endpointslices, jobs, scheduler, sys, topology};
 
 /// How long a node's containerd may take to answer its first CRI call.
 const RUNTIME_START: Duration = Duration::from_secs(30);
@@ -305,7 +311,14 @@ fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) ->
         path(binaries.cni.clone()),
         "--metrics-listen".into(),
         "0.0.0.0:9476".into(),
-        "--no-device-plugin".into(),
+        // The device plugin on the node's synthetic RDMA hardware, registering with the
+        // node's kubelet as on a real node.
+        "--device-plugin-dir".into(),
+        path(layout.device_plugin_dir(node)),
+        "--sysfs-root".into(),
+        path(RdmaTree::under(&layout.rdma_dir(node)).sysfs),
+        "--dev-root".into(),
+        path(RdmaTree::under(&layout.rdma_dir(node)).dev),
         "--log".into(),
         "info".into(),
     ]
@@ -327,6 +340,9 @@ fn datapath_args(layout: &Layout, node: &str) -> Vec<String> {
 fn agent_token_file(layout: &Layout, node: &str) -> PathBuf {
     layout.state_dir().join(format!("{node}-southbound.token"))
 }
+
+/// How long the agents wait, at most, for the kubelets to register their nodes.
+const NODE_REGISTRATION_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the agents' tokens live; they are renewed at a third of it, as kubelet renews
 /// projected tokens well before they expire.
@@ -421,11 +437,34 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
     };
     server.write_kubeconfig(&layout.kubeconfig())?;
     let client = server.client();
-
     let mut tasks = Vec::new();
-    daemon.phase("image", "the pods' image (busybox and the C libraries of skein-lab)");
+    daemon.phase("dns", format!("cluster DNS on {HOST_IP}:{DNS_PORT}"));
+    {
+        let (client, stop) = (client.clone(), daemon.stop.clone());
+        // Bound before anything starts, so a port clash fails `up` at once.
+        let udp = std::net::UdpSocket::bind((HOST_IP, DNS_PORT));
+        if let Err(error) = udp {
+            daemon.phase("failed", format!("cluster DNS on {HOST_IP}:{DNS_PORT}: {error}"));
+            return Err(error.into());
+        }
+        drop(udp);
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = dns::serve(client, SocketAddr::from((HOST_IP, DNS_PORT)), stop).await {
+                tracing::error!("cluster DNS: {error:#}");
+            }
+        }));
+    }
+
+    daemon.phase("image", "the pods' image (busybox and the C libraries of the lab's binaries)");
     let archive = layout.state_dir().join("node-image.tar");
-    let contents = ImageContents { busybox: binaries.busybox.clone(), binaries: vec![binaries.lab.clone()] };
+    let mut linked = vec![binaries.lab.clone()];
+    linked.extend(
+        [&binaries.allreduce, &binaries.master, &binaries.agent, &binaries.cni]
+            .into_iter()
+            .filter(|b| b.is_file())
+            .cloned(),
+    );
+    let contents = ImageContents { busybox: binaries.busybox.clone(), binaries: linked };
     let built = match tokio::task::spawn_blocking(move || image::build(&contents, &archive)).await? {
         Ok(built) => built,
         Err(error) => {
@@ -441,6 +480,10 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
         let runtime = NodeRuntime::new(&layout, &node);
         if let Err(error) = runtime.prepare() {
             daemon.phase("failed", format!("preparing containerd on {node}: {error}"));
+            return Err(error.into());
+        }
+        if let Err(error) = RdmaTree::under(&layout.rdma_dir(&node)).create() {
+            daemon.phase("failed", format!("the synthetic RDMA devices of {node}: {error}"));
             return Err(error.into());
         }
         let (program, args) = runtime.command(&binaries.containerd);
@@ -470,6 +513,7 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
             return Err(error.into());
         }
         tracing::info!(node = %node, image = %image::IMAGE_REF, digest = %built.manifest_digest, "image imported");
+        let dev_root = RdmaTree::under(&layout.rdma_dir(&node)).dev;
         kubelets.push(Kubelet {
             layout: layout.clone(),
             node: node.clone(),
@@ -478,12 +522,16 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
             runs_pods: !manual_pods.contains(&node),
             runtime,
             cri,
+            images: LabImages::skein(&binaries.bin_dir()),
+            devices: DeviceManager::new(&node, layout.device_plugin_dir(&node), Some(dev_root)),
+            cluster_dns: Some(std::net::IpAddr::V4(HOST_IP)),
         });
     }
-    daemon.phase("controllers", "scheduler, EndpointSlice and Deployment controllers, kubelets");
+    daemon.phase("controllers", "scheduler, EndpointSlice, Deployment and Job controllers, kubelets");
     tasks.push(tokio::spawn(scheduler::run(client.clone(), daemon.stop.clone())));
     tasks.push(tokio::spawn(endpointslices::run(client.clone(), daemon.stop.clone())));
     tasks.push(tokio::spawn(deployments::run(client.clone(), daemon.stop.clone())));
+    tasks.push(tokio::spawn(jobs::run(client.clone(), daemon.stop.clone())));
     for kubelet in kubelets {
         tasks.push(tokio::spawn(kubelet.run(client.clone(), daemon.stop.clone())));
     }
@@ -535,6 +583,14 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
     );
 
     tasks.push(tokio::spawn(agent_tokens(server.store().clone(), layout.clone(), nodes, daemon.stop.clone())));
+    // An agent reads its Node at start, as the agent pod of a DaemonSet does, which only runs
+    // once the node is registered: wait for the kubelets to register them (bounded: an agent
+    // started without its Node exits saying so, and `up` shows it).
+    let registered = |index| server.store().get(skein_kube_fake::Kind::Node, None, &Layout::node_name(index)).is_some();
+    let waiting_since = std::time::Instant::now();
+    while !(1..=nodes).all(registered) && waiting_since.elapsed() < NODE_REGISTRATION_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     daemon.phase("agents", format!("skein-dp and skein-agent in each of the {nodes} node namespaces"));
     for index in 1..=nodes {
         let node = Layout::node_name(index);
@@ -600,5 +656,9 @@ mod tests {
         assert_eq!(value("--datapath-socket"), Some("/run/skein-lab/sklab/node2/dp.sock"));
         let dp = datapath_args(&layout, "node2");
         assert_eq!(dp.last().map(String::as_str), Some("/run/skein-lab/sklab/node2/dp.sock"));
+        assert_eq!(value("--device-plugin-dir"), Some("/run/skein-lab/sklab/node2/device-plugins"));
+        assert_eq!(value("--sysfs-root"), Some("/run/skein-lab/sklab/node2/rdma/sys"));
+        assert_eq!(value("--dev-root"), Some("/run/skein-lab/sklab/node2/rdma/dev"));
+        assert!(!args.contains(&"--no-device-plugin".to_string()));
     }
 }

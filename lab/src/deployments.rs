@@ -378,20 +378,20 @@ fn status_patch(old: Option<&DeploymentStatus>, new: &DeploymentStatus) -> Value
 /// Pods created or deleted that the cache has not caught up with yet.
 #[derive(Debug, Default)]
 pub struct Expectations {
-    created: BTreeMap<(String, String), (Pod, Instant)>,
-    deleted: BTreeMap<(String, String), Instant>,
+    pub(crate) created: BTreeMap<(String, String), (Pod, Instant)>,
+    pub(crate) deleted: BTreeMap<(String, String), Instant>,
 }
 
 impl Expectations {
     /// Forgets what the cache now shows (or what was waited for too long).
-    fn settle(&mut self, seen: &BTreeSet<(String, String)>) {
+    pub(crate) fn settle(&mut self, seen: &BTreeSet<(String, String)>) {
         self.created.retain(|key, (_, at)| !seen.contains(key) && at.elapsed() < EXPECTATION_TIMEOUT);
         self.deleted.retain(|key, at| seen.contains(key) && at.elapsed() < EXPECTATION_TIMEOUT);
     }
 }
 
 /// A delete that found the object already gone succeeded too.
-fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+pub(crate) fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
@@ -399,7 +399,7 @@ fn gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-fn key_of(pod: &Pod) -> (String, String) {
+pub(crate) fn key_of(pod: &Pod) -> (String, String) {
     (pod.namespace().unwrap_or_default(), pod.name_any())
 }
 

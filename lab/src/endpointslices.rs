@@ -1,7 +1,8 @@
 //! The EndpointSlice controller stand-in: for every Service with a selector, the pods of its
 //! namespace that match it and have an address become endpoints (ready when the pod is
-//! Ready), with each Service port's `targetPort` resolved per pod — a named port by the
-//! pod's `containerPort` of that name and protocol. Pods whose ports resolve differently
+//! Ready, or always with `publishNotReadyAddresses`; serving when Ready; a `hostname` when
+//! the pod has one and its `subdomain` is the Service), with each Service port's `targetPort`
+//! resolved per pod — a named port by the pod's `containerPort` of that name and protocol. Pods whose ports resolve differently
 //! land in different slices, one per address family and port set, as in Kubernetes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,16 +101,25 @@ pub fn desired_slices(service: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSlice
                     .map(|port| (sp.name.clone(), sp.protocol.clone().unwrap_or_else(|| "TCP".into()), port))
             })
             .collect();
-        let ready = pod_ready(pod);
+        // `publishNotReadyAddresses` makes every endpoint ready, so that DNS publishes it (a
+        // headless Service's pods meet each other before any is ready); serving stays honest.
+        let serving = pod_ready(pod);
+        let ready = serving || spec.publish_not_ready_addresses.unwrap_or(false);
+        // A pod with a hostname whose subdomain is this Service gets a DNS name under it.
+        let pod_spec = pod.spec.as_ref();
+        let hostname = pod_spec
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty() && pod_spec.and_then(|s| s.subdomain.as_deref()) == Some(service_name.as_str()));
         for ip in pod_ips(pod) {
             let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
             groups.entry((family, ports.clone())).or_default().push(Endpoint {
                 addresses: vec![ip.to_string()],
                 conditions: Some(EndpointConditions {
                     ready: Some(ready),
-                    serving: Some(ready),
+                    serving: Some(serving),
                     terminating: Some(false),
                 }),
+                hostname: hostname.clone(),
                 node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
                 target_ref: Some(ObjectReference {
                     kind: Some("Pod".into()),
@@ -328,6 +338,40 @@ mod tests {
         let names: BTreeSet<String> = slices.iter().map(|s| s.name_any()).collect();
         assert_eq!(names.len(), 3);
         assert!(names.iter().all(|n| n.starts_with("web-")));
+    }
+
+    #[test]
+    fn headless_services_publish_hostnames_and_not_ready_pods_when_asked() {
+        let mut a = pod("train-0-x", json!({"app": "web"}), Some("10.244.1.5"), false, json!([]));
+        let spec = Arc::make_mut(&mut a).spec.as_mut().unwrap();
+        (spec.hostname, spec.subdomain) = (Some("train-0".into()), Some("web".into()));
+        let mut b = pod("other-sub", json!({"app": "web"}), Some("10.244.2.5"), true, json!([]));
+        let spec = Arc::make_mut(&mut b).spec.as_mut().unwrap();
+        (spec.hostname, spec.subdomain) = (Some("b".into()), Some("elsewhere".into()));
+        let mut svc = service(json!([{"port": 29600}]));
+        let spec = svc.spec.as_mut().unwrap();
+        (spec.cluster_ip, spec.publish_not_ready_addresses) = (Some("None".into()), Some(true));
+        let slices = desired_slices(&svc, &[a.clone(), b.clone()]);
+        let endpoints: Vec<(String, Option<String>, bool, bool)> = slices[0]
+            .endpoints
+            .iter()
+            .map(|e| {
+                let c = e.conditions.as_ref().unwrap();
+                (e.addresses[0].clone(), e.hostname.clone(), c.ready.unwrap(), c.serving.unwrap())
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("10.244.2.5".to_string(), None, true, true),
+                ("10.244.1.5".to_string(), Some("train-0".to_string()), true, false),
+            ]
+        );
+        svc.spec.as_mut().unwrap().publish_not_ready_addresses = None;
+        let slices = desired_slices(&svc, &[a, b]);
+        let ready: Vec<bool> =
+            slices[0].endpoints.iter().map(|e| e.conditions.as_ref().unwrap().ready.unwrap()).collect();
+        assert_eq!(ready, [true, false]);
     }
 
     #[test]

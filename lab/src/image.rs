@@ -1,5 +1,6 @@
 //! The lab's container image, built without a registry: one uncompressed layer holding
-//! BusyBox and the C libraries the lab's own binary links against, written as an OCI image
+//! BusyBox and the C libraries the lab's own binaries link against (`skein-lab`, and the
+//! workspace binaries the lab mounts into the Skein images it assembles), written as an OCI image
 //! archive (`oci-layout`, `index.json`, `blobs/sha256/…`) that `ctr images import` loads
 //! into each node's containerd. The image is the pod sandbox ("pause") image — its command
 //! sleeps forever — and the base of every workload container, whose command is the lab's
@@ -184,7 +185,7 @@ pub fn build(contents: &ImageContents, archive: &Path) -> Result<BuiltImage, Ima
     let config = json!({
         "architecture": oci_architecture(),
         "os": "linux",
-        "config": {"Cmd": PAUSE_COMMAND, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "config": {"Cmd": PAUSE_COMMAND, "Env": [format!("PATH={}", crate::podspec::DEFAULT_PATH)], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
         "history": [{"created_by": "skein-lab: busybox and the C libraries of the lab's binaries"}],
     })

@@ -21,6 +21,8 @@ pub const OUTSIDE_PORT: u16 = 80;
 pub const API_PORT: u16 = 6443;
 /// The master's southbound port on [`HOST_IP`].
 pub const SOUTHBOUND_PORT: u16 = 6643;
+/// The cluster DNS stand-in's port on [`HOST_IP`] (UDP and TCP).
+pub const DNS_PORT: u16 = 53;
 /// The master's metrics port on [`HOST_IP`].
 pub const MASTER_METRICS_PORT: u16 = 9477;
 /// The most nodes a lab has (node IPs are 172.18.0.11 up to .(10 + MAX_NODES)).
@@ -150,6 +152,16 @@ impl Layout {
     /// The node agent's CNI socket.
     pub fn cni_socket(&self, node: &str) -> PathBuf {
         self.agent_state_dir(node).join("cni.sock")
+    }
+
+    /// The node's device-plugin directory (kubelet's `/var/lib/kubelet/device-plugins`).
+    pub fn device_plugin_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("device-plugins")
+    }
+
+    /// The node's synthetic RDMA hardware (`sys/`, `dev/`).
+    pub fn rdma_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("rdma")
     }
 
     /// The node agent's log.

@@ -1,10 +1,11 @@
 //! `skein-lab apply -f FILE.yaml`: standard Kubernetes YAML (one or more documents) holding
-//! Namespaces, Pods, Deployments, Services and NetworkPolicies. Every document is parsed and checked
+//! Namespaces, Pods, Deployments, Jobs, Services and NetworkPolicies. Every document is parsed and checked
 //! before anything is applied, so one bad object changes nothing; errors name the document,
 //! the object and the field.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -20,6 +21,8 @@ pub enum Manifest {
     Pod(Box<Pod>),
     /// `apps/v1` Deployment.
     Deployment(Box<Deployment>),
+    /// `batch/v1` Job.
+    Job(Box<Job>),
     /// `v1` Service.
     Service(Box<Service>),
     /// `networking.k8s.io/v1` NetworkPolicy.
@@ -49,6 +52,7 @@ impl Manifest {
             Manifest::Namespace(o) => format!("namespace/{}", o.name_any()),
             Manifest::Pod(o) => format!("pod/{}", o.name_any()),
             Manifest::Deployment(o) => format!("deployment.apps/{}", o.name_any()),
+            Manifest::Job(o) => format!("job.batch/{}", o.name_any()),
             Manifest::Service(o) => format!("service/{}", o.name_any()),
             Manifest::NetworkPolicy(o) => format!("networkpolicy.networking.k8s.io/{}", o.name_any()),
         }
@@ -59,6 +63,7 @@ impl Manifest {
             Manifest::Namespace(_) => None,
             Manifest::Pod(o) => o.namespace(),
             Manifest::Deployment(o) => o.namespace(),
+            Manifest::Job(o) => o.namespace(),
             Manifest::Service(o) => o.namespace(),
             Manifest::NetworkPolicy(o) => o.namespace(),
         }
@@ -69,6 +74,7 @@ impl Manifest {
             Manifest::Namespace(_) => return,
             Manifest::Pod(o) => &mut o.metadata,
             Manifest::Deployment(o) => &mut o.metadata,
+            Manifest::Job(o) => &mut o.metadata,
             Manifest::Service(o) => &mut o.metadata,
             Manifest::NetworkPolicy(o) => &mut o.metadata,
         };
@@ -110,6 +116,40 @@ pub fn parse(text: &str, default_namespace: &str) -> Result<Vec<Manifest>, Vec<M
     if errors.is_empty() { Ok(manifests) } else { Err(errors) }
 }
 
+/// Checks the API server makes of a pod spec that the lab relies on: extended resources
+/// (device plugins' `skein.dev/rdma`) are whole numbers, and a request equals its limit.
+fn check_pod_spec(what: &str, field: &str, spec: &PodSpec) -> Result<(), String> {
+    let containers = spec.init_containers.iter().flatten().map(|c| ("initContainers", c));
+    for (i, (list, container)) in containers.chain(spec.containers.iter().map(|c| ("containers", c))).enumerate() {
+        let Some(resources) = container.resources.as_ref() else { continue };
+        let index = if list == "containers" { i - spec.init_containers.as_ref().map_or(0, Vec::len) } else { i };
+        for (kind, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+            for (name, quantity) in map.iter().flatten() {
+                if crate::devices::is_extended_resource(name) && crate::devices::device_count(&quantity.0).is_none() {
+                    return Err(format!(
+                        "{what}: {field}.{list}[{index}].resources.{kind}[{name}]: {:?} must be a whole number",
+                        quantity.0
+                    ));
+                }
+            }
+        }
+        if let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits) {
+            for (name, request) in requests {
+                if crate::devices::is_extended_resource(name)
+                    && let Some(limit) = limits.get(name)
+                    && request != limit
+                {
+                    return Err(format!(
+                        "{what}: {field}.{list}[{index}].resources.requests[{name}]: {:?} must be equal to the limit {:?}",
+                        request.0, limit.0
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_document(document: Value) -> Result<Manifest, String> {
     let Value::Object(map) = &document else {
         return Err(format!("expected a Kubernetes object (a mapping), got {document}"));
@@ -128,9 +168,10 @@ fn parse_document(document: Value) -> Result<Manifest, String> {
         ("v1", "Namespace") => Manifest::Namespace(typed(document, &what)?),
         ("v1", "Pod") => {
             let pod: Pod = typed(document, &what)?;
-            if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+            let Some(spec) = pod.spec.as_ref().filter(|s| !s.containers.is_empty()) else {
                 return Err(format!("{what}: spec.containers must list at least one container"));
-            }
+            };
+            check_pod_spec(&what, "spec", spec)?;
             Manifest::Pod(Box::new(pod))
         }
         ("apps/v1", "Deployment") => {
@@ -154,7 +195,33 @@ fn parse_document(document: Value) -> Result<Manifest, String> {
             if !skein_kube_fake::selector_matches(&selector, &labels) {
                 return Err(format!("{what}: spec.selector does not match spec.template.metadata.labels"));
             }
+            if let Some(pod_spec) = spec.template.spec.as_ref() {
+                check_pod_spec(&what, "spec.template.spec", pod_spec)?;
+            }
             Manifest::Deployment(Box::new(deployment))
+        }
+        ("batch/v1", "Job") => {
+            let job: Job = typed(document, &what)?;
+            let spec = job.spec.as_ref().ok_or_else(|| format!("{what}: spec is required"))?;
+            let Some(pod_spec) = spec.template.spec.as_ref().filter(|s| !s.containers.is_empty()) else {
+                return Err(format!("{what}: spec.template.spec.containers must list at least one container"));
+            };
+            match pod_spec.restart_policy.as_deref() {
+                Some("OnFailure" | "Never") => {}
+                other => {
+                    return Err(format!(
+                        "{what}: spec.template.spec.restartPolicy: {other:?}: a Job's pods need OnFailure or Never"
+                    ));
+                }
+            }
+            if spec.completion_mode.as_deref() == Some("Indexed")
+                && spec.completions.is_none()
+                && spec.parallelism.is_some()
+            {
+                return Err(format!("{what}: spec.completions is required when completionMode is Indexed"));
+            }
+            check_pod_spec(&what, "spec.template.spec", pod_spec)?;
+            Manifest::Job(Box::new(job))
         }
         ("v1", "Service") => {
             let service: Service = typed(document, &what)?;
@@ -170,7 +237,7 @@ fn parse_document(document: Value) -> Result<Manifest, String> {
         ("networking.k8s.io/v1", "NetworkPolicy") => Manifest::NetworkPolicy(typed(document, &what)?),
         _ => {
             return Err(format!(
-                "{what}: {api_version} {kind} is not served by the lab (it applies v1 Namespace, Pod, Service, apps/v1 Deployment and networking.k8s.io/v1 NetworkPolicy)"
+                "{what}: {api_version} {kind} is not served by the lab (it applies v1 Namespace, Pod, Service, apps/v1 Deployment, batch/v1 Job and networking.k8s.io/v1 NetworkPolicy)"
             ));
         }
     };
@@ -227,6 +294,7 @@ pub async fn apply(client: &Client, manifests: &[Manifest]) -> anyhow::Result<Ve
             Manifest::Deployment(o) => {
                 apply_one(Api::<Deployment>::namespaced(client.clone(), &namespace), o.as_ref()).await
             }
+            Manifest::Job(o) => apply_one(Api::<Job>::namespaced(client.clone(), &namespace), o.as_ref()).await,
             Manifest::Service(o) => apply_one(Api::<Service>::namespaced(client.clone(), &namespace), o.as_ref()).await,
             Manifest::NetworkPolicy(o) => {
                 apply_one(Api::<NetworkPolicy>::namespaced(client.clone(), &namespace), o).await
@@ -317,8 +385,8 @@ spec:
   - name: c
     ports: [{containerPort: "eighty"}]
 ---
-apiVersion: batch/v1
-kind: Job
+apiVersion: apps/v1
+kind: DaemonSet
 metadata: {name: j}
 ---
 kind: Pod
@@ -346,7 +414,7 @@ spec: {containers: []}
             "{}",
             messages[0]
         );
-        assert!(messages[1].contains("batch/v1 Job is not served"), "{}", messages[1]);
+        assert!(messages[1].contains("apps/v1 DaemonSet is not served"), "{}", messages[1]);
         assert!(messages[2].contains("apiVersion and kind are required"), "{}", messages[2]);
         assert!(messages[3].contains("spec.ports[0].protocol: \"ICMP\""), "{}", messages[3]);
         assert!(messages[4].contains("at least one container"), "{}", messages[4]);
@@ -407,6 +475,26 @@ spec:
             "containers: []",
         );
         assert!(parse(&empty, "default").unwrap_err()[0].to_string().contains("at least one container"));
+    }
+
+    #[test]
+    fn the_example_allreduce_job_parses_and_bad_jobs_are_refused() {
+        let text = include_str!("../../manifests/examples/allreduce-job.yaml");
+        let manifests = parse(text, "default").unwrap();
+        let described: Vec<String> = manifests.iter().map(Manifest::describe).collect();
+        assert_eq!(described, ["service/skein-allreduce", "job.batch/skein-allreduce"]);
+        let always = text.replace("restartPolicy: Never", "restartPolicy: Always");
+        let errors = parse(&always, "default").unwrap_err();
+        assert!(errors[0].to_string().contains("restartPolicy: Some(\"Always\")"), "{}", errors[0]);
+        let fractional = text.replace("skein.dev/rdma: 1", "skein.dev/rdma: 500m");
+        let errors = parse(&fractional, "default").unwrap_err();
+        assert!(
+            errors[0].to_string().contains(
+                "spec.template.spec.containers[0].resources.limits[skein.dev/rdma]: \"500m\" must be a whole number"
+            ),
+            "{}",
+            errors[0]
+        );
     }
 
     #[tokio::test]

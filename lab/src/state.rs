@@ -96,6 +96,18 @@ pub struct Binaries {
     /// `busybox` (the pods' image holds it).
     #[serde(default)]
     pub busybox: PathBuf,
+    /// `skein-allreduce` (the lab's `ghcr.io/skein-net/skein-allreduce` image holds it; it may
+    /// be absent, then pods of that image fail saying so).
+    #[serde(default)]
+    pub allreduce: PathBuf,
+}
+
+impl Binaries {
+    /// The directory of the workspace binaries (the images the lab assembles take theirs
+    /// from there).
+    pub fn bin_dir(&self) -> PathBuf {
+        self.master.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
 }
 
 impl Binaries {
@@ -112,6 +124,7 @@ impl Binaries {
             agent: dir.join("skein-agent"),
             cni: dir.join("skein-cni"),
             datapath: dir.join("skein-dp"),
+            allreduce: dir.join("skein-allreduce"),
             containerd: crate::prereq::which("containerd").unwrap_or_else(|| PathBuf::from("containerd")),
             busybox: crate::prereq::which("busybox").unwrap_or_else(|| PathBuf::from("/bin/busybox")),
         };

@@ -1,6 +1,7 @@
 //! End to end, as root: `skein-lab demo` builds a 3-node lab running the real skein-master,
-//! skein-agent and skein-cni, deploys the demo scenario, runs every check, prints the table
-//! and tears the lab down; it must exit 0 and end with `checks passed: N/N`, leaving nothing
+//! skein-agent and skein-cni, deploys the demo scenario and the example allreduce job (two
+//! `skein-allreduce` ranks given RDMA devices by the agents' device plugins, meeting by DNS),
+//! runs every check, prints the table and tears the lab down; it must exit 0 and end with `checks passed: N/N`, leaving nothing
 //! behind. Pods run through each node's containerd. Needs root and the packages `skein-lab`
 //! checks for (iproute2, iptables, containerd, runc, busybox-static,
 //! containernetworking-plugins; it installs them itself when they are missing); without root
@@ -38,6 +39,18 @@ fn netns_demo_passes_every_check() {
         .unwrap_or_else(|| panic!("the last line is not `checks passed: N/M`: {last:?}"));
     assert_eq!(passed, total, "not every check passed:\n{stdout}");
     assert!(total.parse::<usize>().unwrap() >= 20, "too few checks: {last}");
+    // The allreduce job ran to completion across two nodes with results that match the
+    // reference (its row passed with the rest; here, that it was there and said so).
+    let job = stdout
+        .lines()
+        .find(|l| l.starts_with("job demo/skein-allreduce (Indexed, 2 completions) runs to completion"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no allreduce job row:
+{stdout}"
+            )
+        });
+    assert!(job.contains(" ok ") && job.contains(", 0 wrong") && job.contains("2 succeeded on node"), "{job}");
     assert!(output.status.success(), "skein-lab demo exited with {}", output.status);
     // Nothing is left behind: no namespace of the lab or of its containerds, no process.
     assert_eq!(netns_with_prefix("sklabt-"), Vec::<String>::new(), "namespaces left behind");

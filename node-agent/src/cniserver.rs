@@ -229,7 +229,10 @@ impl CniServer {
         };
         let bound = Instant::now();
         let mut installed = self.net.installed();
-        let wait = installed.wait_for(|s| s.ready_ports.contains(&logical_port));
+        // The borrow `wait_for` returns holds the channel's read lock: drop it at once. Kept
+        // while `view()` below takes the node's lock, it deadlocked with an install holding
+        // that lock and waiting to publish (`send_modify`) — every later ADD hung.
+        let wait = async { installed.wait_for(|s| s.ready_ports.contains(&logical_port)).await.map(|_| ()) };
         let outcome = tokio::select! {
             // Only whether: the value is a read guard of the watch, and an install publishing
             // while holding the network's lock would wait for it while this task waits for

@@ -6,6 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use skein_collectives::bootstrap::{parse_host_port, parse_pod_ordinal};
 use skein_collectives::config::{parse_duration, parse_size};
+use skein_collectives::interface::{Transport, parse_interface_list};
 use skein_collectives::{Config, Rendezvous};
 
 const VARS: &[&str] = &[
@@ -27,6 +28,9 @@ const VARS: &[&str] = &[
     "SKEIN_ALLGATHER_ALGORITHM",
     "SKEIN_BROADCAST_ALGORITHM",
     "SKEIN_REDUCE_ALGORITHM",
+    "SKEIN_TRANSPORT",
+    "SKEIN_SOCKET_IFNAME",
+    "SKEIN_RDMA_NETDEVS",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -40,6 +44,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_size(v);
         let _ = parse_host_port(v);
         let _ = parse_pod_ordinal(v);
+        let _ = parse_interface_list(v);
+        let _ = v.parse::<Transport>();
     }
     let lookup = |k: &str| Ok(vars.iter().rev().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
     let _ = Config::from_lookup(&lookup);

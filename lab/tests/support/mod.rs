@@ -8,11 +8,12 @@ use std::process::Command;
 /// The `skein-lab` binary under test.
 pub const LAB: &str = env!("CARGO_BIN_EXE_skein-lab");
 
-/// The binaries the lab runs sit next to skein-lab. `cargo test --workspace` builds them (their
+/// The binaries the lab runs (and mounts into the Skein images it assembles) sit next to
+/// skein-lab. `cargo test --workspace` builds them (their
 /// packages have integration tests); a lone `cargo test -p skein-lab` may not, so build them.
 pub fn ensure_binaries() -> PathBuf {
     let dir: PathBuf = Path::new(LAB).parent().expect("skein-lab has a directory").to_path_buf();
-    let missing: Vec<&str> = ["skein-master", "skein-agent", "skein-cni", "skein-dp"]
+    let missing: Vec<&str> = ["skein-master", "skein-agent", "skein-cni", "skein-dp", "skein-allreduce"]
         .into_iter()
         .filter(|b| !dir.join(b).is_file())
         .collect();
@@ -22,6 +23,12 @@ pub fn ensure_binaries() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(["build", "-p", "skein-master", "-p", "skein-agent", "-p", "skein-cni", "-p", "skein-datapath"]);
+    // The lab's `ghcr.io/skein-net/skein-allreduce` image runs this one (the demo's job).
+    command.args(["-p", "skein-collectives"]);
+    // Named, as a `--bin` builds only the targets named.
+    for bin in ["skein-master", "skein-agent", "skein-cni", "skein-dp", "skein-allreduce"] {
+        command.args(["--bin", bin]);
+    }
     if dir.ends_with("release") {
         command.arg("--release");
     }

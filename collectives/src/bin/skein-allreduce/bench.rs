@@ -67,6 +67,7 @@ fn sweep<T: Element>(
             algo.map_or("auto".to_string(), |a| a.to_string())
         );
         println!("# {}", spin_note(comm));
+        println!("# data path: {}", comm.data_path());
         println!("#");
         println!(
             "# {:>10} {:>12} {:>5} {:>5} {:>20} {:>10} {:>8} {:>8} {:>7}",

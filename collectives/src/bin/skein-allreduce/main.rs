@@ -235,6 +235,7 @@ fn check(comm: &mut Communicator, a: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if rank == 0 {
+        println!("# data path: {}", comm.data_path());
         println!("check: {cases} cases on {n} ranks, {failed} wrong results (counted per rank)");
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -76,6 +76,7 @@ fn model<T: Element>(comm: &mut Communicator, s: &SweepArgs) -> anyhow::Result<(
     if print {
         println!("# skein-allreduce model: {n} ranks, {} {}", T::DTYPE, s.op);
         println!("# {}", spin_note(comm));
+        println!("# data path: {}", comm.data_path());
         println!("# ping-pong rank 0 <-> rank 1 (one-way time):");
         for (b, t) in &samples {
             println!("#   {:>10} B  {:>10.2} us  predicted {:>10.2} us", b, t * 1e6, (m.alpha + m.beta * b) * 1e6);
