@@ -129,6 +129,12 @@ impl Collector for NetworkCollector {
             "Logical flows not translated (see the log)",
             as_gauge(installed.untranslated),
         )?;
+        gauge(
+            &mut encoder,
+            "skein_view_items_skipped",
+            "Items of the chassis view left out of the translation: chassis without a usable tunnel address, ports on them, duplicated ports (see the log)",
+            as_gauge(installed.skipped),
+        )?;
         gauge(&mut encoder, "skein_pod_ports", "Pod ports bound to the datapath", as_gauge(net.records().len()))?;
         gauge(&mut encoder, "skein_conntrack_entries", "Connections tracked", as_gauge(s.connections))?;
         gauge(&mut encoder, "skein_megaflows", "Megaflows cached", as_gauge(s.megaflows))?;

@@ -44,7 +44,10 @@ use skein_netmodel::southbound::{ChassisView, PortKind};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::translate::{LocalBindings, Tunnel, Uplink, pod_port_delta, pod_port_flows, translate_partial};
+use crate::translate::{
+    ConntrackLimits, LocalBindings, SkipReason, Tunnel, Unsupported, Uplink, pod_port_delta, pod_port_flows,
+    translate_partial,
+};
 
 /// Datapath port number of the uplink (the node's NIC).
 pub const UPLINK_PORT: u32 = 1;
@@ -181,8 +184,12 @@ pub struct InstallState {
     /// Pod logical ports bound here whose flows are installed (in the view, on this
     /// chassis, and bound to a datapath port).
     pub ready_ports: BTreeSet<String>,
-    /// Logical flows of the view that could not be translated.
+    /// Logical flows of the view that could not be translated (or that conflict with
+    /// another object's flows and were left out).
     pub untranslated: usize,
+    /// Items of the view left out of the translation (a chassis with no usable tunnel
+    /// address, a port on it, a duplicated port); everything else is installed.
+    pub skipped: usize,
     /// Flows installed.
     pub flows: usize,
     /// Why the last install failed, if it did.
@@ -220,6 +227,11 @@ struct Inner {
     bindings: LocalBindings,
     /// By host interface name.
     records: BTreeMap<String, PortRecord>,
+    /// What the last translation left out, as logged (each is logged as a warning once,
+    /// when it first appears, not at every install).
+    left_out: BTreeSet<String>,
+    /// Pod ports of the view left out of the last translation: not ready, though bound.
+    skipped_ports: BTreeSet<String>,
 }
 
 /// The node's datapath, bindings and installed state.
@@ -255,13 +267,26 @@ impl NodeNetwork {
         tunnel: Tunnel,
         management_port: Option<u32>,
     ) -> Arc<NodeNetwork> {
-        let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
+        let bindings = LocalBindings {
+            ports: BTreeMap::new(),
+            management_port,
+            uplink: None,
+            tunnel,
+            conntrack: ConntrackLimits::default(),
+        };
         let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
         let net = NodeNetwork {
             dp,
             switch,
             control,
-            inner: Mutex::new(Inner { view: None, pod_flows: None, bindings, records: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                view: None,
+                pod_flows: None,
+                bindings,
+                records: BTreeMap::new(),
+                left_out: BTreeSet::new(),
+                skipped_ports: BTreeSet::new(),
+            }),
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
             saver,
@@ -574,18 +599,38 @@ impl NodeNetwork {
         let translation =
             translate_partial(&view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
         let result = translation.and_then(|t| {
+            let mut left_out = BTreeSet::new();
             for u in &t.untranslated {
-                debug!(flow = ?u, "logical flow not translated");
+                let key = format!("{}: {}", u.flow.owner, u.reason);
+                if matches!(u.reason, Unsupported::Conflict { .. }) && !inner.left_out.contains(&key) {
+                    warn!(version = view.version, object = %u.flow.owner, reason = %u.reason, "logical flow left out");
+                } else {
+                    debug!(flow = ?u, "logical flow not translated");
+                }
+                left_out.insert(key);
+            }
+            let mut skipped_ports = BTreeSet::new();
+            for s in &t.skipped {
+                let key = format!("{}: {}", s.object, s.reason);
+                if !inner.left_out.contains(&key) {
+                    warn!(version = view.version, object = %s.object, reason = %s.reason, "view item left out");
+                }
+                left_out.insert(key);
+                if let SkipReason::DuplicatePort { port, .. } | SkipReason::UnknownChassis { port, .. } = &s.reason {
+                    skipped_ports.insert(port.clone());
+                }
             }
             let report =
                 self.control.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
-            Ok((report, t.untranslated.len(), t.pod_port_flows))
+            Ok((report, (t.untranslated.len(), t.skipped.len()), t.pod_port_flows, left_out, skipped_ports))
         });
         match result {
-            Ok((report, untranslated, pod_flows)) => {
+            Ok((report, counts, pod_flows, left_out, skipped_ports)) => {
                 inner.pod_flows = Some(pod_flows);
+                inner.left_out = left_out;
+                inner.skipped_ports = skipped_ports;
                 self.saver.set_view(view.clone());
-                self.installed_now(&view, &inner.bindings, report, Some(untranslated), started);
+                self.installed_now(&view, &inner.bindings, &inner.skipped_ports, report, Some(counts), started);
                 Ok(())
             }
             Err(e) => {
@@ -611,7 +656,7 @@ impl NodeNetwork {
         match self.control.update_flows(&add, &remove) {
             Ok(report) => {
                 inner.pod_flows = Some(new);
-                self.installed_now(&view, &inner.bindings, report, None, started);
+                self.installed_now(&view, &inner.bindings, &inner.skipped_ports, report, None, started);
                 Ok(())
             }
             Err(e) => {
@@ -621,14 +666,16 @@ impl NodeNetwork {
         }
     }
 
-    /// Publishes a successful install of `view` (`untranslated`: the new count, or the
-    /// last one's when only pod ports changed).
+    /// Publishes a successful install of `view` (`counts`: the new counts of logical
+    /// flows untranslated and of view items skipped, or `None` to keep the last ones when
+    /// only pod ports changed).
     fn installed_now(
         &self,
         view: &ChassisView,
         bindings: &LocalBindings,
+        skipped_ports: &BTreeSet<String>,
         report: ReloadReport,
-        untranslated: Option<usize>,
+        counts: Option<(usize, usize)>,
         started: std::time::Instant,
     ) {
         self.switch.wake();
@@ -641,12 +688,14 @@ impl NodeNetwork {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "view installed"
         );
-        let ready = ready_ports(view, bindings);
+        let mut ready = ready_ports(view, bindings);
+        ready.retain(|p| !skipped_ports.contains(p));
         self.installed.send_modify(|s| {
             s.version = Some(view.version);
             s.ready_ports = ready;
-            if let Some(n) = untranslated {
-                s.untranslated = n;
+            if let Some((untranslated, skipped)) = counts {
+                s.untranslated = untranslated;
+                s.skipped = skipped;
             }
             s.flows = report.flows_added + report.flows_kept;
             s.error = None;

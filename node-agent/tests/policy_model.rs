@@ -285,6 +285,7 @@ fn bindings(n: u8, pods: &[Pod]) -> LocalBindings {
             next_hop_mac: MacAddr([0x02, 0, 0, 0, 2, 0]),
             mtu: 1500,
         },
+        conntrack: Default::default(),
     }
 }
 
