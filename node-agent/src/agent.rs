@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use skein_datapath::conntrack::CtConfig;
 use skein_datapath::control::Control;
 use skein_datapath::datapath::{Datapath, DatapathConfig};
 use skein_datapath::io::{PortSpec, Switch, SwitchConfig, UplinkFilter, now_ns};
@@ -29,7 +30,7 @@ use crate::host::{self, ManagementSpec, UplinkPorts};
 use crate::netmetrics::NetMetrics;
 use crate::node::{GENEVE_PORT, MANAGEMENT_PORT, NodeNetwork, UPLINK_PORT};
 use crate::pods::NodePods;
-use crate::translate::{Tunnel, Uplink};
+use crate::translate::{ConntrackLimits, Tunnel, Uplink};
 
 /// Where the master is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +100,33 @@ pub struct NetworkSettings {
     pub stale_port_interval: Duration,
     /// Denied connections written to the audit log per second (0: no audit log).
     pub policy_audit_rate: u32,
+    /// Conntrack's limits.
+    pub conntrack: ConntrackSettings,
+}
+
+/// Conntrack's limits on a node (`docs/datapath.md`, conntrack limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// Most connections tracked.
+    pub max_connections: usize,
+    /// A full table or zone replaces its oldest never-answered connection.
+    pub early_drop: bool,
+    /// Most candidates NAT examines for one new connection.
+    pub nat_attempts: u32,
+    /// Per-zone limits.
+    pub limits: ConntrackLimits,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        let ct = CtConfig::default();
+        ConntrackSettings {
+            max_connections: ct.max_connections,
+            early_drop: ct.early_drop,
+            nat_attempts: ct.nat_attempts,
+            limits: ConntrackLimits::default(),
+        }
+    }
 }
 
 /// The running network side.
@@ -171,7 +199,16 @@ pub async fn start(
 
     // The switch: uplink, management port, Geneve endpoint.
     tokio::task::spawn_blocking(host::ensure_management_link).await??;
-    let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+    let ct = s.conntrack;
+    let dp = Arc::new(Datapath::new(DatapathConfig {
+        conntrack: CtConfig {
+            max_connections: ct.max_connections,
+            early_drop: ct.early_drop,
+            nat_attempts: ct.nat_attempts,
+            ..CtConfig::default()
+        },
+        ..DatapathConfig::default()
+    }));
     let specs = [
         PortSpec::Uplink {
             number: UPLINK_PORT,
@@ -213,8 +250,15 @@ pub async fn start(
         next_hop_mac: gateway_mac.unwrap_or(MacAddr([0; 6])),
         mtu: u16::try_from(uplink.mtu).unwrap_or(u16::MAX),
     };
-    let net =
-        NodeNetwork::new(dp.clone(), switch.clone(), control.clone(), &s.state_dir, tunnel, Some(MANAGEMENT_PORT));
+    let net = NodeNetwork::new(
+        dp.clone(),
+        switch.clone(),
+        control.clone(),
+        &s.state_dir,
+        tunnel,
+        Some(MANAGEMENT_PORT),
+        ct.limits,
+    );
     // Before anything answers: a scrape sees this network from the first STATUS on.
     metrics.attach(net.clone());
     if let Some(gateway_mac) = gateway_mac {

@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::translate::{
-    ConntrackLimits, LocalBindings, SkipReason, Tunnel, Unsupported, Uplink, pod_port_delta, pod_port_flows,
+    ConntrackLimits, LbIdKey, LocalBindings, SkipReason, Tunnel, Unsupported, Uplink, pod_port_delta, pod_port_flows,
     translate_partial,
 };
 
@@ -258,7 +258,8 @@ impl std::fmt::Debug for NodeNetwork {
 impl NodeNetwork {
     /// Takes over a running switch: reads the port records in `state_dir`, re-opens the
     /// ports whose interfaces still exist (forgetting the others), and re-installs the
-    /// flows of the previous run, if any.
+    /// flows of the previous run, if any. `conntrack`: the zone limits installed with
+    /// the flows.
     pub fn new(
         dp: Arc<Datapath>,
         switch: Arc<Switch>,
@@ -266,13 +267,15 @@ impl NodeNetwork {
         state_dir: &Path,
         tunnel: Tunnel,
         management_port: Option<u32>,
+        conntrack: ConntrackLimits,
     ) -> Arc<NodeNetwork> {
         let bindings = LocalBindings {
             ports: BTreeMap::new(),
             management_port,
             uplink: None,
             tunnel,
-            conntrack: ConntrackLimits::default(),
+            conntrack,
+            lb_id_key: lb_id_key(state_dir),
         };
         let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
         let net = NodeNetwork {
@@ -869,6 +872,32 @@ fn ready_ports(view: &ChassisView, bindings: &LocalBindings) -> BTreeSet<String>
         })
         .map(|p| p.name.clone())
         .collect()
+}
+
+/// The key of this node's load-balancer ids in `<state>/lb-id-key` (16 random bytes,
+/// created on first start, kept so that ids and the flows saved with them survive a
+/// restart). If it cannot be read or written, a fresh key for this run: ids then change
+/// at the next restart, which only starts the affinity tables afresh.
+fn lb_id_key(state_dir: &Path) -> LbIdKey {
+    let path = state_dir.join("lb-id-key");
+    if let Ok(bytes) = fs::read(&path)
+        && let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice())
+    {
+        return LbIdKey(key);
+    }
+    let mut key = [0u8; 16];
+    if let Err(e) = fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)) {
+        // Not secret then, but still collision-free (load_balancer_ids).
+        warn!(error = %e, "reading /dev/urandom for the load-balancer id key failed; ids are predictable");
+        let pid = std::process::id().to_be_bytes();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        key[..4].copy_from_slice(&pid);
+        key[4..].copy_from_slice(&now.as_nanos().to_be_bytes()[4..]);
+    }
+    if let Err(e) = write_atomically(&path, &key, Durability::Restart) {
+        warn!(path = %path.display(), error = %e, "the load-balancer id key is not kept; ids change at the next restart");
+    }
+    LbIdKey(key)
 }
 
 /// How far a written file must get before [`write_atomically`] returns.

@@ -178,6 +178,8 @@ pub struct LocalBindings {
     pub tunnel: Tunnel,
     /// Conntrack zone limits.
     pub conntrack: ConntrackLimits,
+    /// The key of the load-balancer ids.
+    pub lb_id_key: LbIdKey,
 }
 
 /// Why one logical flow cannot be translated yet.
@@ -519,36 +521,54 @@ pub fn view_has_acls(view: &ChassisView) -> bool {
     view.items.flows.iter().any(|f| f.actions.iter().any(|a| matches!(a, Action::SetAclMeta { .. })))
 }
 
-/// The preferred datapath id of a load balancer: a hash of its identity, stable across
-/// restarts and deltas. The id it gets is this one unless another load balancer of the
+/// A node's secret that keys its load-balancer ids ([`load_balancer_id`]): a Service
+/// author who does not know it cannot search for names whose ids collide.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbIdKey(pub [u8; 16]);
+
+impl std::fmt::Debug for LbIdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret: never in a log.
+        f.write_str("LbIdKey(..)")
+    }
+}
+
+/// The preferred datapath id of a load balancer: the first 32 bits of SHA-256 of the
+/// node's key and its identity, stable across restarts (the key is kept in the state
+/// directory) and deltas. The id it gets is this one unless another load balancer of the
 /// view took it ([`load_balancer_ids`]).
-pub fn load_balancer_id(id: &LbId) -> u32 {
-    id_candidate(&id.to_string(), 0)
+pub fn load_balancer_id(key: &LbIdKey, id: &LbId) -> u32 {
+    id_candidate(key, &id.to_string(), 0)
 }
 
 /// Candidate `attempt` for the load balancer named `name`.
-fn id_candidate(name: &str, attempt: u32) -> u32 {
-    let h = if attempt == 0 { fnv1a(name.as_bytes()) } else { fnv1a(format!("{name}#{attempt}").as_bytes()) };
-    (h ^ (h >> 32)) as u32
+fn id_candidate(key: &LbIdKey, name: &str, attempt: u32) -> u32 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key.0);
+    h.update(attempt.to_be_bytes());
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 /// The datapath ids of load balancers (by identity text), collision-free by construction:
 /// in the order of their identities, each takes its preferred id ([`load_balancer_id`])
 /// or, if that is taken, the first free of its next candidates. So ids are stable across
-/// restarts and deltas, and two load balancers never share one: a Service whose name
-/// hashes to another's id moves that other to its next candidate (both keep working;
-/// the moved one's affinity table starts afresh), it never takes over its backends.
-pub fn load_balancer_ids<'a>(ids: impl IntoIterator<Item = &'a LbId>) -> BTreeMap<String, u32> {
+/// restarts and deltas, and two load balancers never share one; with the ids keyed by a
+/// secret, nobody can pick a Service name that moves another Service's id (which would
+/// start its affinity table afresh), and a chance collision only does that.
+pub fn load_balancer_ids<'a>(key: &LbIdKey, ids: impl IntoIterator<Item = &'a LbId>) -> BTreeMap<String, u32> {
     let names: BTreeSet<String> = ids.into_iter().map(ToString::to_string).collect();
     let mut taken: hashbrown::HashSet<u32> = hashbrown::HashSet::with_capacity(names.len());
     let mut out = BTreeMap::new();
     for name in names {
-        let mut candidate = id_candidate(&name, 0);
+        let mut candidate = id_candidate(key, &name, 0);
         let mut attempt = 1;
         while !taken.insert(candidate) {
             // A few hashed candidates, then the next free id after the last: terminates
             // while any id is free.
-            candidate = if attempt < 8 { id_candidate(&name, attempt) } else { candidate.wrapping_add(1) };
+            candidate = if attempt < 8 { id_candidate(key, &name, attempt) } else { candidate.wrapping_add(1) };
             attempt += 1;
         }
         out.insert(name, candidate);
@@ -597,7 +617,7 @@ struct Context<'a> {
 impl<'a> Context<'a> {
     fn new(view: &'a ChassisView, local: &'a LocalBindings) -> Self {
         let kinds = view.items.datapaths.iter().map(|d| (d.key, d.kind)).collect();
-        let ids = load_balancer_ids(view.items.load_balancers.iter().map(|e| &e.id));
+        let ids = load_balancer_ids(&local.lb_id_key, view.items.load_balancers.iter().map(|e| &e.id));
         let mut load_balancers = BTreeMap::new();
         for entry in &view.items.load_balancers {
             let name = entry.id.to_string();
@@ -1605,6 +1625,7 @@ mod tests {
                 mtu: 1500,
             },
             conntrack: ConntrackLimits::default(),
+            lb_id_key: LbIdKey([7; 16]),
         }
     }
 
@@ -2037,7 +2058,7 @@ mod tests {
         let view = e.snapshot("a").unwrap();
         let t = translate_partial(&view, &bindings("a")).unwrap();
         let entry = view.items.load_balancers.iter().next().unwrap();
-        let id = load_balancer_id(&entry.id);
+        let id = load_balancer_id(&bindings("a").lb_id_key, &entry.id);
         assert_eq!(t.file.load_balancers.len(), 1);
         assert_eq!(t.file.load_balancers[0].id, id);
         assert!(
@@ -2469,12 +2490,14 @@ mod tests {
             service: skein_netmodel::cluster::ObjectKey { namespace: "default".into(), name: name.into() },
             ..template.clone()
         };
-        // Search for two Service names whose preferred ids collide, as an author could.
+        // Search for two Service names whose preferred ids collide, as an author who knew
+        // the node's key could.
+        let key = bindings("a").lb_id_key;
         let mut seen: hashbrown::HashMap<u32, LbId> = hashbrown::HashMap::new();
         let (a, b) = (0..2_000_000u32)
             .find_map(|i| {
                 let id = named(format!("svc-{i}"));
-                let h = load_balancer_id(&id);
+                let h = load_balancer_id(&key, &id);
                 match seen.get(&h) {
                     Some(other) => Some((other.clone(), id)),
                     None => {
@@ -2484,14 +2507,41 @@ mod tests {
                 }
             })
             .expect("a 32-bit collision among 2 million names");
-        assert_eq!(load_balancer_id(&a), load_balancer_id(&b));
-        let ids = load_balancer_ids([&a, &b, &template]);
+        assert_eq!(load_balancer_id(&key, &a), load_balancer_id(&key, &b));
+        let ids = load_balancer_ids(&key, [&a, &b, &template]);
         assert_eq!(ids.len(), 3);
         let distinct: BTreeSet<u32> = ids.values().copied().collect();
         assert_eq!(distinct.len(), 3, "{ids:?}");
         // The first by name keeps its preferred id; the assignment does not depend on order.
         let first = a.to_string().min(b.to_string());
-        assert_eq!(ids[&first], load_balancer_id(&a));
-        assert_eq!(load_balancer_ids([&template, &b, &a]), ids);
+        assert_eq!(ids[&first], load_balancer_id(&key, &a));
+        assert_eq!(load_balancer_ids(&key, [&template, &b, &a]), ids);
+        // Under another node's key the two names do not collide (the search is per key).
+        let other = LbIdKey([9; 16]);
+        assert_ne!(load_balancer_id(&other, &a), load_balancer_id(&other, &b));
+    }
+
+    #[test]
+    fn conntrack_zone_limits_are_installed_with_the_flows() {
+        let view = engine().snapshot("a").unwrap();
+        let t = translate_partial(&view, &bindings("a")).unwrap();
+        assert!(t.file.zone_limits.is_empty(), "no limits by default");
+        let local =
+            LocalBindings { conntrack: ConntrackLimits { pod_zone: 500, gateway_zone: 20_000 }, ..bindings("a") };
+        let file = translate(&view, &local).unwrap();
+        let limits: BTreeMap<ZoneLimitScope, u32> = file.zone_limits.iter().map(|z| (z.scope, z.limit)).collect();
+        assert_eq!(limits.get(&ZoneLimitScope::Default), Some(&500));
+        assert_eq!(limits.get(&ZoneLimitScope::Zone(GATEWAY_DNAT_ZONE)), Some(&20_000));
+        assert_eq!(limits.get(&ZoneLimitScope::Zone(GATEWAY_SNAT_ZONE)), Some(&20_000));
+        // They survive the flow file (flows.txt) and the datapath takes them.
+        assert_eq!(parse_flow_file(&format_flow_file(&file)).unwrap().zone_limits, file.zone_limits);
+        let dp = Datapath::new(DatapathConfig::default());
+        if let Err((i, err, _)) = dp.apply(&file.to_mods()) {
+            panic!("modification {i} refused: {err}");
+        }
+        // The tunnel accepts b only.
+        assert_eq!(file.tunnel_remotes.len(), 1);
+        assert_eq!(file.tunnel_remotes[0].port, TUN);
+        assert_eq!(file.tunnel_remotes[0].remotes, vec![u32::from(TUNNEL_B.parse::<Ipv4Addr>().unwrap())]);
     }
 }

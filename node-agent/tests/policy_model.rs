@@ -286,6 +286,7 @@ fn bindings(n: u8, pods: &[Pod]) -> LocalBindings {
             mtu: 1500,
         },
         conntrack: Default::default(),
+        lb_id_key: Default::default(),
     }
 }
 
