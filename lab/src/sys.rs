@@ -27,6 +27,19 @@ pub enum CommandError {
         /// Its standard error, trimmed.
         stderr: String,
     },
+    /// The host already uses the lab's underlay subnet on another link.
+    #[error(
+        "{address} on {link} already holds the lab's underlay {subnet}: another lab is up (or was left behind); \
+         `skein-lab down --prefix <its prefix>` removes it (a lab's links are named <prefix>-br, <prefix>-n1, ...)"
+    )]
+    UnderlayInUse {
+        /// The link carrying the address.
+        link: String,
+        /// The address in the underlay subnet.
+        address: String,
+        /// The lab's underlay subnet.
+        subnet: String,
+    },
 }
 
 fn command_line<I, S>(program: &str, args: I) -> String
@@ -150,11 +163,25 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The last `lines` lines of a log file, for error messages.
+/// The last `lines` lines of a log file, for error messages. Backtrace frames (`  12: f`,
+/// `      at src/x.rs:1:2`) are left out: the error they follow is what a reader needs.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    tail_of(&text, lines)
+}
+
+fn is_backtrace_frame(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.len() == line.len() {
+        return false;
+    }
+    trimmed.starts_with("at ")
+        || trimmed.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn tail_of(text: &str, lines: usize) -> String {
+    let kept: Vec<&str> = text.lines().filter(|line| !is_backtrace_frame(line)).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]
@@ -168,6 +195,13 @@ mod tests {
         let error = run("/nonexistent/tool", ["x"]).unwrap_err().to_string();
         assert!(error.contains("cannot run `/nonexistent/tool x`"), "{error}");
         assert_eq!(run("echo", ["hi"]).unwrap(), "hi\n");
+    }
+
+    #[test]
+    fn tails_leave_backtraces_out() {
+        let log = "start\nError: reading Node node2\n\nCaused by:\n    client error (Connect)\n\nStack backtrace:\n   0: anyhow::error\n             at /src/x.rs:1:2\n  31: _start\nlast\n";
+        assert_eq!(tail_of(log, 5), "Caused by:\n    client error (Connect)\n\nStack backtrace:\nlast");
+        assert_eq!(tail_of("a\nb\n", 10), "a\nb");
     }
 
     #[test]

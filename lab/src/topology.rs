@@ -4,6 +4,7 @@
 //! `destroy` removes everything named with the prefix, whether or not a daemon is alive.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 use crate::layout::{GATEWAY_IP, HOST_IP, Layout, OUTSIDE_IP, UNDERLAY_MTU, UNDERLAY_PREFIX_LEN};
 use crate::sys::{self, CommandError};
@@ -22,8 +23,27 @@ fn add_veth_into(layout: &Layout, root_end: &str, netns: &str, address: &str) ->
     Ok(())
 }
 
-/// Creates the bridge, `nodes` node namespaces and the outside namespace.
+/// The first `(link, address)` of an `ip -o -4 addr show` listing inside the lab's
+/// underlay subnet (172.18.0.0/24).
+fn underlay_holder(listing: &str) -> Option<(String, String)> {
+    let subnet = u32::from(HOST_IP) >> (32 - UNDERLAY_PREFIX_LEN);
+    listing.lines().find_map(|line| {
+        // "7: plab-br    inet 172.18.0.1/24 brd 172.18.0.255 scope global plab-br"
+        let mut fields = line.split_whitespace();
+        let link = fields.nth(1)?;
+        let address = fields.skip_while(|f| *f != "inet").nth(1)?;
+        let ip: Ipv4Addr = address.split('/').next()?.parse().ok()?;
+        (u32::from(ip) >> (32 - UNDERLAY_PREFIX_LEN) == subnet).then(|| (link.to_string(), address.to_string()))
+    })
+}
+
+/// Creates the bridge, `nodes` node namespaces and the outside namespace. Refuses when a
+/// root-namespace link already holds an address of the underlay subnet: the lab's nodes
+/// would reach the API server's address through that link instead.
 pub fn create(layout: &Layout, nodes: usize) -> Result<(), CommandError> {
+    if let Some((link, address)) = underlay_holder(&sys::ip(&["-o", "-4", "addr", "show"])?) {
+        return Err(CommandError::UnderlayInUse { link, address, subnet: format!("{HOST_IP}/{UNDERLAY_PREFIX_LEN}") });
+    }
     let bridge = layout.bridge();
     sys::ip(&["link", "add", &bridge, "type", "bridge"])?;
     sys::ip(&["link", "set", &bridge, "mtu", &UNDERLAY_MTU.to_string()])?;
@@ -68,4 +88,21 @@ pub fn destroy(layout: &Layout) -> Vec<String> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::underlay_holder;
+
+    #[test]
+    fn a_link_in_the_underlay_subnet_is_found() {
+        let listing = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\\       valid_lft forever
+7: plab-br    inet 172.18.0.1/24 brd 172.18.0.255 scope global plab-br\\       valid_lft forever
+";
+        assert_eq!(underlay_holder(listing), Some(("plab-br".to_string(), "172.18.0.1/24".to_string())));
+        assert_eq!(underlay_holder("9: x    inet 172.19.0.1/24 scope global x\n"), None);
+        assert_eq!(underlay_holder("9: y    inet 172.18.0.77/32 scope global y\n").map(|h| h.0), Some("y".into()));
+        assert_eq!(underlay_holder("garbage\n3:\n"), None);
+    }
 }
