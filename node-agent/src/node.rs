@@ -190,10 +190,23 @@ pub struct InstallState {
     /// Items of the view left out of the translation (a chassis with no usable tunnel
     /// address, a port on it, a duplicated port); everything else is installed.
     pub skipped: usize,
+    /// The objects left out of the installed view because they cannot be installed
+    /// (a conflict with another object's flows, a skipped view item), each with why: what
+    /// the agent reports as Events.
+    pub left_out: BTreeSet<LeftOut>,
     /// Flows installed.
     pub flows: usize,
     /// Why the last install failed, if it did.
     pub error: Option<String>,
+}
+
+/// An object left out of the installed view, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeftOut {
+    /// The object.
+    pub object: skein_netmodel::southbound::Owner,
+    /// Why.
+    pub reason: String,
 }
 
 /// Why a bind failed.
@@ -603,10 +616,14 @@ impl NodeNetwork {
             translate_partial(&view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
         let result = translation.and_then(|t| {
             let mut left_out = BTreeSet::new();
+            let mut objects = BTreeSet::new();
             for u in &t.untranslated {
                 let key = format!("{}: {}", u.flow.owner, u.reason);
-                if matches!(u.reason, Unsupported::Conflict { .. }) && !inner.left_out.contains(&key) {
-                    warn!(version = view.version, object = %u.flow.owner, reason = %u.reason, "logical flow left out");
+                if matches!(u.reason, Unsupported::Conflict { .. }) {
+                    if !inner.left_out.contains(&key) {
+                        warn!(version = view.version, object = %u.flow.owner, reason = %u.reason, "logical flow left out");
+                    }
+                    objects.insert(LeftOut { object: u.flow.owner.clone(), reason: u.reason.to_string() });
                 } else {
                     debug!(flow = ?u, "logical flow not translated");
                 }
@@ -619,13 +636,14 @@ impl NodeNetwork {
                     warn!(version = view.version, object = %s.object, reason = %s.reason, "view item left out");
                 }
                 left_out.insert(key);
+                objects.insert(LeftOut { object: s.object.clone(), reason: s.reason.to_string() });
                 if let SkipReason::DuplicatePort { port, .. } | SkipReason::UnknownChassis { port, .. } = &s.reason {
                     skipped_ports.insert(port.clone());
                 }
             }
             let report =
                 self.control.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
-            Ok((report, (t.untranslated.len(), t.skipped.len()), t.pod_port_flows, left_out, skipped_ports))
+            Ok((report, (t.untranslated.len(), t.skipped.len(), objects), t.pod_port_flows, left_out, skipped_ports))
         });
         match result {
             Ok((report, counts, pod_flows, left_out, skipped_ports)) => {
@@ -670,15 +688,15 @@ impl NodeNetwork {
     }
 
     /// Publishes a successful install of `view` (`counts`: the new counts of logical
-    /// flows untranslated and of view items skipped, or `None` to keep the last ones when
-    /// only pod ports changed).
+    /// flows untranslated and of view items skipped and the objects left out, or `None`
+    /// to keep the last ones when only pod ports changed).
     fn installed_now(
         &self,
         view: &ChassisView,
         bindings: &LocalBindings,
         skipped_ports: &BTreeSet<String>,
         report: ReloadReport,
-        counts: Option<(usize, usize)>,
+        counts: Option<(usize, usize, BTreeSet<LeftOut>)>,
         started: std::time::Instant,
     ) {
         self.switch.wake();
@@ -696,9 +714,10 @@ impl NodeNetwork {
         self.installed.send_modify(|s| {
             s.version = Some(view.version);
             s.ready_ports = ready;
-            if let Some((untranslated, skipped)) = counts {
+            if let Some((untranslated, skipped, left_out)) = counts {
                 s.untranslated = untranslated;
                 s.skipped = skipped;
+                s.left_out = left_out;
             }
             s.flows = report.flows_added + report.flows_kept;
             s.error = None;

@@ -89,6 +89,26 @@ fn netns_two_services_sharing_an_external_ip_stop_nothing_else() {
     }
     let log = c.agent_log(0);
     assert!(log.contains("logical flow left out") && log.contains("second"), "the log names the object: {log}");
+    // Each node says so on the Service, with an Event.
+    c.wait_for("an Event on the second Service from each node", Duration::from_secs(30), || {
+        let reporters: std::collections::BTreeSet<String> = c
+            .api
+            .list(Kind::EventsV1Event, Some("default"))
+            .into_iter()
+            .filter(|e| e.pointer("/regarding/name").and_then(|n| n.as_str()) == Some("second"))
+            .filter(|e| e.get("reason").and_then(|r| r.as_str()) == Some("NotInstalled"))
+            .filter_map(|e| e.get("reportingInstance").and_then(|r| r.as_str()).map(str::to_owned))
+            .collect();
+        reporters.len() == 2
+    });
+    let on_first = c
+        .api
+        .list(Kind::EventsV1Event, Some("default"))
+        .into_iter()
+        .filter(|e| e.pointer("/regarding/name").and_then(|n| n.as_str()) == Some("first"))
+        .filter(|e| e.get("reason").and_then(|r| r.as_str()) == Some("NotInstalled"))
+        .count();
+    assert_eq!(on_first, 0, "the Service that keeps the address is not blamed");
 
     // Both nodes keep installing: a Service created after the poison works from both,
     // and so do both poisoned Services' cluster IPs.
