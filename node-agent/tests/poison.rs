@@ -253,3 +253,53 @@ fn netns_a_syn_flood_to_a_node_port_leaves_established_and_other_connections_wor
     let metrics = scrape(&c, 0);
     assert!(sample(&metrics, "skein_conntrack_early_drops_total").is_some_and(|n| n > 0.0), "{metrics}");
 }
+
+/// Warning Events with `reason` on `name` (in `namespace`), by reporting instance.
+fn event_reporters(c: &Cluster, namespace: &str, name: &str, reason: &str) -> std::collections::BTreeSet<String> {
+    c.api
+        .list(Kind::EventsV1Event, Some(namespace))
+        .into_iter()
+        .filter(|e| e.pointer("/regarding/name").and_then(|n| n.as_str()) == Some(name))
+        .filter(|e| e.get("reason").and_then(|r| r.as_str()) == Some(reason))
+        .filter_map(|e| e.get("reportingInstance").and_then(|r| r.as_str()).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn netns_a_chassis_with_an_ipv6_tunnel_address_stops_nothing_else() {
+    use skein_netmodel::annotations::{CHASSIS, ChassisAnnotation, Encap, format_chassis};
+    let Some(mut c) = Cluster::new("agent_poison6", "y", 2) else { return };
+    let a = c.add_pod("a", 0, "a");
+    // The poison: a node whose chassis has an IPv6 tunnel address (the tunnel is IPv4).
+    let chassis = ChassisAnnotation {
+        id: "uuid-poison".into(),
+        tunnel_ip: "2001:db8::9".parse().expect("address"),
+        encap: Encap::Geneve,
+    };
+    c.insert(
+        Kind::Node,
+        json!({"metadata": {"name": "poison", "labels": {"kubernetes.io/hostname": "poison"},
+                            "annotations": {CHASSIS: format_chassis(&chassis)}},
+               "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.99"}],
+                          "conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
+    for i in 0..2 {
+        c.wait_for("the chassis to be left out", Duration::from_secs(30), || {
+            sample(&scrape(&c, i), "skein_view_items_skipped").is_some_and(|n| n > 0.0)
+        });
+    }
+    c.wait_for("an Event on the node from each agent", Duration::from_secs(30), || {
+        event_reporters(&c, "default", "poison", "NotInstalled").len() == 2
+    });
+    // Both nodes keep installing views and completing CNI ADD, and forward.
+    let b = c.add_pod("b", 1, "b");
+    let a2 = c.add_pod("a2", 0, "a");
+    for (from, to) in [(&a, &b), (&b, &a2), (&a2, &a)] {
+        if let Err(e) = ping(&from.ns, &to.ip, 2, 10) {
+            c.fail(&format!("{} → {}: {e}", from.name, to.name));
+        }
+    }
+    for i in 0..2 {
+        c.wait_ready(i);
+    }
+}
