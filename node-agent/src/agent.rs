@@ -2,6 +2,7 @@
 //! the southbound client installing every view, the CNI server, the control socket.
 //! `docs/node-agent.md` describes the whole.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,14 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use skein_datapath::conntrack::CtConfig;
 use skein_datapath::control::Control;
 use skein_datapath::datapath::{Datapath, DatapathConfig};
 use skein_datapath::io::{PortSpec, Switch, SwitchConfig, UplinkFilter, now_ns};
 use skein_netmodel::annotations::{CHASSIS, ChassisAnnotation, Encap, format_chassis};
-use skein_netmodel::southbound::{ChassisView, PortKind};
+use skein_netmodel::southbound::{ChassisView, Owner, PortKind};
 use skein_netmodel::{IpNet, MacAddr};
 use skein_southbound::{AgentClient, ClientEvent, ClientSettings, ClientTls, Registration, TlsIdentity};
 use tokio_util::sync::CancellationToken;
@@ -27,9 +30,9 @@ use crate::cniserver::{self, CniServer};
 use crate::deviceplugin::annotation::{KubeNodeAnnotator, NodeAnnotator};
 use crate::host::{self, ManagementSpec, UplinkPorts};
 use crate::netmetrics::NetMetrics;
-use crate::node::{GENEVE_PORT, MANAGEMENT_PORT, NodeNetwork, UPLINK_PORT};
+use crate::node::{GENEVE_PORT, LeftOut, MANAGEMENT_PORT, NodeNetwork, UPLINK_PORT};
 use crate::pods::NodePods;
-use crate::translate::{Tunnel, Uplink};
+use crate::translate::{ConntrackLimits, Tunnel, Uplink};
 
 /// Where the master is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +102,33 @@ pub struct NetworkSettings {
     pub stale_port_interval: Duration,
     /// Denied connections written to the audit log per second (0: no audit log).
     pub policy_audit_rate: u32,
+    /// Conntrack's limits.
+    pub conntrack: ConntrackSettings,
+}
+
+/// Conntrack's limits on a node (`docs/datapath.md`, conntrack limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// Most connections tracked.
+    pub max_connections: usize,
+    /// A full table or zone replaces its oldest never-answered connection.
+    pub early_drop: bool,
+    /// Most candidates NAT examines for one new connection.
+    pub nat_attempts: u32,
+    /// Per-zone limits.
+    pub limits: ConntrackLimits,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        let ct = CtConfig::default();
+        ConntrackSettings {
+            max_connections: ct.max_connections,
+            early_drop: ct.early_drop,
+            nat_attempts: ct.nat_attempts,
+            limits: ConntrackLimits::default(),
+        }
+    }
 }
 
 /// The running network side.
@@ -171,7 +201,16 @@ pub async fn start(
 
     // The switch: uplink, management port, Geneve endpoint.
     tokio::task::spawn_blocking(host::ensure_management_link).await??;
-    let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+    let ct = s.conntrack;
+    let dp = Arc::new(Datapath::new(DatapathConfig {
+        conntrack: CtConfig {
+            max_connections: ct.max_connections,
+            early_drop: ct.early_drop,
+            nat_attempts: ct.nat_attempts,
+            ..CtConfig::default()
+        },
+        ..DatapathConfig::default()
+    }));
     let specs = [
         PortSpec::Uplink {
             number: UPLINK_PORT,
@@ -213,8 +252,15 @@ pub async fn start(
         next_hop_mac: gateway_mac.unwrap_or(MacAddr([0; 6])),
         mtu: u16::try_from(uplink.mtu).unwrap_or(u16::MAX),
     };
-    let net =
-        NodeNetwork::new(dp.clone(), switch.clone(), control.clone(), &s.state_dir, tunnel, Some(MANAGEMENT_PORT));
+    let net = NodeNetwork::new(
+        dp.clone(),
+        switch.clone(),
+        control.clone(),
+        &s.state_dir,
+        tunnel,
+        Some(MANAGEMENT_PORT),
+        ct.limits,
+    );
     // Before anything answers: a scrape sees this network from the first STATUS on.
     metrics.attach(net.clone());
     if let Some(gateway_mac) = gateway_mac {
@@ -247,6 +293,9 @@ pub async fn start(
             }
         })?;
     }
+
+    // Objects left out of the installed view: a Warning Event on each.
+    tokio::spawn(report_left_out(net.clone(), client.clone(), s.node_name.clone(), shutdown.clone()));
 
     // The management port follows the view.
     tokio::spawn(follow_management(
@@ -335,6 +384,67 @@ async fn write_conflist_when_ready(install: CniInstall, net: Arc<NodeNetwork>, s
 }
 
 /// Reclaims, every `interval`, the port records whose veth or sandbox namespace is gone.
+/// Posts a Warning Event (reason `NotInstalled`, reported by `skein-agent` instance
+/// `<node>`) on each object this node leaves out of its view, when it is first left out —
+/// what ovn-controller cannot do, and what tells the object's author why it does not work.
+async fn report_left_out(net: Arc<NodeNetwork>, client: Client, node: String, shutdown: CancellationToken) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(client, Reporter { controller: "skein-agent".into(), instance: Some(node.clone()) });
+    let mut installed = net.installed();
+    let mut reported: BTreeSet<LeftOut> = BTreeSet::new();
+    loop {
+        let now = installed.borrow_and_update().left_out.clone();
+        for item in now.difference(&reported) {
+            let Some(reference) = object_reference(&item.object) else { continue };
+            let mut note = format!("node {node} does not install it: {}", item.reason);
+            // The API server refuses notes over 1 kB.
+            if note.len() > 1000 {
+                let mut end = 1000;
+                while !note.is_char_boundary(end) {
+                    end -= 1;
+                }
+                note.truncate(end);
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "NotInstalled".into(),
+                note: Some(note),
+                action: "Install".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                debug!(object = %item.object, error = %e, "could not publish an Event");
+            }
+        }
+        reported = now;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = installed.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The API object an owner of logical flows stands for (none for the cluster).
+fn object_reference(owner: &Owner) -> Option<ObjectReference> {
+    let (api_version, kind, namespace, name) = match owner {
+        Owner::Cluster => return None,
+        Owner::Node(n) => ("v1", "Node", None, n.to_string()),
+        Owner::Pod(p) => ("v1", "Pod", Some(p.namespace.to_string()), p.name.to_string()),
+        Owner::Service(s) => ("v1", "Service", Some(s.namespace.to_string()), s.name.to_string()),
+        Owner::Policy(p) => {
+            ("networking.k8s.io/v1", "NetworkPolicy", Some(p.namespace.to_string()), p.name.to_string())
+        }
+        Owner::Namespace(n) => ("v1", "Namespace", None, n.to_string()),
+    };
+    Some(ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        namespace,
+        name: Some(name),
+        ..ObjectReference::default()
+    })
+}
+
 async fn reclaim_stale_ports(net: Arc<NodeNetwork>, interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {

@@ -44,7 +44,10 @@ use skein_netmodel::southbound::{ChassisView, PortKind};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::translate::{LocalBindings, Tunnel, Uplink, pod_port_delta, pod_port_flows, translate_partial};
+use crate::translate::{
+    ConntrackLimits, LbIdKey, LocalBindings, SkipReason, Tunnel, Unsupported, Uplink, pod_port_delta, pod_port_flows,
+    translate_partial,
+};
 
 /// Datapath port number of the uplink (the node's NIC).
 pub const UPLINK_PORT: u32 = 1;
@@ -181,12 +184,29 @@ pub struct InstallState {
     /// Pod logical ports bound here whose flows are installed (in the view, on this
     /// chassis, and bound to a datapath port).
     pub ready_ports: BTreeSet<String>,
-    /// Logical flows of the view that could not be translated.
+    /// Logical flows of the view that could not be translated (or that conflict with
+    /// another object's flows and were left out).
     pub untranslated: usize,
+    /// Items of the view left out of the translation (a chassis with no usable tunnel
+    /// address, a port on it, a duplicated port); everything else is installed.
+    pub skipped: usize,
+    /// The objects left out of the installed view because they cannot be installed
+    /// (a conflict with another object's flows, a skipped view item), each with why: what
+    /// the agent reports as Events.
+    pub left_out: BTreeSet<LeftOut>,
     /// Flows installed.
     pub flows: usize,
     /// Why the last install failed, if it did.
     pub error: Option<String>,
+}
+
+/// An object left out of the installed view, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeftOut {
+    /// The object.
+    pub object: skein_netmodel::southbound::Owner,
+    /// Why.
+    pub reason: String,
 }
 
 /// Why a bind failed.
@@ -220,6 +240,11 @@ struct Inner {
     bindings: LocalBindings,
     /// By host interface name.
     records: BTreeMap<String, PortRecord>,
+    /// What the last translation left out, as logged (each is logged as a warning once,
+    /// when it first appears, not at every install).
+    left_out: BTreeSet<String>,
+    /// Pod ports of the view left out of the last translation: not ready, though bound.
+    skipped_ports: BTreeSet<String>,
 }
 
 /// The node's datapath, bindings and installed state.
@@ -246,7 +271,8 @@ impl std::fmt::Debug for NodeNetwork {
 impl NodeNetwork {
     /// Takes over a running switch: reads the port records in `state_dir`, re-opens the
     /// ports whose interfaces still exist (forgetting the others), and re-installs the
-    /// flows of the previous run, if any.
+    /// flows of the previous run, if any. `conntrack`: the zone limits installed with
+    /// the flows.
     pub fn new(
         dp: Arc<Datapath>,
         switch: Arc<Switch>,
@@ -254,14 +280,29 @@ impl NodeNetwork {
         state_dir: &Path,
         tunnel: Tunnel,
         management_port: Option<u32>,
+        conntrack: ConntrackLimits,
     ) -> Arc<NodeNetwork> {
-        let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
+        let bindings = LocalBindings {
+            ports: BTreeMap::new(),
+            management_port,
+            uplink: None,
+            tunnel,
+            conntrack,
+            lb_id_key: lb_id_key(state_dir),
+        };
         let saver = FlowSaver::start(control.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
         let net = NodeNetwork {
             dp,
             switch,
             control,
-            inner: Mutex::new(Inner { view: None, pod_flows: None, bindings, records: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                view: None,
+                pod_flows: None,
+                bindings,
+                records: BTreeMap::new(),
+                left_out: BTreeSet::new(),
+                skipped_ports: BTreeSet::new(),
+            }),
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
             saver,
@@ -574,18 +615,43 @@ impl NodeNetwork {
         let translation =
             translate_partial(&view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
         let result = translation.and_then(|t| {
+            let mut left_out = BTreeSet::new();
+            let mut objects = BTreeSet::new();
             for u in &t.untranslated {
-                debug!(flow = ?u, "logical flow not translated");
+                let key = format!("{}: {}", u.flow.owner, u.reason);
+                if matches!(u.reason, Unsupported::Conflict { .. }) {
+                    if !inner.left_out.contains(&key) {
+                        warn!(version = view.version, object = %u.flow.owner, reason = %u.reason, "logical flow left out");
+                    }
+                    objects.insert(LeftOut { object: u.flow.owner.clone(), reason: u.reason.to_string() });
+                } else {
+                    debug!(flow = ?u, "logical flow not translated");
+                }
+                left_out.insert(key);
+            }
+            let mut skipped_ports = BTreeSet::new();
+            for s in &t.skipped {
+                let key = format!("{}: {}", s.object, s.reason);
+                if !inner.left_out.contains(&key) {
+                    warn!(version = view.version, object = %s.object, reason = %s.reason, "view item left out");
+                }
+                left_out.insert(key);
+                objects.insert(LeftOut { object: s.object.clone(), reason: s.reason.to_string() });
+                if let SkipReason::DuplicatePort { port, .. } | SkipReason::UnknownChassis { port, .. } = &s.reason {
+                    skipped_ports.insert(port.clone());
+                }
             }
             let report =
                 self.control.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
-            Ok((report, t.untranslated.len(), t.pod_port_flows))
+            Ok((report, (t.untranslated.len(), t.skipped.len(), objects), t.pod_port_flows, left_out, skipped_ports))
         });
         match result {
-            Ok((report, untranslated, pod_flows)) => {
+            Ok((report, counts, pod_flows, left_out, skipped_ports)) => {
                 inner.pod_flows = Some(pod_flows);
+                inner.left_out = left_out;
+                inner.skipped_ports = skipped_ports;
                 self.saver.set_view(view.clone());
-                self.installed_now(&view, &inner.bindings, report, Some(untranslated), started);
+                self.installed_now(&view, &inner.bindings, &inner.skipped_ports, report, Some(counts), started);
                 Ok(())
             }
             Err(e) => {
@@ -611,7 +677,7 @@ impl NodeNetwork {
         match self.control.update_flows(&add, &remove) {
             Ok(report) => {
                 inner.pod_flows = Some(new);
-                self.installed_now(&view, &inner.bindings, report, None, started);
+                self.installed_now(&view, &inner.bindings, &inner.skipped_ports, report, None, started);
                 Ok(())
             }
             Err(e) => {
@@ -621,14 +687,16 @@ impl NodeNetwork {
         }
     }
 
-    /// Publishes a successful install of `view` (`untranslated`: the new count, or the
-    /// last one's when only pod ports changed).
+    /// Publishes a successful install of `view` (`counts`: the new counts of logical
+    /// flows untranslated and of view items skipped and the objects left out, or `None`
+    /// to keep the last ones when only pod ports changed).
     fn installed_now(
         &self,
         view: &ChassisView,
         bindings: &LocalBindings,
+        skipped_ports: &BTreeSet<String>,
         report: ReloadReport,
-        untranslated: Option<usize>,
+        counts: Option<(usize, usize, BTreeSet<LeftOut>)>,
         started: std::time::Instant,
     ) {
         self.switch.wake();
@@ -641,12 +709,15 @@ impl NodeNetwork {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "view installed"
         );
-        let ready = ready_ports(view, bindings);
+        let mut ready = ready_ports(view, bindings);
+        ready.retain(|p| !skipped_ports.contains(p));
         self.installed.send_modify(|s| {
             s.version = Some(view.version);
             s.ready_ports = ready;
-            if let Some(n) = untranslated {
-                s.untranslated = n;
+            if let Some((untranslated, skipped, left_out)) = counts {
+                s.untranslated = untranslated;
+                s.skipped = skipped;
+                s.left_out = left_out;
             }
             s.flows = report.flows_added + report.flows_kept;
             s.error = None;
@@ -820,6 +891,32 @@ fn ready_ports(view: &ChassisView, bindings: &LocalBindings) -> BTreeSet<String>
         })
         .map(|p| p.name.clone())
         .collect()
+}
+
+/// The key of this node's load-balancer ids in `<state>/lb-id-key` (16 random bytes,
+/// created on first start, kept so that ids and the flows saved with them survive a
+/// restart). If it cannot be read or written, a fresh key for this run: ids then change
+/// at the next restart, which only starts the affinity tables afresh.
+fn lb_id_key(state_dir: &Path) -> LbIdKey {
+    let path = state_dir.join("lb-id-key");
+    if let Ok(bytes) = fs::read(&path)
+        && let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice())
+    {
+        return LbIdKey(key);
+    }
+    let mut key = [0u8; 16];
+    if let Err(e) = fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)) {
+        // Not secret then, but still collision-free (load_balancer_ids).
+        warn!(error = %e, "reading /dev/urandom for the load-balancer id key failed; ids are predictable");
+        let pid = std::process::id().to_be_bytes();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        key[..4].copy_from_slice(&pid);
+        key[4..].copy_from_slice(&now.as_nanos().to_be_bytes()[4..]);
+    }
+    if let Err(e) = write_atomically(&path, &key, Durability::Restart) {
+        warn!(path = %path.display(), error = %e, "the load-balancer id key is not kept; ids change at the next restart");
+    }
+    LbIdKey(key)
 }
 
 /// How far a written file must get before [`write_atomically`] returns.
