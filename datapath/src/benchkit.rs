@@ -84,6 +84,55 @@ pub fn forwarding_scenario(config: DatapathConfig) -> (Datapath, Vec<Packet>) {
     (dp, batch)
 }
 
+/// Frames arriving through the Geneve tunnel (port 3) as the agent classifies them:
+/// table 0 delivers `tun_id=1,tun_egress_port=P` to port `P` (32 local ports). The batch
+/// holds 32 UDP flows, two from each of 16 sending chassis (192.0.2.x). With `chassis`
+/// set, the tunnel port accepts frames only from that many chassis (the 16 senders among
+/// them), as the agent installs it; without, from anyone (the datapath before the check).
+pub fn tunnel_scenario(config: DatapathConfig, chassis: Option<u32>) -> (Datapath, Vec<Packet>) {
+    let dp = Datapath::new(config);
+    let mut mods: Vec<FlowMod> = (1..=32u32)
+        .map(|p| {
+            let m = Match::ANY
+                .with(Field::InPort, TUNNEL_PORT.into())
+                .with(Field::TunId, 1)
+                .with(Field::TunEgressPort, p.into());
+            add(0, 100, m, vec![Action::Output(100 + p)])
+        })
+        .collect();
+    mods.push(add(0, 0, Match::ANY, vec![Action::Drop]));
+    if let Some(n) = chassis {
+        mods.push(FlowMod::SetTunnelRemotes(crate::flow::TunnelRemotes::new(TUNNEL_PORT, (0..n).map(chassis_ip))));
+    }
+    dp.apply(&mods).expect("valid flows");
+    let batch = (0..32u32).map(|i| tunnel_packet(chassis_ip(i % 16), i)).collect();
+    (dp, batch)
+}
+
+/// The tunnel port of [`tunnel_scenario`].
+pub const TUNNEL_PORT: u32 = 3;
+
+/// The tunnel address of chassis `i` in [`tunnel_scenario`].
+pub fn chassis_ip(i: u32) -> u32 {
+    0xc000_0000 | (i + 1)
+}
+
+/// A tunnelled UDP frame from outer source `src` for local port `i % 32 + 1`.
+pub fn tunnel_packet(src: u32, i: u32) -> Packet {
+    let meta = crate::geneve::TunnelMeta {
+        vni: 1,
+        src,
+        dst: 0xc000_ff01,
+        ingress: 2,
+        egress: (i % 32 + 1) as u16,
+        identity: 0,
+    };
+    Packet {
+        tunnel: Some(meta),
+        ..Packet::new(udp64(0x0af4_0100 | i, 0x0af4_0200 | i, 10_000 + i as u16, 80), TUNNEL_PORT)
+    }
+}
+
 /// A pipeline whose traffic produces exactly `masks` distinct megaflow masks, with the
 /// 32 packets of the batch spread evenly over them. Flow `j` matches one bit of the L4
 /// ports and outranks flow `j + 1`, so a packet for flow `j` consults the masks of flows

@@ -7,6 +7,14 @@
 //! Connections live in a slab; a hash table indexes each by both its original and its
 //! reply tuple. Expired entries are invisible to lookups at once and reclaimed by a
 //! sweep that examines a bounded number of entries per call.
+//!
+//! Limits: the whole table and, optionally, each zone. A new connection that finds its
+//! zone or the table full takes the place of the oldest connection that was never
+//! assured (early drop, as Linux does): every connection starts on two lists, its zone's
+//! and the table's, in commit order, and leaves them for good once it is assured (a TCP
+//! handshake completed, a UDP or other reply seen), so a flood of half-open connections
+//! evicts itself and never an established one. NAT examines a bounded number of
+//! candidate ports per new connection.
 
 use hashbrown::HashTable;
 
@@ -69,7 +77,8 @@ impl Default for CtTimeouts {
 /// Conntrack tunables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtConfig {
-    /// Maximum tracked connections; commits beyond it fail (`ct_table_full`).
+    /// Maximum tracked connections; a commit beyond it evicts a connection that was never
+    /// assured (with `early_drop`) or fails (`ct_table_full`).
     pub max_connections: usize,
     /// Timeouts.
     pub timeouts: CtTimeouts,
@@ -78,12 +87,70 @@ pub struct CtConfig {
     pub tcp_loose: bool,
     /// Entries examined per [`Conntrack::sweep`] call.
     pub sweep_budget: usize,
+    /// When the table or a zone is full, a new connection replaces the oldest one of it
+    /// that was never assured (half-open TCP, unanswered UDP, ICMP) instead of failing.
+    pub early_drop: bool,
+    /// Most candidate (address, port) pairs NAT examines for one new connection before
+    /// it gives up (`nat_exhausted`). A range that fits is searched whole; a larger one
+    /// in runs from hashed starts (half the budget, then a quarter, ...), as Linux does.
+    pub nat_attempts: u32,
+}
+
+impl CtConfig {
+    /// The default [`CtConfig::nat_attempts`].
+    pub const DEFAULT_NAT_ATTEMPTS: u32 = 256;
 }
 
 impl Default for CtConfig {
     fn default() -> Self {
-        CtConfig { max_connections: 3_000_000, timeouts: CtTimeouts::default(), tcp_loose: true, sweep_budget: 1024 }
+        CtConfig {
+            max_connections: 3_000_000,
+            timeouts: CtTimeouts::default(),
+            tcp_loose: true,
+            sweep_budget: 1024,
+            early_drop: true,
+            nat_attempts: Self::DEFAULT_NAT_ATTEMPTS,
+        }
     }
+}
+
+/// The table-wide limits of [`CtConfig`] that may change while conntrack runs (a
+/// datapath process keeps its table through an agent restart; the restarted agent gives it
+/// its limits again, possibly new ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtTableLimits {
+    /// [`CtConfig::max_connections`] (at least 1).
+    pub max_connections: usize,
+    /// [`CtConfig::early_drop`].
+    pub early_drop: bool,
+    /// [`CtConfig::nat_attempts`] (at least 1).
+    pub nat_attempts: u32,
+}
+
+impl CtTableLimits {
+    /// The limits of `config`.
+    pub fn of(config: &CtConfig) -> CtTableLimits {
+        CtTableLimits {
+            max_connections: config.max_connections,
+            early_drop: config.early_drop,
+            nat_attempts: config.nat_attempts,
+        }
+    }
+}
+
+impl Default for CtTableLimits {
+    fn default() -> Self {
+        CtTableLimits::of(&CtConfig::default())
+    }
+}
+
+/// A zone's connection limit (`0`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ZoneLimitScope {
+    /// Every zone without a limit of its own.
+    Default,
+    /// One zone.
+    Zone(u16),
 }
 
 /// A connection's addresses, ports, protocol and zone. IPv4 addresses are stored as
@@ -243,8 +310,10 @@ impl<'a> CtRequest<'a> {
 /// Why conntrack made a packet drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtError {
-    /// The table is at `max_connections`.
+    /// The table is at `max_connections` and nothing could be evicted.
     TableFull,
+    /// The connection's zone is at its limit and nothing of it could be evicted.
+    ZoneFull,
     /// NAT found no free address/port in the range.
     NatExhausted,
 }
@@ -269,6 +338,15 @@ const F_SNAT: u8 = 2;
 const F_DNAT: u8 = 4;
 const F_FIN_ORIG: u8 = 8;
 const F_FIN_REPLY: u8 = 16;
+/// On the eviction lists: never assured yet.
+const F_UNASSURED: u8 = 32;
+
+/// No slab index (list ends).
+const NIL: u32 = u32::MAX;
+/// Links of the table's eviction list.
+const TABLE: usize = 0;
+/// Links of the zone's eviction list.
+const ZONE: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -300,6 +378,8 @@ pub struct Conn {
     pub mark: u32,
     state: State,
     flags: u8,
+    /// (previous, next) on the table's and the zone's eviction lists, while unassured.
+    links: [[u32; 2]; 2],
 }
 
 impl Conn {
@@ -316,6 +396,12 @@ impl Conn {
     /// Absolute expiry time (ns).
     pub fn expires(&self) -> u64 {
         self.expires
+    }
+
+    /// True once the connection is assured (a TCP handshake completed, a UDP or other
+    /// reply seen): early drop never evicts it.
+    pub fn assured(&self) -> bool {
+        self.flags & F_UNASSURED == 0
     }
 
     /// The tracking state, as `conntrack -L` names it (`SYN_SENT`, `ESTABLISHED`, ...).
@@ -342,6 +428,16 @@ pub enum Dir {
     Reply,
 }
 
+/// A zone's share of the table.
+#[derive(Debug, Clone, Copy)]
+struct ZoneState {
+    /// Connections held (including expired ones not yet swept).
+    count: u32,
+    /// Its eviction list: oldest unassured connection first.
+    head: u32,
+    tail: u32,
+}
+
 /// The connection table.
 #[derive(Debug)]
 pub struct Conntrack {
@@ -354,13 +450,29 @@ pub struct Conntrack {
     index: HashTable<(u32, u32)>,
     live: usize,
     cursor: usize,
+    /// Zones holding connections.
+    zones: hashbrown::HashMap<u16, ZoneState>,
+    /// The table's eviction list: oldest unassured connection first.
+    head: u32,
+    tail: u32,
+    /// Limit of every zone without its own (0: none).
+    default_zone_limit: u32,
+    /// Zones with a limit of their own (0: none, whatever the default).
+    zone_limits: hashbrown::HashMap<u16, u32>,
+    counters: CtCounters,
 }
 
-/// Counters for the bench and `dump-conntrack`.
+/// What the limits did, for `stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CtCounters {
-    /// Connections in the table (including expired ones not yet swept).
-    pub connections: usize,
+    /// Connections evicted to make room for new ones (early drop).
+    pub early_drops: u64,
+    /// New connections refused because their zone was full.
+    pub zone_full: u64,
+    /// New connections refused because the table was full.
+    pub table_full: u64,
+    /// New connections whose NAT found no free address and port.
+    pub nat_exhausted: u64,
 }
 
 /// How a packet's L4 header looks to conntrack.
@@ -430,7 +542,66 @@ fn packet_tuple(key: &FlowKey, frame: &[u8], offs: &HeaderOffsets, zone: u16) ->
 impl Conntrack {
     /// An empty table.
     pub fn new(config: CtConfig) -> Self {
-        Conntrack { config, slab: Vec::new(), free: Vec::new(), index: HashTable::new(), live: 0, cursor: 0 }
+        Conntrack {
+            config,
+            slab: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            live: 0,
+            cursor: 0,
+            zones: hashbrown::HashMap::new(),
+            head: NIL,
+            tail: NIL,
+            default_zone_limit: 0,
+            zone_limits: hashbrown::HashMap::new(),
+            counters: CtCounters::default(),
+        }
+    }
+
+    /// Sets a zone's limit, or the default of every zone without its own (0: none); the
+    /// connections a zone holds beyond a lowered limit stay until they end.
+    pub fn set_zone_limit(&mut self, scope: ZoneLimitScope, limit: u32) {
+        match scope {
+            ZoneLimitScope::Default => self.default_zone_limit = limit,
+            ZoneLimitScope::Zone(z) => {
+                self.zone_limits.insert(z, limit);
+            }
+        }
+    }
+
+    /// Forgets a zone's own limit (the default applies again), or the default.
+    pub fn clear_zone_limit(&mut self, scope: ZoneLimitScope) {
+        match scope {
+            ZoneLimitScope::Default => self.default_zone_limit = 0,
+            ZoneLimitScope::Zone(z) => {
+                self.zone_limits.remove(&z);
+            }
+        }
+    }
+
+    /// The limit that applies to `zone`, if any.
+    pub fn zone_limit(&self, zone: u16) -> Option<u32> {
+        let limit = self.zone_limits.get(&zone).copied().unwrap_or(self.default_zone_limit);
+        (limit != 0).then_some(limit)
+    }
+
+    /// Connections `zone` holds (including expired ones not yet swept).
+    pub fn zone_len(&self, zone: u16) -> usize {
+        self.zones.get(&zone).map_or(0, |z| z.count as usize)
+    }
+
+    /// What the limits did so far.
+    pub fn counters(&self) -> CtCounters {
+        self.counters
+    }
+
+    /// Replaces the table-wide limits. The connections held beyond a lowered
+    /// `max_connections` stay until they end; new ones wait for room (early drop) or are
+    /// refused, as in a full table.
+    pub fn set_table_limits(&mut self, limits: CtTableLimits) {
+        self.config.max_connections = limits.max_connections.max(1);
+        self.config.early_drop = limits.early_drop;
+        self.config.nat_attempts = limits.nat_attempts.max(1);
     }
 
     /// The configuration.
@@ -477,7 +648,17 @@ impl Conntrack {
     }
 
     fn remove(&mut self, idx: u32) {
+        if self.slab[idx as usize].as_ref().is_some_and(|c| !c.assured()) {
+            self.unlink(idx);
+        }
         let Some(c) = self.slab[idx as usize].take() else { return };
+        let zone = c.orig.zone;
+        if let hashbrown::hash_map::Entry::Occupied(mut z) = self.zones.entry(zone) {
+            z.get_mut().count -= 1;
+            if z.get().count == 0 {
+                z.remove();
+            }
+        }
         for (dir, t) in [(0u32, &c.orig), (1, &c.reply)] {
             let e = idx << 1 | dir;
             if let Ok(o) = self.index.find_entry(spread(t.hash32()), |&(_, x)| x == e) {
@@ -488,14 +669,114 @@ impl Conntrack {
         self.live -= 1;
     }
 
-    fn insert(&mut self, c: Conn, now: u64) -> Option<u32> {
+    /// Makes room for a new connection in `zone`: within the zone's limit, then within
+    /// the table's (expired entries first), evicting the oldest unassured connection of
+    /// the zone, then of the table, when early drop is on.
+    fn make_room(&mut self, zone: u16, now: u64) -> Result<(), CtError> {
+        if let Some(limit) = self.zone_limit(zone)
+            && self.zone_len(zone) >= limit as usize
+        {
+            let head = self.zones.get(&zone).map_or(NIL, |z| z.head);
+            if !(self.config.early_drop && self.evict(head, now)) {
+                self.counters.zone_full += 1;
+                return Err(CtError::ZoneFull);
+            }
+        }
         if self.live >= self.config.max_connections {
-            // Make room from expired entries before refusing.
+            // Make room from expired entries first.
+            self.sweep(now, self.config.sweep_budget);
+            if self.live >= self.config.max_connections && !(self.config.early_drop && self.evict(self.head, now)) {
+                self.counters.table_full += 1;
+                return Err(CtError::TableFull);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the connection at `idx` (the head of an eviction list) to make room;
+    /// false if there is none.
+    fn evict(&mut self, idx: u32, now: u64) -> bool {
+        let Some(c) = self.slab.get(idx as usize).and_then(Option::as_ref) else { return false };
+        if c.expires > now {
+            self.counters.early_drops += 1;
+        }
+        self.remove(idx);
+        true
+    }
+
+    /// Appends the new connection at `idx` to the tail of the table's and its zone's
+    /// eviction lists.
+    fn link(&mut self, idx: u32, zone: u16) {
+        let z = self.zones.entry(zone).or_insert(ZoneState { count: 0, head: NIL, tail: NIL });
+        z.count += 1;
+        let zone_tail = std::mem::replace(&mut z.tail, idx);
+        if zone_tail == NIL {
+            z.head = idx;
+        }
+        let table_tail = std::mem::replace(&mut self.tail, idx);
+        if table_tail == NIL {
+            self.head = idx;
+        }
+        if let Some(c) = self.slab[idx as usize].as_mut() {
+            c.links = [[table_tail, NIL], [zone_tail, NIL]];
+        }
+        if zone_tail != NIL
+            && let Some(c) = self.slab[zone_tail as usize].as_mut()
+        {
+            c.links[ZONE][1] = idx;
+        }
+        if table_tail != NIL
+            && let Some(c) = self.slab[table_tail as usize].as_mut()
+        {
+            c.links[TABLE][1] = idx;
+        }
+    }
+
+    /// Takes the connection at `idx` off both eviction lists (it is assured, or going).
+    fn unlink(&mut self, idx: u32) {
+        let Some(c) = self.slab[idx as usize].as_mut() else { return };
+        c.flags &= !F_UNASSURED;
+        let (links, zone) = (c.links, c.orig.zone);
+        for (list, [prev, next]) in links.into_iter().enumerate() {
+            match prev {
+                NIL if list == TABLE => self.head = next,
+                NIL => {
+                    if let Some(z) = self.zones.get_mut(&zone) {
+                        z.head = next;
+                    }
+                }
+                p => {
+                    if let Some(pc) = self.slab[p as usize].as_mut() {
+                        pc.links[list][1] = next;
+                    }
+                }
+            }
+            match next {
+                NIL if list == TABLE => self.tail = prev,
+                NIL => {
+                    if let Some(z) = self.zones.get_mut(&zone) {
+                        z.tail = prev;
+                    }
+                }
+                n => {
+                    if let Some(nc) = self.slab[n as usize].as_mut() {
+                        nc.links[list][0] = prev;
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, mut c: Conn, now: u64) -> Option<u32> {
+        if self.live >= self.config.max_connections {
+            // `make_room` ran first; only a table without early drop gets here full.
             self.sweep(now, self.config.sweep_budget);
             if self.live >= self.config.max_connections {
                 return None;
             }
         }
+        c.flags |= F_UNASSURED;
+        let zone = c.orig.zone;
         let (h_orig, h_reply) = (c.orig.hash32(), c.reply.hash32());
         let idx = match self.free.pop() {
             Some(i) => {
@@ -510,6 +791,7 @@ impl Conntrack {
         self.index.insert_unique(spread(h_orig), (h_orig, idx << 1), |&(h, _)| spread(h));
         self.index.insert_unique(spread(h_reply), (h_reply, idx << 1 | 1), |&(h, _)| spread(h));
         self.live += 1;
+        self.link(idx, zone);
         Some(idx)
     }
 
@@ -646,6 +928,9 @@ impl Conntrack {
             }
             timeouts_state = c.state;
         }
+        if !self.slab[idx as usize].as_ref().is_some_and(Conn::assured) && assured_state(timeouts_state) {
+            self.unlink(idx);
+        }
         let to = self.timeout(timeouts_state);
         let c = self.slab[idx as usize].as_mut().expect("found entries are live");
         c.expires = now + to;
@@ -693,6 +978,9 @@ impl Conntrack {
         if !commit {
             return CtResult { state: bits, ..Default::default() };
         }
+        if let Err(e) = self.make_room(tuple.zone, now) {
+            return CtResult { state: bits, error: Some(e), ..Default::default() };
+        }
         let mut c = Conn {
             orig: tuple,
             reply: tuple.reverse(),
@@ -701,20 +989,17 @@ impl Conntrack {
             mark: 0,
             state,
             flags: 0,
+            links: [[NIL; 2]; 2],
         };
         if let Some(n) = nat {
-            match n {
-                NatAction::Stored => {}
-                NatAction::Src(r) => {
-                    if !self.allocate(&mut c, r, true, now) {
-                        return CtResult { state: bits, error: Some(CtError::NatExhausted), ..Default::default() };
-                    }
-                }
-                NatAction::Dst(r) => {
-                    if !self.allocate(&mut c, r, false, now) {
-                        return CtResult { state: bits, error: Some(CtError::NatExhausted), ..Default::default() };
-                    }
-                }
+            let allocated = match n {
+                NatAction::Stored => true,
+                NatAction::Src(r) => self.allocate(&mut c, r, true, now),
+                NatAction::Dst(r) => self.allocate(&mut c, r, false, now),
+            };
+            if !allocated {
+                self.counters.nat_exhausted += 1;
+                return CtResult { state: bits, error: Some(CtError::NatExhausted), ..Default::default() };
             }
         }
         apply_mark_label(&mut c, req.set_mark, req.set_label);
@@ -733,10 +1018,11 @@ impl Conntrack {
     /// Picks a translated address/port in `r` whose reply tuple is free, and records it.
     ///
     /// The address is chosen by a hash of the original tuple. Ports: with a port range,
-    /// every port of it from a hashed start; without one, the original port first. If
-    /// all of those clash (or a destination NAT's port clashes) and the NAT was not
-    /// given an explicit source port range, the source port moves into the ephemeral
-    /// range instead — the implicit source NAT Linux also does.
+    /// the range from a hashed start; without one, the original port first. If those
+    /// clash (or a destination NAT's port clashes) and the NAT was not given an explicit
+    /// source port range, the source port moves into the ephemeral range instead — the
+    /// implicit source NAT Linux also does. At most `nat_attempts` candidates are
+    /// examined in all ([`probe_offsets`]), so a full range costs a bounded search.
     fn allocate(&mut self, c: &mut Conn, r: &NatRange, src: bool, now: u64) -> bool {
         let (amin, amax) = (addr_u128(&r.addr_min), addr_u128(&r.addr_max));
         if amin > amax || is_v4(&r.addr_min) != is_v4(&c.orig.src) || is_v4(&r.addr_max) != is_v4(&c.orig.src) {
@@ -770,16 +1056,6 @@ impl Conntrack {
             let p = if src || icmp { c.orig.sport } else { c.orig.dport };
             (p, p)
         };
-        // Candidates, lazily: the range (or the original port) from a hashed start, then,
-        // unless the NAT is a source NAT with its own port range, source ports from the
-        // ephemeral range.
-        let span = (hi - lo) as u64 + 1;
-        let first = if ports_given { h.rotate_left(20) % span } else { 0 };
-        let in_range = (0..span).map(move |i| (lo + ((first + i) % span) as u16, src));
-        let eph_first = h.rotate_left(40) % 64512;
-        let n_fallback = if src && ports_given { 0 } else { 64512 };
-        let fallback = (0..n_fallback).map(move |i| (1024 + ((eph_first + i) % 64512) as u16, true));
-        let tries = in_range.chain(fallback);
         let mut candidate = |t: Tuple, this: &mut Self| -> bool {
             let reply = t.reverse();
             if this.find(&reply, now).is_none() {
@@ -796,17 +1072,32 @@ impl Conntrack {
         if !has_ports {
             return candidate(base, self);
         }
-        for (i, (port, source)) in tries.enumerate() {
+        // Candidates, lazily: the range (or the original port) from a hashed start, then,
+        // unless the NAT is a source NAT with its own port range, source ports from the
+        // ephemeral range — within one budget.
+        let budget = u64::from(self.config.nat_attempts.max(1));
+        let span = (hi - lo) as u64 + 1;
+        let first = if ports_given { h.rotate_left(20) % span } else { 0 };
+        let mut tried = 0;
+        for offset in probe_offsets(span, first, h, budget) {
+            tried += 1;
             let mut t = base;
-            if (i as u64) < span {
-                set_port(&mut t, port, source);
-            } else {
-                // Keep the NATed destination port, move the source port.
-                if ports_given && !src {
-                    set_port(&mut t, lo, false);
-                }
-                set_port(&mut t, port, true);
+            set_port(&mut t, lo + offset as u16, src);
+            if candidate(t, self) {
+                return true;
             }
+        }
+        if src && ports_given {
+            return false;
+        }
+        const EPHEMERAL: u64 = 64512;
+        for offset in probe_offsets(EPHEMERAL, h.rotate_left(40) % EPHEMERAL, h.rotate_left(7), budget - tried) {
+            let mut t = base;
+            // Keep the NATed destination port, move the source port.
+            if ports_given && !src {
+                set_port(&mut t, lo, false);
+            }
+            set_port(&mut t, 1024 + offset as u16, true);
             if candidate(t, self) {
                 return true;
             }
@@ -851,6 +1142,43 @@ fn nat_state(flags: u8, dir: Dir) -> u8 {
         Dir::Reply => (dnat, snat),
     };
     (if src_rewritten { ct_state::SNAT } else { 0 }) | (if dst_rewritten { ct_state::DNAT } else { 0 })
+}
+
+/// True for states that assure a connection: a completed TCP handshake (and what
+/// follows it), a reply to UDP or another protocol. ICMP echo never is.
+fn assured_state(s: State) -> bool {
+    matches!(
+        s,
+        State::TcpEstablished | State::TcpFinWait | State::TcpTimeWait | State::UdpMultiple | State::OtherMultiple
+    )
+}
+
+/// The offsets into a span of `span` candidates to examine, at most `budget` of them:
+/// all of them from `first` when the span fits in the budget; otherwise runs of
+/// consecutive offsets, the first from `first` and each later one from a start hashed
+/// from `h`, half the budget long, then a quarter, ... (at least 8), until the budget is
+/// spent — a nearly full range is sampled in several places rather than scanned whole,
+/// as Linux's `nf_nat_l4proto_unique_tuple` does.
+fn probe_offsets(span: u64, first: u64, h: u64, budget: u64) -> impl Iterator<Item = u64> {
+    let whole = span <= budget;
+    let mut left = if whole { span } else { budget };
+    let mut run_len = if whole { span } else { (budget / 2).max(8) };
+    let (mut start, mut at, mut round) = (first % span.max(1), 0u64, 0u32);
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        if at == run_len {
+            round += 1;
+            start = hash::finish(hash::mix(h, u64::from(round))) % span;
+            at = 0;
+            run_len = (run_len / 2).max(8);
+        }
+        let offset = (start + at) % span;
+        at += 1;
+        left -= 1;
+        Some(offset)
+    })
 }
 
 fn apply_mark_label(c: &mut Conn, set_mark: Option<(u32, u32)>, set_label: Option<(u128, u128)>) {
@@ -1177,12 +1505,13 @@ mod tests {
     }
 
     /// The agent's SNAT range for pod egress: every allocation stays inside it, and a
-    /// full range refuses new connections (`nat_exhausted`) until one ends.
+    /// full range refuses new connections (`nat_exhausted`) until one ends. (Searched
+    /// whole here, so that every last port is found; the default search is bounded.)
     #[test]
     fn snat_port_range_is_never_left_and_exhaustion_is_a_drop() {
         let (lo, hi) = (61000u16, 65535u16);
         let range = NatRange { addr_min: v4(NODE), addr_max: v4(NODE), port_min: lo, port_max: hi };
-        let mut ct = Conntrack::new(CtConfig::default());
+        let mut ct = Conntrack::new(CtConfig { nat_attempts: u32::MAX, ..CtConfig::default() });
         let mut seen = std::collections::HashSet::new();
         let n = u32::from(hi - lo) + 1;
         for client in 0..n {
@@ -1248,9 +1577,10 @@ mod tests {
         assert_eq!(fields(&r), (B, A + 1, 53, 5353));
     }
 
+    /// The hard limit, without early drop.
     #[test]
     fn table_limit() {
-        let mut ct = Conntrack::new(CtConfig { max_connections: 2, ..CtConfig::default() });
+        let mut ct = Conntrack::new(CtConfig { max_connections: 2, early_drop: false, ..CtConfig::default() });
         for p in 0..2 {
             assert_eq!(track(&mut ct, &mut tcp(A, B, 1000 + p, 80, 0x02), true, None, 0).error, None);
         }
@@ -1386,6 +1716,216 @@ mod tests {
         let offs = parse_frame(&g, &mut key);
         let r = ct.track(&mut g, &offs, &key, &CtRequest::zone(1), 1);
         assert_eq!((r.mark, r.label), (0xab, 1 << 100), "replies see the connection's mark and label");
+    }
+
+    /// Opens a TCP connection from A:`sport` to B:80 through the whole handshake (assured).
+    fn established(ct: &mut Conntrack, sport: u16, zone: u16, now: u64) -> CtResult {
+        let step = |ct: &mut Conntrack, f: &mut Vec<u8>, commit: bool| {
+            let mut key = FlowKey::ZERO;
+            let offs = parse_frame(f, &mut key);
+            let req = CtRequest { commit, ..CtRequest::zone(zone) };
+            ct.track(f, &offs, &key, &req, now)
+        };
+        let r = step(ct, &mut tcp(A, B, sport, 80, 0x02), true);
+        if r.error.is_some() {
+            return r;
+        }
+        step(ct, &mut tcp(B, A, 80, sport, 0x12), false);
+        step(ct, &mut tcp(A, B, sport, 80, 0x10), false)
+    }
+
+    fn syn(ct: &mut Conntrack, sport: u16, zone: u16, now: u64) -> CtResult {
+        let mut f = tcp(A, B, sport, 80, 0x02);
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&f, &mut key);
+        ct.track(&mut f, &offs, &key, &CtRequest::zone(zone).commit(), now)
+    }
+
+    fn has(ct: &mut Conntrack, sport: u16, zone: u16, now: u64) -> bool {
+        let t = Tuple { src: v4(A), dst: v4(B), sport, dport: 80, proto: ip_proto::TCP, zone };
+        ct.find(&t, now).is_some()
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_unassured_connection_never_an_established_one() {
+        let mut ct = Conntrack::new(CtConfig { max_connections: 4, ..CtConfig::default() });
+        assert!(established(&mut ct, 1, 0, 0).state & ct_state::EST != 0);
+        assert!(established(&mut ct, 2, 0, 0).state & ct_state::EST != 0);
+        // A flood of half-open connections: each new one takes the place of the oldest.
+        for p in 100..110 {
+            assert_eq!(syn(&mut ct, p, 0, 1).error, None, "SYN {p}");
+        }
+        assert_eq!(ct.len(), 4);
+        assert_eq!(ct.counters().early_drops, 8);
+        assert!(has(&mut ct, 1, 0, 2) && has(&mut ct, 2, 0, 2), "established connections stay");
+        assert!(has(&mut ct, 108, 0, 2) && has(&mut ct, 109, 0, 2), "the newest half-open ones stay");
+        assert!(!has(&mut ct, 100, 0, 2));
+        // A new connection completes its handshake while the flood goes on: once assured
+        // it is out of reach.
+        assert_eq!(syn(&mut ct, 50, 0, 3).error, None);
+        assert!(established(&mut ct, 50, 0, 3).state & ct_state::EST != 0);
+        for p in 200..210 {
+            assert_eq!(syn(&mut ct, p, 0, 4).error, None, "SYN {p}");
+        }
+        assert!(has(&mut ct, 1, 0, 5) && has(&mut ct, 2, 0, 5) && has(&mut ct, 50, 0, 5));
+        // Nothing left to evict: the table refuses.
+        assert!(established(&mut ct, 51, 0, 6).state & ct_state::EST != 0);
+        assert_eq!(syn(&mut ct, 300, 0, 7).error, Some(CtError::TableFull));
+        assert_eq!(ct.counters().table_full, 1);
+        // UDP: unassured until answered.
+        let mut q = ipv4_frame(ip_proto::UDP, A, B, 5353, 53, b"q");
+        assert_eq!(track(&mut ct, &mut q, true, None, 8).error, Some(CtError::TableFull));
+    }
+
+    #[test]
+    fn table_limits_change_while_connections_stay() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        for p in 1..=3 {
+            assert!(established(&mut ct, p, 0, 0).state & ct_state::EST != 0);
+        }
+        assert_eq!(syn(&mut ct, 10, 0, 0).error, None);
+        // Lowered below what the table holds: everything held stays, the half-open one
+        // makes room for the next, and with early drop off a new one is refused.
+        ct.set_table_limits(CtTableLimits { max_connections: 4, early_drop: true, nat_attempts: 16 });
+        assert_eq!(
+            CtTableLimits::of(ct.config()),
+            CtTableLimits { max_connections: 4, early_drop: true, nat_attempts: 16 }
+        );
+        assert_eq!(syn(&mut ct, 11, 0, 1).error, None);
+        assert_eq!(ct.counters().early_drops, 1);
+        assert!(!has(&mut ct, 10, 0, 1) && has(&mut ct, 11, 0, 1));
+        ct.set_table_limits(CtTableLimits { max_connections: 2, early_drop: false, nat_attempts: 16 });
+        assert_eq!(ct.len(), 4);
+        assert!((1..=3).all(|p| has(&mut ct, p, 0, 2)), "established connections stay");
+        assert_eq!(syn(&mut ct, 12, 0, 2).error, Some(CtError::TableFull));
+        // Raised again: room at once. Zero is no limit anyone asked for: one at least.
+        ct.set_table_limits(CtTableLimits { max_connections: 8, ..CtTableLimits::default() });
+        assert_eq!(syn(&mut ct, 12, 0, 3).error, None);
+        ct.set_table_limits(CtTableLimits { max_connections: 0, early_drop: true, nat_attempts: 0 });
+        assert_eq!((ct.config().max_connections, ct.config().nat_attempts), (1, 1));
+    }
+
+    #[test]
+    fn zone_limits_confine_a_zone_and_evict_within_it() {
+        let mut ct = Conntrack::new(CtConfig::default());
+        ct.set_zone_limit(ZoneLimitScope::Default, 3);
+        ct.set_zone_limit(ZoneLimitScope::Zone(9), 0);
+        assert_eq!((ct.zone_limit(1), ct.zone_limit(9), ct.zone_limit(2)), (Some(3), None, Some(3)));
+        // Zone 1: one established connection, then a flood.
+        assert!(established(&mut ct, 1, 1, 0).state & ct_state::EST != 0);
+        for p in 100..120 {
+            assert_eq!(syn(&mut ct, p, 1, 1).error, None);
+        }
+        assert_eq!(ct.zone_len(1), 3);
+        assert!(has(&mut ct, 1, 1, 2), "the established connection of the zone stays");
+        // Zone 2 is not touched by zone 1's flood, and evicts its own.
+        assert!(established(&mut ct, 7, 2, 2).state & ct_state::EST != 0);
+        assert_eq!(syn(&mut ct, 8, 2, 2).error, None);
+        assert_eq!(syn(&mut ct, 9, 2, 2).error, None);
+        assert_eq!(syn(&mut ct, 10, 2, 2).error, None);
+        assert!(has(&mut ct, 7, 2, 3) && !has(&mut ct, 8, 2, 3) && has(&mut ct, 10, 2, 3));
+        assert!(has(&mut ct, 119, 1, 3), "zone 1's newest is untouched by zone 2");
+        // A zone of established connections refuses.
+        assert!(established(&mut ct, 2, 3, 4).state & ct_state::EST != 0);
+        assert!(established(&mut ct, 3, 3, 4).state & ct_state::EST != 0);
+        assert!(established(&mut ct, 4, 3, 4).state & ct_state::EST != 0);
+        assert_eq!(syn(&mut ct, 5, 3, 5).error, Some(CtError::ZoneFull));
+        assert_eq!(ct.counters().zone_full, 1);
+        // Zone 9 has no limit.
+        for p in 0..10 {
+            assert_eq!(syn(&mut ct, p, 9, 6).error, None);
+        }
+        assert_eq!(ct.zone_len(9), 10);
+        // Without early drop, a full zone refuses at once.
+        let mut strict = Conntrack::new(CtConfig { early_drop: false, ..CtConfig::default() });
+        strict.set_zone_limit(ZoneLimitScope::Zone(4), 1);
+        assert_eq!(syn(&mut strict, 1, 4, 0).error, None);
+        assert_eq!(syn(&mut strict, 2, 4, 0).error, Some(CtError::ZoneFull));
+        strict.clear_zone_limit(ZoneLimitScope::Zone(4));
+        assert_eq!(syn(&mut strict, 2, 4, 0).error, None);
+        // Expired and removed connections leave their zone's count.
+        let later = CtTimeouts::default().tcp_syn_sent + 10;
+        strict.sweep(later, 100);
+        assert_eq!((strict.zone_len(4), strict.len()), (0, 0));
+    }
+
+    #[test]
+    fn eviction_lists_stay_consistent_under_removals() {
+        // Connections of two zones, some assured, removed in every way; the lists must
+        // hold exactly the live unassured connections, oldest first.
+        let mut ct = Conntrack::new(CtConfig::default());
+        for p in 0..40u16 {
+            let zone = p % 2;
+            if p % 3 == 0 {
+                established(&mut ct, p, zone, u64::from(p));
+            } else {
+                syn(&mut ct, p, zone, u64::from(p));
+            }
+        }
+        ct.remove_where(|c| c.orig.sport % 5 == 0);
+        let (mut expect_table, mut expect_zone) = (Vec::new(), [Vec::new(), Vec::new()]);
+        for p in 0..40u16 {
+            if p % 3 != 0 && p % 5 != 0 {
+                expect_table.push(p);
+                expect_zone[usize::from(p % 2)].push(p);
+            }
+        }
+        let walk = |ct: &Conntrack, mut at: u32, list: usize| {
+            let mut out = Vec::new();
+            while at != NIL {
+                let c = ct.conn(at).expect("listed connections are live");
+                assert!(!c.assured());
+                out.push(c.orig.sport);
+                at = c.links[list][1];
+            }
+            out
+        };
+        assert_eq!(walk(&ct, ct.head, TABLE), expect_table);
+        for z in 0..2u16 {
+            assert_eq!(walk(&ct, ct.zones[&z].head, ZONE), expect_zone[usize::from(z)], "zone {z}");
+        }
+        assert_eq!(ct.zone_len(0) + ct.zone_len(1), ct.len());
+    }
+
+    #[test]
+    fn the_nat_search_is_bounded() {
+        // Offsets: the whole span when it fits, else exactly the budget, all in range.
+        let all: Vec<u64> = probe_offsets(10, 7, 1, 256).collect();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all.iter().copied().collect::<std::collections::BTreeSet<_>>().len(), 10);
+        assert_eq!(all[0], 7);
+        let some: Vec<u64> = probe_offsets(64512, 100, 42, 256).collect();
+        assert_eq!(some.len(), 256);
+        assert!(some.iter().all(|o| *o < 64512));
+        assert_eq!(&some[..3], &[100, 101, 102], "the first run starts at the hashed offset");
+        assert!(some.iter().copied().collect::<std::collections::BTreeSet<_>>().len() > 200, "runs in several places");
+        // A full SNAT range: a new connection is refused after the budget, as before.
+        let (lo, hi) = (61000u16, 65535u16);
+        let range = NatRange { addr_min: v4(NODE), addr_max: v4(NODE), port_min: lo, port_max: hi };
+        let mut ct = Conntrack::new(CtConfig { nat_attempts: u32::MAX, ..CtConfig::default() });
+        for client in 0..u32::from(hi - lo) + 1 {
+            let mut f = tcp(0x0a00_0000 + client, B, 40000, 443, 0x02);
+            assert_eq!(track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 0).error, None);
+        }
+        ct.config.nat_attempts = CtConfig::DEFAULT_NAT_ATTEMPTS;
+        let mut f = tcp(0x0b00_0001, B, 40000, 443, 0x02);
+        assert_eq!(track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 1).error, Some(CtError::NatExhausted));
+        assert_eq!(ct.counters().nat_exhausted, 1);
+        // Half full, the bounded search still gives every connection a port of the range.
+        let mut ct = Conntrack::new(CtConfig::default());
+        let mut seen = std::collections::HashSet::new();
+        for client in 0..u32::from(hi - lo).div_ceil(2) {
+            let mut f = tcp(0x0a00_0000 + client, B, 40000, 443, 0x02);
+            assert_eq!(track(&mut ct, &mut f, true, Some(NatAction::Src(range)), 0).error, None, "client {client}");
+            assert!(seen.insert(fields(&f).2));
+        }
+        // Without a range (forced SNAT keeping the port), the ephemeral fallback is
+        // bounded too: the budget covers the original port and 255 ephemeral ones.
+        let mut ct = Conntrack::new(CtConfig { nat_attempts: 3, ..CtConfig::default() });
+        for client in 0..3 {
+            let mut f = tcp(A + client, B, 5555, 443, 0x02);
+            assert_eq!(track(&mut ct, &mut f, true, Some(NatAction::Src(NatRange::v4(NODE))), 0).error, None);
+        }
     }
 
     #[test]

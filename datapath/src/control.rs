@@ -107,6 +107,8 @@ impl Control {
                         | FlowMod::AddGroup(_)
                         | FlowMod::AddLoadBalancer(_)
                         | FlowMod::AddTunnelPort(_)
+                        | FlowMod::SetTunnelRemotes(_)
+                        | FlowMod::SetZoneLimit(_)
                 )
             })
             .cloned()
@@ -234,6 +236,12 @@ impl Control {
         for t in &installed.tunnels {
             let _ = writeln!(out, "{}", flowtext::format_tunnel(t));
         }
+        for r in &installed.tunnel_remotes {
+            let _ = writeln!(out, "{}", flowtext::format_tunnel_remotes(r));
+        }
+        for z in &installed.zone_limits {
+            let _ = writeln!(out, "{}", flowtext::format_zone_limit(z));
+        }
         out
     }
 
@@ -297,6 +305,7 @@ impl Control {
         let _ = writeln!(out, "megaflow_masks={}", s.megaflow_masks);
         let _ = writeln!(out, "flows={}", s.flows);
         let _ = writeln!(out, "connections={}", s.connections);
+        let _ = writeln!(out, "ct_early_drops={}", s.conntrack.early_drops);
         let _ = writeln!(out, "recirculations={}", s.recirculations);
         let _ = writeln!(out, "evictions={}", s.evictions);
         let _ = writeln!(out, "invalidations={}", s.invalidations);
@@ -401,6 +410,8 @@ fn describe(m: Option<&FlowMod>) -> String {
         Some(FlowMod::AddGroup(g)) => flowtext::format_group(g),
         Some(FlowMod::AddLoadBalancer(l)) => flowtext::format_load_balancer(l),
         Some(FlowMod::AddTunnelPort(t)) => flowtext::format_tunnel(t),
+        Some(FlowMod::SetTunnelRemotes(r)) => flowtext::format_tunnel_remotes(r),
+        Some(FlowMod::SetZoneLimit(z)) => flowtext::format_zone_limit(z),
         Some(other) => format!("{other:?}"),
         None => "an entry".to_string(),
     }
@@ -446,6 +457,29 @@ fn diff(old: &FlowFile, new: &FlowFile) -> (Vec<FlowMod>, ReloadReport) {
     for t in &new.tunnels {
         if !old.tunnels.contains(t) {
             mods.push(FlowMod::AddTunnelPort(*t));
+        }
+    }
+    let new_remotes: HashMap<u32, _> = new.tunnel_remotes.iter().map(|r| (r.port, r)).collect();
+    for r in &old.tunnel_remotes {
+        if !new_remotes.contains_key(&r.port) {
+            mods.push(FlowMod::DeleteTunnelRemotes(r.port));
+        }
+    }
+    let old_remotes: HashMap<u32, _> = old.tunnel_remotes.iter().map(|r| (r.port, r)).collect();
+    for r in &new.tunnel_remotes {
+        if old_remotes.get(&r.port) != Some(&r) {
+            mods.push(FlowMod::SetTunnelRemotes(r.clone()));
+        }
+    }
+    let new_limits: HashMap<_, _> = new.zone_limits.iter().map(|z| (z.scope, z)).collect();
+    for z in &old.zone_limits {
+        if !new_limits.contains_key(&z.scope) {
+            mods.push(FlowMod::DeleteZoneLimit(z.scope));
+        }
+    }
+    for z in &new.zone_limits {
+        if !old.zone_limits.contains(z) {
+            mods.push(FlowMod::SetZoneLimit(*z));
         }
     }
     let new_lbs: HashMap<u32, _> = new.load_balancers.iter().map(|l| (l.id, l)).collect();
@@ -641,6 +675,49 @@ table=0,priority=0,actions=drop
         assert!(est.contains("ct_state=est|trk"), "{est}");
         let last = est.lines().rev().find(|l| l.starts_with("Datapath actions:")).unwrap();
         assert!(last.contains("output:3"), "{est}");
+    }
+
+    /// A tunnelled UDP frame from `src`, as the Geneve port hands it over.
+    fn tunnelled(c: &Control, src: u32) -> (Vec<u32>, Vec<(crate::DropReason, u64)>) {
+        let mut w = c.dp.worker();
+        let mut sink = CollectSink::default();
+        let meta = crate::geneve::TunnelMeta { vni: 1, src, dst: 0xc000_020b, ingress: 1, egress: 2, identity: 0 };
+        let frame = ipv4_frame(ip_proto::UDP, 0x0a00_0001, 0x0a00_0002, 1, 2, b"x");
+        let mut pkts = vec![crate::datapath::Packet { tunnel: Some(meta), ..crate::datapath::Packet::new(frame, 3) }];
+        c.dp.process_batch(&mut w, &mut pkts, 1, &mut sink);
+        (sink.outputs.iter().map(|o| o.1).collect(), c.dp.stats().drops)
+    }
+
+    #[test]
+    fn tunnel_remotes_and_zone_limits_install_change_and_go() {
+        let c = control();
+        let base = "tunnel=3,local_ip=192.0.2.11,underlay_port=3\nin_port=3,actions=output:2\n";
+        c.reload(base).unwrap();
+        assert_eq!(tunnelled(&c, 0xc000_020c).0, [2], "no remotes: every source");
+        let with = format!("{base}tunnel_remotes=3,remotes=192.0.2.12\nct_zone_limit=default,limit=5\n");
+        c.reload(&with).unwrap();
+        assert_eq!(tunnelled(&c, 0xc000_020c).0, [2], "a remote");
+        let (out, drops) = tunnelled(&c, 0xcb00_7109);
+        assert!(out.is_empty(), "203.0.113.9 is no remote");
+        assert_eq!(drops, [(crate::DropReason::TunnelUnknownSource, 1)]);
+        assert_eq!(c.dp.zone_limit(7), Some(5));
+        let dump = c.dump_flows();
+        assert!(dump.contains("tunnel_remotes=3,remotes=192.0.2.12\n"), "{dump}");
+        assert!(dump.contains("ct_zone_limit=default,limit=5\n"), "{dump}");
+        let stats = c.stats();
+        assert!(stats.lines().any(|l| l == "drops_tunnel_unknown_source=1"), "{stats}");
+        assert!(stats.lines().any(|l| l == "ct_early_drops=0"), "{stats}");
+        // Another remote set, another limit; then both gone.
+        c.reload(&format!("{base}tunnel_remotes=3,remotes=203.0.113.9\nct_zone_limit=7,limit=2\n")).unwrap();
+        assert_eq!(tunnelled(&c, 0xcb00_7109).0, [2]);
+        assert!(tunnelled(&c, 0xc000_020c).0.is_empty());
+        assert_eq!((c.dp.zone_limit(7), c.dp.zone_limit(8)), (Some(2), None));
+        c.reload(base).unwrap();
+        assert_eq!(tunnelled(&c, 0xc000_020c).0, [2]);
+        assert_eq!(c.dp.zone_limit(7), None);
+        // No remote at all: nothing enters through the tunnel.
+        c.reload(&format!("{base}tunnel_remotes=3,remotes=\n")).unwrap();
+        assert!(tunnelled(&c, 0xc000_020c).0.is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::audit::{AuditBatch, AuditConfig, AuditLog};
-use crate::conntrack::{Conntrack, CtConfig};
+use crate::conntrack::{Conntrack, CtConfig, CtCounters, CtTableLimits};
 pub use crate::exec::OutputSink;
 use crate::exec::{self, ExecCtx, Outcome};
 use crate::flow::{Flow, FlowMod};
@@ -145,6 +145,8 @@ pub struct DatapathStats {
     pub megaflow_masks: usize,
     /// Tracked connections now (including expired ones not yet swept).
     pub connections: usize,
+    /// What conntrack's limits did (early drops, refusals).
+    pub conntrack: CtCounters,
     /// Packets that went through the pipeline again after conntrack.
     pub recirculations: u64,
     /// Flows installed.
@@ -212,8 +214,67 @@ pub struct Datapath {
     megaflows: RwLock<MegaflowCache>,
     conntrack: Mutex<Conntrack>,
     lbs: Mutex<HashMap<u32, LbState>>,
+    /// The outer sources each tunnel port with remotes accepts, replaced whole on change
+    /// so that a batch reads one snapshot without holding a lock across upcalls.
+    tunnel_remotes: RwLock<Arc<TunnelRemoteSets>>,
     counters: DatapathCounters,
     audit: Mutex<AuditLog>,
+}
+
+/// Tunnel port → the outer IPv4 sources it accepts (a node has one or two tunnel ports).
+type TunnelRemoteSets = Vec<(u32, RemoteSet)>;
+
+/// A tunnel port's remotes, checked for every tunnelled frame: open addressing on the
+/// address with a multiplicative hash and linear probing, at most half full, so a check
+/// is one or two probes of one array.
+#[derive(Debug, Clone)]
+struct RemoteSet {
+    /// Addresses; 0 marks an empty slot (0.0.0.0 is kept in `has_zero`).
+    slots: Box<[u32]>,
+    /// 32 − log2(slots).
+    shift: u32,
+    has_zero: bool,
+}
+
+impl RemoteSet {
+    fn new(addresses: &[u32]) -> RemoteSet {
+        let len = (addresses.len() * 2).next_power_of_two().max(8);
+        let mut set =
+            RemoteSet { slots: vec![0; len].into_boxed_slice(), shift: 32 - len.trailing_zeros(), has_zero: false };
+        for &a in addresses {
+            if a == 0 {
+                set.has_zero = true;
+                continue;
+            }
+            let mut i = set.slot(a);
+            while set.slots[i] != 0 && set.slots[i] != a {
+                i = (i + 1) & (len - 1);
+            }
+            set.slots[i] = a;
+        }
+        set
+    }
+
+    #[inline]
+    fn slot(&self, a: u32) -> usize {
+        (a.wrapping_mul(0x9e37_79b1) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn contains(&self, a: u32) -> bool {
+        if a == 0 {
+            return self.has_zero;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(a);
+        loop {
+            match self.slots[i] {
+                s if s == a => return true,
+                0 => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
 }
 
 impl Default for Datapath {
@@ -231,9 +292,20 @@ impl Datapath {
             megaflows: RwLock::new(MegaflowCache::new(config.max_megaflows)),
             conntrack: Mutex::new(Conntrack::new(config.conntrack)),
             lbs: Mutex::new(HashMap::new()),
+            tunnel_remotes: RwLock::new(Arc::new(Vec::new())),
             counters: DatapathCounters::default(),
             audit: Mutex::new(AuditLog::new(config.audit)),
         }
+    }
+
+    /// Replaces conntrack's table-wide limits (the connections it holds are kept).
+    pub fn set_conntrack_limits(&self, limits: CtTableLimits) {
+        self.conntrack.lock().set_table_limits(limits);
+    }
+
+    /// Conntrack's table-wide limits now.
+    pub fn conntrack_limits(&self) -> CtTableLimits {
+        CtTableLimits::of(self.conntrack.lock().config())
     }
 
     /// Replaces the audit log's rate limit (what it holds is kept).
@@ -280,6 +352,22 @@ impl Datapath {
                     self.lbs.lock().remove(id);
                     continue;
                 }
+                FlowMod::SetTunnelRemotes(r) => {
+                    self.set_tunnel_remotes(r.port, Some(&r.remotes));
+                    continue;
+                }
+                FlowMod::DeleteTunnelRemotes(port) => {
+                    self.set_tunnel_remotes(*port, None);
+                    continue;
+                }
+                FlowMod::SetZoneLimit(z) => {
+                    self.conntrack.lock().set_zone_limit(z.scope, z.limit);
+                    continue;
+                }
+                FlowMod::DeleteZoneLimit(scope) => {
+                    self.conntrack.lock().clear_zone_limit(*scope);
+                    continue;
+                }
                 _ => {}
             }
             match pipeline.apply(m) {
@@ -297,6 +385,17 @@ impl Datapath {
             None => Ok(report),
             Some((i, e)) => Err((i, e, report)),
         }
+    }
+
+    /// Replaces the remotes of tunnel port `port` (`None`: every source is accepted).
+    fn set_tunnel_remotes(&self, port: u32, remotes: Option<&[u32]>) {
+        let mut guard = self.tunnel_remotes.write();
+        let mut sets = (**guard).clone();
+        sets.retain(|(p, _)| *p != port);
+        if let Some(list) = remotes {
+            sets.push((port, RemoteSet::new(list)));
+        }
+        *guard = Arc::new(sets);
     }
 
     /// Installs or updates a load balancer; returns how many UDP connections to removed
@@ -366,7 +465,24 @@ impl Datapath {
     /// upcall) and its actions executed, in order. `now` is the caller's clock in ns.
     pub fn process_batch(&self, worker: &mut Worker, packets: &mut [Packet], now: u64, sink: &mut impl OutputSink) {
         let mut cache = self.megaflows.read();
+        // The tunnel ports' remotes, read at the batch's first tunnelled frame; the last
+        // (port, source) accepted skips the set for the frames of the same chassis that
+        // follow it.
+        let mut remotes: Option<Arc<TunnelRemoteSets>> = None;
+        let mut accepted: Option<(u32, u32)> = None;
         for (i, p) in packets.iter_mut().enumerate() {
+            if let Some(t) = &p.tunnel
+                && accepted != Some((p.in_port, t.src))
+            {
+                let sets = remotes.get_or_insert_with(|| self.tunnel_remotes.read().clone());
+                let set = sets.iter().find(|(port, _)| *port == p.in_port).map(|(_, set)| set);
+                if set.is_some_and(|set| !set.contains(t.src)) {
+                    worker.local.packets += 1;
+                    worker.local.drops[DropReason::TunnelUnknownSource as usize] += 1;
+                    continue;
+                }
+                accepted = Some((p.in_port, t.src));
+            }
             let mut arrived_eth = [0u8; 12];
             if let Some(eth) = p.data.get(..12) {
                 arrived_eth.copy_from_slice(eth);
@@ -466,6 +582,10 @@ impl Datapath {
             (cache.len(), cache.subtable_count())
         };
         let hits = c.megaflow_hits.load(Ordering::Relaxed);
+        let (connections, conntrack) = {
+            let ct = self.conntrack.lock();
+            (ct.len(), ct.counters())
+        };
         DatapathStats {
             packets: c.packets.load(Ordering::Relaxed),
             microflow_hits: c.microflow_hits.load(Ordering::Relaxed),
@@ -481,7 +601,8 @@ impl Datapath {
             revalidated: c.revalidated.load(Ordering::Relaxed),
             megaflows,
             megaflow_masks,
-            connections: self.conntrack.lock().len(),
+            connections,
+            conntrack,
             recirculations: c.recirculations.load(Ordering::Relaxed),
             flows: self.pipeline.read().flow_count(),
             drops: DropReason::ALL
@@ -531,6 +652,11 @@ impl Datapath {
     /// Translates a key without caching anything, recording every step.
     pub fn trace(&self, key: &FlowKey) -> (Translation, Vec<TraceStep>) {
         self.pipeline.read().trace(key)
+    }
+
+    /// The connection limit that applies to conntrack zone `zone`, if any.
+    pub fn zone_limit(&self, zone: u16) -> Option<u32> {
+        self.conntrack.lock().zone_limit(zone)
     }
 
     /// Every live connection.

@@ -520,6 +520,7 @@ fn execute_in(
                 if let Some(e) = result.error {
                     let d = match e {
                         CtError::TableFull => DropReason::CtTableFull,
+                        CtError::ZoneFull => DropReason::CtZoneFull,
                         CtError::NatExhausted => DropReason::NatExhausted,
                     };
                     return Outcome { recirc: None, drop: Some(d) };

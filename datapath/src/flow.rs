@@ -245,6 +245,39 @@ pub struct TunnelPort {
     pub icmp_src6: u128,
 }
 
+/// The outer sources a tunnel port accepts frames from. A frame that arrives through
+/// tunnel port `port` from an outer IPv4 source not listed is dropped
+/// (`tunnel_unknown_source`) before any lookup; a tunnel port without remotes accepts
+/// every source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TunnelRemotes {
+    /// The tunnel port (frames decapsulated by it arrive with this `in_port`).
+    pub port: u32,
+    /// Outer IPv4 source addresses (host order), sorted, each once.
+    pub remotes: Vec<u32>,
+}
+
+impl TunnelRemotes {
+    /// The remotes of `port`, sorted and deduplicated.
+    pub fn new(port: u32, remotes: impl IntoIterator<Item = u32>) -> TunnelRemotes {
+        let mut remotes: Vec<u32> = remotes.into_iter().collect();
+        remotes.sort_unstable();
+        remotes.dedup();
+        TunnelRemotes { port, remotes }
+    }
+}
+
+/// A limit on the connections a conntrack zone (or every zone without its own) holds:
+/// a new connection beyond it replaces the zone's oldest unassured one, or is dropped
+/// (`ct_zone_full`). Limit 0: none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ZoneLimit {
+    /// Which zones.
+    pub scope: crate::conntrack::ZoneLimitScope,
+    /// Most connections (0: no limit).
+    pub limit: u32,
+}
+
 /// Where a `ct` action takes its zone from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CtZone {
@@ -373,4 +406,12 @@ pub enum FlowMod {
     AddTunnelPort(TunnelPort),
     /// Delete a tunnel port (outputs to it then go nowhere).
     DeleteTunnelPort(u32),
+    /// Set the outer sources a tunnel port accepts frames from.
+    SetTunnelRemotes(TunnelRemotes),
+    /// Accept frames through this tunnel port from every source again.
+    DeleteTunnelRemotes(u32),
+    /// Set a conntrack zone limit (or the default one).
+    SetZoneLimit(ZoneLimit),
+    /// Remove a zone's own limit (the default applies again), or the default.
+    DeleteZoneLimit(crate::conntrack::ZoneLimitScope),
 }

@@ -14,10 +14,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 
+use crate::conntrack::ZoneLimitScope;
 use crate::conntrack::{self, NatAction, NatRange};
 use crate::exec::DpAction;
 use crate::flow::{
     Action, Bucket, CtSpec, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, Subfield, TunnelPort,
+    TunnelRemotes, ZoneLimit,
 };
 use crate::key::{Field, FlowKey, ct_state, eth_type, ip_proto};
 use crate::lb::{Backend, LoadBalancer};
@@ -52,30 +54,40 @@ pub struct FlowFile {
     pub load_balancers: Vec<LoadBalancer>,
     /// `tunnel=` lines.
     pub tunnels: Vec<TunnelPort>,
+    /// `tunnel_remotes=` lines.
+    pub tunnel_remotes: Vec<TunnelRemotes>,
+    /// `ct_zone_limit=` lines.
+    pub zone_limits: Vec<ZoneLimit>,
 }
 
 impl FlowFile {
-    /// The modifications that install the file: tunnel ports, load balancers and groups
-    /// before the flows that refer to them, each kind in file order.
+    /// The modifications that install the file: tunnel ports (with their remotes), zone
+    /// limits, load balancers and groups before the flows that refer to them, each kind
+    /// in file order.
     pub fn to_mods(&self) -> Vec<FlowMod> {
         let tunnels = self.tunnels.iter().copied().map(FlowMod::AddTunnelPort);
+        let remotes = self.tunnel_remotes.iter().cloned().map(FlowMod::SetTunnelRemotes);
+        let limits = self.zone_limits.iter().copied().map(FlowMod::SetZoneLimit);
         let lbs = self.load_balancers.iter().cloned().map(FlowMod::AddLoadBalancer);
         let groups = self.groups.iter().cloned().map(FlowMod::AddGroup);
         let flows = self.flows.iter().cloned().map(FlowMod::AddFlow);
-        tunnels.chain(lbs).chain(groups).chain(flows).collect()
+        tunnels.chain(remotes).chain(limits).chain(lbs).chain(groups).chain(flows).collect()
     }
 }
 
-/// Reads a flow file: one flow, group (`group_id=`), load balancer (`lb=`) or tunnel port
-/// (`tunnel=`) per line; `#` starts a comment line; a line ending in `\` continues on the
-/// next. Defining the same group, load balancer, tunnel port or (table, priority, match)
-/// twice is an error that names both lines.
+/// Reads a flow file: one flow, group (`group_id=`), load balancer (`lb=`), tunnel port
+/// (`tunnel=`), tunnel port's remotes (`tunnel_remotes=`) or conntrack zone limit
+/// (`ct_zone_limit=`) per line; `#` starts a comment line; a line ending in `\` continues
+/// on the next. Defining the same group, load balancer, tunnel port, remotes, zone limit
+/// or (table, priority, match) twice is an error that names both lines.
 pub fn parse_flow_file(text: &str) -> Result<FlowFile, FlowTextError> {
     let mut file = FlowFile::default();
     let mut flow_lines = HashMap::new();
     let mut group_lines = HashMap::new();
     let mut lb_lines = HashMap::new();
     let mut tunnel_lines = HashMap::new();
+    let mut remotes_lines = HashMap::new();
+    let mut limit_lines = HashMap::new();
     for Entry { line, text } in entries(text) {
         let at = |b: Bad| b.at(line);
         match first_key(&text) {
@@ -93,6 +105,21 @@ pub fn parse_flow_file(text: &str) -> Result<FlowFile, FlowTextError> {
                 let tunnel = parse_tunnel(&text).map_err(at)?;
                 first_definition(&mut tunnel_lines, tunnel.port, line, "tunnel", &format!("tunnel {}", tunnel.port))?;
                 file.tunnels.push(tunnel);
+            }
+            "tunnel_remotes" => {
+                let r = parse_tunnel_remotes(&text).map_err(at)?;
+                let what = format!("the remotes of tunnel {}", r.port);
+                first_definition(&mut remotes_lines, r.port, line, "tunnel_remotes", &what)?;
+                file.tunnel_remotes.push(r);
+            }
+            "ct_zone_limit" => {
+                let z = parse_zone_limit(&text).map_err(at)?;
+                let what = match z.scope {
+                    ZoneLimitScope::Default => "the default zone limit".to_owned(),
+                    ZoneLimitScope::Zone(n) => format!("the limit of zone {n}"),
+                };
+                first_definition(&mut limit_lines, z.scope, line, "ct_zone_limit", &what)?;
+                file.zone_limits.push(z);
             }
             _ => {
                 let flow = parse_flow(&text).map_err(at)?;
@@ -244,10 +271,28 @@ pub fn format_tunnel(t: &TunnelPort) -> String {
     )
 }
 
-/// A whole file as [`parse_flow_file`] reads it back: tunnels, load balancers, groups,
-/// flows, one per line.
+/// A tunnel port's remotes as a line [`parse_flow_file`] reads back:
+/// `tunnel_remotes=PORT,remotes=IP;IP;...` (an empty list accepts no source).
+pub fn format_tunnel_remotes(r: &TunnelRemotes) -> String {
+    let remotes: Vec<String> = r.remotes.iter().map(|a| Ipv4Addr::from(*a).to_string()).collect();
+    format!("tunnel_remotes={},remotes={}", r.port, remotes.join(";"))
+}
+
+/// A zone limit as a line [`parse_flow_file`] reads back:
+/// `ct_zone_limit=ZONE|default,limit=N`.
+pub fn format_zone_limit(z: &ZoneLimit) -> String {
+    match z.scope {
+        ZoneLimitScope::Default => format!("ct_zone_limit=default,limit={}", z.limit),
+        ZoneLimitScope::Zone(n) => format!("ct_zone_limit={n},limit={}", z.limit),
+    }
+}
+
+/// A whole file as [`parse_flow_file`] reads it back: tunnels and their remotes, zone
+/// limits, load balancers, groups, flows, one per line.
 pub fn format_flow_file(file: &FlowFile) -> String {
     let lines = file.tunnels.iter().map(format_tunnel);
+    let lines = lines.chain(file.tunnel_remotes.iter().map(format_tunnel_remotes));
+    let lines = lines.chain(file.zone_limits.iter().map(format_zone_limit));
     let lines = lines.chain(file.load_balancers.iter().map(format_load_balancer));
     let lines = lines.chain(file.groups.iter().map(format_group));
     let lines = lines.chain(file.flows.iter().map(format_flow));
@@ -1574,6 +1619,32 @@ fn parse_tunnel(text: &str) -> Res<TunnelPort> {
     })
 }
 
+fn parse_tunnel_remotes(text: &str) -> Res<TunnelRemotes> {
+    let args = Args::parse(text, "", &["tunnel_remotes", "remotes"])?;
+    let port = args.need("tunnel_remotes", |s| int(s, u32::MAX))?;
+    let remotes = args.need("remotes", |s| {
+        let mut out = Vec::new();
+        for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+            let a = item.parse::<Ipv4Addr>().map_err(|_| format!("{} is not an IPv4 address", quoted(item)))?;
+            if out.contains(&u32::from(a)) {
+                return Err(format!("{} is listed twice", quoted(item)));
+            }
+            out.push(u32::from(a));
+        }
+        Ok(out)
+    })?;
+    Ok(TunnelRemotes::new(port, remotes))
+}
+
+fn parse_zone_limit(text: &str) -> Res<ZoneLimit> {
+    let args = Args::parse(text, "", &["ct_zone_limit", "limit"])?;
+    let scope = args.need("ct_zone_limit", |s| match s {
+        "default" => Ok(ZoneLimitScope::Default),
+        zone => int(zone, u16::MAX).map(ZoneLimitScope::Zone).map_err(|e| format!("{e} (a zone, or default)")),
+    })?;
+    Ok(ZoneLimit { scope, limit: args.need("limit", |s| int(s, u32::MAX))? })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -1973,6 +2044,45 @@ mod tests {
         assert_eq!((t.local_mac, t.next_hop_mac, t.mtu, t.ttl), (0x0200_0000_000b, 0x0200_0000_0001, 9000, 32));
         assert_eq!((t.icmp_src, t.icmp_src6), (0x0af4_0001, ip6("fd00::1")));
         assert_eq!(format_tunnel(&t), full);
+    }
+
+    #[test]
+    fn tunnel_remotes_and_zone_limit_lines() {
+        let f = file(
+            "tunnel_remotes=3,remotes=192.0.2.12;192.0.2.11\ntunnel_remotes=4,remotes=\n\
+             ct_zone_limit=default,limit=1000\nct_zone_limit=32768,limit=0",
+        );
+        assert_eq!(f.tunnel_remotes, [TunnelRemotes::new(3, [0xc000_020b, 0xc000_020c]), TunnelRemotes::new(4, [])]);
+        assert_eq!(
+            f.zone_limits,
+            [
+                ZoneLimit { scope: ZoneLimitScope::Default, limit: 1000 },
+                ZoneLimit { scope: ZoneLimitScope::Zone(32768), limit: 0 }
+            ]
+        );
+        // Sorted when read; written back as read.
+        assert_eq!(format_tunnel_remotes(&f.tunnel_remotes[0]), "tunnel_remotes=3,remotes=192.0.2.11;192.0.2.12");
+        assert_eq!(format_tunnel_remotes(&f.tunnel_remotes[1]), "tunnel_remotes=4,remotes=");
+        assert_eq!(file(&format_flow_file(&f)), f);
+        let kinds: Vec<&str> = f
+            .to_mods()
+            .iter()
+            .map(|m| match m {
+                FlowMod::SetTunnelRemotes(_) => "remotes",
+                FlowMod::SetZoneLimit(_) => "limit",
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["remotes", "remotes", "limit", "limit"]);
+        assert_error("tunnel_remotes=3", 1, "remotes", "required");
+        assert_error("tunnel_remotes=3,remotes=192.0.2.1;x", 1, "remotes", "\"x\" is not an IPv4 address");
+        assert_error("tunnel_remotes=3,remotes=192.0.2.1;192.0.2.1", 1, "remotes", "listed twice");
+        assert_error("tunnel_remotes=3,remotes=\ntunnel_remotes=3,remotes=", 2, "tunnel_remotes", "line 1");
+        assert_error("ct_zone_limit=65536,limit=1", 1, "ct_zone_limit", "a zone, or default");
+        assert_error("ct_zone_limit=all,limit=1", 1, "ct_zone_limit", "not a number");
+        assert_error("ct_zone_limit=7", 1, "limit", "required");
+        assert_error("ct_zone_limit=default,limit=1\nct_zone_limit=default,limit=2", 2, "ct_zone_limit", "line 1");
+        assert_error("ct_zone_limit=7,limit=1,remotes=", 1, "remotes", "unknown parameter");
     }
 
     #[test]
@@ -2502,7 +2612,13 @@ mod tests {
             lb in lb_strategy(),
             tunnel in tunnel_strategy(),
         ) {
-            let file = FlowFile { flows: vec![], groups: vec![group], load_balancers: vec![lb], tunnels: vec![tunnel] };
+            let file = FlowFile {
+                flows: vec![],
+                groups: vec![group],
+                load_balancers: vec![lb],
+                tunnels: vec![tunnel],
+                ..FlowFile::default()
+            };
             let text = format_flow_file(&file);
             let parsed = parse_flow_file(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
             prop_assert_eq!(parsed, file, "{}", text);

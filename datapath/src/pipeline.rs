@@ -77,11 +77,16 @@ pub enum DropReason {
     TooBig = 11,
     /// The frame could not be encapsulated (shorter than an Ethernet header).
     EncapError = 12,
+    /// Conntrack could not commit a new connection: its zone is at its limit.
+    CtZoneFull = 13,
+    /// A frame arrived through a tunnel from an outer source that is not one of the
+    /// tunnel port's remotes.
+    TunnelUnknownSource = 14,
 }
 
 impl DropReason {
     /// Every reason, indexed by its discriminant.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::TableMiss,
         DropReason::NoOutput,
         DropReason::Explicit,
@@ -95,6 +100,8 @@ impl DropReason {
         DropReason::RecircLimit,
         DropReason::TooBig,
         DropReason::EncapError,
+        DropReason::CtZoneFull,
+        DropReason::TunnelUnknownSource,
     ];
 
     /// Name used in stats output.
@@ -113,6 +120,8 @@ impl DropReason {
             DropReason::RecircLimit => "recirc_limit",
             DropReason::TooBig => "too_big",
             DropReason::EncapError => "encap_error",
+            DropReason::CtZoneFull => "ct_zone_full",
+            DropReason::TunnelUnknownSource => "tunnel_unknown_source",
         }
     }
 }
@@ -547,6 +556,12 @@ impl Pipeline {
                 self.tunnels.remove(p);
                 Ok(Touched { bloom: u64::MAX })
             }
+            // Checked before any lookup and by conntrack: no cached decision depends on
+            // them.
+            FlowMod::SetTunnelRemotes(_)
+            | FlowMod::DeleteTunnelRemotes(_)
+            | FlowMod::SetZoneLimit(_)
+            | FlowMod::DeleteZoneLimit(_) => Ok(Touched::default()),
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `installed` | the installed flow file (what `reload` and `update-flows` made) |
 //! | `update-flows` + body | the body's `+FLOW` lines added, `-table=T,priority=P,MATCH` lines removed, in one step |
 //! | `set-audit PER_SECOND BURST CAPACITY` | `ok`: the rate of the `log` actions' audit records |
+//! | `set-conntrack max_connections=N early_drop=on\|off nat_attempts=N` | `ok`: conntrack's table-wide limits (the connections it holds stay) |
 //! | `take-audit` | `suppressed=N`, then one record a line: `ID TIME IN_PORT SRC DST PROTO SPORT DPORT` (`-` for an address of a frame that is not IP) |
 //!
 //! `SPEC` is `interface N IFNAME`, `uplink N IFNAME [filter=NODE_IP,LO-HI,LO-HI]` or
@@ -31,6 +32,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::audit::{AuditBatch, AuditConfig, AuditRecord};
+use crate::conntrack::CtTableLimits;
 use crate::control::{Control, ControlError, ReloadReport};
 use crate::flow::{Flow, Match};
 use crate::flowtext::{self, FlowFile};
@@ -62,6 +64,8 @@ pub enum Request {
     SetAudit(AuditConfig),
     /// `take-audit`.
     TakeAudit,
+    /// `set-conntrack max_connections=N early_drop=on|off nat_attempts=N`.
+    SetConntrack(CtTableLimits),
     /// Anything else: a [`Control`] request (`reload`, dumps, `stats`, `trace`).
     Control(String),
 }
@@ -231,6 +235,7 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
                 capacity: capacity as usize,
             }))
         }
+        "set-conntrack" => parse_set_conntrack(arg).map(Request::SetConntrack),
         "update-flows" => {
             if !arg.trim().is_empty() {
                 return Err("update-flows takes its flows in the body".into());
@@ -238,6 +243,65 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
             parse_update(body)
         }
         _ => Ok(Request::Control(text.to_owned())),
+    }
+}
+
+/// The most NAT attempts `set-conntrack` takes (every port of an address).
+pub const MAX_NAT_ATTEMPTS: u32 = 65_536;
+
+/// The `set-conntrack` request of `limits`, as [`parse_request`] reads it back.
+pub fn format_set_conntrack(limits: &CtTableLimits) -> String {
+    format!(
+        "set-conntrack max_connections={} early_drop={} nat_attempts={}",
+        limits.max_connections,
+        if limits.early_drop { "on" } else { "off" },
+        limits.nat_attempts
+    )
+}
+
+/// `max_connections=N early_drop=on|off nat_attempts=N`, each once, in any order.
+fn parse_set_conntrack(arg: &str) -> Result<CtTableLimits, String> {
+    let usage = "expected max_connections=N early_drop=on|off nat_attempts=N";
+    let (mut max, mut early, mut attempts) = (None, None, None);
+    for word in arg.split_ascii_whitespace() {
+        let Some((name, value)) = word.split_once('=') else {
+            return Err(format!("set-conntrack {word:?}: not name=value ({usage})"));
+        };
+        let bad = |why: &str| format!("set-conntrack {name}={value:?}: {why}");
+        let slot_taken = match name {
+            "max_connections" => {
+                let n: usize = value.parse().map_err(|_| bad("not a number"))?;
+                if n == 0 {
+                    return Err(bad("must be at least 1"));
+                }
+                max.replace(n).is_some()
+            }
+            "early_drop" => {
+                let on = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("expected on or off")),
+                };
+                early.replace(on).is_some()
+            }
+            "nat_attempts" => {
+                let n: u32 = value.parse().map_err(|_| bad("not a number"))?;
+                if !(1..=MAX_NAT_ATTEMPTS).contains(&n) {
+                    return Err(bad(&format!("must be 1 to {MAX_NAT_ATTEMPTS}")));
+                }
+                attempts.replace(n).is_some()
+            }
+            _ => return Err(format!("set-conntrack: unknown parameter {name:?} ({usage})")),
+        };
+        if slot_taken {
+            return Err(format!("set-conntrack: {name} given twice"));
+        }
+    }
+    match (max, early, attempts) {
+        (Some(max_connections), Some(early_drop), Some(nat_attempts)) => {
+            Ok(CtTableLimits { max_connections, early_drop, nat_attempts })
+        }
+        _ => Err(format!("set-conntrack {arg:?}: {usage}")),
     }
 }
 
@@ -386,6 +450,19 @@ impl Service {
                 Ok(String::new())
             }
             Request::TakeAudit => Ok(format_audit_batch(&self.control.datapath().take_audit())),
+            Request::SetConntrack(limits) => {
+                let dp = self.control.datapath();
+                if dp.conntrack_limits() != limits {
+                    tracing::info!(
+                        max_connections = limits.max_connections,
+                        early_drop = limits.early_drop,
+                        nat_attempts = limits.nat_attempts,
+                        "conntrack limits set"
+                    );
+                }
+                dp.set_conntrack_limits(limits);
+                Ok(String::new())
+            }
             Request::UpdateFlows { add, remove } => {
                 let report = self.control.update_flows(&add, &remove)?;
                 self.switch.wake();
@@ -638,6 +715,11 @@ impl Client {
         self.request(&format!("set-audit {} {} {}", config.per_second, config.burst, config.capacity)).map(|_| ())
     }
 
+    /// Sets conntrack's table-wide limits (what it tracks is kept).
+    pub fn set_conntrack(&self, limits: &CtTableLimits) -> Result<(), ClientError> {
+        self.request(&format_set_conntrack(limits)).map(|_| ())
+    }
+
     /// The audit records since the last call.
     pub fn take_audit(&self) -> Result<AuditBatch, ClientError> {
         parse_audit_batch(&self.request("take-audit")?).map_err(ClientError::Reply)
@@ -755,6 +837,27 @@ mod tests {
         );
         assert!(parse_request("set-audit 5 25").unwrap_err().contains("PER_SECOND BURST CAPACITY"));
         assert!(parse_request("set-audit 5 25 99999999").unwrap_err().contains("over"));
+        let limits = CtTableLimits { max_connections: 3_000_000, early_drop: true, nat_attempts: 256 };
+        assert_eq!(parse_request(&format_set_conntrack(&limits)), Ok(Request::SetConntrack(limits)));
+        assert_eq!(
+            parse_request("set-conntrack nat_attempts=65536 early_drop=off max_connections=1"),
+            Ok(Request::SetConntrack(CtTableLimits { max_connections: 1, early_drop: false, nat_attempts: 65_536 }))
+        );
+        for (bad, says) in [
+            ("set-conntrack", "expected max_connections=N"),
+            ("set-conntrack max_connections=5 early_drop=on", "expected max_connections=N"),
+            ("set-conntrack max_connections=x early_drop=on nat_attempts=1", "max_connections=\"x\": not a number"),
+            ("set-conntrack max_connections=0 early_drop=on nat_attempts=1", "at least 1"),
+            ("set-conntrack max_connections=5 early_drop=yes nat_attempts=1", "on or off"),
+            ("set-conntrack max_connections=5 early_drop=on nat_attempts=0", "1 to 65536"),
+            ("set-conntrack max_connections=5 early_drop=on nat_attempts=65537", "1 to 65536"),
+            ("set-conntrack max_connections=5 max_connections=6", "given twice"),
+            ("set-conntrack max_connections=5 zone=1", "unknown parameter \"zone\""),
+            ("set-conntrack max_connections", "not name=value"),
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         let batch = AuditBatch {
             records: vec![
                 AuditRecord {
@@ -813,9 +916,20 @@ mod tests {
         assert!(e.contains("100"), "{e}");
         assert_eq!(client.ports().unwrap(), vec![port]);
 
-        let file = flowtext::parse_flow_file("table=0,priority=1,in_port=100,actions=output:101\n").unwrap();
+        // Zone limits and tunnel remotes cross the socket with the flows.
+        let file = flowtext::parse_flow_file(
+            "tunnel=100,local_ip=127.0.0.1,underlay_port=100\ntunnel_remotes=100,remotes=192.0.2.12\n\
+             ct_zone_limit=default,limit=5\ntable=0,priority=1,in_port=100,actions=output:101\n",
+        )
+        .unwrap();
         let r = client.install(&file).unwrap();
         assert_eq!(r.flows_added, 1);
+        assert_eq!(service.control.datapath().zone_limit(7), Some(5));
+        let installed = client.installed().unwrap();
+        assert_eq!(
+            (installed.tunnel_remotes, installed.zone_limits),
+            (file.tunnel_remotes.clone(), file.zone_limits.clone())
+        );
         let add = flowtext::parse_flow_file("table=0,priority=2,in_port=100,actions=drop\n").unwrap().flows;
         let remove = [(0u8, 1u16, file.flows[0].matches)];
         let r = client.update_flows(&add, &remove).unwrap();
@@ -829,6 +943,12 @@ mod tests {
         assert_eq!(stats.iter().map(|s| s.flow.clone()).collect::<Vec<_>>(), add);
         client.set_audit(AuditConfig { per_second: 1, burst: 1, capacity: 8 }).unwrap();
         assert_eq!(client.take_audit().unwrap(), AuditBatch::default());
+        let limits = CtTableLimits { max_connections: 1000, early_drop: false, nat_attempts: 32 };
+        client.set_conntrack(&limits).unwrap();
+        assert_eq!(service.control.datapath().conntrack_limits(), limits);
+        let e = client.request("set-conntrack max_connections=0 early_drop=on nat_attempts=1").unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        assert_eq!(service.control.datapath().conntrack_limits(), limits, "a refused request changes nothing");
 
         assert!(client.remove_port(100).unwrap());
         assert!(!client.remove_port(100).unwrap());

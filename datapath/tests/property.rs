@@ -8,15 +8,16 @@
 mod support;
 
 use proptest::prelude::*;
-use skein_datapath::conntrack::{CtConfig, CtTimeouts, NatAction, NatRange};
+use skein_datapath::conntrack::{CtConfig, CtTimeouts, NatAction, NatRange, ZoneLimitScope};
 use skein_datapath::exec::CollectSink;
 use skein_datapath::flow::{
-    Action, Bucket, CtSpec, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort,
+    Action, Bucket, CtSpec, CtZone, Flow, FlowMod, Group, GroupKind, Match, Responder, TunnelPort, TunnelRemotes,
+    ZoneLimit,
 };
 use skein_datapath::geneve::TunnelMeta;
 use skein_datapath::key::{Field, VLAN_PRESENT, ct_state};
 use skein_datapath::lb::{Backend, LoadBalancer};
-use skein_datapath::{Datapath, DatapathConfig, datapath::Packet};
+use skein_datapath::{Datapath, DatapathConfig, DropReason, datapath::Packet};
 use support::{FrameSpec, Reference, build_frame};
 
 const TABLES: u8 = 4;
@@ -259,8 +260,19 @@ fn flow_mod_strategy() -> impl Strategy<Value = FlowMod> {
         2 => lb_strategy().prop_map(FlowMod::AddLoadBalancer),
         1 => (1u32..3).prop_map(FlowMod::DeleteLoadBalancer),
         1 => prop_oneof![Just(130u16), Just(1500)].prop_map(tunnel_port),
+        // Tunnelled frames arrive on ports 1–3 from one of two outer sources.
+        1 => (1u32..4, prop::collection::vec(prop_oneof![Just(TUNNEL_SRC[0]), Just(TUNNEL_SRC[1])], 0..3))
+            .prop_map(|(port, remotes)| FlowMod::SetTunnelRemotes(TunnelRemotes::new(port, remotes))),
+        1 => (1u32..4).prop_map(FlowMod::DeleteTunnelRemotes),
+        1 => (prop_oneof![Just(ZoneLimitScope::Default), (0u16..2).prop_map(ZoneLimitScope::Zone)], 0u32..3)
+            .prop_map(|(scope, limit)| FlowMod::SetZoneLimit(ZoneLimit { scope, limit })),
+        1 => prop_oneof![Just(ZoneLimitScope::Default), (0u16..2).prop_map(ZoneLimitScope::Zone)]
+            .prop_map(FlowMod::DeleteZoneLimit),
     ]
 }
+
+/// The outer sources of the generated tunnelled frames.
+const TUNNEL_SRC: [u32; 2] = [0xc000_0210, 0xc000_0211];
 
 fn frame_strategy() -> impl Strategy<Value = (FrameSpec, u32, Option<TunnelMeta>)> {
     (
@@ -275,9 +287,16 @@ fn frame_strategy() -> impl Strategy<Value = (FrameSpec, u32, Option<TunnelMeta>
         1u32..4,
         prop::option::weighted(
             0.2,
-            (1u32..3, 0u16..3, prop_oneof![Just(0u32), Just(0x0100_1002)]).prop_map(|(vni, ing, identity)| {
-                TunnelMeta { vni, src: 0xc000_0210, dst: 0xc000_020b, ingress: ing, egress: 1, identity }
-            }),
+            (1u32..3, 0u16..3, prop_oneof![Just(0u32), Just(0x0100_1002)], 0usize..2).prop_map(
+                |(vni, ing, identity, src)| TunnelMeta {
+                    vni,
+                    src: TUNNEL_SRC[src],
+                    dst: 0xc000_020b,
+                    ingress: ing,
+                    egress: 1,
+                    identity,
+                },
+            ),
         ),
     )
         .prop_map(|(kind, vlan, src, dst, sport, dport, ttl, payload, in_port, tunnel)| {
@@ -305,14 +324,15 @@ fn config_strategy() -> impl Strategy<Value = DatapathConfig> {
             max_megaflows,
             idle_timeout_ns: 50,
             expire_budget: 2,
-            conntrack: ct_config(max_megaflows),
+            conntrack: ct_config(max_megaflows, microflow_entries),
             audit: Default::default(),
         },
     )
 }
 
-/// Short timeouts so connections expire within a test; a tiny table in some configs.
-fn ct_config(variant: usize) -> CtConfig {
+/// Short timeouts so connections expire within a test; a tiny table in some configs,
+/// early drop on or off, a NAT search of 4 candidates or the default.
+fn ct_config(variant: usize, other: usize) -> CtConfig {
     CtConfig {
         max_connections: if variant < 10 { 4 } else { 100_000 },
         timeouts: CtTimeouts {
@@ -331,6 +351,8 @@ fn ct_config(variant: usize) -> CtConfig {
         },
         tcp_loose: variant.is_multiple_of(2),
         sweep_budget: 3,
+        early_drop: other != 4,
+        nat_attempts: if other == 0 { 4 } else { CtConfig::DEFAULT_NAT_ATTEMPTS },
     }
 }
 
@@ -393,11 +415,16 @@ proptest! {
                 }
             }
         }
-        // Every pass of every packet went through exactly one of the three paths, and
-        // every packet was dropped for the same reason the reference gives.
+        // Every pass of every packet went through exactly one of the three paths (but the
+        // tunnelled frames refused before any lookup), and every packet was dropped for
+        // the same reason the reference gives.
         let stats = dp.stats();
-        prop_assert_eq!(stats.packets + stats.recirculations, stats.microflow_hits + stats.megaflow_hits + stats.upcalls);
         let drops: std::collections::BTreeMap<_, _> = stats.drops.into_iter().collect();
+        let refused = drops.get(&DropReason::TunnelUnknownSource).copied().unwrap_or(0);
+        prop_assert_eq!(
+            stats.packets + stats.recirculations,
+            stats.microflow_hits + stats.megaflow_hits + stats.upcalls + refused
+        );
         prop_assert_eq!(drops, ref_drops);
     }
 }

@@ -469,7 +469,14 @@ fn rbac_grants_exactly_what_the_binaries_call_and_is_bound_to_them() {
         let agent_cr: ClusterRole = render.component("ClusterRole", "agent");
         assert_eq!(
             grants(&agent_cr.rules.unwrap_or_default()),
-            set(&["/nodes/get", "/nodes/patch", "/pods/list", "/pods/watch"]),
+            set(&[
+                "/nodes/get",
+                "/nodes/patch",
+                "/pods/list",
+                "/pods/watch",
+                "events.k8s.io/events/create",
+                "events.k8s.io/events/patch",
+            ]),
             "{who}: agent ClusterRole"
         );
         let agent_role: Role = render.component("Role", "agent");

@@ -2,6 +2,7 @@
 //! the southbound client installing every view, the CNI server, the control socket.
 //! `docs/node-agent.md` describes the whole.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,15 +10,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use skein_datapath::conntrack::{CtConfig, CtTableLimits};
 use skein_datapath::control::Control;
 use skein_datapath::datapath::{Datapath, DatapathConfig};
 use skein_datapath::io::{PortSpec, Switch, SwitchConfig, UplinkFilter, now_ns};
 use skein_datapath::service::{Client as DatapathClient, Hello};
 use skein_netmodel::annotations::{CHASSIS, ChassisAnnotation, Encap, format_chassis};
-use skein_netmodel::southbound::{ChassisView, PortKind};
+use skein_netmodel::southbound::{ChassisView, Owner, PortKind};
 use skein_netmodel::{IpNet, MacAddr};
 use skein_southbound::{AgentClient, ClientEvent, ClientSettings, ClientTls, Registration, TlsIdentity};
 use tokio_util::sync::CancellationToken;
@@ -29,9 +32,9 @@ use crate::datapath::DatapathHandle;
 use crate::deviceplugin::annotation::{KubeNodeAnnotator, NodeAnnotator};
 use crate::host::{self, ManagementSpec, UplinkPorts};
 use crate::netmetrics::NetMetrics;
-use crate::node::{GENEVE_PORT, MANAGEMENT_PORT, NodeNetwork, UPLINK_PORT};
+use crate::node::{GENEVE_PORT, LeftOut, MANAGEMENT_PORT, NodeNetwork, UPLINK_PORT};
 use crate::pods::NodePods;
-use crate::translate::{Tunnel, Uplink};
+use crate::translate::{ConntrackLimits, Tunnel, Uplink};
 
 /// Where the master is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +107,33 @@ pub struct NetworkSettings {
     pub stale_port_interval: Duration,
     /// Denied connections written to the audit log per second (0: no audit log).
     pub policy_audit_rate: u32,
+    /// Conntrack's limits.
+    pub conntrack: ConntrackSettings,
+}
+
+/// Conntrack's limits on a node (`docs/datapath.md`, conntrack limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// Most connections tracked.
+    pub max_connections: usize,
+    /// A full table or zone replaces its oldest never-answered connection.
+    pub early_drop: bool,
+    /// Most candidates NAT examines for one new connection.
+    pub nat_attempts: u32,
+    /// Per-zone limits.
+    pub limits: ConntrackLimits,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        let ct = CtConfig::default();
+        ConntrackSettings {
+            max_connections: ct.max_connections,
+            early_drop: ct.early_drop,
+            nat_attempts: ct.nat_attempts,
+            limits: ConntrackLimits::default(),
+        }
+    }
 }
 
 /// The running network side.
@@ -176,6 +206,9 @@ pub async fn start(
 
     // The datapath: uplink, management port, Geneve endpoint.
     tokio::task::spawn_blocking(host::ensure_management_link).await??;
+    let ct = s.conntrack;
+    let ct_table =
+        CtTableLimits { max_connections: ct.max_connections, early_drop: ct.early_drop, nat_attempts: ct.nat_attempts };
     let specs = vec![
         PortSpec::Uplink {
             number: UPLINK_PORT,
@@ -196,7 +229,15 @@ pub async fn start(
             DatapathHandle::Remote(client)
         }
         None => {
-            let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+            let dp = Arc::new(Datapath::new(DatapathConfig {
+                conntrack: CtConfig {
+                    max_connections: ct.max_connections,
+                    early_drop: ct.early_drop,
+                    nat_attempts: ct.nat_attempts,
+                    ..CtConfig::default()
+                },
+                ..DatapathConfig::default()
+            }));
             let switch = Arc::new(Switch::start(dp.clone(), &[], s.switch).context("starting the switch")?);
             let control = {
                 let sw = switch.clone();
@@ -239,11 +280,13 @@ pub async fn start(
         mtu: u16::try_from(uplink.mtu).unwrap_or(u16::MAX),
     };
     let net = {
-        let (handle, state_dir) = (handle.clone(), s.state_dir.clone());
-        tokio::task::spawn_blocking(move || NodeNetwork::new(handle, specs, &state_dir, tunnel, Some(MANAGEMENT_PORT)))
-            .await?
-            .map_err(anyhow::Error::msg)
-            .context("starting the datapath")?
+        let (handle, state_dir, limits) = (handle.clone(), s.state_dir.clone(), ct.limits);
+        tokio::task::spawn_blocking(move || {
+            NodeNetwork::new(handle, specs, &state_dir, tunnel, Some(MANAGEMENT_PORT), limits, ct_table)
+        })
+        .await?
+        .map_err(anyhow::Error::msg)
+        .context("starting the datapath")?
     };
     if let DatapathHandle::Remote(client) = &handle {
         watch_datapath(client.clone(), net.clone(), shutdown.clone())?;
@@ -268,6 +311,9 @@ pub async fn start(
     tokio::task::spawn_blocking(host::ensure_host_port_rules).await??;
     crate::controlsock::serve_with_policies(&s.state_dir.join("control.sock"), handle.clone(), Some(net.clone()))
         .with_context(|| format!("serving {}", s.state_dir.join("control.sock").display()))?;
+
+    // Objects left out of the installed view: a Warning Event on each.
+    tokio::spawn(report_left_out(net.clone(), client.clone(), s.node_name.clone(), shutdown.clone()));
 
     // The management port follows the view.
     tokio::spawn(follow_management(
@@ -418,6 +464,67 @@ async fn write_conflist_when_ready(install: CniInstall, net: Arc<NodeNetwork>, s
         }
         delay = (delay * 2).min(Duration::from_secs(60));
     }
+}
+
+/// Posts a Warning Event (reason `NotInstalled`, reported by `skein-agent` instance
+/// `<node>`) on each object this node leaves out of its view, when it is first left out —
+/// what ovn-controller cannot do, and what tells the object's author why it does not work.
+async fn report_left_out(net: Arc<NodeNetwork>, client: Client, node: String, shutdown: CancellationToken) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(client, Reporter { controller: "skein-agent".into(), instance: Some(node.clone()) });
+    let mut installed = net.installed();
+    let mut reported: BTreeSet<LeftOut> = BTreeSet::new();
+    loop {
+        let now = installed.borrow_and_update().left_out.clone();
+        for item in now.difference(&reported) {
+            let Some(reference) = object_reference(&item.object) else { continue };
+            let mut note = format!("node {node} does not install it: {}", item.reason);
+            // The API server refuses notes over 1 kB.
+            if note.len() > 1000 {
+                let mut end = 1000;
+                while !note.is_char_boundary(end) {
+                    end -= 1;
+                }
+                note.truncate(end);
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "NotInstalled".into(),
+                note: Some(note),
+                action: "Install".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                debug!(object = %item.object, error = %e, "could not publish an Event");
+            }
+        }
+        reported = now;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = installed.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The API object an owner of logical flows stands for (none for the cluster).
+fn object_reference(owner: &Owner) -> Option<ObjectReference> {
+    let (api_version, kind, namespace, name) = match owner {
+        Owner::Cluster => return None,
+        Owner::Node(n) => ("v1", "Node", None, n.to_string()),
+        Owner::Pod(p) => ("v1", "Pod", Some(p.namespace.to_string()), p.name.to_string()),
+        Owner::Service(s) => ("v1", "Service", Some(s.namespace.to_string()), s.name.to_string()),
+        Owner::Policy(p) => {
+            ("networking.k8s.io/v1", "NetworkPolicy", Some(p.namespace.to_string()), p.name.to_string())
+        }
+        Owner::Namespace(n) => ("v1", "Namespace", None, n.to_string()),
+    };
+    Some(ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        namespace,
+        name: Some(name),
+        ..ObjectReference::default()
+    })
 }
 
 /// Reclaims, every `interval`, the port records whose veth or sandbox namespace is gone.

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::netmetrics::NetMetrics;
-use crate::node::{NetnsId, NodeNetwork, PortRecord, interface_index, logical_port_name};
+use crate::node::{InstallState, NetnsId, NodeNetwork, PortRecord, interface_index, logical_port_name};
 use crate::pods::{NodePods, PodWaitError};
 
 /// CNI error code: try again later.
@@ -347,11 +347,7 @@ impl CniServer {
 
     fn status(&self) -> AgentResponse {
         let state = self.net.installed().borrow().clone();
-        let (ready, message) = match (state.version, state.error) {
-            (Some(_), None) => (true, String::new()),
-            (_, Some(e)) => (false, format!("installing flows fails: {e}")),
-            (None, None) => (false, "no view from the master yet".to_owned()),
-        };
+        let (ready, message) = readiness(&state);
         AgentResponse::Status(StatusResult { ready, message })
     }
 
@@ -366,6 +362,18 @@ impl CniServer {
             }
         }
         AgentResponse::Done
+    }
+}
+
+/// STATUS's answer for `state`: ready while a view is installed — the last good one keeps
+/// forwarding even if a newer one cannot be installed (the error is in the message, the
+/// log and ADD's answers), so one bad view does not make the node NotReady.
+fn readiness(state: &InstallState) -> (bool, String) {
+    match (state.version, &state.error) {
+        (Some(_), None) => (true, String::new()),
+        (Some(v), Some(e)) => (true, format!("version {v} installed; a newer view fails: {e}")),
+        (None, Some(e)) => (false, format!("installing flows fails: {e}")),
+        (None, None) => (false, "no view from the master yet".to_owned()),
     }
 }
 
@@ -446,6 +454,20 @@ async fn read_request(stream: &mut UnixStream) -> Result<AgentRequest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_stays_ready_while_the_last_good_view_is_installed() {
+        let none = InstallState::default();
+        assert_eq!(readiness(&none), (false, "no view from the master yet".to_owned()));
+        let failed_first = InstallState { error: Some("refused".into()), ..InstallState::default() };
+        assert!(!readiness(&failed_first).0);
+        let good = InstallState { version: Some(6), ..InstallState::default() };
+        assert_eq!(readiness(&good), (true, String::new()));
+        let newer_fails = InstallState { error: Some("installing version 7: refused".into()), ..good };
+        let (ready, message) = readiness(&newer_fails);
+        assert!(ready, "version 6 still forwards");
+        assert!(message.contains("version 6 installed") && message.contains("version 7"), "{message}");
+    }
 
     #[tokio::test]
     async fn a_plugin_closing_its_write_half_is_there_and_one_closing_the_socket_is_gone() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skein_datapath::audit::{AuditBatch, AuditConfig};
+use skein_datapath::conntrack::CtTableLimits;
 use skein_datapath::control::{Control, ReloadReport};
 use skein_datapath::datapath::{Datapath, FlowStats};
 use skein_datapath::flow::{Flow, Match};
@@ -20,7 +21,7 @@ use skein_datapath::service::{Client, Hello};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The datapath's figures the agent's `/metrics` shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DatapathFigures {
     /// Packets processed.
     pub packets: u64,
@@ -34,6 +35,12 @@ pub struct DatapathFigures {
     pub megaflows: usize,
     /// Connections tracked.
     pub connections: usize,
+    /// Never-answered connections conntrack evicted to make room.
+    pub ct_early_drops: u64,
+    /// Packets dropped, by reason name (`tunnel_unknown_source`, `ct_zone_full`, ...): by
+    /// name, so that a datapath process of another version with other reasons still shows
+    /// them all.
+    pub drops: Vec<(String, u64)>,
 }
 
 impl DatapathFigures {
@@ -49,6 +56,8 @@ impl DatapathFigures {
                 ("upcalls", Some(n)) => f.upcalls = n,
                 ("megaflows", Some(n)) => f.megaflows = usize::try_from(n).unwrap_or(usize::MAX),
                 ("connections", Some(n)) => f.connections = usize::try_from(n).unwrap_or(usize::MAX),
+                ("ct_early_drops", Some(n)) => f.ct_early_drops = n,
+                (name, Some(n)) if name.starts_with("drops_") => f.drops.push((name["drops_".len()..].to_owned(), n)),
                 _ => {}
             }
         }
@@ -203,6 +212,17 @@ impl DatapathHandle {
         }
     }
 
+    /// Sets conntrack's table-wide limits (the connections it holds stay).
+    pub fn set_conntrack(&self, limits: CtTableLimits) -> Result<(), String> {
+        match self {
+            DatapathHandle::InProcess { dp, .. } => {
+                dp.set_conntrack_limits(limits);
+                Ok(())
+            }
+            DatapathHandle::Remote(c) => c.set_conntrack(&limits).map_err(|e| e.to_string()),
+        }
+    }
+
     /// The audit records since the last call.
     pub fn take_audit(&self) -> Result<AuditBatch, String> {
         match self {
@@ -223,6 +243,8 @@ impl DatapathHandle {
                     upcalls: s.upcalls,
                     megaflows: s.megaflows,
                     connections: s.connections,
+                    ct_early_drops: s.conntrack.early_drops,
+                    drops: s.drops.iter().map(|(reason, n)| (reason.name().to_owned(), *n)).collect(),
                 })
             }
             DatapathHandle::Remote(c) => c.request("stats").ok().map(|s| DatapathFigures::parse(&s)),
@@ -237,7 +259,8 @@ mod tests {
     #[test]
     fn figures_come_from_the_stats_lines() {
         let stats = "packets=10\nmicroflow_hits=6\nmegaflow_hits=3\nupcalls=1\nmicroflow_hit_ratio=0.6000\n\
-                     megaflows=2\nconnections=4\nport_1_rx=5 port_1_name=eth0\n";
+                     megaflows=2\nconnections=4\nct_early_drops=5\ndrops_table_miss=7\n\
+                     drops_tunnel_unknown_source=1\nport_1_rx=5 port_1_name=eth0\n";
         assert_eq!(
             DatapathFigures::parse(stats),
             DatapathFigures {
@@ -246,7 +269,9 @@ mod tests {
                 megaflow_hits: 3,
                 upcalls: 1,
                 megaflows: 2,
-                connections: 4
+                connections: 4,
+                ct_early_drops: 5,
+                drops: vec![("table_miss".into(), 7), ("tunnel_unknown_source".into(), 1)],
             }
         );
     }

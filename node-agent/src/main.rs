@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use prometheus_client::registry::Registry;
-use skein_agent::agent::{self, MasterLocation, MasterTls, NetworkSettings};
+use skein_agent::agent::{self, ConntrackSettings, MasterLocation, MasterTls, NetworkSettings};
 use skein_agent::cniinstall::{self, CniInstall};
 use skein_agent::controlsock;
 use skein_agent::deviceplugin::annotation::{KubeNodeAnnotator, NodeAnnotator};
@@ -22,6 +22,7 @@ use skein_agent::deviceplugin::{self, ConfigSource, DevicePluginDeps, DevicePlug
 use skein_agent::host::UplinkPorts;
 use skein_agent::metrics;
 use skein_agent::netmetrics::NetMetrics;
+use skein_agent::translate::ConntrackLimits;
 use skein_datapath::io::{PortConfig, SwitchConfig};
 use skein_netmodel::IpNet;
 use tokio_util::sync::CancellationToken;
@@ -250,6 +251,35 @@ struct Args {
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     snat_port_range: (u16, u16),
 
+    /// Most connections conntrack tracks on this node; beyond it a new connection takes
+    /// the place of the oldest never-answered one (early drop) or is dropped
+    /// (`ct_table_full`).
+    #[arg(long, env = "SKEIN_CT_MAX_CONNECTIONS", default_value_t = 3_000_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    ct_max_connections: u32,
+
+    /// Do not early-drop: when the table or a zone is full, drop the new connection
+    /// instead of the oldest never-answered one (a SYN flood then blocks new connections).
+    #[arg(long, env = "SKEIN_CT_NO_EARLY_DROP")]
+    ct_no_early_drop: bool,
+
+    /// Most (address, port) pairs NAT tries for one new connection before it drops it
+    /// (`nat_exhausted`); bounds the cost of a new connection when a range runs out.
+    #[arg(long, env = "SKEIN_CT_NAT_ATTEMPTS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    ct_nat_attempts: u32,
+
+    /// Most connections in each of a pod's conntrack zones (0: no limit): one pod cannot
+    /// fill the node's table.
+    #[arg(long, env = "SKEIN_CT_POD_ZONE_LIMIT", default_value_t = 0)]
+    ct_pod_zone_limit: u32,
+
+    /// Most connections in each of the gateway's conntrack zones, which all north–south
+    /// traffic (NodePorts, external IPs, pod egress) shares (0: no limit): a flood from
+    /// outside cannot fill the node's table.
+    #[arg(long, env = "SKEIN_CT_GATEWAY_ZONE_LIMIT", default_value_t = 0)]
+    ct_gateway_zone_limit: u32,
+
     /// How often pod port records are checked for a veth or sandbox namespace that is
     /// gone (they are also checked at start and when an ADD for the same pod arrives).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -421,6 +451,12 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         gateway_wait: Duration::from_secs(10),
         stale_port_interval: args.stale_port_interval,
         policy_audit_rate: args.policy_audit_log_rate,
+        conntrack: ConntrackSettings {
+            max_connections: args.ct_max_connections as usize,
+            early_drop: !args.ct_no_early_drop,
+            nat_attempts: args.ct_nat_attempts,
+            limits: ConntrackLimits { pod_zone: args.ct_pod_zone_limit, gateway_zone: args.ct_gateway_zone_limit },
+        },
     })
 }
 

@@ -27,6 +27,14 @@ pub struct CniLabels {
     pub result: String,
 }
 
+/// Labels of `skein_datapath_drops_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// The datapath's drop reason (`tunnel_unknown_source`, `ct_zone_full`, ...), as in
+    /// `skein-agent stats` (`drops_<reason>=`).
+    pub reason: String,
+}
+
 /// Labels of `skein_cni_stale_ports_reclaimed_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StaleLabels {
@@ -130,6 +138,12 @@ impl Collector for NetworkCollector {
             "Logical flows not translated (see the log)",
             as_gauge(installed.untranslated),
         )?;
+        gauge(
+            &mut encoder,
+            "skein_view_items_skipped",
+            "Items of the chassis view left out of the translation: chassis without a usable tunnel address, ports on them, duplicated ports (see the log)",
+            as_gauge(installed.skipped),
+        )?;
         gauge(&mut encoder, "skein_pod_ports", "Pod ports bound to the datapath", as_gauge(net.records().len()))?;
         gauge(&mut encoder, "skein_conntrack_entries", "Connections tracked", as_gauge(s.connections))?;
         gauge(&mut encoder, "skein_megaflows", "Megaflows cached", as_gauge(s.megaflows))?;
@@ -168,6 +182,23 @@ impl Collector for NetworkCollector {
             "skein_datapath_upcalls",
             "Packets that missed the caches and ran the flow tables",
             s.upcalls,
+        )?;
+
+        let mut family = encoder.encode_descriptor(
+            "skein_datapath_drops",
+            "Packets the datapath dropped, by reason (a frame through the tunnel from no chassis: tunnel_unknown_source; a new connection over a conntrack limit: ct_zone_full, ct_table_full; no free NAT port: nat_exhausted)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (reason, count) in &s.drops {
+            let labels = DropLabels { reason: reason.clone() };
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+        counter(
+            &mut encoder,
+            "skein_conntrack_early_drops",
+            "Never-answered connections conntrack evicted to make room for new ones",
+            s.ct_early_drops,
         )?;
 
         // Per NetworkPolicy: what its rules allowed, what was dropped while it isolated.

@@ -39,6 +39,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use skein_datapath::conntrack::CtTableLimits;
 use skein_datapath::control::ReloadReport;
 use skein_datapath::flowtext::format_flow_file;
 use skein_datapath::io::PortSpec;
@@ -47,7 +48,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::datapath::DatapathHandle;
-use crate::translate::{LocalBindings, Tunnel, Uplink, pod_port_delta, pod_port_flows, translate_partial};
+use crate::translate::{
+    ConntrackLimits, LbIdKey, LocalBindings, SkipReason, Tunnel, Unsupported, Uplink, pod_port_delta, pod_port_flows,
+    translate_partial,
+};
 
 /// Datapath port number of the uplink (the node's NIC).
 pub const UPLINK_PORT: u32 = 1;
@@ -184,12 +188,29 @@ pub struct InstallState {
     /// Pod logical ports bound here whose flows are installed (in the view, on this
     /// chassis, and bound to a datapath port).
     pub ready_ports: BTreeSet<String>,
-    /// Logical flows of the view that could not be translated.
+    /// Logical flows of the view that could not be translated (or that conflict with
+    /// another object's flows and were left out).
     pub untranslated: usize,
+    /// Items of the view left out of the translation (a chassis with no usable tunnel
+    /// address, a port on it, a duplicated port); everything else is installed.
+    pub skipped: usize,
+    /// The objects left out of the installed view because they cannot be installed
+    /// (a conflict with another object's flows, a skipped view item), each with why: what
+    /// the agent reports as Events.
+    pub left_out: BTreeSet<LeftOut>,
     /// Flows installed.
     pub flows: usize,
     /// Why the last install failed, if it did.
     pub error: Option<String>,
+}
+
+/// An object left out of the installed view, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeftOut {
+    /// The object.
+    pub object: skein_netmodel::southbound::Owner,
+    /// Why.
+    pub reason: String,
 }
 
 /// Why a bind failed.
@@ -223,6 +244,11 @@ struct Inner {
     bindings: LocalBindings,
     /// By host interface name.
     records: BTreeMap<String, PortRecord>,
+    /// What the last translation left out, as logged (each is logged as a warning once,
+    /// when it first appears, not at every install).
+    left_out: BTreeSet<String>,
+    /// Pod ports of the view left out of the last translation: not ready, though bound.
+    skipped_ports: BTreeSet<String>,
 }
 
 /// The node's datapath, bindings and installed state.
@@ -232,6 +258,9 @@ pub struct NodeNetwork {
     node_ports: Vec<PortSpec>,
     /// The datapath process's boot id when this agent last gave it its ports and flows.
     datapath_boot: Mutex<Option<String>>,
+    /// Conntrack's table-wide limits (given to the datapath at start and again to a new
+    /// datapath process).
+    ct_table: CtTableLimits,
     /// The audit rate the agent set (given again to a new datapath process).
     audit: Mutex<Option<skein_datapath::audit::AuditConfig>>,
     inner: Mutex<Inner>,
@@ -251,34 +280,55 @@ impl std::fmt::Debug for NodeNetwork {
 }
 
 impl NodeNetwork {
-    /// Takes over the datapath: adds the node's ports (`node_ports`; a datapath process
-    /// that has them keeps them), reads the port records in `state_dir`, adds the ports whose
-    /// interfaces still exist (forgetting the others), and — only if the datapath has no
-    /// flows, as a new one has — re-installs the flows of the previous run. A datapath
-    /// process that kept forwarding through the agent's restart keeps its flows until a
-    /// whole view is installed ([`NodeNetwork::install_saved_view`] or the master's).
+    /// Takes over the datapath: gives it conntrack's table-wide limits (`ct_table`; a
+    /// datapath process that kept running gets this run's, which may be new ones), adds
+    /// the node's ports (`node_ports`; a datapath process that has them keeps them), reads
+    /// the port records in `state_dir`, adds the ports whose interfaces still exist
+    /// (forgetting the others), and — only if the datapath has no flows, as a new one
+    /// has — re-installs the flows of the previous run. A datapath process that kept
+    /// forwarding through the agent's restart keeps its flows until a whole view is
+    /// installed ([`NodeNetwork::install_saved_view`] or the master's). `conntrack`: the
+    /// zone limits installed with the flows.
     pub fn new(
         dp: DatapathHandle,
         node_ports: Vec<PortSpec>,
         state_dir: &Path,
         tunnel: Tunnel,
         management_port: Option<u32>,
+        conntrack: ConntrackLimits,
+        ct_table: CtTableLimits,
     ) -> Result<Arc<NodeNetwork>, String> {
-        let bindings = LocalBindings { ports: BTreeMap::new(), management_port, uplink: None, tunnel };
+        let bindings = LocalBindings {
+            ports: BTreeMap::new(),
+            management_port,
+            uplink: None,
+            tunnel,
+            conntrack,
+            lb_id_key: lb_id_key(state_dir),
+        };
         let boot = dp.hello()?.map(|h| h.boot_id);
         let saver = FlowSaver::start(dp.clone(), state_dir.join("flows.txt"), state_dir.join("view.json"));
         let net = NodeNetwork {
             dp,
             node_ports,
+            ct_table,
             datapath_boot: Mutex::new(boot),
             audit: Mutex::new(None),
-            inner: Mutex::new(Inner { view: None, pod_flows: None, bindings, records: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                view: None,
+                pod_flows: None,
+                bindings,
+                records: BTreeMap::new(),
+                left_out: BTreeSet::new(),
+                skipped_ports: BTreeSet::new(),
+            }),
             installed: watch::Sender::new(InstallState::default()),
             state_dir: state_dir.to_path_buf(),
             saver,
             stale_reclaimed: Default::default(),
             saved_view: Mutex::new(None),
         };
+        net.dp.set_conntrack(net.ct_table).map_err(|e| format!("setting conntrack's limits: {e}"))?;
         for spec in &net.node_ports {
             net.dp.add_port(spec).map_err(|e| format!("adding the node's port {}: {e}", spec.number()))?;
         }
@@ -300,16 +350,18 @@ impl NodeNetwork {
 
     fn restore(&self) {
         let dir = self.ports_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        // No records directory: no pod was ever bound here (the saved flows and view are
+        // still the previous run's). An unreadable one: its ports are left alone.
+        let (entries, records_known) = match fs::read_dir(&dir) {
+            Ok(entries) => (Some(entries), true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, true),
             Err(e) => {
                 warn!(dir = %dir.display(), error = %e, "cannot read the port records; starting without them");
-                return;
+                (None, false)
             }
         };
         let mut inner = self.lock();
-        for entry in entries.flatten() {
+        for entry in entries.into_iter().flatten().flatten() {
             let path = entry.path();
             let record: PortRecord = match fs::read(&path)
                 .map_err(|e| e.to_string())
@@ -348,6 +400,7 @@ impl NodeNetwork {
         let recorded: BTreeSet<u32> = inner.records.values().map(|r| r.port).collect();
         drop(inner);
         match self.dp.ports() {
+            Ok(_) if !records_known => {}
             Ok(ports) => {
                 for spec in ports {
                     let n = spec.number();
@@ -421,6 +474,8 @@ impl NodeNetwork {
         if let Some(config) = *self.audit.lock().unwrap_or_else(|p| p.into_inner()) {
             self.dp.set_audit(config).map_err(|e| format!("setting the audit rate: {e}"))?;
         }
+        // Conntrack's limits before any port forwards into it.
+        self.dp.set_conntrack(self.ct_table).map_err(|e| format!("setting conntrack's limits: {e}"))?;
         for spec in &self.node_ports {
             self.dp.add_port(spec).map_err(|e| format!("adding the node's port {}: {e}", spec.number()))?;
         }
@@ -655,17 +710,42 @@ impl NodeNetwork {
         let translation =
             translate_partial(&view, &inner.bindings).map_err(|e| format!("translating version {}: {e}", view.version));
         let result = translation.and_then(|t| {
+            let mut left_out = BTreeSet::new();
+            let mut objects = BTreeSet::new();
             for u in &t.untranslated {
-                debug!(flow = ?u, "logical flow not translated");
+                let key = format!("{}: {}", u.flow.owner, u.reason);
+                if matches!(u.reason, Unsupported::Conflict { .. }) {
+                    if !inner.left_out.contains(&key) {
+                        warn!(version = view.version, object = %u.flow.owner, reason = %u.reason, "logical flow left out");
+                    }
+                    objects.insert(LeftOut { object: u.flow.owner.clone(), reason: u.reason.to_string() });
+                } else {
+                    debug!(flow = ?u, "logical flow not translated");
+                }
+                left_out.insert(key);
+            }
+            let mut skipped_ports = BTreeSet::new();
+            for s in &t.skipped {
+                let key = format!("{}: {}", s.object, s.reason);
+                if !inner.left_out.contains(&key) {
+                    warn!(version = view.version, object = %s.object, reason = %s.reason, "view item left out");
+                }
+                left_out.insert(key);
+                objects.insert(LeftOut { object: s.object.clone(), reason: s.reason.to_string() });
+                if let SkipReason::DuplicatePort { port, .. } | SkipReason::UnknownChassis { port, .. } = &s.reason {
+                    skipped_ports.insert(port.clone());
+                }
             }
             let report = self.dp.install(&t.file).map_err(|e| format!("installing version {}: {e}", view.version))?;
-            Ok((report, t.untranslated.len(), t.pod_port_flows))
+            Ok((report, (t.untranslated.len(), t.skipped.len(), objects), t.pod_port_flows, left_out, skipped_ports))
         });
         match result {
-            Ok((report, untranslated, pod_flows)) => {
+            Ok((report, counts, pod_flows, left_out, skipped_ports)) => {
                 inner.pod_flows = Some(pod_flows);
+                inner.left_out = left_out;
+                inner.skipped_ports = skipped_ports;
                 self.saver.set_view(view.clone());
-                self.installed_now(&view, &inner.bindings, report, Some(untranslated), started);
+                self.installed_now(&view, &inner.bindings, &inner.skipped_ports, report, Some(counts), started);
                 Ok(())
             }
             Err(e) => {
@@ -691,7 +771,7 @@ impl NodeNetwork {
         match self.dp.update_flows(&add, &remove) {
             Ok(report) => {
                 inner.pod_flows = Some(new);
-                self.installed_now(&view, &inner.bindings, report, None, started);
+                self.installed_now(&view, &inner.bindings, &inner.skipped_ports, report, None, started);
                 Ok(())
             }
             Err(e) => {
@@ -701,14 +781,16 @@ impl NodeNetwork {
         }
     }
 
-    /// Publishes a successful install of `view` (`untranslated`: the new count, or the
-    /// last one's when only pod ports changed).
+    /// Publishes a successful install of `view` (`counts`: the new counts of logical
+    /// flows untranslated and of view items skipped and the objects left out, or `None`
+    /// to keep the last ones when only pod ports changed).
     fn installed_now(
         &self,
         view: &ChassisView,
         bindings: &LocalBindings,
+        skipped_ports: &BTreeSet<String>,
         report: ReloadReport,
-        untranslated: Option<usize>,
+        counts: Option<(usize, usize, BTreeSet<LeftOut>)>,
         started: std::time::Instant,
     ) {
         self.saver.mark();
@@ -720,12 +802,15 @@ impl NodeNetwork {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "view installed"
         );
-        let ready = ready_ports(view, bindings);
+        let mut ready = ready_ports(view, bindings);
+        ready.retain(|p| !skipped_ports.contains(p));
         self.installed.send_modify(|s| {
             s.version = Some(view.version);
             s.ready_ports = ready;
-            if let Some(n) = untranslated {
-                s.untranslated = n;
+            if let Some((untranslated, skipped, left_out)) = counts {
+                s.untranslated = untranslated;
+                s.skipped = skipped;
+                s.left_out = left_out;
             }
             s.flows = report.flows_added + report.flows_kept;
             s.error = None;
@@ -907,6 +992,32 @@ fn ready_ports(view: &ChassisView, bindings: &LocalBindings) -> BTreeSet<String>
         .collect()
 }
 
+/// The key of this node's load-balancer ids in `<state>/lb-id-key` (16 random bytes,
+/// created on first start, kept so that ids and the flows saved with them survive a
+/// restart). If it cannot be read or written, a fresh key for this run: ids then change
+/// at the next restart, which only starts the affinity tables afresh.
+fn lb_id_key(state_dir: &Path) -> LbIdKey {
+    let path = state_dir.join("lb-id-key");
+    if let Ok(bytes) = fs::read(&path)
+        && let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice())
+    {
+        return LbIdKey(key);
+    }
+    let mut key = [0u8; 16];
+    if let Err(e) = fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)) {
+        // Not secret then, but still collision-free (load_balancer_ids).
+        warn!(error = %e, "reading /dev/urandom for the load-balancer id key failed; ids are predictable");
+        let pid = std::process::id().to_be_bytes();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        key[..4].copy_from_slice(&pid);
+        key[4..].copy_from_slice(&now.as_nanos().to_be_bytes()[4..]);
+    }
+    if let Err(e) = write_atomically(&path, &key, Durability::Restart) {
+        warn!(path = %path.display(), error = %e, "the load-balancer id key is not kept; ids change at the next restart");
+    }
+    LbIdKey(key)
+}
+
 /// How far a written file must get before [`write_atomically`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -936,6 +1047,70 @@ pub fn write_atomically(path: &Path, bytes: &[u8], durability: Durability) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A datapath process answering at `path` (its service in this process, without
+    /// ports); its control shows what it was given.
+    fn datapath_process(path: &Path) -> Arc<skein_datapath::control::Control> {
+        use skein_datapath::control::Control;
+        use skein_datapath::io::{Switch, SwitchConfig, SwitchStats, now_ns};
+        use skein_datapath::service::Service;
+        use skein_datapath::{Datapath, DatapathConfig};
+        let dp = Arc::new(Datapath::new(DatapathConfig::default()));
+        let switch =
+            Arc::new(Switch::start(dp.clone(), &[], SwitchConfig { workers: 1, ..Default::default() }).unwrap());
+        let control = Arc::new(Control::new(dp, Box::new(SwitchStats::default), now_ns));
+        let service = Arc::new(Service::new(control.clone(), switch, &[]));
+        // A new process binds the path afresh; the old one's listener no longer gets
+        // connections, as when it has exited.
+        let _ = fs::remove_file(path);
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || service.serve(listener));
+        control
+    }
+
+    #[test]
+    fn a_datapath_process_gets_the_conntrack_limits_and_a_new_one_gets_them_again() {
+        use skein_datapath::conntrack::ZoneLimitScope;
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, state) = (dir.path().join("dp.sock"), dir.path().join("state"));
+        fs::create_dir_all(&state).unwrap();
+        // The previous run's flows, the zone limits and the tunnel's remotes with them, and
+        // no port records: a node where no pod was ever bound restores its flows too.
+        fs::write(
+            state.join("flows.txt"),
+            "tunnel=3,local_ip=192.0.2.11,underlay_port=3\ntunnel_remotes=3,remotes=192.0.2.12\n\
+             ct_zone_limit=default,limit=500\ntable=0,priority=0,actions=drop\n",
+        )
+        .unwrap();
+        let first = datapath_process(&sock);
+        let handle = DatapathHandle::Remote(skein_datapath::service::Client::new(&sock, Duration::from_secs(10)));
+        let tunnel = Tunnel {
+            port: 3,
+            underlay_port: 3,
+            local_ip: std::net::Ipv4Addr::new(192, 0, 2, 11),
+            local_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 1]),
+            next_hop_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 2]),
+            mtu: 1500,
+        };
+        let table = CtTableLimits { max_connections: 1000, early_drop: false, nat_attempts: 32 };
+        let limits = ConntrackLimits { pod_zone: 500, gateway_zone: 2000 };
+        let net = NodeNetwork::new(handle, Vec::new(), &state, tunnel, None, limits, table).unwrap();
+        let given = |c: &skein_datapath::control::Control| {
+            let installed = c.installed();
+            (c.datapath().conntrack_limits(), installed.zone_limits.len(), installed.tunnel_remotes.len())
+        };
+        assert_eq!(given(&first), (table, 1, 1));
+        assert_eq!(first.datapath().zone_limit(7), Some(500));
+        assert!(!net.resync_datapath().unwrap(), "the same process keeps what it has");
+
+        // Another run of the datapath process: nothing until the agent gives it all again.
+        let second = datapath_process(&sock);
+        assert_eq!(given(&second), (CtTableLimits::default(), 0, 0));
+        assert!(net.resync_datapath().unwrap(), "another run");
+        assert_eq!(given(&second), (table, 1, 1));
+        assert_eq!(second.installed().zone_limits[0].scope, ZoneLimitScope::Default);
+        assert!(!net.resync_datapath().unwrap());
+    }
 
     fn record(host_ifname: &str, ifindex: Option<u32>, netns: Option<&Path>) -> PortRecord {
         PortRecord {

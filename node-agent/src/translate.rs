@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use skein_datapath::conntrack::{NatAction, NatRange};
-use skein_datapath::flow::{CtSpec, CtZone, Responder, Subfield, TunnelPort};
+use skein_datapath::conntrack::{NatAction, NatRange, ZoneLimitScope};
+use skein_datapath::flow::{CtSpec, CtZone, Responder, Subfield, TunnelPort, TunnelRemotes, ZoneLimit};
 use skein_datapath::flowtext::{FlowFile, format_flow};
 use skein_datapath::lb::{Backend as DpBackend, LoadBalancer};
 use skein_datapath::{Action as DpAction, Bucket, Field, Flow, Group, GroupKind, Match as DpMatch};
@@ -146,6 +146,24 @@ pub struct Tunnel {
     pub mtu: u16,
 }
 
+/// The gateway router's DNAT conntrack zone (NodePorts, external and LoadBalancer IPs).
+pub const GATEWAY_DNAT_ZONE: u16 = 0x8000;
+/// The gateway router's SNAT conntrack zone (pod egress, forced SNAT of external traffic).
+pub const GATEWAY_SNAT_ZONE: u16 = 0;
+
+/// Connection limits per conntrack zone, installed with the flows (`ct_zone_limit=`): a
+/// new connection beyond its zone's limit takes the place of the zone's oldest unassured
+/// one, or is dropped. 0: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackLimits {
+    /// Each of a pod's zones (its port's and its hairpin zone), and every zone without a
+    /// limit of its own.
+    pub pod_zone: u32,
+    /// Each of the gateway router's zones ([`GATEWAY_DNAT_ZONE`], [`GATEWAY_SNAT_ZONE`]):
+    /// all of the node's north–south connections share them.
+    pub gateway_zone: u32,
+}
+
 /// What only the agent knows: which logical ports are which datapath ports here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalBindings {
@@ -158,6 +176,10 @@ pub struct LocalBindings {
     pub uplink: Option<Uplink>,
     /// The tunnel.
     pub tunnel: Tunnel,
+    /// Conntrack zone limits.
+    pub conntrack: ConntrackLimits,
+    /// The key of the load-balancer ids.
+    pub lb_id_key: LbIdKey,
 }
 
 /// Why one logical flow cannot be translated yet.
@@ -203,6 +225,14 @@ pub enum Unsupported {
     /// A logical table beyond the pipeline's table range.
     #[error("logical table {0} is beyond the {len} tables of a pipeline", len = tables::PIPELINE_LEN)]
     TableOutOfRange(u8),
+    /// One of its datapath flows has the table, priority and match of another logical
+    /// flow's (of the object named, which sorts first), with other actions: only one can
+    /// be installed.
+    #[error("a flow with the same table, priority and match, from {kept}, is installed instead")]
+    Conflict {
+        /// The object whose flow is installed.
+        kept: String,
+    },
 }
 
 /// A logical flow that was not translated, and why.
@@ -214,41 +244,63 @@ pub struct UntranslatedFlow {
     pub reason: Unsupported,
 }
 
-/// Why a view cannot be translated.
+/// An item of the view left out of the translation, and why; everything else is
+/// installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedItem {
+    /// The object it belongs to (a node for its chassis and ports, a pod for its port).
+    pub object: Owner,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// Why an item of the view was left out.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum TranslateError {
-    /// Some logical flows cannot be translated (each listed with its reason).
-    #[error("{} logical flows cannot be translated: {}", .0.len(), list(.0))]
-    Untranslatable(Vec<UntranslatedFlow>),
-    /// A port resides on a chassis the view does not list.
-    #[error("port {port} resides on chassis {chassis}, which the view does not list")]
-    UnknownChassis {
-        /// The port.
-        port: String,
-        /// Its chassis.
-        chassis: String,
-    },
-    /// A remote chassis has an IPv6 tunnel address (the tunnel port is IPv4).
-    #[error("chassis {chassis} has IPv6 tunnel address {ip}")]
+pub enum SkipReason {
+    /// A chassis with an IPv6 tunnel address (the tunnel port is IPv4): its ports are
+    /// unreachable from here, and its frames are not accepted.
+    #[error("chassis {chassis} has IPv6 tunnel address {ip}; tunnels are IPv4, so its ports are unreachable from here")]
     Ipv6Tunnel {
         /// The chassis.
         chassis: String,
         /// Its address.
         ip: IpAddr,
     },
-    /// Two load balancers hash to one datapath id.
-    #[error("load balancers {a} and {b} share datapath id {id}")]
-    LoadBalancerIdCollision {
-        /// One.
-        a: String,
-        /// The other.
-        b: String,
-        /// The id.
-        id: u32,
+    /// A chassis listed twice with different details: the first is used.
+    #[error("chassis {chassis} is listed twice; tunnel address {kept} is used")]
+    DuplicateChassis {
+        /// The chassis.
+        chassis: String,
+        /// The address used.
+        kept: IpAddr,
     },
-    /// Two datapath flows with one table, priority and match.
-    #[error("two flows with one table, priority and match: {0}")]
-    DuplicateFlow(String),
+    /// A port on a chassis the view does not list (or that was left out).
+    #[error("port {port} resides on chassis {chassis}, which the view does not list or has no usable tunnel address")]
+    UnknownChassis {
+        /// The port.
+        port: String,
+        /// Its chassis.
+        chassis: String,
+    },
+    /// A port with the name, or the datapath and key, of another port (which sorts first).
+    #[error("port {port} has the name or the datapath and key of port {kept}, which is used instead")]
+    DuplicatePort {
+        /// The port left out.
+        port: String,
+        /// The port used.
+        kept: String,
+    },
+}
+
+/// Why a view cannot be translated (whole).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum TranslateError {
+    /// Some logical flows cannot be translated (each listed with its reason).
+    #[error("{} logical flows cannot be translated: {}", .0.len(), list(.0))]
+    Untranslatable(Vec<UntranslatedFlow>),
+    /// Some items of the view were left out (each listed with its reason).
+    #[error("{} items of the view were left out: {}", .0.len(), .0.iter().map(|s| format!("[{}: {}]", s.object, s.reason)).collect::<Vec<_>>().join(" "))]
+    Skipped(Vec<SkippedItem>),
     /// A port range of the uplink is empty or starts at port 0.
     #[error("uplink {name} {lo}-{hi}: a range must be 1-65535 with the first port not above the last")]
     BadPortRange {
@@ -272,21 +324,34 @@ pub struct Translation {
     pub file: FlowFile,
     /// The logical flows left out, sorted, each with its reason.
     pub untranslated: Vec<UntranslatedFlow>,
+    /// The chassis and ports left out, each with its reason.
+    pub skipped: Vec<SkippedItem>,
     /// The pod ports' own flows (also in `file`): what [`pod_port_flows`] gives for the
     /// same view and bindings, kept so that a later binding change installs only the
     /// difference ([`pod_port_delta`]).
     pub pod_port_flows: Vec<Flow>,
 }
 
-/// Translates `view` for this chassis; fails if any logical flow cannot be translated.
+/// Translates `view` for this chassis; fails if any logical flow cannot be translated or
+/// any item of the view has to be left out.
 pub fn translate(view: &ChassisView, local: &LocalBindings) -> Result<FlowFile, TranslateError> {
     let t = translate_partial(view, local)?;
-    if t.untranslated.is_empty() { Ok(t.file) } else { Err(TranslateError::Untranslatable(t.untranslated)) }
+    if !t.untranslated.is_empty() {
+        return Err(TranslateError::Untranslatable(t.untranslated));
+    }
+    if !t.skipped.is_empty() {
+        return Err(TranslateError::Skipped(t.skipped));
+    }
+    Ok(t.file)
 }
 
-/// Translates what can be translated of `view` and lists the logical flows that cannot
-/// (never dropping one silently). Structural problems (a port on an unknown chassis, a
-/// load balancer id collision) still fail the whole translation.
+/// Translates what can be translated of `view` and lists what cannot — never dropping
+/// anything silently, and never letting one bad object stop the others, as
+/// ovn-controller does per logical flow: a logical flow that cannot be translated, or
+/// whose datapath flow would replace another object's, is left out; a chassis without a
+/// usable tunnel address, or a port on such a chassis or duplicating another, is left
+/// out; everything else is installed. Only the agent's own settings (an uplink port range)
+/// fail it.
 pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Translation, TranslateError> {
     if let Some(u) = &local.uplink {
         for (name, (lo, hi)) in [("snat_ports", u.snat_ports), ("node_port_range", u.node_port_range)] {
@@ -295,39 +360,95 @@ pub fn translate_partial(view: &ChassisView, local: &LocalBindings) -> Result<Tr
             }
         }
     }
-    let cx = Context::new(view, local)?;
-    let mut flows = Vec::new();
+    let cx = Context::new(view, local);
+    // Every datapath flow with where it came from: a logical flow (its index in the
+    // view), or the infrastructure (classification, output, delivery, next hops).
+    let mut flows: Vec<(Origin, Flow)> = Vec::new();
     let mut untranslated = Vec::new();
-    for lf in &view.items.flows {
+    for (i, lf) in view.items.flows.iter().enumerate() {
         match cx.logical_flow(lf) {
-            Ok(mut fs) => flows.append(&mut fs),
+            Ok(fs) => flows.extend(fs.into_iter().map(|f| (Origin::Logical(i), f))),
             Err(reason) => untranslated.push(UntranslatedFlow { flow: lf.clone(), reason }),
         }
     }
-    flows.extend(cx.classify_flows(Part::View));
-    let (mut out, groups) = cx.output_flows()?;
-    flows.append(&mut out);
-    flows.extend(cx.deliver_flows(Part::View));
-    flows.extend(cx.next_hop_flows());
+    let infra = |fs: Vec<Flow>| fs.into_iter().map(|f| (Origin::Infra, f));
+    flows.extend(infra(cx.classify_flows(Part::View)));
+    let (out, groups) = cx.output_flows();
+    flows.extend(infra(out));
+    flows.extend(infra(cx.deliver_flows(Part::View)));
+    flows.extend(infra(cx.next_hop_flows()));
     let pod_port_flows = cx.pod_port_flows();
-    flows.extend(pod_port_flows.iter().cloned());
+    flows.extend(infra(pod_port_flows.clone()));
 
-    let mut keyed: Vec<(u8, std::cmp::Reverse<u16>, String, Flow)> =
-        flows.into_iter().map(|f| (f.table, std::cmp::Reverse(f.priority), format_flow(&f), f)).collect();
-    keyed.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-    let mut seen = hashbrown::HashSet::with_capacity(keyed.len());
-    for (_, _, _, f) in &keyed {
-        if !seen.insert((f.table, f.priority, f.matches.normalized())) {
-            return Err(TranslateError::DuplicateFlow(format_flow(f)));
+    // One datapath flow per (table, priority, match): the infrastructure's first, then
+    // by owner. A logical flow that loses one of its flows to another object's is left
+    // out whole (and reported); an identical copy is simply dropped.
+    let logical: Vec<&LogicalFlow> = view.items.flows.iter().collect();
+    let rank = |o: &Origin| match o {
+        Origin::Infra => (0, None, 0),
+        Origin::Logical(i) => (1, Some(&logical[*i].owner), *i),
+    };
+    let mut order: Vec<usize> = (0..flows.len()).collect();
+    order.sort_by(|a, b| rank(&flows[*a].0).cmp(&rank(&flows[*b].0)));
+    let mut holder: hashbrown::HashMap<(u8, u16, DpMatch), usize> = hashbrown::HashMap::with_capacity(flows.len());
+    let mut keep = vec![true; flows.len()];
+    let mut conflicted: BTreeMap<usize, String> = BTreeMap::new();
+    let mut skipped = cx.skipped.clone();
+    for &i in &order {
+        let f = &flows[i].1;
+        let key = (f.table, f.priority, f.matches.normalized());
+        let Some(&first) = holder.get(&key) else {
+            holder.insert(key, i);
+            continue;
+        };
+        keep[i] = false;
+        if flows[first].1.actions == f.actions {
+            continue;
+        }
+        let kept = match flows[first].0 {
+            Origin::Infra => "the node's own flows".to_owned(),
+            Origin::Logical(j) => logical[j].owner.to_string(),
+        };
+        match flows[i].0 {
+            Origin::Logical(j) => {
+                conflicted.entry(j).or_insert(kept);
+            }
+            Origin::Infra => skipped.push(SkippedItem {
+                object: Owner::Cluster,
+                reason: SkipReason::DuplicatePort { port: format_flow(f), kept },
+            }),
         }
     }
+    for (j, kept) in &conflicted {
+        untranslated
+            .push(UntranslatedFlow { flow: logical[*j].clone(), reason: Unsupported::Conflict { kept: kept.clone() } });
+    }
+    untranslated.sort_by(|a, b| a.flow.cmp(&b.flow));
+    let mut keyed: Vec<(u8, std::cmp::Reverse<u16>, String, Flow)> = flows
+        .into_iter()
+        .zip(keep)
+        .filter(|((origin, _), keep)| *keep && !matches!(origin, Origin::Logical(j) if conflicted.contains_key(j)))
+        .map(|((_, f), _)| (f.table, std::cmp::Reverse(f.priority), format_flow(&f), f))
+        .collect();
+    keyed.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     let file = FlowFile {
         flows: keyed.into_iter().map(|k| k.3).collect(),
         groups,
         load_balancers: cx.load_balancers.values().cloned().collect(),
         tunnels: vec![cx.tunnel_port()],
+        tunnel_remotes: vec![cx.tunnel_remotes()],
+        zone_limits: cx.zone_limits(),
     };
-    Ok(Translation { file, untranslated, pod_port_flows })
+    Ok(Translation { file, untranslated, skipped, pod_port_flows })
+}
+
+/// Where a datapath flow came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The logical flow at this index of the view.
+    Logical(usize),
+    /// Classification, output, delivery or next-hop flows.
+    Infra,
 }
 
 /// The flows of `local`'s pod ports alone — classification from each bound pod port and
@@ -400,11 +521,59 @@ pub fn view_has_acls(view: &ChassisView) -> bool {
     view.items.flows.iter().any(|f| f.actions.iter().any(|a| matches!(a, Action::SetAclMeta { .. })))
 }
 
-/// The datapath id of a load balancer: a hash of its identity, stable across restarts
-/// and deltas (a collision is reported by the translation).
-pub fn load_balancer_id(id: &LbId) -> u32 {
-    let h = fnv1a(id.to_string().as_bytes());
-    (h ^ (h >> 32)) as u32
+/// A node's secret that keys its load-balancer ids ([`load_balancer_id`]): a Service
+/// author who does not know it cannot search for names whose ids collide.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbIdKey(pub [u8; 16]);
+
+impl std::fmt::Debug for LbIdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret: never in a log.
+        f.write_str("LbIdKey(..)")
+    }
+}
+
+/// The preferred datapath id of a load balancer: the first 32 bits of SHA-256 of the
+/// node's key and its identity, stable across restarts (the key is kept in the state
+/// directory) and deltas. The id it gets is this one unless another load balancer of the
+/// view took it ([`load_balancer_ids`]).
+pub fn load_balancer_id(key: &LbIdKey, id: &LbId) -> u32 {
+    id_candidate(key, &id.to_string(), 0)
+}
+
+/// Candidate `attempt` for the load balancer named `name`.
+fn id_candidate(key: &LbIdKey, name: &str, attempt: u32) -> u32 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key.0);
+    h.update(attempt.to_be_bytes());
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// The datapath ids of load balancers (by identity text), collision-free by construction:
+/// in the order of their identities, each takes its preferred id ([`load_balancer_id`])
+/// or, if that is taken, the first free of its next candidates. So ids are stable across
+/// restarts and deltas, and two load balancers never share one; with the ids keyed by a
+/// secret, nobody can pick a Service name that moves another Service's id (which would
+/// start its affinity table afresh), and a chance collision only does that.
+pub fn load_balancer_ids<'a>(key: &LbIdKey, ids: impl IntoIterator<Item = &'a LbId>) -> BTreeMap<String, u32> {
+    let names: BTreeSet<String> = ids.into_iter().map(ToString::to_string).collect();
+    let mut taken: hashbrown::HashSet<u32> = hashbrown::HashSet::with_capacity(names.len());
+    let mut out = BTreeMap::new();
+    for name in names {
+        let mut candidate = id_candidate(key, &name, 0);
+        let mut attempt = 1;
+        while !taken.insert(candidate) {
+            // A few hashed candidates, then the next free id after the last: terminates
+            // while any id is free.
+            candidate = if attempt < 8 { id_candidate(key, &name, attempt) } else { candidate.wrapping_add(1) };
+            attempt += 1;
+        }
+        out.insert(name, candidate);
+    }
+    out
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -427,6 +596,13 @@ fn mac(m: MacAddr) -> u128 {
 struct Context<'a> {
     view: &'a ChassisView,
     local: &'a LocalBindings,
+    /// The ports translated: the view's, but those on a chassis without a usable tunnel
+    /// address and those duplicating another's name or key.
+    ports: Vec<&'a PortBinding>,
+    /// Remote chassis with a usable (IPv4) tunnel address.
+    chassis: BTreeMap<&'a str, Ipv4Addr>,
+    /// What was left out of the view, and why.
+    skipped: Vec<SkippedItem>,
     kinds: BTreeMap<DatapathKey, DatapathKind>,
     /// Load balancers by identity string.
     load_balancers: BTreeMap<String, LoadBalancer>,
@@ -439,16 +615,13 @@ struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    fn new(view: &'a ChassisView, local: &'a LocalBindings) -> Result<Self, TranslateError> {
+    fn new(view: &'a ChassisView, local: &'a LocalBindings) -> Self {
         let kinds = view.items.datapaths.iter().map(|d| (d.key, d.kind)).collect();
+        let ids = load_balancer_ids(&local.lb_id_key, view.items.load_balancers.iter().map(|e| &e.id));
         let mut load_balancers = BTreeMap::new();
-        let mut ids: BTreeMap<u32, String> = BTreeMap::new();
         for entry in &view.items.load_balancers {
             let name = entry.id.to_string();
-            let id = load_balancer_id(&entry.id);
-            if let Some(other) = ids.insert(id, name.clone()) {
-                return Err(TranslateError::LoadBalancerIdCollision { a: other, b: name, id });
-            }
+            let Some(&id) = ids.get(&name) else { continue };
             let backends = entry
                 .backends
                 .iter()
@@ -482,23 +655,32 @@ impl<'a> Context<'a> {
                 }
             }
         }
-        let cx = Context { view, local, kinds, load_balancers, zoned_switch, zoned_router, acl: view_has_acls(view) };
-        // Check every remote port's chassis up front.
-        for p in &view.items.ports {
-            if cx.is_remote(p) {
-                cx.chassis_ip(p)?;
-            }
-        }
-        Ok(cx)
-    }
-
-    /// A context for the pod ports' flows only ([`Part::Pods`]): they use neither load
-    /// balancers nor conntrack zones, so those are left empty, and checking the remote
-    /// chassis is left to the full translation.
-    fn for_ports(view: &'a ChassisView, local: &'a LocalBindings) -> Self {
+        let (ports, chassis, skipped) = usable(view);
         Context {
             view,
             local,
+            ports,
+            chassis,
+            skipped,
+            kinds,
+            load_balancers,
+            zoned_switch,
+            zoned_router,
+            acl: view_has_acls(view),
+        }
+    }
+
+    /// A context for the pod ports' flows only ([`Part::Pods`]): they use neither load
+    /// balancers nor conntrack zones, so those are left empty; the ports are those the
+    /// full translation uses.
+    fn for_ports(view: &'a ChassisView, local: &'a LocalBindings) -> Self {
+        let (ports, chassis, skipped) = usable(view);
+        Context {
+            view,
+            local,
+            ports,
+            chassis,
+            skipped,
             kinds: BTreeMap::new(),
             load_balancers: BTreeMap::new(),
             zoned_switch: None,
@@ -518,19 +700,9 @@ impl<'a> Context<'a> {
         p.chassis.as_ref().is_some_and(|c| *c != self.view.chassis)
     }
 
-    fn chassis_ip(&self, p: &PortBinding) -> Result<Ipv4Addr, TranslateError> {
-        let name = p.chassis.clone().unwrap_or_default();
-        let chassis = self
-            .view
-            .items
-            .chassis
-            .iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| TranslateError::UnknownChassis { port: p.name.clone(), chassis: name.clone() })?;
-        match chassis.tunnel_ip {
-            IpAddr::V4(ip) => Ok(ip),
-            ip @ IpAddr::V6(_) => Err(TranslateError::Ipv6Tunnel { chassis: name, ip }),
-        }
+    /// The tunnel address of a remote port's chassis (every port kept has one).
+    fn chassis_ip(&self, p: &PortBinding) -> Option<Ipv4Addr> {
+        self.chassis.get(p.chassis.as_deref()?).copied()
     }
 
     /// The datapath port number of a local port, if bound.
@@ -547,13 +719,31 @@ impl<'a> Context<'a> {
     /// router's `External` port here (the node IP): the uplink's range, or the default
     /// one while the uplink is not bound.
     fn snat_ports(&self, datapath: DatapathKey, ip: IpAddr) -> Option<(u16, u16)> {
-        let is_node_ip = self.view.items.ports.iter().any(|p| {
+        let is_node_ip = self.ports.iter().any(|p| {
             p.datapath == datapath
                 && matches!(p.kind, PortKind::External)
                 && !self.is_remote(p)
                 && p.ips.iter().any(|n| n.addr() == ip)
         });
         is_node_ip.then(|| self.local.uplink.map_or(Uplink::DEFAULT_SNAT_PORTS, |u| u.snat_ports))
+    }
+
+    /// Frames are accepted through the tunnel from the other chassis of the view only.
+    fn tunnel_remotes(&self) -> TunnelRemotes {
+        TunnelRemotes::new(self.local.tunnel.port, self.chassis.values().map(|ip| u32::from(*ip)))
+    }
+
+    /// The zone limits of [`LocalBindings::conntrack`] (none when both are 0).
+    fn zone_limits(&self) -> Vec<ZoneLimit> {
+        let c = self.local.conntrack;
+        if c.pod_zone == 0 && c.gateway_zone == 0 {
+            return Vec::new();
+        }
+        vec![
+            ZoneLimit { scope: ZoneLimitScope::Default, limit: c.pod_zone },
+            ZoneLimit { scope: ZoneLimitScope::Zone(GATEWAY_SNAT_ZONE), limit: c.gateway_zone },
+            ZoneLimit { scope: ZoneLimitScope::Zone(GATEWAY_DNAT_ZONE), limit: c.gateway_zone },
+        ]
     }
 
     fn tunnel_port(&self) -> TunnelPort {
@@ -618,8 +808,8 @@ impl<'a> Context<'a> {
             ZoneScope::InPort => CtZone::Field(regs::INPORT),
             ZoneScope::InPortHairpin => CtZone::Field(regs::HAIRPIN_ZONE),
             ZoneScope::OutPort => CtZone::Field(regs::OUTPORT),
-            ZoneScope::RouterDnat => CtZone::Const(0x8000),
-            ZoneScope::RouterSnat => CtZone::Const(0),
+            ZoneScope::RouterDnat => CtZone::Const(GATEWAY_DNAT_ZONE),
+            ZoneScope::RouterSnat => CtZone::Const(GATEWAY_SNAT_ZONE),
         })
     }
 
@@ -667,8 +857,6 @@ impl<'a> Context<'a> {
                 Action::IcmpEchoReply => out.push(DpAction::Respond(Responder::IcmpEcho)),
                 Action::IcmpTimeExceeded { source } => {
                     let port_mac = self
-                        .view
-                        .items
                         .ports
                         .iter()
                         .find(|p| p.datapath == lf.datapath && p.ips.iter().any(|n| n.addr() == *source))
@@ -777,7 +965,7 @@ impl<'a> Context<'a> {
         if part == Part::View {
             flows.push(Self::infra(tables::CLASSIFY, 0, DpMatch::ANY, vec![DpAction::Drop]));
         }
-        for p in self.view.items.ports.iter().filter(|p| part.has(p)) {
+        for p in self.ports.iter().copied().filter(|p| part.has(p)) {
             if let Some(n) = self.local_port(p) {
                 let mut actions = Self::enter_ingress(p.datapath, p.key);
                 actions.push(DpAction::GotoTable(tables::INGRESS));
@@ -881,17 +1069,19 @@ impl<'a> Context<'a> {
             .collect()
     }
 
-    fn output_flows(&self) -> Result<(Vec<Flow>, Vec<Group>), TranslateError> {
+    fn output_flows(&self) -> (Vec<Flow>, Vec<Group>) {
         let mut flows = vec![Self::infra(tables::OUTPUT, 0, DpMatch::ANY, vec![DpAction::Drop])];
         let mut groups = Vec::new();
-        for p in &self.view.items.ports {
+        for p in self.ports.iter().copied() {
             let m = DpMatch::ANY
                 .with(regs::DATAPATH, u128::from(p.datapath.get()))
                 .with(regs::OUTPORT, u128::from(p.key.get()));
             let actions = if self.is_remote(p) {
+                // Every remote port kept has a chassis with an address.
+                let Some(ip) = self.chassis_ip(p) else { continue };
                 let mut a = vec![
                     set(Field::TunId, u128::from(p.datapath.get())),
-                    set(Field::TunDst, v4(self.chassis_ip(p)?)),
+                    set(Field::TunDst, v4(ip)),
                     set(Field::TunEgressPort, u128::from(p.key.get())),
                 ];
                 if self.acl {
@@ -913,8 +1103,6 @@ impl<'a> Context<'a> {
                 continue;
             }
             let buckets = self
-                .view
-                .items
                 .ports
                 .iter()
                 .filter(|p| p.datapath == d.key && !self.is_remote(p))
@@ -933,7 +1121,7 @@ impl<'a> Context<'a> {
                 .with(regs::OUTPORT, u128::from(PortKey::FLOOD));
             flows.push(Self::infra(tables::OUTPUT, 100, m, vec![DpAction::Group(d.key.get())]));
         }
-        Ok((flows, groups))
+        (flows, groups)
     }
 
     fn deliver_flows(&self, part: Part) -> Vec<Flow> {
@@ -941,7 +1129,7 @@ impl<'a> Context<'a> {
         if part == Part::View {
             flows.push(Self::infra(tables::DELIVER, 0, DpMatch::ANY, vec![DpAction::Drop]));
         }
-        for p in self.view.items.ports.iter().filter(|p| part.has(p) && !self.is_remote(p)) {
+        for p in self.ports.iter().copied().filter(|p| part.has(p) && !self.is_remote(p)) {
             let k = u128::from(p.key.get());
             let m = DpMatch::ANY.with(regs::DATAPATH, u128::from(p.datapath.get())).with(regs::OUTPORT, k);
             // A flood does not go back out of its input port.
@@ -1035,6 +1223,66 @@ impl<'a> Context<'a> {
         }
         flows
     }
+}
+
+/// The ports of `view` that can be translated, the remote chassis with a usable tunnel
+/// address, and what was left out: chassis with an IPv6 tunnel address or listed twice,
+/// ports on a chassis not listed (or left out), ports with the name or the datapath and
+/// key of another port (the one that sorts first is kept).
+fn usable(view: &ChassisView) -> (Vec<&PortBinding>, BTreeMap<&str, Ipv4Addr>, Vec<SkippedItem>) {
+    let mut skipped = Vec::new();
+    let mut chassis: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+    let mut listed: BTreeMap<&str, IpAddr> = BTreeMap::new();
+    for c in &view.items.chassis {
+        let node = || Owner::Node(c.name.as_str().into());
+        if let Some(kept) = listed.get(c.name.as_str()) {
+            let reason = SkipReason::DuplicateChassis { chassis: c.name.clone(), kept: *kept };
+            skipped.push(SkippedItem { object: node(), reason });
+            continue;
+        }
+        listed.insert(&c.name, c.tunnel_ip);
+        match c.tunnel_ip {
+            IpAddr::V4(ip) if c.name != view.chassis => {
+                chassis.insert(&c.name, ip);
+            }
+            IpAddr::V4(_) => {}
+            ip @ IpAddr::V6(_) if c.name != view.chassis => skipped
+                .push(SkippedItem { object: node(), reason: SkipReason::Ipv6Tunnel { chassis: c.name.clone(), ip } }),
+            // This chassis's own entry: its tunnel is the agent's (`Tunnel::local_ip`).
+            IpAddr::V6(_) => {}
+        }
+    }
+    let mut ports = Vec::with_capacity(view.items.ports.len());
+    let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut keys: BTreeMap<(DatapathKey, PortKey), &str> = BTreeMap::new();
+    for p in &view.items.ports {
+        let object = match (&p.kind, &p.chassis) {
+            (PortKind::Pod { pod, .. }, _) => Owner::Pod(pod.clone()),
+            (_, Some(c)) => Owner::Node(c.as_str().into()),
+            (_, None) => Owner::Cluster,
+        };
+        if let Some(c) = p.chassis.as_deref()
+            && c != view.chassis
+            && !chassis.contains_key(c)
+        {
+            // A chassis left out above is reported once, for itself.
+            if !listed.contains_key(c) {
+                let reason = SkipReason::UnknownChassis { port: p.name.clone(), chassis: c.to_owned() };
+                skipped.push(SkippedItem { object, reason });
+            }
+            continue;
+        }
+        let kept = names.get(p.name.as_str()).or_else(|| keys.get(&(p.datapath, p.key))).copied();
+        if let Some(kept) = kept {
+            let reason = SkipReason::DuplicatePort { port: p.name.clone(), kept: kept.to_owned() };
+            skipped.push(SkippedItem { object, reason });
+            continue;
+        }
+        names.insert(&p.name, &p.name);
+        keys.insert((p.datapath, p.key), &p.name);
+        ports.push(p);
+    }
+    (ports, chassis, skipped)
 }
 
 /// The masked values that cover the ports `lo..=hi` exactly (largest aligned blocks
@@ -1376,6 +1624,8 @@ mod tests {
                 next_hop_mac: MacAddr([0x02, 0, 0, 0, 0, 0x02]),
                 mtu: 1500,
             },
+            conntrack: ConntrackLimits::default(),
+            lb_id_key: LbIdKey([7; 16]),
         }
     }
 
@@ -1808,7 +2058,7 @@ mod tests {
         let view = e.snapshot("a").unwrap();
         let t = translate_partial(&view, &bindings("a")).unwrap();
         let entry = view.items.load_balancers.iter().next().unwrap();
-        let id = load_balancer_id(&entry.id);
+        let id = load_balancer_id(&bindings("a").lb_id_key, &entry.id);
         assert_eq!(t.file.load_balancers.len(), 1);
         assert_eq!(t.file.load_balancers[0].id, id);
         assert!(
@@ -2140,5 +2390,158 @@ mod tests {
         assert_eq!(cover(80, 80), 1);
         assert_eq!(cover(65535, 65535), 1);
         assert_eq!(port_masks(0, 65535), vec![(0, 0)]);
+    }
+
+    // ---- failure isolation: one bad object leaves out only itself ----
+
+    /// Whether some flow of `t` tunnels to `ip`.
+    fn tunnels_to(t: &Translation, ip: Ipv4Addr) -> bool {
+        t.file.flows.iter().any(|f| {
+            f.actions.iter().any(|a| matches!(a, DpAction::SetField { field: Field::TunDst, value, .. } if *value == u128::from(u32::from(ip))))
+        })
+    }
+
+    #[test]
+    fn two_services_sharing_an_external_ip_and_port_leave_out_only_the_second() {
+        let mut e = engine();
+        let shared = |name: &str, vip: &str| Service {
+            external_ips: vec![ip("203.0.113.50")],
+            ..service(name, vip, 80, None, false)
+        };
+        e.apply([
+            UpsertService(shared("first", "10.96.0.20")),
+            UpsertEndpointSlice(slice("first-1", "first", &[("10.244.0.3", "a")])),
+            UpsertService(shared("second", "10.96.0.21")),
+            UpsertEndpointSlice(slice("second-1", "second", &[("10.244.0.4", "a")])),
+        ]);
+        let view = e.snapshot("a").unwrap();
+        let t = translate_partial(&view, &bindings("a")).expect("the view translates");
+        let conflicts: Vec<_> =
+            t.untranslated.iter().filter(|u| matches!(u.reason, Unsupported::Conflict { .. })).collect();
+        assert!(!conflicts.is_empty(), "the shared externalIP:port is reported: {:?}", t.untranslated);
+        for u in &conflicts {
+            assert!(u.flow.owner.to_string().contains("second"), "only the second Service loses: {u:?}");
+            assert!(matches!(&u.reason, Unsupported::Conflict { kept } if kept.contains("first")), "{u:?}");
+        }
+        // The strict translation names the problem instead of installing a partial view.
+        assert!(matches!(translate(&view, &bindings("a")), Err(TranslateError::Untranslatable(_))));
+
+        // Everything else is installed and works: web, the second Service's cluster IP,
+        // pod to pod on another node.
+        let dp = Datapath::new(DatapathConfig::default());
+        if let Err((i, err, _)) = dp.apply(&t.file.to_mods()) {
+            panic!("modification {i} refused: {err}");
+        }
+        let gateway = mac_of("10.244.0.1");
+        for (vip, backend, port) in [("10.96.0.10", "10.244.0.4", 2), ("10.96.0.21", "10.244.0.4", 2)] {
+            let syn = tcp(mac_of("10.244.0.3"), gateway, "10.244.0.3", vip, 40000, 80, SYN);
+            let out = run(&dp, vec![Packet::new(syn, 1)]);
+            assert_eq!(out.len(), 1, "{vip}: {out:?}");
+            assert_eq!(out[0].1, port, "{vip}");
+            assert_eq!(ip_dst(&out[0].2), backend.parse::<Ipv4Addr>().unwrap(), "{vip}");
+        }
+        assert!(tunnels_to(&t, TUNNEL_B.parse().unwrap()), "pods on b stay reachable");
+        // The first Service keeps its external address: DNAT to its backend, p1.
+        let syn = tcp(mac_of("10.244.0.4"), gateway, "10.244.0.4", "203.0.113.50", 40001, 80, SYN);
+        let out = run(&dp, vec![Packet::new(syn, 2)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(ip_dst(&out[0].2), "10.244.0.3".parse::<Ipv4Addr>().unwrap(), "the first Service answers");
+    }
+
+    #[test]
+    fn a_chassis_with_an_ipv6_tunnel_address_is_left_out_and_the_rest_installed() {
+        let mut e = engine();
+        e.apply([UpsertNode(node("c", 2, "2001:db8::3")), UpsertPod(pod("r1", "c", 2, 3))]);
+        let view = e.snapshot("a").unwrap();
+        assert!(view.items.chassis.iter().any(|c| c.name == "c"), "the view lists c");
+        let t = translate_partial(&view, &bindings("a")).expect("the view translates");
+        assert!(
+            t.skipped.iter().any(|s| matches!(&s.reason, SkipReason::Ipv6Tunnel { chassis, .. } if chassis == "c")),
+            "{:?}",
+            t.skipped
+        );
+        assert!(
+            t.skipped.iter().all(|s| s.object.to_string().contains('c')),
+            "only c and its ports are left out: {:?}",
+            t.skipped
+        );
+        assert!(matches!(translate(&view, &bindings("a")), Err(TranslateError::Skipped(_))));
+        // b is still a tunnel remote and reachable; c is neither.
+        let b: Ipv4Addr = TUNNEL_B.parse().unwrap();
+        assert_eq!(t.file.tunnel_remotes[0].remotes, vec![u32::from(b)]);
+        assert!(tunnels_to(&t, b));
+        let dp = Datapath::new(DatapathConfig::default());
+        if let Err((i, err, _)) = dp.apply(&t.file.to_mods()) {
+            panic!("modification {i} refused: {err}");
+        }
+        let syn = tcp(mac_of("10.244.0.3"), mac_of("10.244.0.1"), "10.244.0.3", "10.96.0.10", 40000, 80, SYN);
+        assert_eq!(run(&dp, vec![Packet::new(syn, 1)]).len(), 1, "the Service still answers");
+        // c itself translates its own view: its own tunnel address is the agent's.
+        let on_c = e.snapshot("c").unwrap();
+        let t = translate_partial(&on_c, &bindings("b")).expect("c's view translates");
+        assert!(t.skipped.iter().all(|s| !matches!(s.reason, SkipReason::Ipv6Tunnel { .. })), "{:?}", t.skipped);
+    }
+
+    #[test]
+    fn colliding_load_balancer_names_get_distinct_ids() {
+        let view = engine().snapshot("a").unwrap();
+        let template = view.items.load_balancers.iter().next().unwrap().id.clone();
+        let named = |name: String| LbId {
+            service: skein_netmodel::cluster::ObjectKey { namespace: "default".into(), name: name.into() },
+            ..template.clone()
+        };
+        // Search for two Service names whose preferred ids collide, as an author who knew
+        // the node's key could.
+        let key = bindings("a").lb_id_key;
+        let mut seen: hashbrown::HashMap<u32, LbId> = hashbrown::HashMap::new();
+        let (a, b) = (0..2_000_000u32)
+            .find_map(|i| {
+                let id = named(format!("svc-{i}"));
+                let h = load_balancer_id(&key, &id);
+                match seen.get(&h) {
+                    Some(other) => Some((other.clone(), id)),
+                    None => {
+                        seen.insert(h, id);
+                        None
+                    }
+                }
+            })
+            .expect("a 32-bit collision among 2 million names");
+        assert_eq!(load_balancer_id(&key, &a), load_balancer_id(&key, &b));
+        let ids = load_balancer_ids(&key, [&a, &b, &template]);
+        assert_eq!(ids.len(), 3);
+        let distinct: BTreeSet<u32> = ids.values().copied().collect();
+        assert_eq!(distinct.len(), 3, "{ids:?}");
+        // The first by name keeps its preferred id; the assignment does not depend on order.
+        let first = a.to_string().min(b.to_string());
+        assert_eq!(ids[&first], load_balancer_id(&key, &a));
+        assert_eq!(load_balancer_ids(&key, [&template, &b, &a]), ids);
+        // Under another node's key the two names do not collide (the search is per key).
+        let other = LbIdKey([9; 16]);
+        assert_ne!(load_balancer_id(&other, &a), load_balancer_id(&other, &b));
+    }
+
+    #[test]
+    fn conntrack_zone_limits_are_installed_with_the_flows() {
+        let view = engine().snapshot("a").unwrap();
+        let t = translate_partial(&view, &bindings("a")).unwrap();
+        assert!(t.file.zone_limits.is_empty(), "no limits by default");
+        let local =
+            LocalBindings { conntrack: ConntrackLimits { pod_zone: 500, gateway_zone: 20_000 }, ..bindings("a") };
+        let file = translate(&view, &local).unwrap();
+        let limits: BTreeMap<ZoneLimitScope, u32> = file.zone_limits.iter().map(|z| (z.scope, z.limit)).collect();
+        assert_eq!(limits.get(&ZoneLimitScope::Default), Some(&500));
+        assert_eq!(limits.get(&ZoneLimitScope::Zone(GATEWAY_DNAT_ZONE)), Some(&20_000));
+        assert_eq!(limits.get(&ZoneLimitScope::Zone(GATEWAY_SNAT_ZONE)), Some(&20_000));
+        // They survive the flow file (flows.txt) and the datapath takes them.
+        assert_eq!(parse_flow_file(&format_flow_file(&file)).unwrap().zone_limits, file.zone_limits);
+        let dp = Datapath::new(DatapathConfig::default());
+        if let Err((i, err, _)) = dp.apply(&file.to_mods()) {
+            panic!("modification {i} refused: {err}");
+        }
+        // The tunnel accepts b only.
+        assert_eq!(file.tunnel_remotes.len(), 1);
+        assert_eq!(file.tunnel_remotes[0].port, TUN);
+        assert_eq!(file.tunnel_remotes[0].remotes, vec![u32::from(TUNNEL_B.parse::<Ipv4Addr>().unwrap())]);
     }
 }

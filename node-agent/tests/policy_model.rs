@@ -285,6 +285,8 @@ fn bindings(n: u8, pods: &[Pod]) -> LocalBindings {
             next_hop_mac: MacAddr([0x02, 0, 0, 0, 2, 0]),
             mtu: 1500,
         },
+        conntrack: Default::default(),
+        lb_id_key: Default::default(),
     }
 }
 

@@ -1,10 +1,11 @@
 //! Arbitrary frames through connection tracking with arbitrary options (zone, commit,
-//! source/destination NAT, stored NAT, marks, a tiny table, advancing time): no panic,
-//! the table never exceeds its limit, and NAT never breaks a checksum that was valid.
+//! source/destination NAT, stored NAT, marks, a tiny table, a zone limit, early drop on
+//! or off, a small NAT search, advancing time): no panic, neither the table nor the
+//! limited zone ever exceeds its limit, and NAT never breaks a checksum that was valid.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skein_datapath::conntrack::{Conntrack, CtConfig, CtRequest, CtTimeouts, NatAction, NatRange, v4};
+use skein_datapath::conntrack::{Conntrack, CtConfig, CtRequest, CtTimeouts, NatAction, NatRange, ZoneLimitScope, v4};
 use skein_datapath::key::FlowKey;
 use skein_datapath::packet;
 use skein_datapath::parse::parse_frame;
@@ -24,8 +25,18 @@ fuzz_target!(|data: &[u8]| {
         other_first: 4,
         other_multiple: 4,
     };
-    let config = CtConfig { max_connections: 8, timeouts, tcp_loose: data.first().is_some_and(|b| b & 1 != 0), sweep_budget: 2 };
+    let first = data.first().copied().unwrap_or(0);
+    let config = CtConfig {
+        max_connections: 8,
+        timeouts,
+        tcp_loose: first & 1 != 0,
+        sweep_budget: 2,
+        early_drop: first & 2 != 0,
+        nat_attempts: if first & 4 != 0 { 2 } else { CtConfig::DEFAULT_NAT_ATTEMPTS },
+    };
     let mut ct = Conntrack::new(config);
+    // Zone 1 holds at most 3 connections.
+    ct.set_zone_limit(ZoneLimitScope::Zone(1), 3);
     // Frames are length-prefixed; each is preceded by an options byte.
     let mut rest = data;
     let mut now = 0u64;
@@ -50,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
         let req = CtRequest { zone: (opts & 1) as u16, commit: opts & 2 != 0, nat: nat.as_ref(), set_mark: mark, set_label: None };
         ct.track(&mut frame, &offs, &key, &req, now);
         assert!(ct.len() <= 8, "table over its limit: {}", ct.len());
+        assert!(ct.zone_len(1) <= 3, "zone over its limit: {}", ct.zone_len(1));
         if valid {
             assert!(packet::checksums_valid(&frame), "NAT broke a checksum: {frame:02x?}");
         }

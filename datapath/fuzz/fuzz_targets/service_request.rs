@@ -1,6 +1,6 @@
 //! Any text parses as a datapath service request without panicking, and what parses formats
-//! back to the same value: ports (`add-port`), flow updates (`update-flows`), the answers a
-//! client reads (`hello`, reload reports).
+//! back to the same value: ports (`add-port`), flow updates (`update-flows`), conntrack
+//! limits (`set-conntrack`), the answers a client reads (`hello`, reload reports).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +20,10 @@ fuzz_target!(|data: &[u8]| {
             let body = service::format_update(&add, &remove);
             let again = service::parse_request(&format!("update-flows\n{body}"));
             assert_eq!(again, Ok(Request::UpdateFlows { add, remove }), "{body}");
+        }
+        Ok(Request::SetConntrack(limits)) => {
+            let again = service::parse_request(&service::format_set_conntrack(&limits));
+            assert_eq!(again, Ok(Request::SetConntrack(limits)));
         }
         _ => {}
     }

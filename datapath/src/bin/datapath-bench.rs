@@ -30,6 +30,13 @@
 //! - `acl_new_conn_ns`: a new connection's first packet (megaflows warm, conntrack commit)
 //!   through the same pipelines; `acl_new_conn_ns_baseline`, `acl_new_conn_ratio`.
 //!
+//! - `tunnel_rx_ns`: a frame arriving through the Geneve tunnel (from one of 16 chassis,
+//!   microflow hit) when the tunnel accepts only the cluster's chassis (1,000 of them);
+//!   `tunnel_rx_ns_unchecked`: the same without the source check; `tunnel_rx_ratio`;
+//!   `tunnel_rx_ns_megaflow`, `tunnel_rx_ns_megaflow_unchecked`: with the microflow cache
+//!   off; `tunnel_spoofed_drop_ns`: a frame from a source that is no chassis (dropped
+//!   before any lookup).
+//!
 //! `--quick` runs each measurement briefly (for smoke tests); the default takes about a
 //! minute.
 
@@ -109,7 +116,8 @@ fn main() {
              upcalls_per_sec, megaflow_entry_bytes, classifier_lookups_per_sec, classifier_wc_lookups_per_sec.\n\
              --quick          short runs, for smoke tests (figures are noisy)\n\
              --only SECTION   run one of: microflow, megaflow, upcall, conntrack (or one of its\n\
-                              parts: ct_established, ct_new, lb, ct_lookup, ct_1m), classifier"
+                              parts: ct_established, ct_new, lb, ct_lookup, ct_1m), acl, tunnel,\n\
+                              classifier"
         );
         return;
     }
@@ -171,6 +179,30 @@ fn main() {
     // (g) NetworkPolicy: established and new connections with 1,000 policies and without.
     if run("acl") {
         acl_figures(quick, secs);
+    }
+
+    // (h) The tunnel's source check: frames from chassis with and without it, and spoofed
+    // frames.
+    if run("tunnel") {
+        let mut figures = std::collections::BTreeMap::new();
+        for (micro, suffix) in [(8192, ""), (0, "_megaflow")] {
+            for (chassis, check) in [(Some(1000), ""), (None, "_unchecked")] {
+                let config = DatapathConfig { microflow_entries: micro, ..DatapathConfig::default() };
+                let (dp, mut batch) = benchkit::tunnel_scenario(config, chassis);
+                let mut check_sink = CountSink::default();
+                dp.process_batch(&mut dp.worker(), &mut batch.clone(), 1, &mut check_sink);
+                assert_eq!(check_sink.packets, 32, "every frame from a chassis delivered");
+                figures.insert(format!("tunnel_rx_ns{suffix}{check}"), per_packet_ns(&dp, &mut batch, secs));
+            }
+        }
+        let (dp, _) = benchkit::tunnel_scenario(DatapathConfig::default(), Some(1000));
+        let mut spoofed: Vec<Packet> = (0..32).map(|i| benchkit::tunnel_packet(0xcb00_7100 | i, i)).collect();
+        figures.insert("tunnel_spoofed_drop_ns".into(), per_packet_ns(&dp, &mut spoofed, secs));
+        assert_eq!(dp.stats().upcalls, 0, "spoofed frames never reach a lookup");
+        for (name, ns) in &figures {
+            report(name, format!("{ns:.1}"));
+        }
+        report("tunnel_rx_ratio", format!("{:.2}", figures["tunnel_rx_ns"] / figures["tunnel_rx_ns_unchecked"]));
     }
 
     // (e) the Open vSwitch classifier workload, as Open vSwitch 3.1 runs it (one exact

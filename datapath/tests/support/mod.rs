@@ -26,6 +26,8 @@ pub struct Reference {
     ct: Conntrack,
     lbs: HashMap<u32, LbState>,
     tunnels: HashMap<u32, TunnelPort>,
+    /// Tunnel port → the outer sources it accepts (a port absent: every source).
+    remotes: HashMap<u32, Vec<u32>>,
 }
 
 impl Default for Reference {
@@ -79,6 +81,7 @@ impl Reference {
             ct: Conntrack::new(ct),
             lbs: HashMap::new(),
             tunnels: HashMap::new(),
+            remotes: HashMap::new(),
         }
     }
 
@@ -130,6 +133,14 @@ impl Reference {
             FlowMod::DeleteGroup(id) => {
                 self.groups.remove(id);
             }
+            FlowMod::SetTunnelRemotes(r) => {
+                self.remotes.insert(r.port, r.remotes.clone());
+            }
+            FlowMod::DeleteTunnelRemotes(port) => {
+                self.remotes.remove(port);
+            }
+            FlowMod::SetZoneLimit(z) => self.ct.set_zone_limit(z.scope, z.limit),
+            FlowMod::DeleteZoneLimit(scope) => self.ct.clear_zone_limit(*scope),
         }
     }
 
@@ -151,6 +162,10 @@ impl Reference {
         let mut key = FlowKey::ZERO;
         key.set(Field::InPort, in_port as u128);
         if let Some(t) = tunnel {
+            // A tunnel port with remotes takes frames from those outer sources only.
+            if self.remotes.get(&in_port).is_some_and(|r| !r.contains(&t.src)) {
+                return RefResult { outputs: Vec::new(), drop: Some(DropReason::TunnelUnknownSource) };
+            }
             t.write_key(&mut key);
         }
         let offs = parse_frame(frame, &mut key);
@@ -558,6 +573,7 @@ impl State<'_> {
 fn ct_drop(e: CtError) -> DropReason {
     match e {
         CtError::TableFull => DropReason::CtTableFull,
+        CtError::ZoneFull => DropReason::CtZoneFull,
         CtError::NatExhausted => DropReason::NatExhausted,
     }
 }
