@@ -403,6 +403,37 @@ pub(crate) fn key_of(pod: &Pod) -> (String, String) {
     (pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
+/// What the cache does not show yet: pods created and pods deleted by the controller.
+pub(crate) struct Pending {
+    created: Vec<Pod>,
+    deleted: BTreeSet<(String, String)>,
+}
+
+impl Pending {
+    /// The pods as the controller must count them: the cache's, less those it deleted, plus
+    /// those it created.
+    pub(crate) fn live<'a>(&'a self, pods: &'a [Arc<Pod>]) -> Vec<&'a Pod> {
+        pods.iter()
+            .map(|p| p.as_ref())
+            .filter(|p| !self.deleted.contains(&key_of(p)))
+            .chain(self.created.iter())
+            .collect()
+    }
+}
+
+impl Expectations {
+    /// Settles the expectations against the cache's `pods` and returns what is still pending.
+    pub(crate) fn pending(expectations: &Mutex<Expectations>, pods: &[Arc<Pod>]) -> Pending {
+        let seen: BTreeSet<(String, String)> = pods.iter().map(|p| key_of(p)).collect();
+        let mut expectations = expectations.lock().unwrap_or_else(|e| e.into_inner());
+        expectations.settle(&seen);
+        Pending {
+            created: expectations.created.values().map(|(pod, _)| pod.clone()).collect(),
+            deleted: expectations.deleted.keys().cloned().collect(),
+        }
+    }
+}
+
 /// Brings every Deployment's pods and status to what it asks for, and deletes the pods of
 /// Deployments that are gone.
 pub async fn reconcile(
@@ -412,17 +443,8 @@ pub async fn reconcile(
     expectations: &Mutex<Expectations>,
 ) -> anyhow::Result<()> {
     let now = Timestamp::now();
-    let seen: BTreeSet<(String, String)> = pods.iter().map(|p| key_of(p)).collect();
-    let (pending, deleted): (Vec<Pod>, BTreeSet<(String, String)>) = {
-        let mut expectations = expectations.lock().unwrap_or_else(|e| e.into_inner());
-        expectations.settle(&seen);
-        (
-            expectations.created.values().map(|(pod, _)| pod.clone()).collect(),
-            expectations.deleted.keys().cloned().collect(),
-        )
-    };
-    let live: Vec<&Pod> =
-        pods.iter().map(|p| p.as_ref()).filter(|p| !deleted.contains(&key_of(p))).chain(pending.iter()).collect();
+    let pending = Expectations::pending(expectations, pods);
+    let live = pending.live(pods);
     let mut first_error: Option<anyhow::Error> = None;
     let mut record = |error: anyhow::Error| {
         first_error.get_or_insert(error);

@@ -346,17 +346,8 @@ pub async fn reconcile(
     expectations: &Mutex<Expectations>,
 ) -> anyhow::Result<Option<Timestamp>> {
     let now = Timestamp::now();
-    let seen: BTreeSet<(String, String)> = pods.iter().map(|p| key_of(p)).collect();
-    let (pending, deleted): (Vec<Pod>, BTreeSet<(String, String)>) = {
-        let mut expectations = expectations.lock().unwrap_or_else(|e| e.into_inner());
-        expectations.settle(&seen);
-        (
-            expectations.created.values().map(|(pod, _)| pod.clone()).collect(),
-            expectations.deleted.keys().cloned().collect(),
-        )
-    };
-    let live: Vec<&Pod> =
-        pods.iter().map(|p| p.as_ref()).filter(|p| !deleted.contains(&key_of(p))).chain(pending.iter()).collect();
+    let pending = Expectations::pending(expectations, pods);
+    let live = pending.live(pods);
     let mut first_error: Option<anyhow::Error> = None;
     let mut wake: Option<Timestamp> = None;
     let uids: BTreeSet<String> = jobs.iter().filter_map(|j| j.uid()).collect();

@@ -337,30 +337,11 @@ pub fn ensure_host_port_rules() -> Result<(), HostError> {
     }
     let _ = iptables(&["-N", HOST_PORT_FORWARD_CHAIN]);
     iptables(&["-F", HOST_PORT_FORWARD_CHAIN])?;
-    iptables(&[
-        "-A",
-        HOST_PORT_FORWARD_CHAIN,
-        "-o",
-        MANAGEMENT_IFNAME,
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "DNAT",
-        "-j",
-        "ACCEPT",
-    ])?;
-    iptables(&[
-        "-A",
-        HOST_PORT_FORWARD_CHAIN,
-        "-i",
-        MANAGEMENT_IFNAME,
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "DNAT",
-        "-j",
-        "ACCEPT",
-    ])?;
+    // Both directions of a DNATed hostPort connection through the management port.
+    for direction in ["-o", "-i"] {
+        let rule = ["-A", HOST_PORT_FORWARD_CHAIN, direction, MANAGEMENT_IFNAME];
+        iptables(&[&rule[..], &["-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"]].concat())?;
+    }
     if iptables(&["-C", "FORWARD", "-j", HOST_PORT_FORWARD_CHAIN]).is_err() {
         iptables(&["-I", "FORWARD", "-j", HOST_PORT_FORWARD_CHAIN])?;
     }

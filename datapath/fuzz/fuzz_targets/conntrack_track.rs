@@ -54,11 +54,22 @@ fuzz_target!(|data: &[u8]| {
         let nat = match (opts >> 2) & 3 {
             0 => None,
             1 => Some(NatAction::Stored),
-            2 => Some(NatAction::Src(NatRange { addr_min: v4(0xc000_0201), addr_max: v4(0xc000_0202), port_min: 1024, port_max: 1027 })),
+            2 => Some(NatAction::Src(NatRange {
+                addr_min: v4(0xc000_0201),
+                addr_max: v4(0xc000_0202),
+                port_min: 1024,
+                port_max: 1027,
+            })),
             _ => Some(NatAction::Dst(NatRange::v4_port(0x0af4_0009, 8080))),
         };
         let mark = (opts & 0x20 != 0).then_some((opts as u32, 0xff));
-        let req = CtRequest { zone: (opts & 1) as u16, commit: opts & 2 != 0, nat: nat.as_ref(), set_mark: mark, set_label: None };
+        let req = CtRequest {
+            zone: (opts & 1) as u16,
+            commit: opts & 2 != 0,
+            nat: nat.as_ref(),
+            set_mark: mark,
+            set_label: None,
+        };
         ct.track(&mut frame, &offs, &key, &req, now);
         assert!(ct.len() <= 8, "table over its limit: {}", ct.len());
         assert!(ct.zone_len(1) <= 3, "zone over its limit: {}", ct.zone_len(1));

@@ -20,32 +20,46 @@ fn datapath() -> &'static Datapath {
     static DP: OnceLock<Datapath> = OnceLock::new();
     DP.get_or_init(|| {
         let dp = Datapath::default();
-        let flow = |table, priority, matches, actions| FlowMod::AddFlow(Flow { table, priority, matches, cookie: 0, actions });
+        let flow =
+            |table, priority, matches, actions| FlowMod::AddFlow(Flow { table, priority, matches, cookie: 0, actions });
         dp.apply(&[
             FlowMod::AddGroup(Group {
                 id: 1,
                 kind: GroupKind::All,
                 buckets: vec![
-                    Bucket { weight: 0, actions: vec![set(Field::TpDst, 8080), set(Field::IcmpType, 0), Action::Output(3)] },
+                    Bucket {
+                        weight: 0,
+                        actions: vec![set(Field::TpDst, 8080), set(Field::IcmpType, 0), Action::Output(3)],
+                    },
                     Bucket { weight: 0, actions: vec![Action::PushVlan(7), Action::Output(4)] },
                 ],
             }),
-            flow(0, 10, Match::ANY.with(Field::InPort, 1), vec![
-                set(Field::EthSrc, 0x0a58_0a00_0001),
-                set(Field::Ipv4Src, 0x6440_0001),
-                set(Field::Ipv6Dst, 0xfd00_0000_0000_0000_0000_0000_0000_0001),
-                set(Field::TpSrc, 40000),
-                set(Field::IpDscp, 10),
-                set(Field::IpEcn, 3),
-                set(Field::ArpTha, 0x0a58_0a00_0002),
-                set(Field::IcmpCode, 1),
-                Action::DecTtl,
-                Action::Output(2),
-                Action::Group(1),
-                Action::PopVlan,
-                Action::GotoTable(1),
-            ]),
-            flow(0, 5, Match::ANY, vec![set(Field::VlanTci, 0x1005), set(Field::Ipv6Label, 0xfffff), Action::Resubmit(1)]),
+            flow(
+                0,
+                10,
+                Match::ANY.with(Field::InPort, 1),
+                vec![
+                    set(Field::EthSrc, 0x0a58_0a00_0001),
+                    set(Field::Ipv4Src, 0x6440_0001),
+                    set(Field::Ipv6Dst, 0xfd00_0000_0000_0000_0000_0000_0000_0001),
+                    set(Field::TpSrc, 40000),
+                    set(Field::IpDscp, 10),
+                    set(Field::IpEcn, 3),
+                    set(Field::ArpTha, 0x0a58_0a00_0002),
+                    set(Field::IcmpCode, 1),
+                    Action::DecTtl,
+                    Action::Output(2),
+                    Action::Group(1),
+                    Action::PopVlan,
+                    Action::GotoTable(1),
+                ],
+            ),
+            flow(
+                0,
+                5,
+                Match::ANY,
+                vec![set(Field::VlanTci, 0x1005), set(Field::Ipv6Label, 0xfffff), Action::Resubmit(1)],
+            ),
             flow(1, 1, Match::ANY, vec![Action::Output(5)]),
         ])
         .expect("valid flows");
