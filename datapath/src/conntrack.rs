@@ -18,6 +18,9 @@
 
 use hashbrown::HashTable;
 
+mod handover;
+pub use handover::{HandoverError, ImportReport, Origin as HandoverOrigin};
+
 use crate::hash;
 use crate::key::{Field, FlowKey, ct_state, eth_type, ip_proto};
 use crate::packet;
@@ -1399,8 +1402,8 @@ mod tests {
     use crate::parse::tests::ipv4_frame;
 
     const A: u32 = 0x0af4_0105;
-    const B: u32 = 0x0af4_0206;
-    const VIP: u32 = 0x0a60_0001;
+    pub(super) const B: u32 = 0x0af4_0206;
+    pub(super) const VIP: u32 = 0x0a60_0001;
     const NODE: u32 = 0xc000_020b;
 
     fn tcp(src: u32, dst: u32, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -1452,6 +1455,18 @@ mod tests {
         let s = track(&mut ct, &mut tcp(B, A, 80, 1000, 0x12), false, None, later);
         assert_eq!(s.state, ct_state::TRK | ct_state::INV, "expired: no connection to reply to");
         assert!(ct.is_empty());
+    }
+
+    /// A table holding one established connection from A:1000 to VIP:80, DNAT'ed to
+    /// B:8080 in zone 1 (its last packet at `now`), and the client's tuple.
+    pub(super) fn dnat_established(now: u64) -> (Conntrack, Tuple) {
+        let mut ct = Conntrack::new(CtConfig::default());
+        let dnat = Some(NatAction::Dst(NatRange::v4_port(B, 8080)));
+        track(&mut ct, &mut tcp(A, VIP, 1000, 80, 0x02), true, dnat, now);
+        track(&mut ct, &mut tcp(B, A, 8080, 1000, 0x12), false, Some(NatAction::Stored), now);
+        track(&mut ct, &mut tcp(A, VIP, 1000, 80, 0x10), false, Some(NatAction::Stored), now);
+        let client = Tuple { src: v4(A), dst: v4(VIP), sport: 1000, dport: 80, proto: ip_proto::TCP, zone: 1 };
+        (ct, client)
     }
 
     #[test]
@@ -1734,7 +1749,7 @@ mod tests {
         step(ct, &mut tcp(A, B, sport, 80, 0x10), false)
     }
 
-    fn syn(ct: &mut Conntrack, sport: u16, zone: u16, now: u64) -> CtResult {
+    pub(super) fn syn(ct: &mut Conntrack, sport: u16, zone: u16, now: u64) -> CtResult {
         let mut f = tcp(A, B, sport, 80, 0x02);
         let mut key = FlowKey::ZERO;
         let offs = parse_frame(&f, &mut key);

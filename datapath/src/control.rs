@@ -318,10 +318,11 @@ impl Control {
         for p in sw.ports {
             let _ = writeln!(
                 out,
-                "port_{n}_rx={} port_{n}_rx_gso={} port_{n}_rx_dropped={} port_{n}_tx={} port_{n}_tx_dropped={} port_{n}_name={}",
+                "port_{n}_rx={} port_{n}_rx_gso={} port_{n}_rx_dropped={} port_{n}_rx_ring_full={} port_{n}_tx={} port_{n}_tx_dropped={} port_{n}_name={}",
                 p.rx,
                 p.rx_gso,
                 p.rx_dropped,
+                p.rx_ring_full,
                 p.tx,
                 p.tx_dropped,
                 p.name.replace(' ', "_"),

@@ -664,6 +664,23 @@ impl Datapath {
         self.conntrack.lock().connections(now).cloned().collect()
     }
 
+    /// Every live connection in conntrack's hand-over format, for the next datapath
+    /// process, and how many connections that is ([`Conntrack::export`]).
+    pub fn export_conntrack(&self, now: u64, origin: &crate::conntrack::HandoverOrigin) -> (Vec<u8>, usize) {
+        self.conntrack.lock().export(now, origin)
+    }
+
+    /// Takes in the connections a previous datapath process handed over
+    /// ([`Conntrack::import`]).
+    pub fn import_conntrack(
+        &self,
+        data: &[u8],
+        now: u64,
+        current: &crate::conntrack::HandoverOrigin,
+    ) -> Result<crate::conntrack::ImportReport, crate::conntrack::HandoverError> {
+        self.conntrack.lock().import(data, now, current)
+    }
+
     /// Number of megaflows.
     pub fn megaflow_count(&self) -> usize {
         self.megaflows.read().len()

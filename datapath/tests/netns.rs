@@ -110,6 +110,44 @@ fn netns_two_pods_one_switch() {
 }
 
 #[test]
+fn netns_frames_lost_at_a_full_ring_are_counted() {
+    // A switch that cannot run (stopped) while a pod sends: the port's receive ring fills
+    // and the kernel drops the rest. Each of those drops is counted, at that port, as a
+    // receive drop because the ring was full; every datagram is accounted for.
+    let Some(mut lab) = Lab::new("netns_frames_lost_at_a_full_ring_are_counted", "rf") else { return };
+    let TwoPods { a, b, dp } = two_pods(&mut lab);
+    lab.ping(&a.ns, &b.ip, 1);
+    let (before_rx, before_full) = (lab.stat(&dp, "port_1_rx"), lab.stat(&dp, "port_1_rx_ring_full"));
+    lab.ensure(before_full == 0, || format!("ring-full drops before the burst: {before_full}"));
+    lab.signal(&dp, "STOP");
+    // More datagrams than a 32 MiB ring of ~72 KiB slots holds (about 460).
+    const SENT: u64 = 3000;
+    let to = addr(&b.ip, 9);
+    let burst = spawn_in(&a.ns, "a burst of datagrams", move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        for _ in 0..SENT {
+            s.send_to(b"burst", to).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    let sent = join_within(burst, PROGRESS_TIMEOUT);
+    lab.signal(&dp, "CONT");
+    sent.unwrap_or_else(|e| lab.fail(&e));
+    lab.wait_for("the switch to count the ring's drops", PROGRESS_TIMEOUT, || {
+        let full = lab.stat(&dp, "port_1_rx_ring_full");
+        full > 0 && lab.stat(&dp, "port_1_rx") - before_rx + full >= SENT
+    });
+    let (rx, full, dropped) = (
+        lab.stat(&dp, "port_1_rx") - before_rx,
+        lab.stat(&dp, "port_1_rx_ring_full"),
+        lab.stat(&dp, "port_1_rx_dropped"),
+    );
+    lab.ensure(full <= SENT && dropped >= full, || {
+        format!("{SENT} sent: rx={rx} rx_ring_full={full} rx_dropped={dropped}")
+    });
+}
+
+#[test]
 fn netns_reload_while_traffic_flows() {
     let Some(mut lab) = Lab::new("netns_reload_while_traffic_flows", "rl") else { return };
     let TwoPods { a, b, dp } = two_pods(&mut lab);

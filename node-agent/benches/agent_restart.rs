@@ -98,6 +98,12 @@ fn bench() -> Result<(), String> {
     );
     std::thread::sleep(Duration::from_secs(1));
 
+    // What is dropped without a restart, over as long as a restart's window.
+    let quiet = drop_counters(&c);
+    std::thread::sleep(Duration::from_millis(1300));
+    let quiet = counters_delta(&quiet, &drop_counters(&c));
+    println!("no restart, 1.3 s: dropped {}", if quiet.is_empty() { "nothing".to_owned() } else { quiet.join(" ") });
+
     let upgrade_at = restarts / 2 - usize::from(restarts >= 2);
     let master_down_from = restarts / 2;
     let mut windows = Vec::new();
@@ -113,6 +119,7 @@ fn bench() -> Result<(), String> {
             (false, true) => "crash (SIGKILL)",
             (false, false) => "stop (SIGTERM)",
         };
+        let counted_before = drop_counters(&c);
         let from = Instant::now();
         if crash && i != upgrade_at {
             c.kill_agent(0);
@@ -126,7 +133,8 @@ fn bench() -> Result<(), String> {
         c.wait_ready(0);
         let ready = from.elapsed();
         std::thread::sleep(Duration::from_secs(1));
-        windows.push((i, how, i >= master_down_from, from, Instant::now(), ready));
+        let dropped = counters_delta(&counted_before, &drop_counters(&c));
+        windows.push((i, how, i >= master_down_from, from, Instant::now(), ready, dropped));
     }
     // The agent's log is coloured (`ESC[3mbuild ESC[0m ESC[2m= ESC[0m...`): compare without.
     let log = without_colours(&c.agent_log(0));
@@ -151,7 +159,7 @@ fn bench() -> Result<(), String> {
     let packets_lost: u64 =
         reports.iter().filter(|r| r.kind.starts_with("udp")).map(|r| r.sent.saturating_sub(r.answered)).sum();
     let mut stalls = Vec::new();
-    for (i, how, master_down, from, to, ready) in &windows {
+    for (i, how, master_down, from, to, ready, dropped) in &windows {
         let (stall, kind) = reports
             .iter()
             .map(|r| (r.stall_within(*from, *to), r.kind.as_str()))
@@ -165,6 +173,21 @@ fn bench() -> Result<(), String> {
             stall.as_millis()
         );
         stalls.push(stall.as_millis());
+        // Every kind that paused, and where packets were counted as dropped meanwhile.
+        let mut paused: Vec<(u128, &str)> = reports
+            .iter()
+            .map(|r| (r.stall_within(*from, *to).as_millis(), r.kind.as_str()))
+            .filter(|(ms, _)| *ms > 0)
+            .collect();
+        paused.sort_unstable_by(|a, b| b.cmp(a));
+        paused.dedup_by(|a, b| a.1 == b.1);
+        if !paused.is_empty() {
+            let list: Vec<String> = paused.iter().map(|(ms, kind)| format!("{kind} {ms} ms")).collect();
+            println!("           paused: {}", list.join(", "));
+        }
+        if !dropped.is_empty() {
+            println!("           dropped meanwhile: {}", dropped.join(" "));
+        }
     }
     for why in &lost {
         println!("lost: {why}");
@@ -179,6 +202,88 @@ fn bench() -> Result<(), String> {
         reports.len()
     );
     Ok(())
+}
+
+/// Counters of where a packet can be dropped: each datapath's drops by reason and its
+/// ports' ring and send drops, and each node namespace's kernel UDP and TCP errors
+/// (`/proc/net/snmp`), keyed `node<i>:<name>`.
+fn drop_counters(c: &Cluster) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        for (k, v) in c.stats(i) {
+            if (k.starts_with("drops_") || k.ends_with("_dropped") || k.ends_with("_ring_full"))
+                && let Ok(n) = v.parse::<u64>()
+            {
+                out.push((format!("node{}:{k}", i + 1), n));
+            }
+        }
+        // Each flow whose action is to drop, by its match: which one took the packets.
+        let flows = std::process::Command::new(harness::workspace_binary("skein-dp", "skein-datapath"))
+            .args(["dump-flows", "--control"])
+            .arg(&node.dp_socket)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for line in flows.lines().filter(|l| l.ends_with("actions=drop")) {
+            let Some((counters, flow)) = line.split_once(", n_bytes=") else { continue };
+            let flow = flow.split_once(", ").map_or(flow, |(_, f)| f);
+            if let Some(n) = counters.strip_prefix("n_packets=").and_then(|n| n.parse::<u64>().ok()) {
+                out.push((format!("node{}:[{flow}]", i + 1), n));
+            }
+        }
+        // Time the datapath's threads were runnable but waited for a CPU
+        // (`/proc/PID/task/TID/schedstat`, second field, ns).
+        if let Some(pid) = c.datapath_pid(i) {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+            let waited: u64 = tasks
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                .sum();
+            out.push((format!("node{}:datapath_waited_for_cpu_us", i + 1), waited / 1000));
+        }
+        let snmp = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.ns, "cat", "/proc/net/snmp"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        // Pairs of lines: `Udp: InDatagrams NoPorts ...` then `Udp: 12 0 ...`.
+        let lines: Vec<&str> = snmp.lines().collect();
+        for pair in lines.chunks_exact(2) {
+            let (names, values) = (pair[0].split_whitespace(), pair[1].split_whitespace());
+            for (name, value) in names.zip(values).skip(1) {
+                let proto = pair[0].split(':').next().unwrap_or_default();
+                let wanted = [
+                    "NoPorts",
+                    "InErrors",
+                    "RcvbufErrors",
+                    "SndbufErrors",
+                    "InCsumErrors",
+                    "RetransSegs",
+                    "OutRsts",
+                    "InDiscards",
+                    "OutDiscards",
+                    "OutNoRoutes",
+                ];
+                if wanted.contains(&name)
+                    && let Ok(n) = value.parse::<u64>()
+                {
+                    out.push((format!("node{}:{proto}{name}", i + 1), n));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The counters that grew from `before` to `after`, as `name=+n`.
+fn counters_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<String> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let was = before.iter().find(|(b, _)| b == k).map_or(0, |(_, n)| *n);
+            (*v > was).then(|| format!("{k}=+{}", v - was))
+        })
+        .collect()
 }
 
 /// `text` without its ANSI colour sequences (`ESC [ ... m`).

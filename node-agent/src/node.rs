@@ -796,6 +796,8 @@ impl NodeNetwork {
         self.saver.mark();
         debug!(
             version = view.version,
+            checked = report.megaflows_checked,
+            invalidated = report.megaflows_invalidated,
             added = report.flows_added,
             removed = report.flows_removed,
             kept = report.flows_kept,

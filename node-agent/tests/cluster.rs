@@ -453,12 +453,12 @@ fn an_established_tcp_stream_survives_an_agent_restart() {
 
 #[test]
 fn a_new_datapath_process_gets_the_ports_and_flows_again() {
-    // The datapath process restarted under a running agent (a crash, or an upgrade of its
-    // DaemonSet): the agent sees its watch end and gives the new process the node's ports,
-    // the pods' ports and the installed view. The new process starts with an empty
-    // conntrack, but NAT is a function of the connection's tuple (ports are picked by its
-    // hash), so the connections' next packets rebuild the same entries and every kind
-    // survives; what it costs is the pause (a figure, printed).
+    // The datapath process replaced under a running agent (a rolling update of its
+    // DaemonSet: SIGTERM): the old process hands its conntrack over in a file, the new one
+    // takes it in before its first packet, and the agent, seeing its watch end, gives the
+    // new process the node's ports, the pods' ports and the installed view. Every
+    // connection keeps its NAT binding and state; what it costs is the pause (a figure,
+    // printed).
     let Some(mut c) = Cluster::new("datapath_restart", "h", 2) else { return };
     let workload = connections::every_kind(&mut c, "dr", "10.96.0.78", 30778, 1);
     let a = c.add_pod("d1", 0, "x");
@@ -474,6 +474,19 @@ fn a_new_datapath_process_gets_the_ports_and_flows_again() {
     let window = (stopped, Instant::now());
     if let Err(e) = ping(&a.ns, &b.ip, 2, 10) {
         c.fail(&format!("d1 → d2 through the new datapath process: {e}"));
+    }
+    let log = c.datapath_log(0);
+    let taken = log
+        .lines()
+        .find(|l| l.contains("took over the previous switch's conntrack"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("connections=")))
+        .and_then(|n| n.parse::<usize>().ok());
+    // At least the five NATed connections (ClusterIP TCP and UDP, NodePort, SNAT TCP and
+    // UDP) are tracked on node 1.
+    if !log.contains("conntrack handed over") || taken.is_none_or(|n| n < 5) {
+        c.fail(&format!(
+            "the old datapath process hands conntrack over and the new one takes the NATed connections in: {log}"
+        ));
     }
     let stats = c.stats(0);
     for port in ["port_1_rx", "port_2_rx", "port_3_rx", "port_100_rx"] {

@@ -88,6 +88,21 @@ enum Command {
         /// Control socket (created mode 0600).
         #[arg(long, default_value = DEFAULT_CONTROL)]
         control: PathBuf,
+        /// Conntrack's hand-over file: on SIGTERM or SIGINT the switch writes every
+        /// connection (NAT bindings, states, lifetimes) here before it exits, and at start
+        /// it takes in what a previous process wrote on this boot, then removes the file —
+        /// a restart or an upgrade of the switch keeps every connection's state. Default:
+        /// the control socket's path with the extension `conntrack` (/run/skein/dp.conntrack).
+        #[arg(long, value_name = "FILE")]
+        conntrack_handover: Option<PathBuf>,
+        /// Nice value of the switch's threads (-20 to 19). Below the default of other
+        /// processes (0), forwarding keeps its CPU while the node is busy — e.g. with the
+        /// agent's start-up, which would otherwise pause forwarding for tens of
+        /// milliseconds on a small node (Open vSwitch's ovs-ctl starts ovs-vswitchd at -10
+        /// for the same reason). Needs CAP_SYS_NICE; without it the switch runs at the
+        /// nice value it was started with, and says so.
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        nice: i32,
     },
     /// Replace the running switch's flows with a flow file, atomically.
     Reload {
@@ -161,6 +176,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// Takes in the connections a previous switch handed over in `file` (if there is one), and
+/// removes it: it is read once. A file that cannot be taken in is logged and removed; the
+/// switch starts with an empty conntrack then.
+fn take_conntrack(dp: &Datapath, file: &Path) {
+    let data = match std::fs::read(file) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "conntrack hand-over file unreadable; starting with an empty conntrack");
+            return;
+        }
+    };
+    let origin = skein_datapath::conntrack::HandoverOrigin::now();
+    match dp.import_conntrack(&data, now_ns(), &origin) {
+        Ok(r) => tracing::info!(
+            file = %file.display(),
+            connections = r.imported,
+            expired = r.expired,
+            duplicates = r.duplicates,
+            no_room = r.no_room,
+            "took over the previous switch's conntrack"
+        ),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "conntrack hand-over file refused; starting with an empty conntrack")
+        }
+    }
+    if let Err(e) = std::fs::remove_file(file) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot remove the conntrack hand-over file");
+    }
+}
+
+/// Writes every connection to `file` (through a rename: a reader sees the whole file or
+/// none) for the next switch.
+fn hand_conntrack_over(dp: &Datapath, file: &Path) {
+    let (data, records) = dp.export_conntrack(now_ns(), &skein_datapath::conntrack::HandoverOrigin::now());
+    let tmp = file.with_extension("conntrack.tmp");
+    let written = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, file));
+    match written {
+        Ok(()) => tracing::info!(file = %file.display(), connections = records, "conntrack handed over"),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot write the conntrack hand-over file; the next switch starts empty")
+        }
+    }
+}
+
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Run {
@@ -174,7 +234,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             v3_retire_ms,
             ring_mib,
             control,
+            conntrack_handover,
+            nice,
         } => {
+            // Before any thread starts: they all inherit it.
+            if let Err(e) = skein_datapath::io::sys::set_nice(nice) {
+                tracing::warn!(nice, error = %e, "cannot set the switch's nice value; forwarding competes for the CPU as any process");
+            }
+            // SIGTERM and SIGINT wait for the main thread (which hands conntrack over)
+            // instead of ending the process; every thread started from here inherits this.
+            skein_datapath::io::sys::block_signals(&[libc::SIGTERM, libc::SIGINT]).context("blocking SIGTERM")?;
+            let handover = conntrack_handover.unwrap_or_else(|| control.with_extension("conntrack"));
             let mut specs = Vec::new();
             for p in &ports {
                 let (n, name) = p.split_once('=').with_context(|| format!("--port {p:?}: expected NUMBER=IFNAME"))?;
@@ -223,6 +293,12 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     filter: None,
                 },
             };
+            // The control socket first: it is what makes this the node's only switch, so
+            // the hand-over file read below is this switch's to take.
+            let listener =
+                skein_datapath::io::bind_private_socket(&control, "another skein-dp runs with this control socket")
+                    .with_context(|| format!("control socket {}", control.display()))?;
+            take_conntrack(&dp, &handover);
             let switch = Arc::new(Switch::start(dp.clone(), &specs, cfg)?);
             let ctl = {
                 let sw = switch.clone();
@@ -233,12 +309,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 let r = ctl.reload(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
                 tracing::info!(file = %f.display(), flows = r.flows_added, "flows installed");
             }
-            let listener =
-                skein_datapath::io::bind_private_socket(&control, "another skein-dp runs with this control socket")
-                    .with_context(|| format!("control socket {}", control.display()))?;
             tracing::info!(
                 ports = specs.len(),
                 workers = cfg.workers,
+                nice,
                 ring = ?cfg.port.ring,
                 busy_poll_us,
                 coalesce_us,
@@ -248,9 +322,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let service = Arc::new(Service::new(ctl.clone(), switch.clone(), &specs));
             tracing::info!(boot_id = %service.hello().boot_id, "control service running");
             std::thread::Builder::new().name("skein-dp-ctl".into()).spawn(move || service.serve(listener))?;
-            // Housekeeping: expire idle cache entries and connections, rerank subtables.
+            // Housekeeping: expire idle cache entries and connections, rerank subtables;
+            // until told to stop.
             loop {
-                std::thread::sleep(Duration::from_millis(100));
+                let signal =
+                    skein_datapath::io::sys::wait_signal(&[libc::SIGTERM, libc::SIGINT], Duration::from_millis(100))
+                        .context("waiting for signals")?;
+                if let Some(signal) = signal {
+                    tracing::info!(signal, "stopping");
+                    hand_conntrack_over(&dp, &handover);
+                    return Ok(());
+                }
                 dp.maintain(now_ns());
             }
         }

@@ -209,6 +209,12 @@ impl AfPacketPort {
         self.fd.as_raw_fd()
     }
 
+    /// Frames the kernel dropped since the last call because the receive ring was full
+    /// (the forwarding thread did not empty it in time).
+    pub fn take_ring_drops(&self) -> u64 {
+        sys::packet_ring_drops(&self.fd).unwrap_or(0)
+    }
+
     /// Receive counters.
     pub fn counters(&self) -> RxCounters {
         self.counters

@@ -111,8 +111,12 @@ pub struct PortCounters {
     pub rx: AtomicU64,
     /// Of those, TSO/GSO super-frames (received whole, not segmented).
     pub rx_gso: AtomicU64,
-    /// Frames dropped on receive (too big for the ring, invalid Geneve).
+    /// Frames dropped on receive, for any reason (the ring full, too big for the ring,
+    /// invalid Geneve).
     pub rx_dropped: AtomicU64,
+    /// Of those, frames the kernel dropped because the receive ring was full: the
+    /// forwarding thread did not empty it in time (counted every 100 ms or so).
+    pub rx_ring_full: AtomicU64,
     /// Frames sent.
     pub tx: AtomicU64,
     /// Frames that could not be sent.
@@ -132,6 +136,8 @@ pub struct PortStats {
     pub rx_gso: u64,
     /// Receive drops.
     pub rx_dropped: u64,
+    /// Of those, drops because the receive ring was full.
+    pub rx_ring_full: u64,
     /// Frames sent.
     pub tx: u64,
     /// Transmit drops.
@@ -580,6 +586,7 @@ impl Switch {
                 rx: p.counters.rx.load(Ordering::Relaxed),
                 rx_gso: p.counters.rx_gso.load(Ordering::Relaxed),
                 rx_dropped: p.counters.rx_dropped.load(Ordering::Relaxed),
+                rx_ring_full: p.counters.rx_ring_full.load(Ordering::Relaxed),
                 tx: p.counters.tx.load(Ordering::Relaxed),
                 tx_dropped: p.counters.tx_dropped.load(Ordering::Relaxed),
             })
@@ -857,6 +864,7 @@ impl Worker {
         };
         let mut tokens = [0u64; 32];
         let mut last_packet = Instant::now();
+        let mut last_ring_check = last_packet;
         // Consecutive packet-bearing rounds that came soon after the previous one.
         let mut steady = 0u32;
         const STEADY_ROUNDS: u32 = 3;
@@ -907,6 +915,10 @@ impl Worker {
             }
             if got > 0 {
                 let now = Instant::now();
+                if now.duration_since(last_ring_check) >= RING_CHECK_EVERY {
+                    last_ring_check = now;
+                    count_ring_drops(&mine);
+                }
                 if !cfg.coalesce.is_zero() && now.duration_since(last_packet) < cfg.coalesce * 4 {
                     steady = steady.saturating_add(1);
                 } else {
@@ -923,12 +935,33 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
+            if last_ring_check.elapsed() >= RING_CHECK_EVERY {
+                last_ring_check = Instant::now();
+                count_ring_drops(&mine);
+            }
             // Sleep until a port is readable (or a wake-up); the timeout only bounds how
             // long a stop request can go unnoticed if a wake-up were ever lost.
             if let Ok(n) = state.epoll.wait(&mut tokens, 1000)
                 && tokens[..n].contains(&WAKER_TOKEN)
             {
                 state.waker.drain();
+            }
+        }
+    }
+}
+
+/// How often a worker asks the kernel for its rings' drops (a system call per port).
+const RING_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Adds what the kernel dropped at the receive rings of `ports` since the last check to
+/// their counters.
+fn count_ring_drops(ports: &[OwnedPort]) {
+    for p in ports {
+        if let RxPort::Interface(a) = &p.rx {
+            let n = a.take_ring_drops();
+            if n > 0 {
+                p.port.counters.rx_ring_full.fetch_add(n, Ordering::Relaxed);
+                p.port.counters.rx_dropped.fetch_add(n, Ordering::Relaxed);
             }
         }
     }

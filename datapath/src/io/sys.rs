@@ -30,6 +30,77 @@ pub fn idle_priority() -> io::Result<()> {
     cvt(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }).map(|_| ())
 }
 
+fn signal_set(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    // SAFETY: an all-zero `sigset_t` is a valid value to hand to `sigemptyset`, which
+    // initialises it.
+    let mut set: libc::sigset_t = unsafe { zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed `sigset_t`.
+    cvt(unsafe { libc::sigemptyset(&mut set) })?;
+    for &s in signals {
+        // SAFETY: as above; an invalid signal number is reported as EINVAL.
+        cvt(unsafe { libc::sigaddset(&mut set, s) })?;
+    }
+    Ok(set)
+}
+
+/// Blocks `signals` in the calling thread and in every thread it starts afterwards: they
+/// stay pending until [`wait_signal`] takes them, instead of ending the process. Call it
+/// before starting threads.
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    let set = signal_set(signals)?;
+    // SAFETY: `set` is initialised; the old mask is not asked for (null).
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(()) }
+}
+
+/// Waits up to `timeout` for one of `signals` (blocked with [`block_signals`]) and takes
+/// it: `Some(signal)`, or `None` when the time ran out.
+pub fn wait_signal(signals: &[libc::c_int], timeout: std::time::Duration) -> io::Result<Option<libc::c_int>> {
+    let set = signal_set(signals)?;
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are initialised and outlive the call; the siginfo is not
+    // asked for (null).
+    match unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) } {
+        -1 => match io::Error::last_os_error() {
+            e if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => Ok(None),
+            e => Err(e),
+        },
+        s => Ok(Some(s)),
+    }
+}
+
+/// Sets the calling thread's nice value (Linux's priority is per thread; threads started
+/// afterwards inherit it). A negative value needs `CAP_SYS_NICE`.
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: plain system call on the calling thread (who 0); no memory is passed.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) }).map(|_| ())
+}
+
+/// Frames the kernel dropped on packet socket `fd` since the last call because its
+/// receive ring was full (`PACKET_STATISTICS`; reading resets the kernel's counts).
+pub fn packet_ring_drops(fd: &OwnedFd) -> io::Result<u64> {
+    // The TPACKET_V3 layout is the longer; a TPACKET_V2 socket fills its first two fields
+    // (packets, drops), which both layouts share.
+    // SAFETY: an all-zero `tpacket_stats_v3` is valid plain data.
+    let mut stats: libc::tpacket_stats_v3 = unsafe { zeroed() };
+    let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+    // SAFETY: `stats` is writable for `len` bytes and `len` is a valid in/out length; both
+    // outlive the call.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut stats as *mut libc::tpacket_stats_v3).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(u64::from(stats.tp_drops))
+}
+
 /// The index of network interface `name`.
 pub fn if_index(name: &str) -> io::Result<u32> {
     let c = CString::new(name)

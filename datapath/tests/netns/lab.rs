@@ -227,6 +227,15 @@ impl Lab {
         dp
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to a switch's process.
+    pub fn signal(&self, dp: &Dp, signal: &str) {
+        let Some(s) = self.switches.iter().find(|s| s.dp.name == dp.name) else {
+            self.fail(&format!("no switch {}", dp.name))
+        };
+        let pid = s.child.borrow().id().to_string();
+        self.run(&["kill", &format!("-{signal}"), &pid]);
+    }
+
     /// `skein-dp ARGS --control SOCK` of a switch: its output, or the error it printed.
     pub fn try_ctl(&self, dp: &Dp, args: &[&str]) -> Result<String, String> {
         let control = dp.control.to_string_lossy();

@@ -734,6 +734,16 @@ impl Cluster {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
+    /// The process id of node `i`'s datapath process, while one runs.
+    pub fn datapath_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].datapath.as_ref().map(Child::id)
+    }
+
+    /// Node `i`'s datapath processes' log (every process started, in order).
+    pub fn datapath_log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].dp_log).unwrap_or_default()
+    }
+
     /// Panics with `message` and the agents' logs and flows.
     pub fn fail(&self, message: &str) -> ! {
         let mut out = format!("{message}\n");
