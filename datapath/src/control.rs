@@ -315,6 +315,7 @@ impl Control {
         }
         let sw = (self.switch)();
         let _ = writeln!(out, "output_unknown_port_drops={}", sw.unknown_port_drops);
+        let _ = writeln!(out, "slow_batches_1ms={} slow_batches_10ms={}", sw.slow_batches[0], sw.slow_batches[1]);
         for p in sw.ports {
             let _ = writeln!(
                 out,

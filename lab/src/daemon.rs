@@ -330,7 +330,7 @@ fn datapath_args(layout: &Layout, node: &str) -> Vec<String> {
     vec![
         "run".into(),
         "--ring-mib".into(),
-        "1".into(),
+        "2".into(),
         "--control".into(),
         layout.datapath_socket(node).display().to_string(),
     ]

@@ -211,7 +211,10 @@ fn drop_counters(c: &Cluster) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for (i, node) in c.nodes.iter().enumerate() {
         for (k, v) in c.stats(i) {
-            if (k.starts_with("drops_") || k.ends_with("_dropped") || k.ends_with("_ring_full"))
+            if (k.starts_with("drops_")
+                || k.ends_with("_dropped")
+                || k.ends_with("_ring_full")
+                || k.starts_with("slow_batches"))
                 && let Ok(n) = v.parse::<u64>()
             {
                 out.push((format!("node{}:{k}", i + 1), n));
@@ -231,15 +234,20 @@ fn drop_counters(c: &Cluster) -> Vec<(String, u64)> {
                 out.push((format!("node{}:[{flow}]", i + 1), n));
             }
         }
-        // Time the datapath's threads were runnable but waited for a CPU
-        // (`/proc/PID/task/TID/schedstat`, second field, ns).
+        // Time the datapath's forwarding threads, and its other threads, were runnable but
+        // waited for a CPU (`/proc/PID/task/TID/schedstat`, second field, ns).
         if let Some(pid) = c.datapath_pid(i) {
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-            let waited: u64 = tasks
-                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
-                .sum();
-            out.push((format!("node{}:datapath_waited_for_cpu_us", i + 1), waited / 1000));
+            let mut waited = [0u64; 2];
+            for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                let ns = std::fs::read_to_string(task.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                    .unwrap_or(0);
+                waited[usize::from(!comm.starts_with("skein-dp-w"))] += ns;
+            }
+            out.push((format!("node{}:forwarding_waited_for_cpu_us", i + 1), waited[0] / 1000));
+            out.push((format!("node{}:control_waited_for_cpu_us", i + 1), waited[1] / 1000));
         }
         let snmp = std::process::Command::new("ip")
             .args(["netns", "exec", &node.ns, "cat", "/proc/net/snmp"])
@@ -275,15 +283,34 @@ fn drop_counters(c: &Cluster) -> Vec<(String, u64)> {
     out
 }
 
-/// The counters that grew from `before` to `after`, as `name=+n`.
+/// The counters that grew from `before` to `after`, as `name=+n`; the drop flows' (named
+/// `node<i>:[flow]`) summed per node, the flow that took most named.
 fn counters_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<String> {
-    after
-        .iter()
-        .filter_map(|(k, v)| {
-            let was = before.iter().find(|(b, _)| b == k).map_or(0, |(_, n)| *n);
-            (*v > was).then(|| format!("{k}=+{}", v - was))
-        })
-        .collect()
+    let grown = after.iter().filter_map(|(k, v)| {
+        let was = before.iter().find(|(b, _)| b == k).map_or(0, |(_, n)| *n);
+        (*v > was).then(|| (k.as_str(), v - was))
+    });
+    let mut out = Vec::new();
+    let mut flows: Vec<(&str, u64, usize, &str, u64)> = Vec::new();
+    for (k, n) in grown {
+        match k.split_once(":[") {
+            Some((node, flow)) => match flows.iter_mut().find(|f| f.0 == node) {
+                Some(f) => {
+                    f.1 += n;
+                    f.2 += 1;
+                    if n > f.4 {
+                        (f.3, f.4) = (flow.trim_end_matches(']'), n);
+                    }
+                }
+                None => flows.push((node, n, 1, flow.trim_end_matches(']'), n)),
+            },
+            None => out.push(format!("{k}=+{n}")),
+        }
+    }
+    for (node, n, count, top, top_n) in flows {
+        out.push(format!("{node}:drop_flows=+{n} ({count} flows; most: {top} +{top_n})"));
+    }
+    out
 }
 
 /// `text` without its ANSI colour sequences (`ESC [ ... m`).

@@ -239,7 +239,7 @@ struct Args {
     /// CPUs) and keeps it per pod: larger rings absorb longer bursts of small packets,
     /// smaller ones cost less CPU per pod start and less memory per pod. TCP throughput
     /// between pods was the same from 1 to 4 MiB here; see docs/node-agent.md.
-    #[arg(long, env = "SKEIN_RING_MIB", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, env = "SKEIN_RING_MIB", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     ring_mib: u32,
 
     /// NodePort range (the kernel is told to leave it to Skein on the node IP).

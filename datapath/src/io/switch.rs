@@ -217,6 +217,10 @@ pub struct SwitchStats {
     pub ports: Vec<PortStats>,
     /// Frames the flows sent to a port number the switch does not have.
     pub unknown_port_drops: u64,
+    /// Batches whose forwarding (pipeline and sends) took longer than 1 ms, and of those,
+    /// longer than 10 ms: a worker held up inside a batch (a lock, preemption) while its
+    /// rings fill.
+    pub slow_batches: [u64; 2],
 }
 
 /// Nanoseconds on the monotonic clock since the first call (the datapath's `now`).
@@ -239,6 +243,8 @@ struct Shared {
     /// Bumped (release) after every change of `table` or of a worker's receive ports.
     generation: AtomicU64,
     unknown_port: AtomicU64,
+    /// Batches over 1 ms and over 10 ms.
+    slow_batches: [AtomicU64; 2],
     stop: AtomicBool,
     /// Notified by a worker that has taken in a new generation.
     acked: Condvar,
@@ -386,6 +392,7 @@ impl Switch {
                 table: RwLock::new(table.clone()),
                 generation: AtomicU64::new(0),
                 unknown_port: AtomicU64::new(0),
+                slow_batches: [AtomicU64::new(0), AtomicU64::new(0)],
                 stop: AtomicBool::new(false),
                 acked: Condvar::new(),
                 acked_lock: Mutex::new(()),
@@ -569,7 +576,11 @@ impl Switch {
 
     /// Counters of the switch and every port.
     pub fn stats(&self) -> SwitchStats {
-        SwitchStats { ports: self.port_stats(), unknown_port_drops: self.shared.unknown_port.load(Ordering::Relaxed) }
+        SwitchStats {
+            ports: self.port_stats(),
+            unknown_port_drops: self.shared.unknown_port.load(Ordering::Relaxed),
+            slow_batches: [0, 1].map(|i| self.shared.slow_batches[i].load(Ordering::Relaxed)),
+        }
     }
 
     /// Counters of every port the switch has now, in the order they were added.
@@ -906,8 +917,17 @@ impl Worker {
                 }
                 sink.meta.clear();
                 sink.meta.extend(batch.iter().map(|p| (p.offload, p.data.len())));
+                let started = Instant::now();
                 dp.process_batch(&mut worker, &mut batch, now_ns(), &mut sink);
                 sink.flush(&batch);
+                let took = started.elapsed();
+                if took >= SLOW_BATCH[0] {
+                    for (i, bound) in SLOW_BATCH.iter().enumerate() {
+                        if took >= *bound {
+                            shared.slow_batches[i].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
                 if sink.unknown_port != 0 {
                     shared.unknown_port.fetch_add(std::mem::take(&mut sink.unknown_port), Ordering::Relaxed);
                 }
@@ -949,6 +969,9 @@ impl Worker {
         }
     }
 }
+
+/// A batch taking this long is counted as slow (`SwitchStats::slow_batches`).
+const SLOW_BATCH: [Duration; 2] = [Duration::from_millis(1), Duration::from_millis(10)];
 
 /// How often a worker asks the kernel for its rings' drops (a system call per port).
 const RING_CHECK_EVERY: Duration = Duration::from_millis(100);

@@ -50,6 +50,15 @@ pub fn run(args: &[&str]) -> String {
     try_run(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The receive ring size of every datapath port, MiB: `SKEIN_TEST_RING_MIB`, or 2 (the
+/// chart's default).
+fn ring_mib() -> String {
+    std::env::var("SKEIN_TEST_RING_MIB")
+        .ok()
+        .filter(|v| v.parse::<u32>().is_ok_and(|n| n > 0))
+        .unwrap_or_else(|| "2".into())
+}
+
 /// Finds a binary of another package of the workspace beside this test's executable,
 /// building it if it is not there (`cargo test --workspace` has built it already).
 pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
@@ -327,7 +336,7 @@ impl Cluster {
         let child = Command::new("ip")
             .args(["netns", "exec", &node.ns])
             .arg(&dp)
-            .args(["run", "--ring-mib", "1", "--control"])
+            .args(["run", "--ring-mib", &ring_mib(), "--control"])
             .arg(&node.dp_socket)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
