@@ -97,6 +97,11 @@ pub enum Command {
         /// that a test can drive the node's containerd over CRI itself (repeatable).
         #[arg(long = "manual-pods", value_name = "NODE")]
         manual_pods: Vec<String>,
+        /// MTU of the underlay (the bridge and the nodes' uplinks), 1280 to 9216: each agent
+        /// gives its pods the uplink's MTU less the Geneve encapsulation (66), so 9000 gives
+        /// jumbo pods of 8934.
+        #[arg(long, default_value_t = crate::layout::DEFAULT_UNDERLAY_MTU, value_parser = clap::value_parser!(u32).range(1280..=9216))]
+        underlay_mtu: u32,
     },
     /// Stop the lab and remove everything named with its prefix (also after a crash).
     Down,
@@ -168,6 +173,9 @@ pub enum Command {
         /// Nodes whose pods the kubelet leaves alone.
         #[arg(long = "manual-pods", value_name = "NODE")]
         manual_pods: Vec<String>,
+        /// MTU of the underlay.
+        #[arg(long, default_value_t = crate::layout::DEFAULT_UNDERLAY_MTU)]
+        underlay_mtu: u32,
     },
     /// (internal) The pods' workload: answers on each port with its name and the client's address.
     #[command(hide = true)]
@@ -399,6 +407,7 @@ pub async fn up(
     bin_dir: Option<&Path>,
     wait: Duration,
     manual_pods: &[String],
+    underlay_mtu: u32,
     progress: Progress,
 ) -> anyhow::Result<Client> {
     require_root()?;
@@ -420,6 +429,7 @@ pub async fn up(
     let log = std::fs::File::create(layout.daemon_log())?;
     let mut command = std::process::Command::new(&binaries.lab);
     command.args(["--prefix", layout.prefix(), "daemon", "--nodes", &nodes.to_string()]);
+    command.args(["--underlay-mtu", &underlay_mtu.to_string()]);
     if let Some(dir) = bin_dir {
         command.arg("--bin-dir").arg(dir);
     }
@@ -1517,7 +1527,7 @@ async fn demo(
         );
     }
     let outcome: anyhow::Result<Vec<CheckResult>> = async {
-        let client = up(layout, nodes, bin_dir, wait, &[], progress).await?;
+        let client = up(layout, nodes, bin_dir, wait, &[], crate::layout::DEFAULT_UNDERLAY_MTU, progress).await?;
         progress.say(format!("applying the demo scenario (namespace {})", scenario::NAMESPACE));
         for line in apply(&client, &scenario::demo_yaml(nodes), "default").await? {
             progress.say(line);
@@ -1617,15 +1627,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Daemon { nodes, bin_dir, manual_pods } => {
+        Command::Daemon { nodes, bin_dir, manual_pods, underlay_mtu } => {
             init_logging("info,kube_runtime=warn,kube_client=warn");
             let binaries = Binaries::find(bin_dir.as_deref())?;
-            daemon::run(layout, nodes, binaries, manual_pods).await?;
+            daemon::run(layout, nodes, underlay_mtu, binaries, manual_pods).await?;
             Ok(0)
         }
-        Command::Up { nodes, bin_dir, wait, manual_pods } => {
+        Command::Up { nodes, bin_dir, wait, manual_pods, underlay_mtu } => {
             init_logging("warn");
-            up(&layout, nodes, bin_dir.as_deref(), Duration::from_secs(wait), &manual_pods, progress).await?;
+            let wait = Duration::from_secs(wait);
+            up(&layout, nodes, bin_dir.as_deref(), wait, &manual_pods, underlay_mtu, progress).await?;
             progress.say(format!(
                 "lab {:?} is up: `skein-lab get nodes -o wide`, `skein-lab apply -f FILE`, `skein-lab check`",
                 layout.prefix()

@@ -402,7 +402,13 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Runs the daemon until a shutdown request or SIGTERM/SIGINT.
-pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: Vec<String>) -> anyhow::Result<()> {
+pub async fn run(
+    layout: Layout,
+    nodes: usize,
+    underlay_mtu: u32,
+    binaries: Binaries,
+    manual_pods: Vec<String>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(layout.state_dir())?;
     let daemon = Arc::new(Daemon {
         layout: layout.clone(),
@@ -420,9 +426,11 @@ pub async fn run(layout: Layout, nodes: usize, binaries: Binaries, manual_pods: 
         processes: Mutex::default(),
         stop: CancellationToken::new(),
     });
-    daemon
-        .phase("topology", format!("bridge {}, {nodes} node namespaces, {}", layout.bridge(), layout.outside_netns()));
-    if let Err(error) = topology::create(&layout, nodes) {
+    daemon.phase(
+        "topology",
+        format!("bridge {}, {nodes} node namespaces, {}, MTU {underlay_mtu}", layout.bridge(), layout.outside_netns()),
+    );
+    if let Err(error) = topology::create(&layout, nodes, underlay_mtu) {
         daemon.phase("failed", format!("topology: {error}"));
         return Err(error.into());
     }

@@ -27,8 +27,8 @@ pub const DNS_PORT: u16 = 53;
 pub const MASTER_METRICS_PORT: u16 = 9477;
 /// The most nodes a lab has (node IPs are 172.18.0.11 up to .(10 + MAX_NODES)).
 pub const MAX_NODES: usize = 200;
-/// The underlay MTU.
-pub const UNDERLAY_MTU: u32 = 1500;
+/// The underlay MTU unless `skein-lab up --underlay-mtu` says otherwise.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 /// A bad `--prefix`.
 #[derive(Debug, thiserror::Error)]

@@ -6,19 +6,19 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use crate::layout::{GATEWAY_IP, HOST_IP, Layout, OUTSIDE_IP, UNDERLAY_MTU, UNDERLAY_PREFIX_LEN};
+use crate::layout::{GATEWAY_IP, HOST_IP, Layout, OUTSIDE_IP, UNDERLAY_PREFIX_LEN};
 use crate::sys::{self, CommandError};
 
 fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<(), CommandError> {
     sys::run("ip", ["netns", "exec", netns, "sysctl", "-q", "-w", &format!("{key}={value}")]).map(|_| ())
 }
 
-fn add_veth_into(layout: &Layout, root_end: &str, netns: &str, address: &str) -> Result<(), CommandError> {
+fn add_veth_into(layout: &Layout, root_end: &str, netns: &str, address: &str, mtu: u32) -> Result<(), CommandError> {
     sys::ip(&["netns", "add", netns])?;
     sys::ip(&["link", "add", root_end, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
-    sys::ip(&["link", "set", root_end, "mtu", &UNDERLAY_MTU.to_string(), "master", &layout.bridge(), "up"])?;
+    sys::ip(&["link", "set", root_end, "mtu", &mtu.to_string(), "master", &layout.bridge(), "up"])?;
     sys::ip_in(netns, &["link", "set", "lo", "up"])?;
-    sys::ip_in(netns, &["link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string(), "up"])?;
+    sys::ip_in(netns, &["link", "set", "eth0", "mtu", &mtu.to_string(), "up"])?;
     sys::ip_in(netns, &["addr", "add", &format!("{address}/{UNDERLAY_PREFIX_LEN}"), "dev", "eth0"])?;
     Ok(())
 }
@@ -37,26 +37,27 @@ fn underlay_holder(listing: &str) -> Option<(String, String)> {
     })
 }
 
-/// Creates the bridge, `nodes` node namespaces and the outside namespace. Refuses when a
+/// Creates the bridge, `nodes` node namespaces and the outside namespace, every link of
+/// the underlay with MTU `mtu`. Refuses when a
 /// root-namespace link already holds an address of the underlay subnet: the lab's nodes
 /// would reach the API server's address through that link instead.
-pub fn create(layout: &Layout, nodes: usize) -> Result<(), CommandError> {
+pub fn create(layout: &Layout, nodes: usize, mtu: u32) -> Result<(), CommandError> {
     if let Some((link, address)) = underlay_holder(&sys::ip(&["-o", "-4", "addr", "show"])?) {
         return Err(CommandError::UnderlayInUse { link, address, subnet: format!("{HOST_IP}/{UNDERLAY_PREFIX_LEN}") });
     }
     let bridge = layout.bridge();
     sys::ip(&["link", "add", &bridge, "type", "bridge"])?;
-    sys::ip(&["link", "set", &bridge, "mtu", &UNDERLAY_MTU.to_string()])?;
+    sys::ip(&["link", "set", &bridge, "mtu", &mtu.to_string()])?;
     sys::ip(&["addr", "add", &format!("{HOST_IP}/{UNDERLAY_PREFIX_LEN}"), "dev", &bridge])?;
     sys::ip(&["link", "set", &bridge, "up"])?;
     for index in 1..=nodes {
         let netns = layout.node_netns(&Layout::node_name(index));
-        add_veth_into(layout, &layout.node_uplink_peer(index), &netns, &Layout::node_ip(index).to_string())?;
+        add_veth_into(layout, &layout.node_uplink_peer(index), &netns, &Layout::node_ip(index).to_string(), mtu)?;
         sys::ip_in(&netns, &["route", "add", "default", "via", &GATEWAY_IP.to_string()])?;
         sysctl_in(&netns, "net.ipv4.ip_forward", "1")?;
     }
     let outside = layout.outside_netns();
-    add_veth_into(layout, &layout.outside_peer(), &outside, &GATEWAY_IP.to_string())?;
+    add_veth_into(layout, &layout.outside_peer(), &outside, &GATEWAY_IP.to_string(), mtu)?;
     sys::ip_in(&outside, &["addr", "add", &format!("{OUTSIDE_IP}/32"), "dev", "lo"])?;
     sysctl_in(&outside, "net.ipv4.ip_forward", "1")?;
     Ok(())

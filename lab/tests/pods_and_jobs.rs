@@ -4,7 +4,9 @@
 //! file, a name looked up through the cluster DNS from inside a pod —, the device plugins'
 //! resources in the Nodes' capacity, a pod asking for more `skein.dev/rdma` than any node has
 //! left unscheduled with kube-scheduler's message, and a Job whose pod fails ending `Failed`
-//! (`BackoffLimitExceeded`). Needs root (like `demo.rs`); `SKEIN_SKIP_NETNS_TESTS=1` skips it
+//! (`BackoffLimitExceeded`). The lab's underlay has jumbo frames (MTU 9000): each agent gives
+//! its pods the uplink's MTU less Geneve's 66 bytes, and a full-size packet crosses from a
+//! pod on one node to a pod on the other with DF set. Needs root (like `demo.rs`); `SKEIN_SKIP_NETNS_TESTS=1` skips it
 //! without root. Wrap in `flock /tmp/skein-lab.lock` (one lab per host).
 
 use std::process::Command;
@@ -112,6 +114,20 @@ spec:
       restartPolicy: Never
       containers:
       - {name: main, image: localhost/skein-lab/node:1, command: ["/bin/sh", "-c", "echo index $JOB_COMPLETION_INDEX; exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: jumbo-a}
+spec:
+  nodeName: node1
+  containers: [{name: main, image: localhost/skein-lab/node:1, command: ["/bin/sleep", "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: jumbo-b}
+spec:
+  nodeName: node2
+  containers: [{name: main, image: localhost/skein-lab/node:1, command: ["/bin/sleep", "3600"]}]
 "#;
 
 #[test]
@@ -119,7 +135,7 @@ fn netns_pods_run_as_their_spec_says_and_jobs_fail_as_told() {
     if !command::root_or_skip("the lab's pods and jobs", "network namespaces") {
         return;
     }
-    let _lab = Lab::up(PREFIX, &["--nodes", "2"]);
+    let _lab = Lab::up(PREFIX, &["--nodes", "2", "--underlay-mtu", "9000"]);
     // Each node's device plugin reports both HCAs.
     let nodes = wait_for("both nodes with 2 RDMA devices", Duration::from_secs(60), || {
         let (_, text) = lab(&["get", "nodes", "-o", "wide"]);
@@ -131,6 +147,17 @@ fn netns_pods_run_as_their_spec_says_and_jobs_fail_as_told() {
     std::fs::write(&file, MANIFEST).unwrap();
     let (ok, text) = lab(&["apply", "-f", file.to_str().unwrap()]);
     assert!(ok, "{text}");
+
+    // Jumbo frames: the pods' MTU is the uplink's (9000) less Geneve's 66, and a packet of
+    // exactly that size crosses the tunnel whole (DF: a hop that cannot carry it fails
+    // the ping).
+    let a = wait_for("jumbo-a Running", Duration::from_secs(90), || phase_of("jumbo-a", "Running"));
+    wait_for("jumbo-b Running", Duration::from_secs(90), || phase_of("jumbo-b", "Running"));
+    let (ok, mtu) = lab(&["exec", "jumbo-b", "--", "cat", "/sys/class/net/eth0/mtu"]);
+    assert!(ok && mtu.trim() == "8934", "jumbo-b's eth0 MTU: {mtu}");
+    let payload = (8934 - 28).to_string();
+    let (ok, ping) = lab(&["exec", "jumbo-b", "--", "ping", "-c", "2", "-W", "5", "-M", "do", "-s", &payload, &a[4]]);
+    assert!(ok, "an 8934-byte packet from node2 to jumbo-a ({}) on node1: {ping}", a[4]);
 
     // Never: runs once, Succeeded; env expanded, the hosts file names it, DNS answers.
     let once = wait_for("once Succeeded", Duration::from_secs(90), || phase_of("once", "Succeeded"));

@@ -62,9 +62,11 @@ pub struct Options {
     #[arg(long, env = "SKEIN_JOIN_SUBNET", value_delimiter = ',', default_value = "100.64.0.0/16,fd98::/64")]
     pub join_subnet: Vec<IpNet>,
 
-    /// Pod interface MTU written into pod annotations (at most the underlay MTU − 66 for
-    /// Geneve over IPv4 with the identity option NetworkPolicy adds; − 58 without).
-    #[arg(long, env = "SKEIN_MTU", default_value_t = 1400)]
+    /// Pod interface MTU written into pod annotations, the same on every node (at most the
+    /// smallest uplink MTU − 66: Geneve over IPv4 with Skein's option). 0, the default:
+    /// each node's agent gives its pods what its uplink carries (its `--mtu`, or the uplink's
+    /// MTU − 66), so jumbo uplinks give jumbo pods.
+    #[arg(long, env = "SKEIN_MTU", default_value_t = 0)]
     pub mtu: u16,
 
     /// Source address of hairpin traffic (a pod reaching itself through a Service), one

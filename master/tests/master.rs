@@ -54,7 +54,7 @@ async fn objects_become_annotations_and_flows_and_go_away_when_deleted() {
         annotations::parse_pod_networks(&annotation(&server, Kind::Pod, Some("default"), "p1", POD_NETWORKS).unwrap())
             .unwrap();
     assert!(s1[0].contains(net1.ip_addresses[0].addr()), "{net1:?} in {s1:?}");
-    assert_eq!(net1.mtu, 1400);
+    assert_eq!(net1.mtu, 0, "by default each node's agent gives its pods what its uplink carries");
     assert_eq!(net1.gateway_ips, vec![s1[0].nth(1).unwrap()]);
 
     add_slice(&server, "web", &[(&ip1, "n1"), (&ip2, "n2")]);

@@ -183,7 +183,7 @@ pub struct PodNetwork {
     /// Extra routes.
     #[serde(default)]
     pub routes: Vec<PodRoute>,
-    /// Interface MTU.
+    /// MTU of the pod's interface; 0: the node's (its agent decides from the uplink).
     pub mtu: u16,
 }
 

@@ -43,7 +43,7 @@ pub struct NetworkConfig {
     pub cluster_networks: Vec<ClusterNetwork>,
     /// Join switch subnets, one for each cluster network's family.
     pub join_subnets: Vec<IpNet>,
-    /// Pod interface MTU written into pod annotations.
+    /// Pod interface MTU written into pod annotations (0: each node's agent decides).
     pub mtu: u16,
     /// Source address a pod's traffic to itself through its own Service (hairpin) is
     /// translated to, per family (OVN-Kubernetes' choice: `169.254.169.5`, `fd69::5`).
@@ -62,7 +62,7 @@ impl Default for NetworkConfig {
                 IpNet::clamped(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 0)), 16),
                 IpNet::clamped(IpAddr::V6(Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 0)), 64),
             ],
-            mtu: 1400,
+            mtu: 0,
             hairpin_snat_ips: vec![
                 IpAddr::V4(Ipv4Addr::new(169, 254, 169, 5)),
                 IpAddr::V6(Ipv6Addr::new(0xfd69, 0, 0, 0, 0, 0, 0, 5)),
@@ -117,7 +117,7 @@ pub enum ConfigError {
     #[error("join subnet {0} is too small (it needs at least 4 addresses)")]
     JoinTooSmall(IpNet),
     /// MTU out of range.
-    #[error("mtu {0} is out of range (576..=65535)")]
+    #[error("mtu {0} is out of range (0, or 576..=65535)")]
     BadMtu(u16),
 }
 
@@ -158,7 +158,7 @@ impl NetworkConfig {
                 return Err(ConfigError::JoinTooSmall(join));
             }
         }
-        if self.mtu < 576 {
+        if self.mtu != 0 && self.mtu < 576 {
             return Err(ConfigError::BadMtu(self.mtu));
         }
         Ok(())
@@ -487,6 +487,8 @@ mod tests {
         assert!(matches!(bad(|c| c.join_subnets.clear()), ConfigError::NoJoinSubnet(IpFamily::V4)));
         assert!(matches!(bad(|c| c.join_subnets[0] = net("10.0.0.0/8")), ConfigError::JoinOverlap { .. }));
         assert!(matches!(bad(|c| c.mtu = 100), ConfigError::BadMtu(100)));
+        let set = NetworkConfig { mtu: 1400, ..NetworkConfig::default() };
+        assert!(set.validate().is_ok(), "one MTU for every node");
     }
 
     #[test]

@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(n.ip_addresses, vec![net("10.244.1.3/24")]);
         assert_eq!(n.mac_address.to_string(), "0a:58:0a:f4:01:03");
         assert_eq!(n.gateway_ips, vec!["10.244.1.1".parse::<std::net::IpAddr>().unwrap()]);
-        assert_eq!(n.mtu, 1400);
+        assert_eq!(n.mtu, 0, "left to the node by default");
         n.validate().unwrap();
         assert_eq!(ipam.allocate_pod(&key("p"), "b").unwrap(), n);
         assert!(matches!(ipam.allocate_pod(&key("p"), "a"), Err(IpamError::PodHasOtherAddress { .. })));

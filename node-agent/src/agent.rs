@@ -94,6 +94,8 @@ pub struct NetworkSettings {
     pub cni_install: Option<CniInstall>,
     /// Longest ADD wait.
     pub add_timeout: Duration,
+    /// Pods' MTU on this node (`--mtu`); `None`: the uplink's less the encapsulation.
+    pub pod_mtu: Option<u32>,
     /// Switch settings (for a switch inside the agent).
     pub switch: SwitchConfig,
     /// The control socket of the datapath process (`skein-dp run`) to drive; without it the
@@ -164,11 +166,16 @@ pub async fn start(
         tokio::task::spawn_blocking(move || host::find_uplink(ip, name.as_deref())).await??
     };
     let node_ip = uplink.node_ip;
+    // Refused here, before anything is set up: pods whose packets the uplink cannot carry
+    // once encapsulated would lose every full-size packet to another node.
+    let mtu = crate::cniserver::NodeMtu::of(uplink.mtu, host::GENEVE_OVERHEAD, s.pod_mtu)
+        .map_err(|e| anyhow::anyhow!("pod MTU on uplink {}: {e}", uplink.name))?;
     info!(
         interface = %uplink.name,
         %node_ip,
         mac = %uplink.mac,
         mtu = uplink.mtu,
+        pod_mtu = mtu.pod,
         gateway = ?uplink.gateway,
         "uplink found"
     );
@@ -321,14 +328,14 @@ pub async fn start(
         s.node_name.clone(),
         s.cluster_cidrs.clone(),
         s.service_cidrs.clone(),
-        uplink.mtu.saturating_sub(host::GENEVE_OVERHEAD),
+        mtu.pod,
         shutdown.clone(),
     ));
 
     // Pods, the CNI server, the plugin install.
     let pods = NodePods::start(client.clone(), &s.node_name);
     let listener = cniserver::bind(&s.cni_socket).with_context(|| format!("binding {}", s.cni_socket.display()))?;
-    let server = CniServer::new(net.clone(), pods, s.add_timeout, metrics.clone());
+    let server = CniServer::new(net.clone(), pods, s.add_timeout, metrics.clone(), mtu);
     tokio::spawn(server.serve(listener, s.cni_socket.clone(), shutdown.clone()));
     tokio::spawn(reclaim_stale_ports(net.clone(), s.stale_port_interval, shutdown.clone()));
     if let Some(install) = s.cni_install.clone() {

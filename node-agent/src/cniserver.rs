@@ -47,6 +47,41 @@ pub const CODE_NOT_BOUND: u32 = 106;
 /// How often a waiting ADD looks whether its plugin is still connected.
 const HANGUP_CHECK: Duration = Duration::from_millis(50);
 
+/// The MTU of pods on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeMtu {
+    /// What a pod gets when its annotation leaves the MTU to the node (0): the agent's
+    /// `--mtu`, or the uplink's MTU less the Geneve encapsulation.
+    pub pod: u32,
+    /// The most the uplink carries once encapsulated: a larger annotated MTU is refused.
+    pub max: u32,
+}
+
+impl NodeMtu {
+    /// The pods' MTU on a node whose uplink has MTU `uplink`, encapsulation adding
+    /// `overhead` bytes: `configured` (the agent's `--mtu`) if the uplink carries it, or
+    /// all the uplink carries. An error names what does not fit.
+    pub fn of(uplink: u32, overhead: u32, configured: Option<u32>) -> Result<NodeMtu, String> {
+        let max = uplink.saturating_sub(overhead);
+        match configured {
+            Some(m) if m > max => Err(format!(
+                "--mtu {m}: the uplink's MTU is {uplink}, which carries pod packets of at most {max} bytes \
+                 (Geneve over IPv4 with Skein's option adds {overhead}); lower --mtu or raise the uplink's MTU"
+            )),
+            Some(m) if m < MIN_POD_MTU => Err(format!("--mtu {m}: pods need at least {MIN_POD_MTU} (IPv4's minimum)")),
+            Some(m) => Ok(NodeMtu { pod: m, max }),
+            None if max < MIN_POD_MTU => Err(format!(
+                "the uplink's MTU is {uplink}: less the encapsulation ({overhead}) that leaves {max} for pods, \
+                 below IPv4's minimum of {MIN_POD_MTU}"
+            )),
+            None => Ok(NodeMtu { pod: max, max }),
+        }
+    }
+}
+
+/// The smallest MTU a pod interface gets (IPv4's minimum datagram a host must accept).
+pub const MIN_POD_MTU: u32 = 576;
+
 /// What the server needs.
 #[derive(Clone, Debug)]
 pub struct CniServer {
@@ -58,6 +93,8 @@ pub struct CniServer {
     pub add_timeout: Duration,
     /// Metrics.
     pub metrics: NetMetrics,
+    /// The MTU pods get on this node.
+    pub mtu: NodeMtu,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -70,8 +107,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 impl CniServer {
     /// A server for `net` and `pods`.
-    pub fn new(net: Arc<NodeNetwork>, pods: NodePods, add_timeout: Duration, metrics: NetMetrics) -> CniServer {
-        CniServer { net, pods, add_timeout, metrics, locks: Arc::default() }
+    pub fn new(
+        net: Arc<NodeNetwork>,
+        pods: NodePods,
+        add_timeout: Duration,
+        metrics: NetMetrics,
+        mtu: NodeMtu,
+    ) -> CniServer {
+        CniServer { net, pods, add_timeout, metrics, mtu, locks: Arc::default() }
     }
 
     /// Serves `listener` until `shutdown`.
@@ -209,6 +252,12 @@ impl CniServer {
             }
             Err(e @ PodWaitError::Malformed { .. }) => return error(CODE_BAD_ANNOTATION, e.to_string(), String::new()),
         };
+        let interface = match interface_config(&network, self.mtu) {
+            Ok(interface) => interface,
+            Err(why) => {
+                return error(CODE_BAD_ANNOTATION, format!("pod {}/{}: {why}", pod.namespace, pod.name), String::new());
+            }
+        };
         let annotated = Instant::now();
         let record = PortRecord {
             logical_port: logical_port.clone(),
@@ -284,7 +333,7 @@ impl CniServer {
             flows_ms = (done - bound).as_secs_f64() * 1e3,
             "ADD: where the time went"
         );
-        AgentResponse::Ok(AddResult { interface: interface_config(&network) })
+        AgentResponse::Ok(AddResult { interface })
     }
 
     /// The plugin left before the ADD's answer (it timed out, or was killed): undoes the
@@ -377,9 +426,21 @@ fn readiness(state: &InstallState) -> (bool, String) {
     }
 }
 
-/// The pod interface configuration of an annotation: addresses, MAC, MTU, a default
-/// route through each family's gateway, then the annotation's routes.
-pub fn interface_config(network: &PodNetwork) -> InterfaceConfig {
+/// The pod interface configuration of an annotation: addresses, MAC, MTU (the
+/// annotation's, or the node's when it says 0), a default route through each family's
+/// gateway, then the annotation's routes. An annotated MTU the node's uplink cannot carry
+/// is an error.
+pub fn interface_config(network: &PodNetwork, node: NodeMtu) -> Result<InterfaceConfig, String> {
+    let mtu = match u32::from(network.mtu) {
+        0 => node.pod,
+        m if m > node.max => {
+            return Err(format!(
+                "its MTU {m} (the master's --mtu) is more than this node's uplink carries once encapsulated ({})",
+                node.max
+            ));
+        }
+        m => m,
+    };
     let mut routes = Vec::new();
     for gw in &network.gateway_ips {
         let dst = match gw {
@@ -391,13 +452,13 @@ pub fn interface_config(network: &PodNetwork) -> InterfaceConfig {
     for r in &network.routes {
         routes.push(RouteConfig { dst: r.dest.to_string(), gw: Some(r.next_hop.to_string()) });
     }
-    InterfaceConfig {
+    Ok(InterfaceConfig {
         mac: network.mac_address.to_string(),
         ips: network.ip_addresses.iter().map(ToString::to_string).collect(),
         gateways: network.gateway_ips.iter().map(ToString::to_string).collect(),
         routes,
-        mtu: u32::from(network.mtu),
-    }
+        mtu,
+    })
 }
 
 fn error(code: u32, msg: String, details: String) -> AgentResponse {
@@ -497,7 +558,7 @@ mod tests {
             r#"{"default":{"ip_addresses":["10.244.1.5/24"],"mac_address":"0a:58:0a:f4:01:05","gateway_ips":["10.244.1.1"],"routes":[{"dest":"10.96.0.0/12","nextHop":"10.244.1.1"}],"mtu":1400}}"#,
         )
         .unwrap();
-        let c = interface_config(&network);
+        let c = interface_config(&network, NodeMtu { pod: 8934, max: 8934 }).unwrap();
         assert_eq!(c.mac, "0a:58:0a:f4:01:05");
         assert_eq!(c.ips, vec!["10.244.1.5/24"]);
         assert_eq!(c.gateways, vec!["10.244.1.1"]);
@@ -509,5 +570,32 @@ mod tests {
                 RouteConfig { dst: "10.96.0.0/12".into(), gw: Some("10.244.1.1".into()) },
             ]
         );
+    }
+
+    #[test]
+    fn the_pod_mtu_is_the_nodes_unless_annotated_and_never_more_than_the_uplink_carries() {
+        let annotated = |mtu: u16| {
+            skein_netmodel::annotations::parse_pod_networks(&format!(
+                r#"{{"default":{{"ip_addresses":["10.244.1.5/24"],"mac_address":"0a:58:0a:f4:01:05","gateway_ips":["10.244.1.1"],"mtu":{mtu}}}}}"#
+            ))
+            .unwrap()
+        };
+        // A jumbo uplink: pods get all it carries, unless the master set an MTU.
+        let jumbo = NodeMtu::of(9000, 66, None).unwrap();
+        assert_eq!(jumbo, NodeMtu { pod: 8934, max: 8934 });
+        assert_eq!(interface_config(&annotated(0), jumbo).unwrap().mtu, 8934);
+        assert_eq!(interface_config(&annotated(1400), jumbo).unwrap().mtu, 1400);
+        // The agent's --mtu below what the uplink carries.
+        let set = NodeMtu::of(9000, 66, Some(1500)).unwrap();
+        assert_eq!(interface_config(&annotated(0), set).unwrap().mtu, 1500);
+        // A 1500-byte uplink cannot carry a 1450-byte pod packet once encapsulated.
+        let plain = NodeMtu::of(1500, 66, None).unwrap();
+        assert_eq!(plain.pod, 1434);
+        let err = interface_config(&annotated(1450), plain).unwrap_err();
+        assert!(err.contains("MTU 1450") && err.contains("(1434)"), "{err}");
+        let err = NodeMtu::of(1500, 66, Some(1450)).unwrap_err();
+        assert!(err.contains("--mtu 1450") && err.contains("at most 1434"), "{err}");
+        assert!(NodeMtu::of(1500, 66, Some(500)).unwrap_err().contains("at least 576"));
+        assert!(NodeMtu::of(600, 66, None).unwrap_err().contains("below IPv4's minimum"));
     }
 }

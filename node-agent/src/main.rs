@@ -218,6 +218,13 @@ struct Args {
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     add_timeout: Duration,
 
+    /// MTU of the pods' interfaces on this node. Default: the uplink's MTU less the
+    /// Geneve encapsulation (66 bytes over IPv4 with Skein's option), so a jumbo uplink
+    /// gives jumbo pods. A value the uplink cannot carry is refused at start. A pod whose
+    /// annotation names an MTU (the master's --mtu) gets that one.
+    #[arg(long, env = "SKEIN_POD_MTU", value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    mtu: Option<u32>,
+
     /// Drive the datapath process (`skein-dp run --control PATH`, its own container or
     /// DaemonSet) at this control socket: forwarding, pods' ports and conntrack then outlive
     /// the agent's restarts and upgrades. Without it the switch runs inside the agent (and
@@ -440,6 +447,7 @@ fn network_settings(args: &Args, node_name: String) -> anyhow::Result<NetworkSet
         state_dir: args.state_dir.clone(),
         cni_install: (!args.no_cni_install).then(|| args.cni.install()),
         add_timeout: args.add_timeout,
+        pod_mtu: args.mtu,
         switch: SwitchConfig {
             workers,
             busy_poll: Duration::from_micros(args.busy_poll_us),
