@@ -41,15 +41,41 @@ pub struct DatapathFigures {
     /// name, so that a datapath process of another version with other reasons still shows
     /// them all.
     pub drops: Vec<(String, u64)>,
+    /// Frames dropped at the ports, by port number: (interface, reason, count), the
+    /// reasons `rx_ring_full` (the receive ring full), `rx_other` (too big for the ring,
+    /// invalid Geneve) and `tx` (the send failed).
+    pub port_drops: Vec<(u32, String, &'static str, u64)>,
+    /// Frames the flows sent to a port the switch does not have.
+    pub unknown_port_drops: u64,
+    /// Forwarding batches over 1 ms and over 10 ms.
+    pub slow_batches: [u64; 2],
 }
 
 impl DatapathFigures {
     /// Reads the `name=value` lines of the datapath's `stats`.
     pub fn parse(stats: &str) -> DatapathFigures {
         let mut f = DatapathFigures::default();
+        // port number -> (name, rx_dropped, rx_ring_full, tx_dropped)
+        let mut ports: std::collections::BTreeMap<u32, (String, u64, u64, u64)> = Default::default();
         for (name, value) in stats.split_ascii_whitespace().filter_map(|kv| kv.split_once('=')) {
             let n = value.parse::<u64>().ok();
+            if let Some((number, field)) = name.strip_prefix("port_").and_then(|r| r.split_once('_'))
+                && let Ok(number) = number.parse::<u32>()
+            {
+                let p = ports.entry(number).or_default();
+                match (field, n) {
+                    ("name", _) => p.0 = value.to_owned(),
+                    ("rx_dropped", Some(n)) => p.1 = n,
+                    ("rx_ring_full", Some(n)) => p.2 = n,
+                    ("tx_dropped", Some(n)) => p.3 = n,
+                    _ => {}
+                }
+                continue;
+            }
             match (name, n) {
+                ("output_unknown_port_drops", Some(n)) => f.unknown_port_drops = n,
+                ("slow_batches_1ms", Some(n)) => f.slow_batches[0] = n,
+                ("slow_batches_10ms", Some(n)) => f.slow_batches[1] = n,
                 ("packets", Some(n)) => f.packets = n,
                 ("microflow_hits", Some(n)) => f.microflow_hits = n,
                 ("megaflow_hits", Some(n)) => f.megaflow_hits = n,
@@ -59,6 +85,12 @@ impl DatapathFigures {
                 ("ct_early_drops", Some(n)) => f.ct_early_drops = n,
                 (name, Some(n)) if name.starts_with("drops_") => f.drops.push((name["drops_".len()..].to_owned(), n)),
                 _ => {}
+            }
+        }
+        for (number, (name, rx_dropped, ring_full, tx_dropped)) in ports {
+            let reasons = [("rx_ring_full", ring_full), ("rx_other", rx_dropped.saturating_sub(ring_full)), ("tx", tx_dropped)];
+            for (reason, count) in reasons {
+                f.port_drops.push((number, name.clone(), reason, count));
             }
         }
         f
@@ -234,19 +266,8 @@ impl DatapathHandle {
     /// The datapath's figures (`None` when the datapath process cannot be asked).
     pub fn figures(&self) -> Option<DatapathFigures> {
         match self {
-            DatapathHandle::InProcess { dp, .. } => {
-                let s = dp.stats();
-                Some(DatapathFigures {
-                    packets: s.packets,
-                    microflow_hits: s.microflow_hits,
-                    megaflow_hits: s.megaflow_hits,
-                    upcalls: s.upcalls,
-                    megaflows: s.megaflows,
-                    connections: s.connections,
-                    ct_early_drops: s.conntrack.early_drops,
-                    drops: s.drops.iter().map(|(reason, n)| (reason.name().to_owned(), *n)).collect(),
-                })
-            }
+            // The same text either way: one parser, the same figures.
+            DatapathHandle::InProcess { control, .. } => Some(DatapathFigures::parse(&control.stats())),
             DatapathHandle::Remote(c) => c.request("stats").ok().map(|s| DatapathFigures::parse(&s)),
         }
     }
@@ -260,7 +281,9 @@ mod tests {
     fn figures_come_from_the_stats_lines() {
         let stats = "packets=10\nmicroflow_hits=6\nmegaflow_hits=3\nupcalls=1\nmicroflow_hit_ratio=0.6000\n\
                      megaflows=2\nconnections=4\nct_early_drops=5\ndrops_table_miss=7\n\
-                     drops_tunnel_unknown_source=1\nport_1_rx=5 port_1_name=eth0\n";
+                     drops_tunnel_unknown_source=1\nport_1_rx=5 port_1_name=eth0\n\
+                     port_100_rx=9 port_100_rx_dropped=5 port_100_rx_ring_full=4 port_100_tx=2 port_100_tx_dropped=1 \
+                     port_100_name=sk12\noutput_unknown_port_drops=3\nslow_batches_1ms=6 slow_batches_10ms=2\n";
         assert_eq!(
             DatapathFigures::parse(stats),
             DatapathFigures {
@@ -272,6 +295,16 @@ mod tests {
                 connections: 4,
                 ct_early_drops: 5,
                 drops: vec![("table_miss".into(), 7), ("tunnel_unknown_source".into(), 1)],
+                port_drops: vec![
+                    (1, "eth0".into(), "rx_ring_full", 0),
+                    (1, "eth0".into(), "rx_other", 0),
+                    (1, "eth0".into(), "tx", 0),
+                    (100, "sk12".into(), "rx_ring_full", 4),
+                    (100, "sk12".into(), "rx_other", 1),
+                    (100, "sk12".into(), "tx", 1),
+                ],
+                unknown_port_drops: 3,
+                slow_batches: [6, 2],
             }
         );
     }

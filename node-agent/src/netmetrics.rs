@@ -35,6 +35,24 @@ pub struct DropLabels {
     pub reason: String,
 }
 
+/// Labels of `skein_port_drops_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortDropLabels {
+    /// The datapath's port number.
+    pub port: String,
+    /// Its interface (`eth0`, a pod's veth, `geneve_192.0.2.1:6081`).
+    pub interface: String,
+    /// `rx_ring_full`, `rx_other` or `tx`.
+    pub reason: String,
+}
+
+/// Labels of `skein_slow_batches_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlowLabels {
+    /// `1ms` or `10ms`.
+    pub over: String,
+}
+
 /// Labels of `skein_cni_stale_ports_reclaimed_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StaleLabels {
@@ -193,6 +211,32 @@ impl Collector for NetworkCollector {
         for (reason, count) in &s.drops {
             let labels = DropLabels { reason: reason.clone() };
             ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "skein_port_drops",
+            "Frames dropped at the datapath's ports: rx_ring_full (the receive ring was full: the forwarding thread did not empty it in time), rx_other (too big for the ring, invalid Geneve), tx (the send failed)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (port, interface, reason, count) in &s.port_drops {
+            let labels =
+                PortDropLabels { port: port.to_string(), interface: interface.clone(), reason: (*reason).to_owned() };
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+        counter(
+            &mut encoder,
+            "skein_output_unknown_port_drops",
+            "Frames the flows sent to a port number the datapath does not have",
+            s.unknown_port_drops,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "skein_slow_batches",
+            "Forwarding batches that took over 1 ms and over 10 ms (a forwarding thread held up while its rings fill)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (over, count) in [("1ms", s.slow_batches[0]), ("10ms", s.slow_batches[1])] {
+            ConstCounter::new(count).encode(family.encode_family(&SlowLabels { over: over.into() })?)?;
         }
         counter(
             &mut encoder,
