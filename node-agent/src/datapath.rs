@@ -88,7 +88,8 @@ impl DatapathFigures {
             }
         }
         for (number, (name, rx_dropped, ring_full, tx_dropped)) in ports {
-            let reasons = [("rx_ring_full", ring_full), ("rx_other", rx_dropped.saturating_sub(ring_full)), ("tx", tx_dropped)];
+            let reasons =
+                [("rx_ring_full", ring_full), ("rx_other", rx_dropped.saturating_sub(ring_full)), ("tx", tx_dropped)];
             for (reason, count) in reasons {
                 f.port_drops.push((number, name.clone(), reason, count));
             }

@@ -168,11 +168,15 @@ fn pods_get_their_network_and_reach_pods_services_and_the_outside() {
     let p2 = c.add_pod("p2", 0, "web");
     let p3 = c.add_pod("p3", 1, "web");
 
-    // p1 has exactly its annotation's address, MAC, MTU and routes.
+    // p1 has exactly its annotation's address, MAC and routes, and the node's MTU (the
+    // annotation leaves it to the node: the uplink's less Geneve's 66 bytes).
     let ann = c.pod_annotation("p1");
     let link = exec(&p1.ns, &["ip", "-o", "link", "show", "eth0"]).expect("link");
     assert!(link.contains(ann["mac_address"].as_str().unwrap()), "MAC of {ann}: {link}");
-    assert!(link.contains(&format!("mtu {}", ann["mtu"])), "MTU of {ann}: {link}");
+    assert_eq!(ann["mtu"], 0, "the master leaves the MTU to the nodes: {ann}");
+    let uplink: u32 =
+        exec(&c.nodes[0].ns, &["cat", "/sys/class/net/eth0/mtu"]).expect("uplink MTU").trim().parse().unwrap();
+    assert!(link.contains(&format!("mtu {} ", uplink - 66)), "the node's MTU ({uplink} − 66): {link}");
     let addrs = exec(&p1.ns, &["ip", "-o", "-4", "addr", "show", "eth0"]).expect("addresses");
     assert!(addrs.contains(ann["ip_addresses"][0].as_str().unwrap()), "{addrs}");
     let gateway = ann["gateway_ips"][0].as_str().unwrap().to_owned();
