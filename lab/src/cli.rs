@@ -1160,16 +1160,7 @@ struct Held {
 }
 
 /// The connection kinds the restart check holds across the restart.
-const HELD_KINDS: [&str; 8] = [
-    "tcp pod→pod same node",
-    "tcp pod→pod other node",
-    "tcp pod→ClusterIP",
-    "tcp outside→NodePort",
-    "tcp pod→outside (SNAT)",
-    "udp pod→pod other node",
-    "udp pod→ClusterIP",
-    "udp pod→outside (SNAT)",
-];
+const HELD_KINDS: [&str; 8] = hold::KINDS;
 
 /// Starts echo servers in a pod on `node`, a pod on another node and the outside, a NodePort
 /// Service (TCP and UDP, without selector: its EndpointSlice names those two pods), and one

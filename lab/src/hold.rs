@@ -18,6 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The connection kinds a restart must not break, each a protocol and a path: the lab's
+/// restart check and the agent's restart tests and bench hold one or more of each.
+pub const KINDS: [&str; 8] = [
+    "tcp pod→pod same node",
+    "tcp pod→pod other node",
+    "tcp pod→ClusterIP",
+    "tcp outside→NodePort",
+    "tcp pod→outside (SNAT)",
+    "udp pod→pod other node",
+    "udp pod→ClusterIP",
+    "udp pod→outside (SNAT)",
+];
+
 /// Time between two requests of one connection.
 pub const INTERVAL: Duration = Duration::from_millis(5);
 

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use harness::{AGENT, Cluster};
+use harness::{AGENT, Cluster, without_colours};
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and a cluster of
@@ -309,24 +309,6 @@ fn counters_delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<Stri
     }
     for (node, n, count, top, top_n) in flows {
         out.push(format!("{node}:drop_flows=+{n} ({count} flows; most: {top} +{top_n})"));
-    }
-    out
-}
-
-/// `text` without its ANSI colour sequences (`ESC [ ... m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
     }
     out
 }

@@ -1080,6 +1080,18 @@ mod tests {
         control
     }
 
+    /// The tunnel of a node at 192.0.2.11 on a 1500-byte uplink.
+    fn test_tunnel() -> Tunnel {
+        Tunnel {
+            port: 3,
+            underlay_port: 3,
+            local_ip: std::net::Ipv4Addr::new(192, 0, 2, 11),
+            local_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 1]),
+            next_hop_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 2]),
+            mtu: 1500,
+        }
+    }
+
     #[test]
     fn a_datapath_process_gets_the_conntrack_limits_and_a_new_one_gets_them_again() {
         use skein_datapath::conntrack::ZoneLimitScope;
@@ -1096,14 +1108,7 @@ mod tests {
         .unwrap();
         let first = datapath_process(&sock);
         let handle = DatapathHandle::Remote(skein_datapath::service::Client::new(&sock, Duration::from_secs(10)));
-        let tunnel = Tunnel {
-            port: 3,
-            underlay_port: 3,
-            local_ip: std::net::Ipv4Addr::new(192, 0, 2, 11),
-            local_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 1]),
-            next_hop_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 2]),
-            mtu: 1500,
-        };
+        let tunnel = test_tunnel();
         let table = CtTableLimits { max_connections: 1000, early_drop: false, nat_attempts: 32 };
         let limits = ConntrackLimits { pod_zone: 500, gateway_zone: 2000 };
         let net = NodeNetwork::new(handle, Vec::new(), &state, tunnel, None, limits, table).unwrap();
@@ -1131,14 +1136,7 @@ mod tests {
         fs::create_dir_all(&state).unwrap();
         let control = datapath_process(&sock);
         let handle = DatapathHandle::Remote(skein_datapath::service::Client::new(&sock, Duration::from_secs(10)));
-        let tunnel = Tunnel {
-            port: 3,
-            underlay_port: 3,
-            local_ip: std::net::Ipv4Addr::new(192, 0, 2, 11),
-            local_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 1]),
-            next_hop_mac: skein_netmodel::MacAddr([2, 0, 0, 0, 0, 2]),
-            mtu: 1500,
-        };
+        let tunnel = test_tunnel();
         let (limits, table) = (ConntrackLimits::default(), CtTableLimits::default());
         let net = NodeNetwork::new(handle, Vec::new(), &state, tunnel, None, limits, table).unwrap();
         let view = ChassisView { chassis: "n1".into(), version: 3, ..Default::default() };

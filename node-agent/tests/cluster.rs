@@ -24,7 +24,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
-use harness::{Cluster, INTERNET, Libcni, exec, ping, try_run};
+use harness::{Cluster, INTERNET, Libcni, exec, ping, try_run, without_colours};
 use serde_json::json;
 use skein_kube_fake::Kind;
 use traffic::{NameServer, TcpSink, TcpSource, fetch_answers, join_within, spawn_in};
@@ -120,25 +120,6 @@ fn scrape(c: &Cluster, i: usize) -> String {
 /// The value of the sample `series` (name with labels, as printed) in `metrics`.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' '))?.trim().parse().ok())
-}
-
-/// A log line without its terminal colour codes.
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            // `ESC [ ... m`
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// The agent's port record files of node `i`.

@@ -9,16 +9,7 @@ use std::time::Duration;
 pub use super::hold::{Connection, EchoServer, Proto, Report, answers};
 
 /// The connection kinds of [`Proto`] and path.
-pub const KINDS: [&str; 8] = [
-    "tcp pod→pod same node",
-    "tcp pod→pod other node",
-    "tcp pod→ClusterIP",
-    "tcp outside→NodePort",
-    "tcp pod→outside (SNAT)",
-    "udp pod→pod other node",
-    "udp pod→ClusterIP",
-    "udp pod→outside (SNAT)",
-];
+pub use super::hold::KINDS;
 
 /// Echo servers and the connections to them.
 pub struct Workload {

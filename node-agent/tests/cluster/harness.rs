@@ -45,6 +45,38 @@ pub enum Libcni {
     V1_2,
 }
 
+/// `text` (a log line or a whole log) without its terminal colour codes (`ESC [ ... m`).
+pub fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Stops `child` with SIGTERM and waits for it (10 s at most, then SIGKILL).
+fn terminate(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn run(args: &[&str]) -> String {
     try_run(args).unwrap_or_else(|e| panic!("{e}"))
@@ -353,17 +385,8 @@ impl Cluster {
 
     /// Stops node `i`'s datapath process (SIGTERM, then waits): forwarding stops.
     pub fn stop_datapath(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].datapath.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.nodes[i].datapath.take() {
+            terminate(child);
         }
     }
 
@@ -430,18 +453,9 @@ impl Cluster {
 
     /// Stops node `i`'s agent (SIGTERM, then waits).
     pub fn stop_agent(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].agent.take() {
+        if let Some(child) = self.nodes[i].agent.take() {
             // `ip netns exec` execs the agent: the child is the agent itself.
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(child);
         }
     }
 
