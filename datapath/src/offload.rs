@@ -302,6 +302,123 @@ pub fn coalesce_udp(frames: &[&[u8]], seg: usize, out: &mut Vec<u8>) -> Option<O
     })
 }
 
+/// Ethernet + IPv4 without options + the longest TCP header (60 bytes).
+const TCP4_MAX_HEADERS: usize = 14 + 20 + 60;
+
+/// TCP flags a segment may carry to be merged: ACK, and PSH (which ends a run).
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+/// A TCP/IPv4 segment [`coalesce_tcp`] can merge with others of its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    /// Everything in the headers that must be equal between merged segments (addresses,
+    /// ports, TOS, TTL, DF, acknowledgement, window, options), with the lengths, IP id,
+    /// sequence number, PSH flag and checksums zeroed; `hdr_len` bytes of it are used.
+    pub flow: [u8; TCP4_MAX_HEADERS],
+    /// Ethernet + IPv4 + TCP header bytes.
+    pub hdr_len: usize,
+    /// The sequence number of the first payload byte.
+    pub seq: u32,
+    /// Payload bytes.
+    pub len: usize,
+    /// PSH is set: the sender flushed here, so a run ends with this segment.
+    pub push: bool,
+}
+
+/// If `frame` is a TCP/IPv4 data segment that [`coalesce_tcp`] can merge with the next
+/// segments of its connection — untagged Ethernet, IPv4 without options, not a
+/// fragment, no flags but ACK and PSH, a payload, complete and *correct* checksums (as
+/// segments arriving from a tunnel have; a corrupted one is left to the receiver, which
+/// drops it), not already a super-frame — what identifies its run.
+pub fn tcp_coalescable(frame: &[u8], o: &Offload) -> Option<TcpSegment> {
+    if o.is_gso() || o.csum_partial() || frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+        return None;
+    }
+    let tot = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let frag = u16::from_be_bytes([frame[20], frame[21]]);
+    if frame[23] != ip_proto::TCP || frag & 0x3fff != 0 || tot != frame.len() - 14 {
+        return None;
+    }
+    let hdr_len = 34 + (frame[46] >> 4) as usize * 4;
+    let flags = frame[47];
+    if hdr_len < 54 || hdr_len >= frame.len() || flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
+        return None;
+    }
+    // Both checksums must hold: merging completes them afresh, which would hide damage.
+    let l4_len = frame.len() - 34;
+    let pseudo = ones_sum(&frame[26..34], 0) + ip_proto::TCP as u32 + l4_len as u32;
+    if checksum(&frame[14..34], 0) != 0 || checksum(&frame[34..], pseudo) != 0 {
+        return None;
+    }
+    let mut flow = [0u8; TCP4_MAX_HEADERS];
+    flow[..hdr_len].copy_from_slice(&frame[..hdr_len]);
+    for i in [16, 17, 18, 19, 24, 25, 38, 39, 40, 41, 50, 51] {
+        flow[i] = 0;
+    }
+    flow[47] &= !TCP_PSH;
+    Some(TcpSegment {
+        flow,
+        hdr_len,
+        seq: u32::from_be_bytes([frame[38], frame[39], frame[40], frame[41]]),
+        len: frame.len() - hdr_len,
+        push: flags & TCP_PSH != 0,
+    })
+}
+
+impl TcpSegment {
+    /// `next` continues this segment's run: same connection and headers, the next
+    /// sequence number, and this one a full segment of `seg` bytes without PSH.
+    pub fn continued_by(&self, next: &TcpSegment, seg: usize) -> bool {
+        !self.push
+            && self.len == seg
+            && next.len <= seg
+            && next.hdr_len == self.hdr_len
+            && next.seq == self.seq.wrapping_add(self.len as u32)
+            && next.flow[..next.hdr_len] == self.flow[..self.hdr_len]
+    }
+}
+
+/// Merges consecutive TCP/IPv4 segments of one connection (a run as
+/// [`TcpSegment::continued_by`] accepts: contiguous sequence numbers, every payload `seg`
+/// bytes but the last) into one TSO super-frame in `out`, returned with its offload state
+/// — the software GRO Linux applies to forwarded TCP: the receiving pod's stack takes one
+/// 64 KiB frame instead of dozens of segments, and whoever transmits it cuts it back into
+/// the same segments. The merged frame keeps the first segment's headers, with PSH if the
+/// last had it. `None` (nothing written) if the merge would exceed an IPv4 datagram.
+pub fn coalesce_tcp(frames: &[&[u8]], hdr_len: usize, seg: usize, out: &mut Vec<u8>) -> Option<Offload> {
+    let first = frames.first()?;
+    let last = frames.last()?;
+    let payload: usize = frames.iter().map(|f| f.len().saturating_sub(hdr_len)).sum();
+    let l4_len = hdr_len - 34 + payload;
+    if seg == 0 || seg > u16::MAX as usize || first.len() < hdr_len || 20 + l4_len > u16::MAX as usize {
+        return None;
+    }
+    out.clear();
+    out.extend_from_slice(&first[..hdr_len]);
+    for f in frames {
+        out.extend_from_slice(&f[hdr_len..]);
+    }
+    out[16..18].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&out[14..34], 0);
+    out[24..26].copy_from_slice(&c.to_be_bytes());
+    out[47] |= last.get(47).copied().unwrap_or(0) & TCP_PSH;
+    // The partial checksum: the pseudo-header sum over the whole super-frame's length,
+    // which segmentation adjusts to each segment's.
+    let acc = ones_sum(&out[26..34], 0) + ip_proto::TCP as u32 + l4_len as u32;
+    let seed = !checksum(&[], acc);
+    out[50..52].copy_from_slice(&seed.to_be_bytes());
+    Some(Offload {
+        flags: F_NEEDS_CSUM,
+        gso_type: gso_type::TCPV4,
+        hdr_len: hdr_len as u16,
+        gso_size: seg as u16,
+        csum_start: 34,
+        csum_offset: 16,
+    })
+}
+
 fn pseudo_header_sum(f: &[u8], offs: &HeaderOffsets, l4_len: usize) -> u32 {
     let l3 = offs.l3 as usize;
     let (src, dst) = match offs.l3_kind {
@@ -469,6 +586,103 @@ pub(crate) mod tests {
             assert_eq!(s[20..24], f[20..24]);
             assert_eq!(s[26..], f[26..]);
         }
+    }
+
+    /// A TCP/IPv4 data segment of connection 10.0.0.1:1234 -> 10.0.0.2:80 with a
+    /// timestamp option, sequence `seq`, flags `flags`, complete checksums.
+    fn tcp_segment(seq: u32, payload: &[u8], flags: u8, id: u16) -> Vec<u8> {
+        let mut f = tcp_frame(payload.len() + 12, false);
+        // 12 bytes of options: NOP NOP timestamp(10).
+        let tcp = 34;
+        f[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+        f[tcp + 8..tcp + 12].copy_from_slice(&777u32.to_be_bytes());
+        f[tcp + 12] = 0x80;
+        f[tcp + 13] = flags;
+        f[tcp + 14..tcp + 16].copy_from_slice(&512u16.to_be_bytes());
+        f[tcp + 20..tcp + 32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 7]);
+        f[tcp + 32..].copy_from_slice(payload);
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        fill_checksums(&mut f);
+        f
+    }
+
+    #[test]
+    fn coalesced_tcp_segments_segment_back_into_the_same_segments() {
+        let seg = 1400;
+        let sizes = [seg, seg, seg, seg, 500];
+        let mut seq = 4_294_960_000u32; // the run wraps the sequence space
+        let mut frames = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|b| (b * 13 + i) as u8).collect();
+            let flags = if i == sizes.len() - 1 { 0x18 } else { 0x10 };
+            frames.push(tcp_segment(seq, &payload, flags, 40 + i as u16));
+            seq = seq.wrapping_add(n as u32);
+        }
+        let segs: Vec<TcpSegment> = frames.iter().map(|f| tcp_coalescable(f, &Offload::NONE).unwrap()).collect();
+        assert_eq!(segs[0].hdr_len, 66);
+        for w in segs.windows(2) {
+            assert!(w[0].continued_by(&w[1], seg));
+        }
+        assert!(segs[4].push);
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let mut sup = Vec::new();
+        let o = coalesce_tcp(&refs, 66, seg, &mut sup).unwrap();
+        assert_eq!(
+            (o.gso_type, o.gso_size, o.hdr_len, o.csum_start, o.csum_offset),
+            (gso_type::TCPV4, 1400, 66, 34, 16)
+        );
+        assert_eq!(sup.len(), 66 + 4 * 1400 + 500);
+        let mut key = FlowKey::ZERO;
+        let offs = parse_frame(&sup, &mut key);
+        let mut back = Vec::new();
+        segment(&sup, &offs, &o, &mut Vec::new(), |s| back.push(s.to_vec())).unwrap();
+        assert_eq!(back.len(), frames.len());
+        for (i, (b, f)) in back.iter().zip(&frames).enumerate() {
+            assert!(checksums_valid(b), "segment {i}");
+            // Identical but for the IP id (numbered on from the first) and checksums.
+            assert_eq!(b[..18], f[..18], "segment {i}");
+            assert_eq!(b[20..24], f[20..24], "segment {i}");
+            assert_eq!(b[26..], f[26..], "segment {i}");
+        }
+    }
+
+    #[test]
+    fn only_intact_plain_tcp_data_segments_coalesce() {
+        let payload = [7u8; 100];
+        let f = tcp_segment(1, &payload, 0x10, 1);
+        let a = tcp_coalescable(&f, &Offload::NONE).unwrap();
+        for (what, flags) in
+            [("FIN", 0x11), ("SYN", 0x12), ("RST", 0x14), ("URG", 0x30), ("CWR", 0x90), ("no ACK", 0x08)]
+        {
+            assert!(tcp_coalescable(&tcp_segment(1, &payload, flags, 1), &Offload::NONE).is_none(), "{what}");
+        }
+        let mut bad = f.clone();
+        bad[80] ^= 1; // payload damaged in transit
+        assert!(tcp_coalescable(&bad, &Offload::NONE).is_none(), "a bad checksum is left to the receiver");
+        let mut frag = f.clone();
+        frag[20] = 0x20;
+        fill_checksums(&mut frag);
+        assert!(tcp_coalescable(&frag, &Offload::NONE).is_none(), "fragment");
+        assert!(tcp_coalescable(&f[..f.len() - 1], &Offload::NONE).is_none(), "length disagrees with the header");
+        let gso = Offload { gso_type: gso_type::TCPV4, gso_size: 10, ..Offload::NONE };
+        assert!(tcp_coalescable(&f, &gso).is_none(), "already a super-frame");
+        let ack_only = tcp_segment(1, &[], 0x10, 1);
+        assert!(tcp_coalescable(&ack_only, &Offload::NONE).is_none(), "no payload");
+        // Runs: the next sequence number, the same headers but for lengths/ids/checksums.
+        let next = tcp_coalescable(&tcp_segment(101, &payload, 0x10, 2), &Offload::NONE).unwrap();
+        assert!(a.continued_by(&next, 100));
+        assert!(!a.continued_by(&next, 200), "a short segment only ends a run");
+        let gap = tcp_coalescable(&tcp_segment(102, &payload, 0x10, 2), &Offload::NONE).unwrap();
+        assert!(!a.continued_by(&gap, 100), "a gap in the sequence");
+        let mut other_ack = tcp_segment(101, &payload, 0x10, 2);
+        other_ack[42] = 9;
+        fill_checksums(&mut other_ack);
+        let other_ack = tcp_coalescable(&other_ack, &Offload::NONE).unwrap();
+        assert!(!a.continued_by(&other_ack, 100), "another acknowledgement");
+        let pushed = tcp_coalescable(&tcp_segment(1, &payload, 0x18, 1), &Offload::NONE).unwrap();
+        assert!(!pushed.continued_by(&next, 100), "PSH ends a run");
+        let refs: Vec<&[u8]> = vec![&f; 700];
+        assert!(coalesce_tcp(&refs, 66, 100, &mut Vec::new()).is_none(), "longer than an IPv4 datagram");
     }
 
     #[test]

@@ -120,8 +120,8 @@ fn netns_frames_lost_at_a_full_ring_are_counted() {
     let (before_rx, before_full) = (lab.stat(&dp, "port_1_rx"), lab.stat(&dp, "port_1_rx_ring_full"));
     lab.ensure(before_full == 0, || format!("ring-full drops before the burst: {before_full}"));
     lab.signal(&dp, "STOP");
-    // More datagrams than a 32 MiB ring of ~72 KiB slots holds (about 460).
-    const SENT: u64 = 3000;
+    // More datagrams than a 32 MiB ring of 4 KiB slots holds (8,192).
+    const SENT: u64 = 12_000;
     let to = addr(&b.ip, 9);
     let burst = spawn_in(&a.ns, "a burst of datagrams", move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;

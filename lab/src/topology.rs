@@ -13,6 +13,35 @@ fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<(), CommandError> {
     sys::run("ip", ["netns", "exec", netns, "sysctl", "-q", "-w", &format!("{key}={value}")]).map(|_| ())
 }
 
+/// The host's neighbour (ARP) table thresholds the lab needs, and what they are for.
+///
+/// The kernel keeps one neighbour table for all network namespaces, limited by
+/// `gc_thresh3` (1,024 by default): every pod holds an entry per peer of its own subnet it
+/// talks to, so 200 pods of a node talking to each other need about 20,000 entries, and
+/// past the limit the kernel refuses new ones (`neighbor table overflow!` in the kernel
+/// log; the pods' connections time out). A real node with many pods needs the same
+/// tuning (docs/install.md); the lab's nodes all share this host's table.
+pub const NEIGHBOUR_THRESHOLDS: [(&str, u64); 3] = [
+    ("net.ipv4.neigh.default.gc_thresh1", 16_384),
+    ("net.ipv4.neigh.default.gc_thresh2", 65_536),
+    ("net.ipv4.neigh.default.gc_thresh3", 131_072),
+];
+
+/// Raises the host's neighbour table thresholds to [`NEIGHBOUR_THRESHOLDS`] (a threshold
+/// already higher is left alone). Returns the settings it changed.
+pub fn raise_neighbour_thresholds() -> Result<Vec<String>, CommandError> {
+    let mut changed = Vec::new();
+    for (key, want) in NEIGHBOUR_THRESHOLDS {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let now: u64 = std::fs::read_to_string(&path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        if now < want {
+            sys::run("sysctl", ["-q", "-w", &format!("{key}={want}")])?;
+            changed.push(format!("{key}: {now} -> {want}"));
+        }
+    }
+    Ok(changed)
+}
+
 fn add_veth_into(layout: &Layout, root_end: &str, netns: &str, address: &str, mtu: u32) -> Result<(), CommandError> {
     sys::ip(&["netns", "add", netns])?;
     sys::ip(&["link", "add", root_end, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
@@ -37,14 +66,16 @@ fn underlay_holder(listing: &str) -> Option<(String, String)> {
     })
 }
 
-/// Creates the bridge, `nodes` node namespaces and the outside namespace, every link of
-/// the underlay with MTU `mtu`. Refuses when a
+/// Raises the host's neighbour table thresholds (see [`NEIGHBOUR_THRESHOLDS`]), creates
+/// the bridge, `nodes` node namespaces and the outside namespace, every link of the
+/// underlay with MTU `mtu`. Refuses when a
 /// root-namespace link already holds an address of the underlay subnet: the lab's nodes
 /// would reach the API server's address through that link instead.
 pub fn create(layout: &Layout, nodes: usize, mtu: u32) -> Result<(), CommandError> {
     if let Some((link, address)) = underlay_holder(&sys::ip(&["-o", "-4", "addr", "show"])?) {
         return Err(CommandError::UnderlayInUse { link, address, subnet: format!("{HOST_IP}/{UNDERLAY_PREFIX_LEN}") });
     }
+    raise_neighbour_thresholds()?;
     let bridge = layout.bridge();
     sys::ip(&["link", "add", &bridge, "type", "bridge"])?;
     sys::ip(&["link", "set", &bridge, "mtu", &mtu.to_string()])?;

@@ -8,6 +8,11 @@
 //! under load, but a lone packet waits for the timer. `TPACKET_V2` hands over each frame
 //! as it lands: a wake-up per burst, no added latency. The switch defaults to V2 (see
 //! `docs/port-io.md` for the measurements behind that choice).
+//!
+//! V2's slots are small ([`V2_SLOT`]), so that a ring holds hundreds of ordinary frames (a
+//! pod opening 200 connections at once sends 200 SYNs in a burst); a frame larger than a
+//! slot — a TSO super-frame — is queued whole on the socket by the kernel
+//! (`PACKET_COPY_THRESH`), its slot marked `TP_STATUS_COPY`, and read with `recvmsg`.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -25,6 +30,18 @@ const TP_STATUS_VLAN_TPID_VALID: u32 = 0x40;
 
 /// Largest frame a port takes: a 64 KiB super-frame, a VLAN tag, the ring headers.
 const MAX_FRAME: u32 = 65_536 + 4 + 4096;
+
+/// A `TPACKET_V2` slot: the ring headers and a frame of up to ≈ 4,000 bytes (a 1,500-byte
+/// MTU frame, any small one). Larger frames take the socket's queue instead.
+const V2_SLOT: u32 = 4096;
+
+/// Slots per V2 block (64 KiB blocks).
+const V2_SLOTS_PER_BLOCK: u32 = 16;
+
+/// The socket queue for frames larger than a slot (super-frames, jumbo frames): room for
+/// ≈ 100 super-frames waiting at once, memory used only while they wait. A frame that
+/// finds it full is dropped and counted like a frame that found the ring full.
+const COPY_QUEUE_BYTES: i32 = 8 << 20;
 
 /// Which receive ring layout a port uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,12 +143,13 @@ impl PreparedSocket {
         let page = 4096u32;
         let req = match cfg.ring {
             RingKind::V2 => {
-                let frame_size = MAX_FRAME.div_ceil(page) * page;
-                // Seven slots per block keeps the kernel's power-of-two block allocation
-                // mostly used.
-                let block_size = frame_size * 7;
+                // Frames larger than a slot go to the socket queue, whole.
+                sys::set_int_option(&fd, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, 1)
+                    .map_err(|e| ("set PACKET_COPY_THRESH", e))?;
+                let _ = sys::set_int_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, COPY_QUEUE_BYTES);
+                let block_size = V2_SLOT * V2_SLOTS_PER_BLOCK;
                 let block_nr = (cfg.ring_bytes / block_size).max(2);
-                RingRequest { block_size, block_nr, frame_size, retire_tov_ms: 0 }
+                RingRequest { block_size, block_nr, frame_size: V2_SLOT, retire_tov_ms: 0 }
             }
             RingKind::V3 { retire_ms } => {
                 let block_size = (MAX_FRAME * 4).div_ceil(page) * page;
@@ -321,7 +339,10 @@ impl AfPacketPort {
         pool: &mut Vec<Vec<u8>>,
         in_port: u32,
     ) -> bool {
-        if snaplen < len || status & TP_STATUS_COPY != 0 || mac < VNET_HDR_LEN {
+        if status & TP_STATUS_COPY != 0 {
+            return self.take_copied(len, status, tci, tpid, out, pool, in_port);
+        }
+        if snaplen < len || mac < VNET_HDR_LEN {
             self.counters.truncated += 1;
             return false;
         }
@@ -344,6 +365,42 @@ impl AfPacketPort {
             offload = offload.shifted(4).unwrap_or(offload);
         } else {
             data.extend_from_slice(frame);
+        }
+        self.counters.frames += 1;
+        out.push(Packet { data, in_port, tunnel: None, offload });
+        true
+    }
+
+    /// Reads the frame a `TP_STATUS_COPY` slot stands for from the socket queue (the
+    /// kernel queues it in slot order). False if it was not there or not `len` bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn take_copied(
+        &mut self,
+        len: u32,
+        status: u32,
+        tci: u16,
+        tpid: u16,
+        out: &mut Vec<Packet>,
+        pool: &mut Vec<Vec<u8>>,
+        in_port: u32,
+    ) -> bool {
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        let mut data = pool.pop().unwrap_or_default();
+        data.clear();
+        match sys::recv_frame(self.fd.as_raw_fd(), &mut vnet, &mut data, MAX_FRAME as usize) {
+            Ok(got) if got == len as usize => {}
+            _ => {
+                pool.push(data);
+                self.counters.truncated += 1;
+                return false;
+            }
+        }
+        let mut offload = Offload::from_vnet(&vnet);
+        if status & TP_STATUS_VLAN_VALID != 0 && data.len() >= 12 {
+            let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 && tpid != 0 { tpid } else { 0x8100 };
+            let tag = [tpid.to_be_bytes(), tci.to_be_bytes()].concat();
+            data.splice(12..12, tag);
+            offload = offload.shifted(4).unwrap_or(offload);
         }
         self.counters.frames += 1;
         out.push(Packet { data, in_port, tunnel: None, offload });

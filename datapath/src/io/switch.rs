@@ -84,7 +84,10 @@ pub struct SwitchConfig {
     /// Interrupt moderation: while packets arrive steadily (several wake-ups in a row
     /// less than four times this apart), a worker naps this long between batches instead
     /// of being woken per packet, so each wake-up takes a batch. Zero disables it. Lone
-    /// packets (a ping, a request) are never delayed: they arrive when no stream runs.
+    /// packets (a ping) are never delayed: they arrive when no stream runs. A nap that
+    /// gathered less than a batch of two (a request/response conversation, where each
+    /// side waits for the other's answer) stops the napping for [`NAP_BACKOFF`]; a port
+    /// that filled a whole batch (a backlog) is served again at once.
     pub coalesce: Duration,
     /// Most packets taken from one port per batch.
     pub batch: usize,
@@ -755,12 +758,23 @@ impl BatchSink {
     }
 }
 
+/// How a run of frames merges into one super-frame.
+#[derive(Clone, Copy, Debug)]
+enum Merge {
+    /// UDP datagrams of `seg` payload bytes (the last may be shorter).
+    Udp { seg: usize },
+    /// TCP segments with `hdr_len` header bytes and `seg` payload bytes (the last may be shorter).
+    Tcp { hdr_len: usize, seg: usize },
+}
+
 /// Sends frames to an interface, merging each run of two or more consecutive UDP
-/// datagrams of one flow into a UDP super-frame (see [`offload::coalesce_udp`]). Returns
-/// how many of `frames` were sent.
+/// datagrams of one flow into a UDP super-frame (see [`offload::coalesce_udp`]) and each
+/// run of consecutive segments of one TCP connection into a TSO super-frame (see
+/// [`offload::coalesce_tcp`]: segments that arrived one by one from a tunnel reach the pod
+/// as the sender's stack sent them). Returns how many of `frames` were sent.
 fn send_coalesced(s: &AfPacketSender, frames: &[(Offload, &[u8])], supers: &mut Vec<Vec<u8>>) -> usize {
-    // Runs: (start, end, segment size) of frames that merge.
-    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    // Runs: (start, end, what merges them) of frames that merge.
+    let mut runs: Vec<(usize, usize, Merge)> = Vec::new();
     let mut i = 0;
     while i < frames.len() {
         let mut end = i + 1;
@@ -777,7 +791,25 @@ fn send_coalesced(s: &AfPacketSender, frames: &[(Offload, &[u8])], supers: &mut 
                 }
             }
             if end - i >= 2 {
-                runs.push((i, end, seg));
+                runs.push((i, end, Merge::Udp { seg }));
+            }
+        } else if let Some(first) = offload::tcp_coalescable(frames[i].1, &frames[i].0) {
+            let seg = first.len;
+            let mut last = first;
+            // The merged frame must stay an IPv4 datagram (at most 65,535 bytes).
+            let mut ip_len = first.hdr_len - 14 + first.len;
+            while end < frames.len() && end - i < offload::MAX_COALESCE {
+                match offload::tcp_coalescable(frames[end].1, &frames[end].0) {
+                    Some(next) if last.continued_by(&next, seg) && ip_len + next.len <= u16::MAX as usize => {
+                        ip_len += next.len;
+                        last = next;
+                        end += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if end - i >= 2 {
+                runs.push((i, end, Merge::Tcp { hdr_len: first.hdr_len, seg }));
             }
         }
         i = end;
@@ -789,9 +821,12 @@ fn send_coalesced(s: &AfPacketSender, frames: &[(Offload, &[u8])], supers: &mut 
         supers.resize_with(runs.len(), Vec::new);
     }
     let mut offloads = Vec::with_capacity(runs.len());
-    for (k, &(a, z, seg)) in runs.iter().enumerate() {
+    for (k, &(a, z, merge)) in runs.iter().enumerate() {
         let members: Vec<&[u8]> = frames[a..z].iter().map(|f| f.1).collect();
-        offloads.push(offload::coalesce_udp(&members, seg, &mut supers[k]));
+        offloads.push(match merge {
+            Merge::Udp { seg } => offload::coalesce_udp(&members, seg, &mut supers[k]),
+            Merge::Tcp { hdr_len, seg } => offload::coalesce_tcp(&members, hdr_len, seg, &mut supers[k]),
+        });
     }
     let mut out: Vec<(Offload, &[u8])> = Vec::with_capacity(frames.len());
     let mut counts: Vec<usize> = Vec::with_capacity(frames.len());
@@ -879,6 +914,9 @@ impl Worker {
         // Consecutive packet-bearing rounds that came soon after the previous one.
         let mut steady = 0u32;
         const STEADY_ROUNDS: u32 = 3;
+        // Whether the last round ended in a nap, and when napping may start again.
+        let mut napped = false;
+        let mut no_nap_until = last_packet;
         while !shared.stop.load(Ordering::Acquire) {
             let now_generation = shared.generation.load(Ordering::Acquire);
             if now_generation != generation {
@@ -890,6 +928,8 @@ impl Worker {
                 shared.acked.notify_all();
             }
             let mut got = 0;
+            // A port gave a whole batch: more is waiting, so a nap would only idle.
+            let mut backlog = false;
             for p in mine.iter_mut() {
                 batch.clear();
                 let in_port = p.port.number;
@@ -910,6 +950,7 @@ impl Worker {
                     continue;
                 }
                 got += n;
+                backlog |= n >= cfg.batch;
                 counters.rx.fetch_add(n as u64, Ordering::Relaxed);
                 let gso = batch.iter().filter(|p| p.offload.is_gso()).count();
                 if gso > 0 {
@@ -933,6 +974,13 @@ impl Worker {
                 }
                 pool.extend(batch.drain(..).map(|p| p.data));
             }
+            if napped {
+                napped = false;
+                if got < 2 {
+                    // Nothing built up meanwhile: the traffic waits on this switch.
+                    no_nap_until = Instant::now() + NAP_BACKOFF;
+                }
+            }
             if got > 0 {
                 let now = Instant::now();
                 if now.duration_since(last_ring_check) >= RING_CHECK_EVERY {
@@ -945,9 +993,10 @@ impl Worker {
                     steady = 0;
                 }
                 last_packet = now;
-                if steady >= STEADY_ROUNDS {
+                if steady >= STEADY_ROUNDS && !backlog && now >= no_nap_until {
                     // A stream is running: let a batch build up rather than wake per packet.
                     std::thread::sleep(cfg.coalesce);
+                    napped = true;
                 }
                 continue;
             }
@@ -969,6 +1018,9 @@ impl Worker {
         }
     }
 }
+
+/// How long a worker does not nap after a nap that gathered less than two packets.
+pub const NAP_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A batch taking this long is counted as slow (`SwitchStats::slow_batches`).
 const SLOW_BATCH: [Duration; 2] = [Duration::from_millis(1), Duration::from_millis(10)];

@@ -353,6 +353,34 @@ pub fn send_frames(fd: RawFd, msgs: &[(&[u8], &[u8])]) -> io::Result<usize> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
+/// Receives one frame from a packet socket's queue without blocking: its virtio-net
+/// header into `vnet`, the frame appended to `data` (at most `max` bytes). Returns the
+/// frame's length.
+pub fn recv_frame(fd: RawFd, vnet: &mut [u8], data: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    data.reserve(max);
+    let start = data.len();
+    let spare = data.spare_capacity_mut();
+    let mut iov = [
+        libc::iovec { iov_base: vnet.as_mut_ptr().cast(), iov_len: vnet.len() },
+        libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len().min(max) },
+    ];
+    // SAFETY: plain old data, zero is valid.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    // SAFETY: the iovecs cover `vnet` and the spare capacity of `data` (writable,
+    // exclusively borrowed, at least the lengths given); both outlive the call.
+    let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frame = (r as usize).saturating_sub(vnet.len()).min(spare.len().min(max));
+    // SAFETY: the kernel initialised the first `frame` bytes of the spare capacity
+    // (everything it wrote past the virtio-net header), and `frame` is within capacity.
+    unsafe { data.set_len(start + frame) };
+    Ok(frame)
+}
+
 /// Sends up to [`MAX_MSGS`] UDP datagrams (`(destination, payload)`) in one `sendmmsg`.
 pub fn send_datagrams(fd: RawFd, msgs: &[(SocketAddrV4, &[u8])]) -> io::Result<usize> {
     let n = msgs.len().min(MAX_MSGS);
@@ -445,7 +473,7 @@ pub fn send_trains(fd: RawFd, trains: &[Train<'_>]) -> io::Result<usize> {
 }
 
 /// One datagram received by [`recv_datagrams`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Received {
     /// Bytes written into the buffer.
     pub len: usize,
@@ -453,10 +481,25 @@ pub struct Received {
     pub from: (u32, u16),
     /// The datagram did not fit the buffer.
     pub truncated: bool,
+    /// With [`enable_udp_gro`]: the buffer holds datagrams of this many bytes end to end
+    /// (the last may be shorter), merged by the kernel's UDP GRO; 0 for one datagram.
+    pub seg: u16,
 }
 
-/// Receives up to `bufs.len()` (at most [`MAX_MSGS`]) datagrams without blocking.
+/// `UDP_GRO` from `<linux/udp.h>` (not in the libc crate for glibc targets).
+const UDP_GRO: libc::c_int = 104;
+
+/// Asks the kernel to hand this UDP socket runs of datagrams of one flow merged into one
+/// buffer (UDP GRO, Linux 5.0+), each receive reporting the datagram size (see
+/// [`Received::seg`]): one copy and one socket-queue entry per run instead of per datagram.
+pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
+    set_int_option_raw(fd, libc::SOL_UDP, UDP_GRO, 1)
+}
+
+/// Receives up to `bufs.len()` (at most [`MAX_MSGS`]) datagrams — or, with
+/// [`enable_udp_gro`], runs of datagrams — without blocking.
 pub fn recv_datagrams(fd: RawFd, bufs: &mut [Vec<u8>], out: &mut [Received]) -> io::Result<usize> {
+    const CMSG_LEN: usize = 32;
     let n = bufs.len().min(out.len()).min(MAX_MSGS);
     // SAFETY: plain old data, zero is valid.
     let mut iov: [libc::iovec; MAX_MSGS] = unsafe { zeroed() };
@@ -464,25 +507,45 @@ pub fn recv_datagrams(fd: RawFd, bufs: &mut [Vec<u8>], out: &mut [Received]) -> 
     let mut addrs: [libc::sockaddr_in; MAX_MSGS] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_MSGS] = unsafe { zeroed() };
+    let mut cmsgs = [[0u64; CMSG_LEN / 8]; MAX_MSGS];
     for i in 0..n {
         iov[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: bufs[i].len() };
         hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
         hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
         hdrs[i].msg_hdr.msg_iov = &mut iov[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+        hdrs[i].msg_hdr.msg_controllen = CMSG_LEN;
     }
     // SAFETY: each iovec covers an initialised, exclusively borrowed buffer of the
-    // length given; names point at local sockaddr_in storage. All outlive the call.
+    // length given; names and control buffers point at local storage of the sizes
+    // given. All outlive the call.
     let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     let r = r as usize;
     for i in 0..r {
+        let h = &hdrs[i].msg_hdr;
+        let mut seg = 0u16;
+        // SAFETY: the kernel filled `msg_controllen` bytes of the control buffer `h`
+        // points at; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it and return null past the
+        // end; the data of a UDP_GRO message is one int.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let size = libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned();
+                    seg = u16::try_from(size).unwrap_or(0);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
         out[i] = Received {
             len: (hdrs[i].msg_len as usize).min(bufs[i].len()),
             from: (u32::from_be(addrs[i].sin_addr.s_addr), u16::from_be(addrs[i].sin_port)),
-            truncated: hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+            seg,
         };
     }
     Ok(r)
