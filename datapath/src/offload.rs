@@ -390,8 +390,11 @@ pub fn coalesce_tcp(frames: &[&[u8]], hdr_len: usize, seg: usize, out: &mut Vec<
     let first = frames.first()?;
     let last = frames.last()?;
     let payload: usize = frames.iter().map(|f| f.len().saturating_sub(hdr_len)).sum();
+    if hdr_len < 54 || frames.iter().any(|f| f.len() < hdr_len) {
+        return None;
+    }
     let l4_len = hdr_len - 34 + payload;
-    if seg == 0 || seg > u16::MAX as usize || first.len() < hdr_len || 20 + l4_len > u16::MAX as usize {
+    if seg == 0 || seg > u16::MAX as usize || 20 + l4_len > u16::MAX as usize {
         return None;
     }
     out.clear();
@@ -590,7 +593,7 @@ pub(crate) mod tests {
 
     /// A TCP/IPv4 data segment of connection 10.0.0.1:1234 -> 10.0.0.2:80 with a
     /// timestamp option, sequence `seq`, flags `flags`, complete checksums.
-    fn tcp_segment(seq: u32, payload: &[u8], flags: u8, id: u16) -> Vec<u8> {
+    pub(crate) fn tcp_segment(seq: u32, payload: &[u8], flags: u8, id: u16) -> Vec<u8> {
         let mut f = tcp_frame(payload.len() + 12, false);
         // 12 bytes of options: NOP NOP timestamp(10).
         let tcp = 34;

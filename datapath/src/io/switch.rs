@@ -949,6 +949,7 @@ impl Worker {
                 if n == 0 {
                     continue;
                 }
+                // Frames taken (datagrams for a tunnel port, whose TCP runs merge into fewer packets).
                 got += n;
                 backlog |= n >= cfg.batch;
                 counters.rx.fetch_add(n as u64, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::sys::{self, Received, Train};
 use crate::datapath::Packet;
 use crate::geneve::{self, TunnelMeta};
-use crate::offload::Offload;
+use crate::offload::{self, Offload};
 
 /// Geneve's UDP port.
 pub const GENEVE_PORT: u16 = 6081;
@@ -86,9 +86,11 @@ impl GenevePort {
     }
 
     /// Receives up to `max` datagrams and appends their inner frames to `out` as packets
-    /// of `in_port`, with tunnel metadata. Returns how many packets were added. Datagrams
-    /// received but not taken (a merged run longer than the batch) are taken first next
-    /// time.
+    /// of `in_port`, with tunnel metadata, each run of segments of one TCP connection
+    /// merged into one super-frame (see [`merge_tcp_runs`]). Returns how many datagrams it
+    /// took (`max` means more may be waiting), which is at least the number of packets
+    /// added. Datagrams received but not taken (a merged run longer than the batch) are
+    /// taken first next time.
     pub fn recv(&mut self, out: &mut Vec<Packet>, pool: &mut Vec<Vec<u8>>, max: usize, in_port: u32) -> usize {
         let mut added = 0;
         while added < max {
@@ -138,6 +140,8 @@ impl GenevePort {
             added += 1;
         }
         self.counters.frames += added as u64;
+        let start = out.len() - added;
+        merge_tcp_runs(out, start, pool);
         added
     }
 
@@ -145,6 +149,57 @@ impl GenevePort {
     pub fn sender(&self) -> GeneveSender {
         GeneveSender { socket: self.socket.clone() }
     }
+}
+
+/// Merges each run of consecutive segments of one TCP connection among `out[from..]` that
+/// came through one tunnel (same [`TunnelMeta`]; see [`offload::TcpSegment::continued_by`])
+/// into one TSO super-frame — the GRO a kernel applies as packets come in. A TCP
+/// super-frame the far end cut into segments for the tunnel then crosses this side's
+/// pipeline (lookups, conntrack, ACLs) once instead of once per segment, and reaches the
+/// pod whole. The members' buffers go back to `pool`. Returns how many packets fewer
+/// `out` holds.
+fn merge_tcp_runs(out: &mut Vec<Packet>, from: usize, pool: &mut Vec<Vec<u8>>) -> usize {
+    let mut taken = out.split_off(from);
+    let before = taken.len();
+    let mut i = 0;
+    while i < taken.len() {
+        let mut end = i + 1;
+        if let Some(first) = offload::tcp_coalescable(&taken[i].data, &taken[i].offload) {
+            let seg = first.len;
+            let mut last = first;
+            // The merged frame must stay an IPv4 datagram (at most 65,535 bytes).
+            let mut ip_len = first.hdr_len - 14 + first.len;
+            while end < taken.len() && end - i < offload::MAX_COALESCE && taken[end].tunnel == taken[i].tunnel {
+                match offload::tcp_coalescable(&taken[end].data, &taken[end].offload) {
+                    Some(next) if last.continued_by(&next, seg) && ip_len + next.len <= u16::MAX as usize => {
+                        ip_len += next.len;
+                        last = next;
+                        end += 1;
+                    }
+                    _ => break,
+                }
+            }
+            if end - i >= 2 {
+                let mut data = pool.pop().unwrap_or_default();
+                let members: Vec<&[u8]> = taken[i..end].iter().map(|p| &p.data[..]).collect();
+                if let Some(offload) = offload::coalesce_tcp(&members, first.hdr_len, seg, &mut data) {
+                    out.push(Packet { data, in_port: taken[i].in_port, tunnel: taken[i].tunnel, offload });
+                    for p in &mut taken[i..end] {
+                        pool.push(std::mem::take(&mut p.data));
+                    }
+                    i = end;
+                    continue;
+                }
+                pool.push(data);
+                end = i + 1;
+            }
+        }
+        for p in &mut taken[i..end] {
+            out.push(std::mem::take(p));
+        }
+        i = end;
+    }
+    before - (out.len() - from)
 }
 
 /// The sending half of a [`GenevePort`].
@@ -225,6 +280,40 @@ mod tests {
         let mut f: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         f
+    }
+
+    #[test]
+    fn segments_of_one_connection_from_one_tunnel_merge_into_a_super_frame() {
+        use crate::offload::tests::tcp_segment;
+        let meta = TunnelMeta { vni: 5, src: 1, dst: 2, ingress: 1, egress: 2, identity: 0 };
+        let other = TunnelMeta { vni: 6, ..meta };
+        let packet = |data: Vec<u8>, tunnel: TunnelMeta| Packet {
+            data,
+            in_port: 3,
+            tunnel: Some(tunnel),
+            offload: Offload::NONE,
+        };
+        let payload = |i: usize| -> Vec<u8> { (0..1000).map(|b| (b + i) as u8).collect() };
+        let mut out = vec![packet(vec![1, 2, 3], meta)]; // already in the batch: left alone
+        // Three segments in sequence, then one from another tunnel, then a lone segment.
+        for i in 0..3 {
+            out.push(packet(tcp_segment(1000 + 1000 * i as u32, &payload(i), 0x10, i as u16), meta));
+        }
+        out.push(packet(tcp_segment(4000, &payload(3), 0x10, 3), other));
+        out.push(packet(tcp_segment(9000, &payload(4), 0x10, 4), meta));
+        let mut pool = Vec::new();
+        assert_eq!(merge_tcp_runs(&mut out, 1, &mut pool), 2);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[0].data, vec![1, 2, 3]);
+        let merged = &out[1];
+        assert_eq!((merged.offload.gso_type, merged.offload.gso_size), (crate::offload::gso_type::TCPV4, 1000));
+        assert_eq!(merged.data.len(), 66 + 3000);
+        assert_eq!(merged.tunnel, Some(meta));
+        assert_eq!(merged.data[66..1066], payload(0)[..]);
+        assert_eq!(merged.data[2066..], payload(2)[..]);
+        assert_eq!(out[2].tunnel, Some(other), "another tunnel's segment stays apart");
+        assert!(!out[3].offload.is_gso(), "a lone segment stays as it came");
+        assert_eq!(pool.len(), 3, "the merged segments' buffers are reused");
     }
 
     #[test]
