@@ -84,9 +84,10 @@ pub struct SwitchConfig {
     /// Interrupt moderation: while packets arrive steadily (several wake-ups in a row
     /// less than four times this apart), a worker naps this long between batches instead
     /// of being woken per packet, so each wake-up takes a batch. Zero disables it. Lone
-    /// packets (a ping) are never delayed: they arrive when no stream runs. A nap that
-    /// gathered less than a batch of two (a request/response conversation, where each
-    /// side waits for the other's answer) stops the napping for [`NAP_BACKOFF`]; a port
+    /// packets (a ping) are never delayed: they arrive when no stream runs. Naps that
+    /// gather less than a batch of two three times in a row (a request/response
+    /// conversation, where each side waits for the other's answer) stop the napping for
+    /// [`NAP_BACKOFF`]; a port
     /// that filled a whole batch (a backlog) is served again at once.
     pub coalesce: Duration,
     /// Most packets taken from one port per batch.
@@ -917,6 +918,9 @@ impl Worker {
         // Whether the last round ended in a nap, and when napping may start again.
         let mut napped = false;
         let mut no_nap_until = last_packet;
+        // Naps in a row that gathered less than two packets.
+        let mut useless_naps = 0u32;
+        const USELESS_NAPS: u32 = 3;
         while !shared.stop.load(Ordering::Acquire) {
             let now_generation = shared.generation.load(Ordering::Acquire);
             if now_generation != generation {
@@ -978,8 +982,14 @@ impl Worker {
             if napped {
                 napped = false;
                 if got < 2 {
-                    // Nothing built up meanwhile: the traffic waits on this switch.
-                    no_nap_until = Instant::now() + NAP_BACKOFF;
+                    useless_naps += 1;
+                    if useless_naps >= USELESS_NAPS {
+                        // Nothing built up meanwhile, again: the traffic waits on this switch.
+                        no_nap_until = Instant::now() + NAP_BACKOFF;
+                        useless_naps = 0;
+                    }
+                } else {
+                    useless_naps = 0;
                 }
             }
             if got > 0 {
@@ -1020,8 +1030,9 @@ impl Worker {
     }
 }
 
-/// How long a worker does not nap after a nap that gathered less than two packets.
-pub const NAP_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a worker does not nap after three naps in a row that each gathered less than
+/// two packets.
+pub const NAP_BACKOFF: Duration = Duration::from_millis(20);
 
 /// A batch taking this long is counted as slow (`SwitchStats::slow_batches`).
 const SLOW_BATCH: [Duration; 2] = [Duration::from_millis(1), Duration::from_millis(10)];
