@@ -379,6 +379,27 @@ impl TcpSegment {
     }
 }
 
+/// How many frames the run of TCP segments starting with `first` holds: `next(k)` is the
+/// segment of the `k`-th frame after it (`None`: not one, the run ends there). A run is
+/// at most [`MAX_COALESCE`] segments that [`TcpSegment::continued_by`] accepts, and
+/// merged must stay an IPv4 datagram (65,535 bytes).
+pub fn tcp_run(first: &TcpSegment, mut next: impl FnMut(usize) -> Option<TcpSegment>) -> usize {
+    let mut last = *first;
+    let mut ip_len = first.hdr_len - 14 + first.len;
+    let mut n = 1;
+    while n < MAX_COALESCE {
+        match next(n) {
+            Some(s) if last.continued_by(&s, first.len) && ip_len + s.len <= u16::MAX as usize => {
+                ip_len += s.len;
+                last = s;
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
 /// Merges consecutive TCP/IPv4 segments of one connection (a run as
 /// [`TcpSegment::continued_by`] accepts: contiguous sequence numbers, every payload `seg`
 /// bytes but the last) into one TSO super-frame in `out`, returned with its offload state

@@ -43,6 +43,36 @@ const V2_SLOTS_PER_BLOCK: u32 = 16;
 /// finds it full is dropped and counted like a frame that found the ring full.
 const COPY_QUEUE_BYTES: i32 = 8 << 20;
 
+/// What a ring slot's header says about its frame.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// The frame's length on the wire.
+    len: u32,
+    /// Bytes of it in the slot.
+    snaplen: u32,
+    /// Offset of the frame from the slot's start.
+    mac: usize,
+    /// `TP_STATUS_*` flags.
+    status: u32,
+    /// The 802.1Q tag the kernel took out of the frame (with `TP_STATUS_VLAN_VALID`).
+    tci: u16,
+    /// Its TPID (with `TP_STATUS_VLAN_TPID_VALID`).
+    tpid: u16,
+}
+
+impl Slot {
+    /// The 802.1Q tag to put back after the MAC addresses, if the kernel took one out.
+    fn vlan_tag(&self) -> Option<[u8; 4]> {
+        if self.status & TP_STATUS_VLAN_VALID == 0 {
+            return None;
+        }
+        let tpid = if self.status & TP_STATUS_VLAN_TPID_VALID != 0 && self.tpid != 0 { self.tpid } else { 0x8100 };
+        let [a, b] = tpid.to_be_bytes();
+        let [c, d] = self.tci.to_be_bytes();
+        Some([a, b, c, d])
+    }
+}
+
 /// Which receive ring layout a port uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingKind {
@@ -257,12 +287,15 @@ impl AfPacketPort {
                 break;
             }
             // tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid.
-            let len = self.ring.read_u32(off + 4).unwrap_or(0);
-            let snaplen = self.ring.read_u32(off + 8).unwrap_or(0);
-            let mac = self.ring.read_u16(off + 12).unwrap_or(0) as usize;
-            let tci = self.ring.read_u16(off + 24).unwrap_or(0);
-            let tpid = self.ring.read_u16(off + 26).unwrap_or(0);
-            if self.take(off, mac, len, snaplen, status, tci, tpid, out, pool, in_port) {
+            let slot = Slot {
+                len: self.ring.read_u32(off + 4).unwrap_or(0),
+                snaplen: self.ring.read_u32(off + 8).unwrap_or(0),
+                mac: self.ring.read_u16(off + 12).unwrap_or(0) as usize,
+                status,
+                tci: self.ring.read_u16(off + 24).unwrap_or(0),
+                tpid: self.ring.read_u16(off + 26).unwrap_or(0),
+            };
+            if self.take(off, slot, out, pool, in_port) {
                 n += 1;
             }
             self.ring.store_status(off, TP_STATUS_KERNEL);
@@ -296,13 +329,15 @@ impl AfPacketPort {
                     left = 0;
                     break;
                 };
-                let snaplen = self.ring.read_u32(off + 12).unwrap_or(0);
-                let len = self.ring.read_u32(off + 16).unwrap_or(0);
-                let status = self.ring.read_u32(off + 20).unwrap_or(0);
-                let mac = self.ring.read_u16(off + 24).unwrap_or(0) as usize;
-                let tci = self.ring.read_u32(off + 32).unwrap_or(0) as u16;
-                let tpid = self.ring.read_u16(off + 36).unwrap_or(0);
-                if self.take(off, mac, len, snaplen, status, tci, tpid, out, pool, in_port) {
+                let slot = Slot {
+                    snaplen: self.ring.read_u32(off + 12).unwrap_or(0),
+                    len: self.ring.read_u32(off + 16).unwrap_or(0),
+                    status: self.ring.read_u32(off + 20).unwrap_or(0),
+                    mac: self.ring.read_u16(off + 24).unwrap_or(0) as usize,
+                    tci: self.ring.read_u32(off + 32).unwrap_or(0) as u16,
+                    tpid: self.ring.read_u16(off + 36).unwrap_or(0),
+                };
+                if self.take(off, slot, out, pool, in_port) {
                     n += 1;
                 }
                 left -= 1;
@@ -324,81 +359,41 @@ impl AfPacketPort {
         n
     }
 
-    /// Copies one ring frame into a packet. False if it was dropped.
-    #[allow(clippy::too_many_arguments)]
-    fn take(
-        &mut self,
-        off: usize,
-        mac: usize,
-        len: u32,
-        snaplen: u32,
-        status: u32,
-        tci: u16,
-        tpid: u16,
-        out: &mut Vec<Packet>,
-        pool: &mut Vec<Vec<u8>>,
-        in_port: u32,
-    ) -> bool {
-        if status & TP_STATUS_COPY != 0 {
-            return self.take_copied(len, status, tci, tpid, out, pool, in_port);
-        }
-        if snaplen < len || mac < VNET_HDR_LEN {
-            self.counters.truncated += 1;
-            return false;
-        }
-        let (Some(vnet), Some(frame)) =
-            (self.ring.bytes(off + mac - VNET_HDR_LEN, VNET_HDR_LEN), self.ring.bytes(off + mac, snaplen as usize))
-        else {
+    /// Copies one ring frame into a packet (or reads it from the socket queue, for a
+    /// `TP_STATUS_COPY` slot). False if it was dropped.
+    fn take(&mut self, off: usize, slot: Slot, out: &mut Vec<Packet>, pool: &mut Vec<Vec<u8>>, in_port: u32) -> bool {
+        let mut data = pool.pop().unwrap_or_default();
+        data.clear();
+        let offload = if slot.status & TP_STATUS_COPY != 0 {
+            // The kernel queued the frame (larger than a slot) in slot order.
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            match sys::recv_frame(self.fd.as_raw_fd(), &mut vnet, &mut data, MAX_FRAME as usize) {
+                Ok(got) if got == slot.len as usize => Some(Offload::from_vnet(&vnet)),
+                _ => None,
+            }
+        } else if slot.snaplen < slot.len || slot.mac < VNET_HDR_LEN {
+            None
+        } else {
+            match (
+                self.ring.bytes(off + slot.mac - VNET_HDR_LEN, VNET_HDR_LEN),
+                self.ring.bytes(off + slot.mac, slot.snaplen as usize),
+            ) {
+                (Some(vnet), Some(frame)) => {
+                    data.extend_from_slice(frame);
+                    Some(Offload::from_vnet(vnet.try_into().unwrap_or(&[0; VNET_HDR_LEN])))
+                }
+                _ => None,
+            }
+        };
+        let Some(mut offload) = offload else {
+            pool.push(data);
             self.counters.truncated += 1;
             return false;
         };
-        let mut offload = Offload::from_vnet(vnet.try_into().unwrap_or(&[0; VNET_HDR_LEN]));
-        let mut data = pool.pop().unwrap_or_default();
-        data.clear();
-        if status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+        if let Some(tag) = slot.vlan_tag()
+            && data.len() >= 12
+        {
             // The kernel took the 802.1Q tag out of the frame into metadata: put it back.
-            let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 && tpid != 0 { tpid } else { 0x8100 };
-            data.extend_from_slice(&frame[..12]);
-            data.extend_from_slice(&tpid.to_be_bytes());
-            data.extend_from_slice(&tci.to_be_bytes());
-            data.extend_from_slice(&frame[12..]);
-            offload = offload.shifted(4).unwrap_or(offload);
-        } else {
-            data.extend_from_slice(frame);
-        }
-        self.counters.frames += 1;
-        out.push(Packet { data, in_port, tunnel: None, offload });
-        true
-    }
-
-    /// Reads the frame a `TP_STATUS_COPY` slot stands for from the socket queue (the
-    /// kernel queues it in slot order). False if it was not there or not `len` bytes.
-    #[allow(clippy::too_many_arguments)]
-    fn take_copied(
-        &mut self,
-        len: u32,
-        status: u32,
-        tci: u16,
-        tpid: u16,
-        out: &mut Vec<Packet>,
-        pool: &mut Vec<Vec<u8>>,
-        in_port: u32,
-    ) -> bool {
-        let mut vnet = [0u8; VNET_HDR_LEN];
-        let mut data = pool.pop().unwrap_or_default();
-        data.clear();
-        match sys::recv_frame(self.fd.as_raw_fd(), &mut vnet, &mut data, MAX_FRAME as usize) {
-            Ok(got) if got == len as usize => {}
-            _ => {
-                pool.push(data);
-                self.counters.truncated += 1;
-                return false;
-            }
-        }
-        let mut offload = Offload::from_vnet(&vnet);
-        if status & TP_STATUS_VLAN_VALID != 0 && data.len() >= 12 {
-            let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 && tpid != 0 { tpid } else { 0x8100 };
-            let tag = [tpid.to_be_bytes(), tci.to_be_bytes()].concat();
             data.splice(12..12, tag);
             offload = offload.shifted(4).unwrap_or(offload);
         }

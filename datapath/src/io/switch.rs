@@ -795,22 +795,9 @@ fn send_coalesced(s: &AfPacketSender, frames: &[(Offload, &[u8])], supers: &mut 
                 runs.push((i, end, Merge::Udp { seg }));
             }
         } else if let Some(first) = offload::tcp_coalescable(frames[i].1, &frames[i].0) {
-            let seg = first.len;
-            let mut last = first;
-            // The merged frame must stay an IPv4 datagram (at most 65,535 bytes).
-            let mut ip_len = first.hdr_len - 14 + first.len;
-            while end < frames.len() && end - i < offload::MAX_COALESCE {
-                match offload::tcp_coalescable(frames[end].1, &frames[end].0) {
-                    Some(next) if last.continued_by(&next, seg) && ip_len + next.len <= u16::MAX as usize => {
-                        ip_len += next.len;
-                        last = next;
-                        end += 1;
-                    }
-                    _ => break,
-                }
-            }
+            end = i + offload::tcp_run(&first, |k| frames.get(i + k).and_then(|(o, f)| offload::tcp_coalescable(f, o)));
             if end - i >= 2 {
-                runs.push((i, end, Merge::Tcp { hdr_len: first.hdr_len, seg }));
+                runs.push((i, end, Merge::Tcp { hdr_len: first.hdr_len, seg: first.len }));
             }
         }
         i = end;

@@ -165,24 +165,17 @@ fn merge_tcp_runs(out: &mut Vec<Packet>, from: usize, pool: &mut Vec<Vec<u8>>) -
     while i < taken.len() {
         let mut end = i + 1;
         if let Some(first) = offload::tcp_coalescable(&taken[i].data, &taken[i].offload) {
-            let seg = first.len;
-            let mut last = first;
-            // The merged frame must stay an IPv4 datagram (at most 65,535 bytes).
-            let mut ip_len = first.hdr_len - 14 + first.len;
-            while end < taken.len() && end - i < offload::MAX_COALESCE && taken[end].tunnel == taken[i].tunnel {
-                match offload::tcp_coalescable(&taken[end].data, &taken[end].offload) {
-                    Some(next) if last.continued_by(&next, seg) && ip_len + next.len <= u16::MAX as usize => {
-                        ip_len += next.len;
-                        last = next;
-                        end += 1;
-                    }
-                    _ => break,
-                }
-            }
+            let tunnel = taken[i].tunnel;
+            end = i + offload::tcp_run(&first, |k| {
+                taken
+                    .get(i + k)
+                    .filter(|p| p.tunnel == tunnel)
+                    .and_then(|p| offload::tcp_coalescable(&p.data, &p.offload))
+            });
             if end - i >= 2 {
                 let mut data = pool.pop().unwrap_or_default();
                 let members: Vec<&[u8]> = taken[i..end].iter().map(|p| &p.data[..]).collect();
-                if let Some(offload) = offload::coalesce_tcp(&members, first.hdr_len, seg, &mut data) {
+                if let Some(offload) = offload::coalesce_tcp(&members, first.hdr_len, first.len, &mut data) {
                     out.push(Packet { data, in_port: taken[i].in_port, tunnel: taken[i].tunnel, offload });
                     for p in &mut taken[i..end] {
                         pool.push(std::mem::take(&mut p.data));
