@@ -238,6 +238,9 @@ async fn a_hung_lease_renewal_stops_the_leader_before_the_standby_takes_over() {
         add_pod(&server, name, "n1");
     }
     wait_for("p1, p2 annotated", || pod_ip(&server, "p2").and(pod_ip(&server, "p1"))).await;
+    // m1 counts a write when its answer comes back, which may be after the API server
+    // shows it: wait for both to be counted before taking the figure.
+    wait_for("m1 counted its two writes", || (m1.shared().metrics().pods_annotated.get() >= 2).then_some(())).await;
     let written_by_m1 = m1.shared().metrics().pods_annotated.get();
 
     // Every request of m1 now hangs, its lease renewal included.
