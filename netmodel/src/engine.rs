@@ -11,6 +11,7 @@
 //! does not depend on the order events arrived in; the loser is reported as an [`Issue`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -85,7 +86,7 @@ pub struct Update {
 
 #[derive(Clone, Debug)]
 struct NodeEntry {
-    layout: Result<NodeLayout, LayoutError>,
+    layout: Result<Arc<NodeLayout>, LayoutError>,
     fragment: Option<NodeFragment>,
 }
 
@@ -98,7 +99,31 @@ struct PodEntry {
 #[derive(Clone, Debug, Default)]
 struct ChassisOutput {
     version: u64,
+    /// Items of every owner but Services.
     by_owner: HashMap<Owner, Items>,
+    /// What each Service's items on this chassis were compiled from. A Service's items
+    /// are a pure function of its load balancers and the chassis's node layout, and they
+    /// are most of a chassis's view (10,000 Services × 1,000 chassis would hold ≈ 30
+    /// million items), so a chassis keeps the two shared inputs and compiles the items
+    /// again when it needs them: for a snapshot and to diff a recompilation.
+    services: HashMap<ObjectKey, ServiceInputs>,
+}
+
+/// The inputs of one Service's items on one chassis, shared with the engine and with
+/// every other chassis.
+#[derive(Clone, Debug)]
+struct ServiceInputs {
+    lbs: Arc<Vec<LoadBalancer>>,
+    layout: Arc<NodeLayout>,
+}
+
+impl ServiceInputs {
+    fn items(&self, key: &ObjectKey) -> Items {
+        let mut items = Items::default();
+        compile::compile_service(&self.lbs, &self.layout, &Owner::Service(key.clone()), &mut items);
+        items.normalize();
+        items
+    }
 }
 
 /// Where an owner must be recompiled.
@@ -130,7 +155,7 @@ pub struct Engine {
     subnet_claims: BTreeMap<u32, BTreeSet<String>>,
     pods: HashMap<ObjectKey, Result<PodEntry, CompileError>>,
     port_claims: HashMap<(String, PortKey), BTreeSet<ObjectKey>>,
-    services: HashMap<ObjectKey, (Vec<LoadBalancer>, Vec<ServiceIssue>)>,
+    services: HashMap<ObjectKey, (Arc<Vec<LoadBalancer>>, Vec<ServiceIssue>)>,
     chassis: BTreeMap<String, ChassisOutput>,
     issues: BTreeMap<Owner, Vec<Issue>>,
     policy: PolicyIndex,
@@ -184,6 +209,10 @@ impl Engine {
 
     /// The layout of a node that holds its subnet.
     pub fn node_layout(&self, node: &str) -> Option<&NodeLayout> {
+        self.node_layout_shared(node).map(|l| &**l)
+    }
+
+    fn node_layout_shared(&self, node: &str) -> Option<&Arc<NodeLayout>> {
         let layout = self.nodes.get(node)?.layout.as_ref().ok()?;
         let holder = self.subnet_claims.get(&layout.index)?.first()?;
         (holder == node).then_some(layout)
@@ -193,12 +222,18 @@ impl Engine {
     pub fn snapshot(&self, chassis: &str) -> Option<ChassisView> {
         let out = self.chassis.get(chassis)?;
         let mut items = ItemSet::default();
-        for owned in out.by_owner.values() {
+        let mut add = |owned: &Items| {
             items.chassis.extend(owned.chassis.iter().cloned());
             items.datapaths.extend(owned.datapaths.iter().cloned());
             items.ports.extend(owned.ports.iter().cloned());
             items.flows.extend(owned.flows.iter().cloned());
             items.load_balancers.extend(owned.load_balancers.iter().cloned());
+        };
+        for owned in out.by_owner.values() {
+            add(owned);
+        }
+        for (key, inputs) in &out.services {
+            add(&inputs.items(key));
         }
         Some(ChassisView { chassis: chassis.to_owned(), version: out.version, items })
     }
@@ -222,6 +257,9 @@ impl Engine {
             for out in self.chassis.values() {
                 for owner in out.by_owner.keys() {
                     Self::mark(&mut dirty, owner.clone(), Targets::All);
+                }
+                for key in out.services.keys() {
+                    Self::mark(&mut dirty, Owner::Service(key.clone()), Targets::All);
                 }
             }
             let all: Vec<String> = self.chassis.keys().cloned().collect();
@@ -317,10 +355,18 @@ impl Engine {
     /// in the order of `names`; spread over the available cores when there are several.
     fn compile_chassis(&self, names: &[String]) -> Vec<(String, ChassisOutput, usize)> {
         let one = |c: &String| {
-            let mut out = ChassisOutput { version: 1, by_owner: HashMap::new() };
+            let mut out = ChassisOutput { version: 1, ..ChassisOutput::default() };
             let owners = self.owners_for(c);
             let n = owners.len();
             for owner in owners {
+                if let Owner::Service(key) = &owner {
+                    // Compiled when a snapshot or a recompilation needs them (a Service
+                    // with no items here keeps its inputs and compiles to nothing).
+                    if let Some(inputs) = self.service_inputs(key, c) {
+                        out.services.insert(key.clone(), inputs);
+                    }
+                    continue;
+                }
                 let items = self.compile_owner(&owner, c);
                 if !items.is_empty() {
                     out.by_owner.insert(owner, items);
@@ -492,6 +538,7 @@ impl Engine {
                 } else {
                     NodeLayout::new(&self.config, name, &node.subnets, &node.internal_ips)
                 };
+                let layout = layout.map(Arc::new);
                 let fragment = layout.as_ref().ok().map(|l| logical::node_fragment(&self.config, l));
                 if let Ok(l) = &layout {
                     let claims = self.subnet_claims.entry(l.index).or_default();
@@ -577,8 +624,8 @@ impl Engine {
         match self.state.services().get(key) {
             Some(svc) => {
                 let slices: Vec<_> = self.state.slices_of_service(key).collect();
-                let fragment = logical::service_fragment(svc, slices.iter().copied());
-                self.services.insert(key.clone(), fragment);
+                let (lbs, issues) = logical::service_fragment(svc, slices.iter().copied());
+                self.services.insert(key.clone(), (Arc::new(lbs), issues));
             }
             None => {
                 self.services.remove(key);
@@ -707,8 +754,8 @@ impl Engine {
                 }
             }
             Owner::Service(s) => {
-                if let (Some(layout), Some((lbs, _))) = (self.node_layout(c), self.services.get(s)) {
-                    compile::compile_service(lbs, layout, owner, &mut items);
+                if let Some(inputs) = self.service_inputs(s, c) {
+                    return inputs.items(s);
                 }
             }
         }
@@ -716,10 +763,24 @@ impl Engine {
         items
     }
 
+    /// What Service `key`'s items on chassis `c` are compiled from, if it has any there.
+    fn service_inputs(&self, key: &ObjectKey, c: &str) -> Option<ServiceInputs> {
+        let layout = self.node_layout_shared(c)?;
+        let (lbs, _) = self.services.get(key)?;
+        Some(ServiceInputs { lbs: Arc::clone(lbs), layout: Arc::clone(layout) })
+    }
+
     fn recompile(&mut self, owner: &Owner, c: &str, deltas: &mut BTreeMap<String, ChassisDelta>) {
         let new = self.compile_owner(owner, c);
+        let inputs = match owner {
+            Owner::Service(key) => self.service_inputs(key, c),
+            _ => None,
+        };
         let Some(out) = self.chassis.get_mut(c) else { return };
-        let old = out.by_owner.remove(owner).unwrap_or_default();
+        let old = match owner {
+            Owner::Service(key) => out.services.remove(key).map(|i| i.items(key)).unwrap_or_default(),
+            _ => out.by_owner.remove(owner).unwrap_or_default(),
+        };
         if old != new {
             let delta = deltas
                 .entry(c.to_owned())
@@ -735,8 +796,16 @@ impl Engine {
                 &mut delta.added.load_balancers,
             );
         }
-        if !new.is_empty() {
-            out.by_owner.insert(owner.clone(), new);
+        if new.is_empty() {
+            return;
+        }
+        match (owner, inputs) {
+            (Owner::Service(key), Some(inputs)) => {
+                out.services.insert(key.clone(), inputs);
+            }
+            _ => {
+                out.by_owner.insert(owner.clone(), new);
+            }
         }
     }
 
@@ -749,7 +818,7 @@ impl Engine {
         let mut switch_lbs = Vec::new();
         let mut gateway_lbs = Vec::new();
         let mut services: Vec<(&ObjectKey, &Vec<LoadBalancer>)> =
-            self.services.iter().map(|(k, (lbs, _))| (k, lbs)).collect();
+            self.services.iter().map(|(k, (lbs, _))| (k, &**lbs)).collect();
         services.sort_by(|a, b| a.0.cmp(b.0));
         for (_, lbs) in services {
             for lb in lbs {
