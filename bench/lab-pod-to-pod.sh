@@ -57,8 +57,8 @@ trap cleanup EXIT
 # val FILE KEY: the last value recorded for KEY
 val() { sed -n "s/^$2=//p" "$1" | tail -1; }
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+# a ÷ b, two decimals ("n/a" when b is 0 or missing): ratios and per-GB figures.
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1] or 0),float(sys.argv[2] or 0); print('%.2f' % (a/b) if b else 'n/a')" "$1" "$2"; }
-per_gb() { python3 -c "import sys; a,b=float(sys.argv[1] or 0),float(sys.argv[2] or 0); print('%.2f' % (a/b) if b else 'n/a')" "$1" "$2"; }
 
 # --- Peers ------------------------------------------------------------------------------------
 peer() { # NAME SCRIPT: runs a peer script, its records into $work/NAME.rec; prints its summary
@@ -157,13 +157,13 @@ echo
 row "measure" "skein-same" "kernel-br" "ovs-user" "skein-cross" "vxlan"
 row "TCP 1 stream (Gbit/s)" "$(val "$s" tcp1_gbps)" "$(val "$k" tcp1_gbps)" "$(val "$o" tcp1_gbps)" "$(val "$c" tcp1_gbps)" "$(val "$v" tcp1_gbps)"
 row "TCP 4 streams (Gbit/s)" "$(val "$s" tcp4_gbps)" "$(val "$k" tcp4_gbps)" "$(val "$o" tcp4_gbps)" "$(val "$c" tcp4_gbps)" "$(val "$v" tcp4_gbps)"
-for f in "$s" "$k" "$o" "$c" "$v"; do rpg+=("$(per_gb "$(val "$f" retransmits)" "$(val "$f" gigabytes)")"); done
+for f in "$s" "$k" "$o" "$c" "$v"; do rpg+=("$(ratio "$(val "$f" retransmits)" "$(val "$f" gigabytes)")"); done
 row "TCP retransmits per GB" "${rpg[@]}"
 row "ping RTT p50 (us)" "$(val "$s" ping_p50_us)" "$(val "$k" ping_p50_us)" "$(val "$o" ping_p50_us)" "$(val "$c" ping_p50_us)" "$(val "$v" ping_p50_us)"
 row "ping RTT p99 (us)" "$(val "$s" ping_p99_us)" "$(val "$k" ping_p99_us)" "$(val "$o" ping_p99_us)" "$(val "$c" ping_p99_us)" "$(val "$v" ping_p99_us)"
 row "TCP request/response p50 (us)" "$(val "$s" rr_p50_us)" "$(val "$k" rr_p50_us)" "$(val "$o" rr_p50_us)" "$(val "$c" rr_p50_us)" "$(val "$v" rr_p50_us)"
 row "TCP request/response p99 (us)" "$(val "$s" rr_p99_us)" "$(val "$k" rr_p99_us)" "$(val "$o" rr_p99_us)" "$(val "$c" rr_p99_us)" "$(val "$v" rr_p99_us)"
-row "switch CPU s per GB (skein-dp)" "$(per_gb "$(val "$s" cpu_s)" "$(val "$s" gigabytes)")" "-" "-" "$(per_gb "$(val "$c" cpu_s)" "$(val "$c" gigabytes)")" "-"
+row "switch CPU s per GB (skein-dp)" "$(ratio "$(val "$s" cpu_s)" "$(val "$s" gigabytes)")" "-" "-" "$(ratio "$(val "$c" cpu_s)" "$(val "$c" gigabytes)")" "-"
 echo "Skein idle CPU (skein-dp + skein-agent, busiest node): $idle_pct % of a core; frames dropped by the switch during the runs: $((drops1 - drops0))"
 echo "summary: cross_node_tcp_gbps=$(val "$c" tcp1_gbps) vxlan_tcp_gbps=$(val "$v" tcp1_gbps)" \
   "cross_node_tcp_ratio=$(ratio "$(val "$c" tcp1_gbps)" "$(val "$v" tcp1_gbps)")" \
@@ -175,5 +175,5 @@ echo "summary: cross_node_tcp_gbps=$(val "$c" tcp1_gbps) vxlan_tcp_gbps=$(val "$
   "cross_node_rtt_p50_us=$(val "$c" ping_p50_us) cross_node_rtt_p99_us=$(val "$c" ping_p99_us) vxlan_rtt_p50_us=$(val "$v" ping_p50_us)" \
   "cross_node_rtt_ratio=$(ratio "$(val "$c" ping_p50_us)" "$(val "$v" ping_p50_us)")" \
   "same_node_rr_p50_us=$(val "$s" rr_p50_us) cross_node_rr_p50_us=$(val "$c" rr_p50_us) bridge_rr_p50_us=$(val "$k" rr_p50_us) vxlan_rr_p50_us=$(val "$v" rr_p50_us)" \
-  "retransmits_per_gb=$(per_gb "$retr" "$gb") switch_cpu_s_per_gb=$(per_gb "$cpu" "$gb")" \
+  "retransmits_per_gb=$(ratio "$retr" "$gb") switch_cpu_s_per_gb=$(ratio "$cpu" "$gb")" \
   "idle_cpu_pct=$idle_pct switch_drops=$((drops1 - drops0))" | sed 's/^summary: //'

@@ -76,6 +76,13 @@ pub struct Packet {
     pub offload: crate::offload::Offload,
 }
 
+impl AsRef<[u8]> for Packet {
+    /// The frame's bytes.
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 impl Packet {
     /// A frame that arrived on `in_port`.
     pub fn new(data: Vec<u8>, in_port: u32) -> Packet {

@@ -407,11 +407,11 @@ pub fn tcp_run(first: &TcpSegment, mut next: impl FnMut(usize) -> Option<TcpSegm
 /// 64 KiB frame instead of dozens of segments, and whoever transmits it cuts it back into
 /// the same segments. The merged frame keeps the first segment's headers, with PSH if the
 /// last had it. `None` (nothing written) if the merge would exceed an IPv4 datagram.
-pub fn coalesce_tcp(frames: &[&[u8]], hdr_len: usize, seg: usize, out: &mut Vec<u8>) -> Option<Offload> {
-    let first = frames.first()?;
-    let last = frames.last()?;
-    let payload: usize = frames.iter().map(|f| f.len().saturating_sub(hdr_len)).sum();
-    if hdr_len < 54 || frames.iter().any(|f| f.len() < hdr_len) {
+pub fn coalesce_tcp<F: AsRef<[u8]>>(frames: &[F], hdr_len: usize, seg: usize, out: &mut Vec<u8>) -> Option<Offload> {
+    let first = frames.first()?.as_ref();
+    let last = frames.last()?.as_ref();
+    let payload: usize = frames.iter().map(|f| f.as_ref().len().saturating_sub(hdr_len)).sum();
+    if hdr_len < 54 || frames.iter().any(|f| f.as_ref().len() < hdr_len) {
         return None;
     }
     let l4_len = hdr_len - 34 + payload;
@@ -421,7 +421,7 @@ pub fn coalesce_tcp(frames: &[&[u8]], hdr_len: usize, seg: usize, out: &mut Vec<
     out.clear();
     out.extend_from_slice(&first[..hdr_len]);
     for f in frames {
-        out.extend_from_slice(&f[hdr_len..]);
+        out.extend_from_slice(&f.as_ref()[hdr_len..]);
     }
     out[16..18].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
     out[24..26].copy_from_slice(&[0, 0]);

@@ -231,8 +231,10 @@ fn netns_routing_between_subnets() {
     for (from, to) in [(&a, &b), (&b, &a)] {
         let out = lab.ping(&from.ns, &to.ip, 3);
         let replies: Vec<&str> = out.lines().filter(|l| l.contains("bytes from")).collect();
-        // The reply left `to` with TTL 64 and crossed the router once.
-        lab.ensure(replies.len() == 3 && replies.iter().all(|l| l.contains("ttl=63")), || {
+        // The reply left `to` with TTL 64 and crossed the router once. With a deadline,
+        // ping sends until it has 3 replies: requests queued behind a slow first ARP
+        // resolution are all answered at once, so there may be more than 3.
+        lab.ensure(replies.len() >= 3 && replies.iter().all(|l| l.contains("ttl=63")), || {
             format!("{} → {}: every reply should arrive with ttl=63:\n{out}", from.ns, to.ip)
         });
     }

@@ -278,11 +278,23 @@ fn acl_figures(quick: bool, secs: f64) {
         for p in 0..64u16 {
             dp.process_batch(&mut worker, &mut [benchkit::acl_packets(30000 + p, SYN, false)], 100, &mut sink);
         }
+        let (upcalls, megaflow_hits) = (dp.stats().upcalls, dp.stats().megaflow_hits);
         let start = Instant::now();
         for (i, b) in syns.iter_mut().enumerate() {
             dp.process_batch(&mut worker, b, 200 + i as u64, &mut sink);
         }
         let elapsed = start.elapsed().as_nanos() as f64;
+        // How the new connections' passes were served: a pass that misses the megaflow
+        // cache is an upcall (a classifier walk of the pipeline).
+        let conns = f64::from(n / 32 * 32);
+        report(
+            &format!("acl_new_conn_upcalls_per_conn{suffix}"),
+            format!("{:.2}", (dp.stats().upcalls - upcalls) as f64 / conns),
+        );
+        report(
+            &format!("acl_new_conn_megaflow_hits_per_conn{suffix}"),
+            format!("{:.2}", (dp.stats().megaflow_hits - megaflow_hits) as f64 / conns),
+        );
         assert_eq!(sink.packets, 64 + u64::from(n / 32 * 32), "every SYN delivered{suffix}");
         figures.insert(format!("acl_new_conn_ns{suffix}"), elapsed / f64::from(n / 32 * 32));
         if policies.is_some() {

@@ -159,27 +159,30 @@ impl GenevePort {
 /// pod whole. The members' buffers go back to `pool`. Returns how many packets fewer
 /// `out` holds.
 fn merge_tcp_runs(out: &mut Vec<Packet>, from: usize, pool: &mut Vec<Vec<u8>>) -> usize {
-    let mut taken = out.split_off(from);
-    let before = taken.len();
-    let mut i = 0;
-    while i < taken.len() {
+    // Compacted in place: `out[from..write]` holds the result so far; the slots between
+    // `write` and `i` hold only packets whose buffers went to the pool or were moved.
+    let before = out.len();
+    let mut write = from;
+    let mut i = from;
+    while i < before {
         let mut end = i + 1;
-        if let Some(first) = offload::tcp_coalescable(&taken[i].data, &taken[i].offload) {
-            let tunnel = taken[i].tunnel;
+        if let Some(first) = offload::tcp_coalescable(&out[i].data, &out[i].offload) {
+            let tunnel = out[i].tunnel;
             end = i + offload::tcp_run(&first, |k| {
-                taken
+                out[..before]
                     .get(i + k)
                     .filter(|p| p.tunnel == tunnel)
                     .and_then(|p| offload::tcp_coalescable(&p.data, &p.offload))
             });
             if end - i >= 2 {
                 let mut data = pool.pop().unwrap_or_default();
-                let members: Vec<&[u8]> = taken[i..end].iter().map(|p| &p.data[..]).collect();
-                if let Some(offload) = offload::coalesce_tcp(&members, first.hdr_len, first.len, &mut data) {
-                    out.push(Packet { data, in_port: taken[i].in_port, tunnel: taken[i].tunnel, offload });
-                    for p in &mut taken[i..end] {
+                if let Some(offload) = offload::coalesce_tcp(&out[i..end], first.hdr_len, first.len, &mut data) {
+                    let merged = Packet { data, in_port: out[i].in_port, tunnel: out[i].tunnel, offload };
+                    for p in &mut out[i..end] {
                         pool.push(std::mem::take(&mut p.data));
                     }
+                    out[write] = merged;
+                    write += 1;
                     i = end;
                     continue;
                 }
@@ -187,12 +190,14 @@ fn merge_tcp_runs(out: &mut Vec<Packet>, from: usize, pool: &mut Vec<Vec<u8>>) -
                 end = i + 1;
             }
         }
-        for p in &mut taken[i..end] {
-            out.push(std::mem::take(p));
+        for k in i..end {
+            out.swap(write, k);
+            write += 1;
         }
         i = end;
     }
-    before - (out.len() - from)
+    out.truncate(write);
+    before - write
 }
 
 /// The sending half of a [`GenevePort`].
@@ -294,9 +299,13 @@ mod tests {
         }
         out.push(packet(tcp_segment(4000, &payload(3), 0x10, 3), other));
         out.push(packet(tcp_segment(9000, &payload(4), 0x10, 4), meta));
+        // A second run, merged into a slot behind the packets that moved up.
+        for i in 0..2 {
+            out.push(packet(tcp_segment(20000 + 1000 * i as u32, &payload(5 + i), 0x10, 5 + i as u16), other));
+        }
         let mut pool = Vec::new();
-        assert_eq!(merge_tcp_runs(&mut out, 1, &mut pool), 2);
-        assert_eq!(out.len(), 4);
+        assert_eq!(merge_tcp_runs(&mut out, 1, &mut pool), 3);
+        assert_eq!(out.len(), 5);
         assert_eq!(out[0].data, vec![1, 2, 3]);
         let merged = &out[1];
         assert_eq!((merged.offload.gso_type, merged.offload.gso_size), (crate::offload::gso_type::TCPV4, 1000));
@@ -306,7 +315,11 @@ mod tests {
         assert_eq!(merged.data[2066..], payload(2)[..]);
         assert_eq!(out[2].tunnel, Some(other), "another tunnel's segment stays apart");
         assert!(!out[3].offload.is_gso(), "a lone segment stays as it came");
-        assert_eq!(pool.len(), 3, "the merged segments' buffers are reused");
+        assert_eq!(out[4].data.len(), 66 + 2000, "the second run merged");
+        assert_eq!(out[4].data[66..1066], payload(5)[..]);
+        assert_eq!(out[4].tunnel, Some(other));
+        // Five members' buffers went back; the second merge took one of them.
+        assert_eq!(pool.len(), 4, "the merged segments' buffers are reused");
     }
 
     #[test]
