@@ -2,8 +2,9 @@
 //!
 //! [`FakeApiServer`] serves, over plain HTTP/1.1 on a local TCP port, the calls kube-rs makes
 //! for Nodes, Namespaces, Pods, Services, Events, EndpointSlices, NetworkPolicies, Leases,
-//! Deployments, ServiceAccounts (with TokenRequest), Secrets and ConfigMaps, and TokenReviews
-//! for the tokens it issued: list and watch (resourceVersion, bookmarks, 410 Expired on
+//! Deployments, ServiceAccounts (with TokenRequest), Secrets, ConfigMaps, Roles, ClusterRoles
+//! and their bindings, and TokenReviews for the tokens it issued — open to every request, or
+//! authenticating tokens and enforcing RBAC ([`access::Access`]): list and watch (resourceVersion, bookmarks, 410 Expired on
 //! compacted history), get, create, update, patch (merge, strategic subset, JSON patch, apply)
 //! and delete, with label and field selectors. The master's and agent's tests and `skein-lab` point real kube-rs
 //! clients at it, so every test drives the real client code path. For kubectl it also serves
@@ -22,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod defaults;
 mod error;
 mod fault;
@@ -71,6 +73,8 @@ pub struct ServerOptions {
     pub store: Option<Store>,
     /// Options for a new store (ignored when `store` is given).
     pub store_options: StoreOptions,
+    /// Authentication and authorization: open by default, or RBAC as on a cluster.
+    pub access: access::Access,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +85,7 @@ impl Default for ServerOptions {
             default_watch_timeout: Duration::from_secs(1800),
             store: None,
             store_options: StoreOptions::default(),
+            access: access::Access::Open,
         }
     }
 }
@@ -92,6 +97,9 @@ pub struct FakeApiServer {
     store: Store,
     end_watches: watch::Sender<u64>,
     accept_task: JoinHandle<()>,
+    /// The administrator's token under [`access::Access::Rbac`]: what [`FakeApiServer::client`]
+    /// and the kubeconfig present.
+    admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for FakeApiServer {
@@ -120,16 +128,21 @@ impl FakeApiServer {
         let addr = listener.local_addr()?;
         let store = options.store.unwrap_or_else(|| Store::new(options.store_options));
         let (end_watches, end_watches_rx) = watch::channel(0u64);
+        let admin_token = match &options.access {
+            access::Access::Rbac { admin_token } => Some(admin_token.clone()),
+            access::Access::Open => None,
+        };
         let context = Arc::new(server::ServerContext {
             store: store.clone(),
             addr,
             bookmark_interval: options.bookmark_interval.max(Duration::from_millis(10)),
             default_watch_timeout: options.default_watch_timeout,
             end_watches: end_watches_rx,
+            access: options.access,
         });
         let accept_task = tokio::spawn(server::serve(listener, context));
         tracing::debug!(%addr, "fake Kubernetes API server listening");
-        Ok(FakeApiServer { addr, store, end_watches, accept_task })
+        Ok(FakeApiServer { addr, store, end_watches, accept_task, admin_token })
     }
 
     /// The address it listens on.
@@ -143,8 +156,19 @@ impl FakeApiServer {
     }
 
     /// A kubeconfig (YAML) with one cluster, user and context, `skein-fake`, pointing at this
-    /// server without TLS or credentials; the context's namespace is `default`.
+    /// server without TLS; the context's namespace is `default`. Its user has no credentials,
+    /// or the administrator's token when the server runs with RBAC.
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_for(self.admin_token.as_deref())
+    }
+
+    /// [`FakeApiServer::kubeconfig_yaml`] with `token` as the user's bearer token (none:
+    /// anonymous).
+    pub fn kubeconfig_yaml_for(&self, token: Option<&str>) -> String {
+        let user = match token {
+            Some(token) => format!("{{token: {}}}", serde_json::Value::String(token.to_owned())),
+            None => "{}".to_owned(),
+        };
         format!(
             "apiVersion: v1\n\
              kind: Config\n\
@@ -154,7 +178,7 @@ impl FakeApiServer {
                  server: {url}\n\
              users:\n\
              - name: skein-fake\n  \
-               user: {{}}\n\
+               user: {user}\n\
              contexts:\n\
              - name: skein-fake\n  \
                context:\n    \
@@ -163,7 +187,7 @@ impl FakeApiServer {
                  namespace: default\n\
              current-context: skein-fake\n\
              preferences: {{}}\n",
-            url = self.url()
+            url = self.url(),
         )
     }
 
@@ -172,7 +196,8 @@ impl FakeApiServer {
         std::fs::write(path, self.kubeconfig_yaml())
     }
 
-    /// A `kube::Config` pointing at this server: plain HTTP, no auth, namespace `default`.
+    /// A `kube::Config` pointing at this server: plain HTTP, namespace `default`, the
+    /// administrator's token when the server runs with RBAC (no credentials otherwise).
     pub fn client_config(&self) -> kube::Config {
         let uri: hyper::Uri = match self.url().parse() {
             Ok(uri) => uri,
@@ -181,7 +206,23 @@ impl FakeApiServer {
         };
         let mut config = kube::Config::new(uri);
         config.default_namespace = "default".into();
+        config.auth_info.token = self.admin_token.clone().map(secrecy::SecretString::from);
         config
+    }
+
+    /// A kube-rs client presenting `token` (none: anonymous). Must be called inside a
+    /// tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// As [`FakeApiServer::client`].
+    pub fn client_with_token(&self, token: Option<&str>) -> kube::Client {
+        let mut config = self.client_config();
+        config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_owned()));
+        match kube::Client::try_from(config) {
+            Ok(client) => client,
+            Err(error) => panic!("cannot build a kube client for {}: {error}", self.url()),
+        }
     }
 
     /// A kube-rs client for this server. Must be called inside a tokio runtime.
@@ -204,6 +245,34 @@ impl FakeApiServer {
     /// See [`Store::insert`].
     pub fn insert(&self, kind: Kind, object: Value) -> Result<Value, ApiError> {
         self.store.insert(kind, object)
+    }
+
+    /// Inserts every document of a multi-document YAML text (manifests as `kubectl apply`
+    /// reads them), in order; empty documents are skipped. Returns the objects inserted as
+    /// `kind/name`. A document that is not YAML, names a kind this server does not serve or
+    /// is refused by the store stops the insertion there, with an error naming it.
+    pub fn insert_yaml(&self, yaml: &str) -> Result<Vec<String>, ApiError> {
+        let documents: Vec<Value> = serde_saphyr::from_multiple(yaml)
+            .map_err(|e| ApiError::bad_request(format!("the manifest is not YAML: {e}")))?;
+        let mut inserted = Vec::new();
+        for (i, document) in documents.into_iter().enumerate().filter(|(_, d)| !d.is_null()) {
+            let field = |f: &str| document.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let (api_version, kind_name) = (field("apiVersion"), field("kind"));
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
+            let Some(kind) = Kind::ALL
+                .into_iter()
+                .find(|k| k.group() == group && k.version() == version && k.kind_name() == kind_name)
+            else {
+                return Err(ApiError::bad_request(format!(
+                    "document {}: {api_version} {kind_name} is not a kind this server serves",
+                    i + 1
+                )));
+            };
+            let name = document.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            self.store.insert(kind, document)?;
+            inserted.push(format!("{}/{name}", kind.singular()));
+        }
+        Ok(inserted)
     }
 
     /// See [`Store::get`].

@@ -43,6 +43,14 @@ pub enum Kind {
     Secret,
     /// `v1` ConfigMap (namespaced).
     ConfigMap,
+    /// `rbac.authorization.k8s.io/v1` Role (namespaced).
+    Role,
+    /// `rbac.authorization.k8s.io/v1` RoleBinding (namespaced).
+    RoleBinding,
+    /// `rbac.authorization.k8s.io/v1` ClusterRole (cluster-scoped).
+    ClusterRole,
+    /// `rbac.authorization.k8s.io/v1` ClusterRoleBinding (cluster-scoped).
+    ClusterRoleBinding,
 }
 
 /// How strategic merge patch treats a list field.
@@ -410,6 +418,98 @@ static SECRET: KindSpec = KindSpec {
     validate: None,
 };
 
+static ROLE: KindSpec = KindSpec {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    api_version: "rbac.authorization.k8s.io/v1",
+    kind: "Role",
+    plural: "roles",
+    singular: "role",
+    short_names: &[],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::rbac::v1::Role>,
+    definition: "io.k8s.api.rbac.v1.Role",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static ROLE_BINDING: KindSpec = KindSpec {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    api_version: "rbac.authorization.k8s.io/v1",
+    kind: "RoleBinding",
+    plural: "rolebindings",
+    singular: "rolebinding",
+    short_names: &[],
+    categories: &[],
+    namespaced: true,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::rbac::v1::RoleBinding>,
+    definition: "io.k8s.api.rbac.v1.RoleBinding",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static CLUSTER_ROLE: KindSpec = KindSpec {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    api_version: "rbac.authorization.k8s.io/v1",
+    kind: "ClusterRole",
+    plural: "clusterroles",
+    singular: "clusterrole",
+    short_names: &[],
+    categories: &[],
+    namespaced: false,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::rbac::v1::ClusterRole>,
+    definition: "io.k8s.api.rbac.v1.ClusterRole",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static CLUSTER_ROLE_BINDING: KindSpec = KindSpec {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    api_version: "rbac.authorization.k8s.io/v1",
+    kind: "ClusterRoleBinding",
+    plural: "clusterrolebindings",
+    singular: "clusterrolebinding",
+    short_names: &[],
+    categories: &[],
+    namespaced: false,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+    definition: "io.k8s.api.rbac.v1.ClusterRoleBinding",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
 static CONFIG_MAP: KindSpec = KindSpec {
     group: "",
     version: "v1",
@@ -504,7 +604,7 @@ const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -519,6 +619,10 @@ impl Kind {
         Kind::ServiceAccount,
         Kind::Secret,
         Kind::ConfigMap,
+        Kind::Role,
+        Kind::RoleBinding,
+        Kind::ClusterRole,
+        Kind::ClusterRoleBinding,
     ];
 
     /// This kind's row of the table.
@@ -538,6 +642,10 @@ impl Kind {
             Kind::ServiceAccount => &SERVICE_ACCOUNT,
             Kind::Secret => &SECRET,
             Kind::ConfigMap => &CONFIG_MAP,
+            Kind::Role => &ROLE,
+            Kind::RoleBinding => &ROLE_BINDING,
+            Kind::ClusterRole => &CLUSTER_ROLE,
+            Kind::ClusterRoleBinding => &CLUSTER_ROLE_BINDING,
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::access::{self, Access, Attributes};
 use crate::error::ApiError;
 use crate::fault::RequestInfo;
 use crate::openapi;
@@ -68,6 +69,8 @@ pub(crate) struct ServerContext {
     pub(crate) default_watch_timeout: Duration,
     /// Bumped to end every open watch (and on shutdown).
     pub(crate) end_watches: watch::Receiver<u64>,
+    /// Who may do what.
+    pub(crate) access: Access,
 }
 
 /// Accepts connections until the task is aborted; aborting drops the `JoinSet`, which ends
@@ -335,6 +338,18 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
     let Some(route) = route(&path) else {
         return not_found();
     };
+    if let Access::Rbac { admin_token } = &context.access {
+        let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+        let checked = access::authenticate(&context.store, admin_token, header).and_then(|user| {
+            let attributes = attributes(&route, request.method(), &path, request.uri().query());
+            access::authorize(&context.store, &user, &attributes).inspect_err(|e| {
+                tracing::info!(user = %user.name, "{}", e.message);
+            })
+        });
+        if let Err(error) = checked {
+            return error_response(&error);
+        }
+    }
     let aggregated = accepts_aggregated_discovery(&request);
     match route {
         Route::Version => json_response(
@@ -386,6 +401,41 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
             Ok(response) => response,
             Err(error) => error_response(&error),
         },
+    }
+}
+
+/// What a request asks to do, in RBAC's terms (the API server's request info).
+fn attributes(route: &Route, method: &Method, path: &str, query: Option<&str>) -> Attributes {
+    let resource = |verb, group: &str, resource: &str, target: Option<&Target>| Attributes::Resource {
+        verb,
+        group: group.to_owned(),
+        resource: resource.to_owned(),
+        subresource: target.and_then(|t| t.subresource.clone()),
+        // A Namespace's own name is its namespace, as the API server's request info has it.
+        namespace: target.and_then(|t| match (t.kind, &t.name) {
+            (Kind::Namespace, Some(name)) => Some(name.clone()),
+            _ => t.namespace.clone(),
+        }),
+        name: target.and_then(|t| t.name.clone()),
+    };
+    match route {
+        Route::TokenReview => resource("create", "authentication.k8s.io", "tokenreviews", None),
+        Route::Object(target) => {
+            let named = target.name.is_some();
+            let verb = match *method {
+                Method::GET if !named && Query::parse(query).flag("watch") => "watch",
+                Method::GET if named => "get",
+                Method::GET => "list",
+                Method::POST => "create",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE if named => "delete",
+                Method::DELETE => "deletecollection",
+                _ => "unknown",
+            };
+            resource(verb, target.kind.group(), target.kind.plural(), Some(target))
+        }
+        _ => Attributes::NonResource { verb: method.as_str().to_lowercase(), path: path.to_owned() },
     }
 }
 

@@ -1243,11 +1243,26 @@ impl Store {
                 "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value",
             ));
         };
+        match self.check_token(token, &tokens::review_audiences(review)) {
+            Ok((issued, matched)) => Ok(tokens::authenticated(review, &issued, matched)),
+            Err(error) => Ok(tokens::unauthenticated(review, &error)),
+        }
+    }
+
+    /// Checks a bearer token as the API server's token authenticator does: issued here,
+    /// not expired, its ServiceAccount and bound object still the ones it was issued for,
+    /// and meant for one of `audiences`. Returns the token and the audiences it matched,
+    /// or why it does not authenticate.
+    pub(crate) fn check_token(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<(tokens::IssuedToken, Vec<String>), String> {
         let Some(issued) = self.inner.tokens.lock().get(token).cloned() else {
-            return Ok(tokens::unauthenticated(review, "invalid bearer token"));
+            return Err("invalid bearer token".to_owned());
         };
         if std::time::SystemTime::now() >= issued.expires {
-            return Ok(tokens::unauthenticated(review, "invalid bearer token, token has expired"));
+            return Err("invalid bearer token, token has expired".to_owned());
         }
         let uid_of = |object: Option<Value>| {
             object.and_then(|o| o.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned))
@@ -1255,39 +1270,29 @@ impl Store {
         if uid_of(self.get(Kind::ServiceAccount, Some(&issued.namespace), &issued.service_account)).as_deref()
             != Some(issued.service_account_uid.as_str())
         {
-            return Ok(tokens::unauthenticated(
-                review,
-                &format!(
-                    "invalid bearer token, service account {}/{} has been deleted",
-                    issued.namespace, issued.service_account
-                ),
+            return Err(format!(
+                "invalid bearer token, service account {}/{} has been deleted",
+                issued.namespace, issued.service_account
             ));
         }
         if let Some(bound) = &issued.bound {
             let namespace = bound.kind.namespaced().then_some(issued.namespace.as_str());
             if uid_of(self.get(bound.kind, namespace, &bound.name)).as_deref() != Some(bound.uid.as_str()) {
-                return Ok(tokens::unauthenticated(
-                    review,
-                    &format!(
-                        "invalid bearer token, {} {} has been deleted or recreated",
-                        bound.kind.singular(),
-                        bound.name
-                    ),
+                return Err(format!(
+                    "invalid bearer token, {} {} has been deleted or recreated",
+                    bound.kind.singular(),
+                    bound.name
                 ));
             }
         }
-        let asked = tokens::review_audiences(review);
-        let matched: Vec<String> = asked.iter().filter(|a| issued.audiences.contains(a)).cloned().collect();
+        let matched: Vec<String> = audiences.iter().filter(|a| issued.audiences.contains(a)).cloned().collect();
         if matched.is_empty() {
-            return Ok(tokens::unauthenticated(
-                review,
-                &format!(
-                    "invalid bearer token, token audiences {:?} is invalid for the target audiences {asked:?}",
-                    issued.audiences
-                ),
+            return Err(format!(
+                "invalid bearer token, token audiences {:?} is invalid for the target audiences {audiences:?}",
+                issued.audiences
             ));
         }
-        Ok(tokens::authenticated(review, &issued, matched))
+        Ok((issued, matched))
     }
 
     /// Makes every issued token of service account `namespace/name` expire now (tests of

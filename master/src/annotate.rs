@@ -24,12 +24,20 @@ pub struct Backoff {
     pub initial: Duration,
     /// Longest delay.
     pub max: Duration,
+    /// How often writes the API server refused for good (admission, RBAC, validation) are
+    /// tried again, in case what refused them changed (a fixed ClusterRole, a relaxed
+    /// admission policy). A change of the object tries again at once.
+    pub rejected_retry: Duration,
 }
 
 impl Default for Backoff {
-    /// 50 ms doubling up to 10 s.
+    /// 50 ms doubling up to 10 s; refused writes again every minute.
     fn default() -> Backoff {
-        Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(10) }
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(10),
+            rejected_retry: Duration::from_secs(60),
+        }
     }
 }
 

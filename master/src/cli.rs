@@ -175,6 +175,11 @@ pub struct Options {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub write_backoff_max: Duration,
 
+    /// How often annotation writes the API server refused (RBAC, admission, validation) are
+    /// tried again; a change of the object tries again at once.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub write_rejected_retry: Duration,
+
     /// Log filter in RUST_LOG syntax, e.g. `info` or `skein_master=debug`.
     #[arg(long, env = "SKEIN_LOG", default_value = "info")]
     pub log: String,
@@ -288,7 +293,11 @@ impl Options {
                 retry_period: self.retry_period,
             }),
             identity,
-            backoff: Backoff { initial: self.write_backoff, max: self.write_backoff_max },
+            backoff: Backoff {
+                initial: self.write_backoff,
+                max: self.write_backoff_max,
+                rejected_retry: self.write_rejected_retry,
+            },
         })
     }
 }

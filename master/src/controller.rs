@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -166,8 +166,11 @@ pub struct Controller {
     signer: Option<AnnotationSigner>,
     /// Pods whose pod-networks value is not the master's, reported for that UID.
     forged: HashMap<ObjectKey, String>,
-    /// Writes the API server refused for good; retried when the object changes.
+    /// Writes the API server refused for good; retried when the object changes, and all
+    /// together every `backoff.rejected_retry`.
     rejected: HashSet<Target>,
+    /// When the last refusal happened (a refusal is not tried again sooner than a period).
+    last_rejected: Instant,
     /// The UID of the pod each IPAM allocation was made for: a pod re-created under the
     /// same name (another UID) is another pod, and its predecessor's address is released.
     holder_uids: HashMap<ObjectKey, String>,
@@ -218,6 +221,7 @@ impl Controller {
             signer: None,
             forged: HashMap::new(),
             rejected: HashSet::new(),
+            last_rejected: Instant::now(),
             holder_uids: HashMap::new(),
         }
     }
@@ -272,9 +276,23 @@ impl Controller {
 
     /// Runs until shutdown or until the watchers stop.
     pub async fn run(mut self) {
+        let mut retry_rejected = tokio::time::interval(self.backoff.rejected_retry.max(Duration::from_millis(10)));
+        retry_rejected.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
+                _ = retry_rejected.tick(), if !self.rejected.is_empty() => {
+                    if self.is_leading() && self.last_rejected.elapsed() >= self.backoff.rejected_retry {
+                        debug!(objects = self.rejected.len(), "trying refused annotation writes again");
+                        for target in std::mem::take(&mut self.rejected) {
+                            match target {
+                                Target::Node(name) => self.dirty_nodes.insert(name),
+                                Target::Pod(key) => self.dirty_pods.insert(key),
+                            };
+                        }
+                        self.reconcile();
+                    }
+                }
                 event = self.watch_rx.recv() => {
                     let Some(first) = event else { break };
                     let seen = Instant::now();
@@ -841,7 +859,7 @@ impl Controller {
                         (Kind::Node, None, name.clone())
                     }
                 };
-                warn!(object = ?target, %reason, "annotation write refused by the API server; address released, retried when the object changes");
+                warn!(object = ?target, %reason, "annotation write refused by the API server; address released, retried when the object changes and periodically");
                 self.shared.metrics().object_error(kind.name(), "AnnotationRejected");
                 if self.is_leading() {
                     self.events.warn(
@@ -851,6 +869,7 @@ impl Controller {
                     );
                 }
                 self.rejected.insert(target.clone());
+                self.last_rejected = Instant::now();
             }
             (_, WriteOutcome::Abandoned) => {}
         }

@@ -31,7 +31,11 @@ pub fn settings(identity: &str, lease: Option<LeaseSettings>, grpc: SocketAddr) 
         http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         lease,
         identity: identity.to_owned(),
-        backoff: Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200) },
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            rejected_retry: Duration::from_millis(500),
+        },
     }
 }
 

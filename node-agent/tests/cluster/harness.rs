@@ -309,7 +309,11 @@ impl Cluster {
             http_listen: "127.0.0.1:0".parse().expect("http address"),
             lease: None,
             identity: "test-master".to_owned(),
-            backoff: Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(500) },
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(500),
+                rejected_retry: Duration::from_secs(1),
+            },
         };
         settings.network = NetworkConfig::default();
         let master = {
