@@ -6,7 +6,8 @@
 //! ServiceAccount token this server issued for the API's audience
 //! (`system:serviceaccount:<namespace>:<name>`, groups `system:serviceaccounts`,
 //! `system:serviceaccounts:<namespace>`, `system:authenticated`). No token is
-//! `system:anonymous`; a token that does not authenticate is 401. The user may then do what
+//! `system:anonymous` (or, with `anonymous_is_admin`, the administrator, as on the old
+//! insecure port); a token that does not authenticate is 401. The user may then do what
 //! the ClusterRoleBindings and the RoleBindings of the request's namespace grant it —
 //! verbs, API groups, resources and subresources, resource names, non-resource URLs — and
 //! anything else is 403 with the API server's wording. The built-in grants of a cluster are
@@ -30,6 +31,11 @@ pub enum Access {
     Rbac {
         /// The token of the cluster's administrator (group `system:masters`).
         admin_token: String,
+        /// A request without a token is the administrator's, as on the insecure port API
+        /// servers served before Kubernetes 1.20 — for a kubectl talking plain HTTP, over
+        /// which it sends no credential (`skein-lab`'s users). Otherwise it is
+        /// `system:anonymous`. A token that is present is always checked.
+        anonymous_is_admin: bool,
     },
 }
 
@@ -76,17 +82,26 @@ pub enum Attributes {
 }
 
 /// The user a request's `Authorization` header names, or 401.
-pub fn authenticate(store: &Store, admin_token: &str, header: Option<&str>) -> Result<UserInfo, ApiError> {
+pub fn authenticate(
+    store: &Store,
+    admin_token: &str,
+    anonymous_is_admin: bool,
+    header: Option<&str>,
+) -> Result<UserInfo, ApiError> {
+    let admin = || UserInfo {
+        name: "kubernetes-admin".into(),
+        groups: vec!["system:masters".into(), "system:authenticated".into()],
+    };
     let Some(header) = header else {
+        if anonymous_is_admin {
+            return Ok(admin());
+        }
         return Ok(UserInfo { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] });
     };
     let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
     let token = header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or_else(unauthorized)?;
     if token == admin_token {
-        return Ok(UserInfo {
-            name: "kubernetes-admin".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
-        });
+        return Ok(admin());
     }
     match store.check_token(token, &[DEFAULT_AUDIENCE.to_owned()]) {
         Ok((issued, _)) => Ok(UserInfo {
@@ -319,6 +334,19 @@ mod tests {
         assert!(binds(&binding(json!({"kind": "User", "name": user.name})), None, &user));
         assert!(!binds(&binding(json!({"kind": "User", "name": "agent"})), None, &user));
         assert!(!binds(&json!({}), None, &user), "no subjects");
+    }
+
+    #[test]
+    fn no_token_is_anonymous_or_on_the_insecure_port_the_administrator() {
+        let store = Store::new(crate::StoreOptions::default());
+        let anonymous = authenticate(&store, "admin", false, None).unwrap();
+        assert_eq!(anonymous.name, "system:anonymous");
+        let admin = authenticate(&store, "admin", true, None).unwrap();
+        assert!(admin.in_group("system:masters"));
+        assert!(authenticate(&store, "admin", false, Some("Bearer admin")).unwrap().in_group("system:masters"));
+        // A token that is present is checked, whatever the insecure port does.
+        assert_eq!(authenticate(&store, "admin", true, Some("Bearer forged")).unwrap_err().code, 401);
+        assert_eq!(authenticate(&store, "admin", true, Some("Basic YTpi")).unwrap_err().code, 401);
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl FakeApiServer {
         let store = options.store.unwrap_or_else(|| Store::new(options.store_options));
         let (end_watches, end_watches_rx) = watch::channel(0u64);
         let admin_token = match &options.access {
-            access::Access::Rbac { admin_token } => Some(admin_token.clone()),
+            access::Access::Rbac { admin_token, .. } => Some(admin_token.clone()),
             access::Access::Open => None,
         };
         let context = Arc::new(server::ServerContext {

@@ -338,9 +338,9 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
     let Some(route) = route(&path) else {
         return not_found();
     };
-    if let Access::Rbac { admin_token } = &context.access {
+    if let Access::Rbac { admin_token, anonymous_is_admin } = &context.access {
         let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-        let checked = access::authenticate(&context.store, admin_token, header).and_then(|user| {
+        let checked = access::authenticate(&context.store, admin_token, *anonymous_is_admin, header).and_then(|user| {
             let attributes = attributes(&route, request.method(), &path, request.uri().query());
             access::authorize(&context.store, &user, &attributes).inspect_err(|e| {
                 tracing::info!(user = %user.name, "{}", e.message);

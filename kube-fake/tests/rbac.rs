@@ -14,7 +14,10 @@ use skein_kube_fake::{FakeApiServer, ServerOptions};
 const ADMIN: &str = "admin-token-for-tests";
 
 async fn rbac_server() -> FakeApiServer {
-    let options = ServerOptions { access: Access::Rbac { admin_token: ADMIN.into() }, ..ServerOptions::default() };
+    let options = ServerOptions {
+        access: Access::Rbac { admin_token: ADMIN.into(), anonymous_is_admin: false },
+        ..ServerOptions::default()
+    };
     FakeApiServer::start_with(options).await.expect("listen on loopback")
 }
 

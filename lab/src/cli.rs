@@ -1448,6 +1448,36 @@ async fn check_jobs(
     Ok(results)
 }
 
+/// Whether the lab's API refused the master or an agent anything, from their logs: the lab's
+/// API enforces the install manifests' RBAC on their ServiceAccount tokens, so a refusal is
+/// a verb the chart does not grant (or a token that does not authenticate).
+fn check_api_permissions(layout: &Layout, nodes: usize) -> CheckResult {
+    let mut logs = vec![("skein-master".to_owned(), layout.master_log())];
+    for index in 1..=nodes {
+        let node = Layout::node_name(index);
+        logs.push((format!("skein-agent on {node}"), layout.agent_log(&node)));
+    }
+    let texts: Vec<(String, String)> =
+        logs.iter().map(|(who, path)| (who.clone(), std::fs::read_to_string(path).unwrap_or_default())).collect();
+    let refused = api_refusals(&texts);
+    let title = "skein-master and skein-agents: every API request allowed (the install manifests' RBAC)".to_owned();
+    let detail = match refused.first() {
+        None => format!("no refusal in {} component logs", logs.len()),
+        Some(first) => format!("{} refusals, the first: {first}", refused.len()),
+    };
+    CheckResult { title, passed: refused.is_empty(), detail, latency: None, tries: 1 }
+}
+
+/// The lines of components' logs (component, text) that report a request the API refused
+/// (403 Forbidden from RBAC, 401 for a token), each prefixed with its component.
+fn api_refusals(logs: &[(String, String)]) -> Vec<String> {
+    let refusal =
+        |line: &str| line.contains("is forbidden: User") || line.contains("code: 401") || line.contains("code: 403");
+    logs.iter()
+        .flat_map(|(who, text)| text.lines().filter(|l| refusal(l)).map(move |l| format!("{who}: {}", l.trim())))
+        .collect()
+}
+
 /// `skein-lab check`: returns the results (the caller prints the table).
 pub async fn check(
     client: &Client,
@@ -1487,6 +1517,7 @@ pub async fn check(
         })
         .await;
     results.extend(check_jobs(client, layout, wait, progress).await?);
+    results.push(check_api_permissions(layout, state.nodes));
     if disruptive {
         results.push(check_pod_deletion(client, layout, &view, &prober, progress).await);
         let before = results.clone();
@@ -1702,5 +1733,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_api_requests_are_found_in_the_components_logs() {
+        let master = "INFO serving\nWARN annotation write refused object=pod demo/p code=403 reason=pods \"p\" is forbidden: User \"system:serviceaccount:skein-system:skein-master\" cannot patch resource \"pods\"\nINFO done";
+        let agent = "WARN watch failed: ApiError: Unauthorized (ErrorResponse { status: \"Failure\", message: \"Unauthorized\", reason: \"Unauthorized\", code: 401 })";
+        let logs =
+            vec![("skein-master".to_owned(), master.to_owned()), ("skein-agent on node1".to_owned(), agent.to_owned())];
+        let refused = api_refusals(&logs);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].starts_with("skein-master: WARN annotation write refused"));
+        assert!(refused[1].starts_with("skein-agent on node1: "));
+        assert!(api_refusals(&[("skein-master".to_owned(), "INFO all fine, code: 200".to_owned())]).is_empty());
     }
 }

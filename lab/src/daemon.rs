@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use skein_kube_fake::access::Access;
 use skein_kube_fake::{FakeApiServer, ServerOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -288,9 +289,11 @@ fn agent_args(layout: &Layout, node: &str, index: usize, binaries: &Binaries) ->
         "--node-name".into(),
         node.to_string(),
         "--kubeconfig".into(),
-        path(layout.kubeconfig()),
+        path(component_kubeconfig(layout, &format!("{node}-agent"))),
         "--master".into(),
         Layout::master_url(),
+        "--master-ca-configmap".into(),
+        format!("{SKEIN_NAMESPACE}/skein-southbound-ca"),
         "--token-file".into(),
         path(agent_token_file(layout, node)),
         "--tunnel-ip".into(),
@@ -344,51 +347,107 @@ fn agent_token_file(layout: &Layout, node: &str) -> PathBuf {
 /// How long the agents wait, at most, for the kubelets to register their nodes.
 const NODE_REGISTRATION_WAIT: Duration = Duration::from_secs(30);
 
-/// How long the agents' tokens live; they are renewed at a third of it, as kubelet renews
-/// projected tokens well before they expire.
-const AGENT_TOKEN_SECONDS: u64 = 3600;
+/// Skein's namespace, as the install manifests name it.
+const SKEIN_NAMESPACE: &str = "skein-system";
 
-/// Gives each agent what kubelet gives the agent pod on a cluster: a token of the
-/// `kube-system/skein-agent` ServiceAccount for audience `skein.dev/southbound`, bound to
-/// its node (once the node is registered), in a file (mode 0600) renewed before it expires.
-async fn agent_tokens(store: skein_kube_fake::Store, layout: Layout, nodes: usize, stop: CancellationToken) {
-    use skein_kube_fake::Kind;
+/// The install manifests' namespace, ServiceAccounts and RBAC — applied to the lab's API,
+/// which enforces RBAC, so the master and the agents run with exactly the permissions an
+/// install gives them: a verb missing from the chart is refused here as on a cluster.
+const INSTALL_RBAC: [(&str, &str); 4] = [
+    ("manifests/00-namespace.yaml", include_str!("../../manifests/00-namespace.yaml")),
+    ("manifests/01-serviceaccounts.yaml", include_str!("../../manifests/01-serviceaccounts.yaml")),
+    ("manifests/02-rbac-master.yaml", include_str!("../../manifests/02-rbac-master.yaml")),
+    ("manifests/03-rbac-agent.yaml", include_str!("../../manifests/03-rbac-agent.yaml")),
+];
+
+/// The kubeconfig of a component (`master`, `node1-agent`, ...): the lab's API with the
+/// component's ServiceAccount token, read from its token file (renewed while the lab runs,
+/// as kubelet renews a projected token; kube-rs reads the file again).
+fn component_kubeconfig(layout: &Layout, component: &str) -> PathBuf {
+    layout.state_dir().join(format!("{component}.kubeconfig"))
+}
+
+/// Where a component's API token is.
+fn component_api_token(layout: &Layout, component: &str) -> PathBuf {
+    layout.state_dir().join(format!("{component}-api.token"))
+}
+
+/// Writes the kubeconfig of `component` (see [`component_kubeconfig`]).
+fn write_component_kubeconfig(layout: &Layout, component: &str) -> std::io::Result<()> {
+    let token_file = component_api_token(layout, component);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skein-lab\n  cluster:\n    server: {url}\n\
+         users:\n- name: {component}\n  user:\n    tokenFile: {token}\n\
+         contexts:\n- name: {component}\n  context:\n    cluster: skein-lab\n    user: {component}\n\
+         current-context: {component}\n",
+        url = Layout::api_url(),
+        token = serde_json::Value::String(token_file.display().to_string()),
+    );
+    write_private(&component_kubeconfig(layout, component), &text)
+}
+
+/// How long the components' tokens live; they are renewed at a third of it, as kubelet
+/// renews projected tokens well before they expire.
+const TOKEN_SECONDS: u64 = 3600;
+
+/// Writes every component's tokens, as kubelet would project them into their pods: the
+/// master's API token (`skein-system/skein-master`), and per registered node the agent's
+/// API token and southbound token (`skein-system/skein-agent`, for the API's audience and
+/// for `skein.dev/southbound`, both bound to the node). Returns how many could not be
+/// written yet (a node that has not registered).
+fn write_tokens(store: &skein_kube_fake::Store, layout: &Layout, nodes: usize) -> usize {
+    let write = |account: &str, audiences: &[&str], node: Option<&str>, file: PathBuf| {
+        let mut spec = serde_json::json!({"audiences": audiences, "expirationSeconds": TOKEN_SECONDS});
+        if let Some(node) = node {
+            spec["boundObjectRef"] = serde_json::json!({"kind": "Node", "apiVersion": "v1", "name": node});
+        }
+        store
+            .request_token(SKEIN_NAMESPACE, account, &serde_json::json!({ "spec": spec }))
+            .map_err(|e| e.to_string())
+            .and_then(|answer| {
+                let token = answer.pointer("/status/token").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+                write_private(&file, &token).map_err(|e| e.to_string())
+            })
+    };
+    let api = [skein_kube_fake::DEFAULT_AUDIENCE];
+    let mut missing = 0;
+    if let Err(error) = write("skein-master", &api, None, component_api_token(layout, "master")) {
+        tracing::warn!(%error, "the master's API token");
+        missing += 1;
+    }
+    for index in 1..=nodes {
+        let node = Layout::node_name(index);
+        let agent = format!("{node}-agent");
+        let written = write("skein-agent", &api, Some(&node), component_api_token(layout, &agent)).and_then(|()| {
+            write("skein-agent", &["skein.dev/southbound"], Some(&node), agent_token_file(layout, &node))
+        });
+        if let Err(error) = written {
+            // The node registers when its kubelet starts.
+            tracing::debug!(node = %node, %error, "agent tokens not written yet");
+            missing += 1;
+        }
+    }
+    missing
+}
+
+/// Keeps the components' tokens fresh ([`write_tokens`]) until `stop`.
+async fn renew_tokens(store: skein_kube_fake::Store, layout: Layout, nodes: usize, stop: CancellationToken) {
     loop {
-        if store.get(Kind::ServiceAccount, Some("kube-system"), "skein-agent").is_none()
-            && let Err(error) = store.insert(
-                Kind::ServiceAccount,
-                serde_json::json!({"metadata": {"name": "skein-agent", "namespace": "kube-system"}}),
-            )
-        {
-            tracing::warn!(%error, "creating the agent ServiceAccount");
-        }
-        let mut missing = 0;
-        for index in 1..=nodes {
-            let node = Layout::node_name(index);
-            let request = serde_json::json!({"spec": {
-                "audiences": ["skein.dev/southbound"],
-                "expirationSeconds": AGENT_TOKEN_SECONDS,
-                "boundObjectRef": {"kind": "Node", "apiVersion": "v1", "name": node},
-            }});
-            let written = store
-                .request_token("kube-system", "skein-agent", &request)
-                .map_err(|e| e.to_string())
-                .and_then(|answer| {
-                    let token = answer.pointer("/status/token").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
-                    write_private(&agent_token_file(&layout, &node), &token).map_err(|e| e.to_string())
-                });
-            if let Err(error) = written {
-                // The node registers when its kubelet starts.
-                tracing::debug!(node = %node, %error, "agent token not written yet");
-                missing += 1;
-            }
-        }
-        let wait = if missing > 0 { Duration::from_millis(500) } else { Duration::from_secs(AGENT_TOKEN_SECONDS / 3) };
+        let missing = write_tokens(&store, &layout, nodes);
+        let wait = if missing > 0 { Duration::from_millis(500) } else { Duration::from_secs(TOKEN_SECONDS / 3) };
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// A random token for the lab's administrator (what the lab's kubeconfig presents).
+fn admin_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes `text` to `path` readable by its owner only, replacing it atomically.
@@ -435,7 +494,15 @@ pub async fn run(
         return Err(error.into());
     }
     daemon.phase("api", format!("API server on {}", Layout::api_url()));
-    let options = ServerOptions { addr: SocketAddr::from((HOST_IP, API_PORT)), ..Default::default() };
+    let options = ServerOptions {
+        addr: SocketAddr::from((HOST_IP, API_PORT)),
+        // The lab's kubeconfig carries the administrator's token, but kubectl sends no
+        // credential over plain HTTP: a request without one is the administrator's (the old
+        // insecure port). The components present their ServiceAccount tokens, which are
+        // checked and held to the install manifests' RBAC.
+        access: Access::Rbac { admin_token: admin_token()?, anonymous_is_admin: true },
+        ..Default::default()
+    };
     let server = match FakeApiServer::start_with(options).await {
         Ok(server) => server,
         Err(error) => {
@@ -444,6 +511,12 @@ pub async fn run(
         }
     };
     server.write_kubeconfig(&layout.kubeconfig())?;
+    for (file, text) in INSTALL_RBAC {
+        if let Err(error) = server.insert_yaml(text) {
+            daemon.phase("failed", format!("applying {file}: {}", error.message));
+            anyhow::bail!("applying {file}: {}", error.message);
+        }
+    }
     let client = server.client();
     let mut tasks = Vec::new();
     daemon.phase("dns", format!("cluster DNS on {HOST_IP}:{DNS_PORT}"));
@@ -545,6 +618,12 @@ pub async fn run(
     }
 
     daemon.phase("master", format!("skein-master, southbound on {}", Layout::master_url()));
+    // The components' credentials: a kubeconfig each, with the token kubelet would project.
+    write_component_kubeconfig(&layout, "master")?;
+    for index in 1..=nodes {
+        write_component_kubeconfig(&layout, &format!("{}-agent", Layout::node_name(index)))?;
+    }
+    write_tokens(server.store(), &layout, nodes);
     daemon.add_process(
         Supervised::new(
             "outside-echo".into(),
@@ -573,7 +652,11 @@ pub async fn run(
             binaries.master.clone(),
             vec![
                 "--kubeconfig".into(),
-                layout.kubeconfig().display().to_string(),
+                component_kubeconfig(&layout, "master").display().to_string(),
+                "--pki-namespace".into(),
+                SKEIN_NAMESPACE.into(),
+                "--agent-service-account".into(),
+                format!("{SKEIN_NAMESPACE}/skein-agent"),
                 "--no-leader-election".into(),
                 "--identity".into(),
                 format!("{}-master", layout.prefix()),
@@ -590,7 +673,7 @@ pub async fn run(
         &mut tasks,
     );
 
-    tasks.push(tokio::spawn(agent_tokens(server.store().clone(), layout.clone(), nodes, daemon.stop.clone())));
+    tasks.push(tokio::spawn(renew_tokens(server.store().clone(), layout.clone(), nodes, daemon.stop.clone())));
     // An agent reads its Node at start, as the agent pod of a DaemonSet does, which only runs
     // once the node is registered: wait for the kubelets to register them (bounded: an agent
     // started without its Node exits saying so, and `up` shows it).
@@ -599,6 +682,8 @@ pub async fn run(
     while !(1..=nodes).all(registered) && waiting_since.elapsed() < NODE_REGISTRATION_WAIT {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The agents' tokens are bound to their Nodes, which exist now.
+    write_tokens(server.store(), &layout, nodes);
     daemon.phase("agents", format!("skein-dp and skein-agent in each of the {nodes} node namespaces"));
     for index in 1..=nodes {
         let node = Layout::node_name(index);
@@ -662,6 +747,8 @@ mod tests {
         assert_eq!(value("--master"), Some("https://172.18.0.1:6643"));
         assert_eq!(value("--token-file"), Some("/run/skein-lab/sklab/node2-southbound.token"));
         assert_eq!(value("--datapath-socket"), Some("/run/skein-lab/sklab/node2/dp.sock"));
+        assert_eq!(value("--kubeconfig"), Some("/run/skein-lab/sklab/node2-agent.kubeconfig"));
+        assert_eq!(value("--master-ca-configmap"), Some("skein-system/skein-southbound-ca"));
         let dp = datapath_args(&layout, "node2");
         assert_eq!(dp.last().map(String::as_str), Some("/run/skein-lab/sklab/node2/dp.sock"));
         assert_eq!(value("--device-plugin-dir"), Some("/run/skein-lab/sklab/node2/device-plugins"));

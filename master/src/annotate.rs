@@ -159,7 +159,7 @@ where
             Err(kube::Error::Api(status)) if status.is_not_found() => return WriteOutcome::Gone,
             Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
                 metrics.annotation_write_errors.inc();
-                warn!(%object, annotation = write.key, code = status.code, reason = %status.message, "annotation write refused; not retried");
+                warn!(%object, annotation = write.key, code = status.code, reason = %status.message, "annotation write refused (tried again when the object changes, and periodically)");
                 return WriteOutcome::Rejected(format!("{} {}: {}", status.code, status.reason, status.message));
             }
             Err(e) => {

@@ -22,7 +22,10 @@ use skein_master::{Master, MasterSettings};
 const NAMESPACE: &str = "skein-system";
 
 async fn server_with_the_manifests_rbac() -> FakeApiServer {
-    let options = ServerOptions { access: Access::Rbac { admin_token: "admin".into() }, ..ServerOptions::default() };
+    let options = ServerOptions {
+        access: Access::Rbac { admin_token: "admin".into(), anonymous_is_admin: false },
+        ..ServerOptions::default()
+    };
     let server = FakeApiServer::start_with(options).await.expect("listen on loopback");
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
     for file in ["00-namespace.yaml", "01-serviceaccounts.yaml", "02-rbac-master.yaml", "03-rbac-agent.yaml"] {
