@@ -40,15 +40,27 @@ pub enum Access {
 }
 
 /// An authenticated (or anonymous) user.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct UserInfo {
     /// User name (`system:serviceaccount:<namespace>:<name>` for a ServiceAccount).
     pub name: String,
     /// Groups.
     pub groups: Vec<String>,
+    /// Extra attributes (a bound token's `authentication.kubernetes.io/node-name`, ...):
+    /// each a list of strings.
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl UserInfo {
+    /// The cluster's administrator (group `system:masters`).
+    pub fn admin() -> UserInfo {
+        UserInfo {
+            name: "kubernetes-admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            ..UserInfo::default()
+        }
+    }
+
     fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|g| g == group)
     }
@@ -88,15 +100,16 @@ pub fn authenticate(
     anonymous_is_admin: bool,
     header: Option<&str>,
 ) -> Result<UserInfo, ApiError> {
-    let admin = || UserInfo {
-        name: "kubernetes-admin".into(),
-        groups: vec!["system:masters".into(), "system:authenticated".into()],
-    };
+    let admin = UserInfo::admin;
     let Some(header) = header else {
         if anonymous_is_admin {
             return Ok(admin());
         }
-        return Ok(UserInfo { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] });
+        return Ok(UserInfo {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            ..UserInfo::default()
+        });
     };
     let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
     let token = header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or_else(unauthorized)?;
@@ -111,6 +124,7 @@ pub fn authenticate(
                 format!("system:serviceaccounts:{}", issued.namespace),
                 "system:authenticated".into(),
             ],
+            extra: crate::tokens::user_extra(&issued),
         }),
         Err(why) => {
             tracing::debug!(%why, "a bearer token did not authenticate");
@@ -317,6 +331,7 @@ mod tests {
         let user = UserInfo {
             name: "system:serviceaccount:kube-system:agent".into(),
             groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+            ..UserInfo::default()
         };
         let binding = |subject: Value| json!({"subjects": [subject]});
         assert!(binds(
@@ -351,7 +366,7 @@ mod tests {
 
     #[test]
     fn forbidden_is_worded_as_the_api_server_words_it() {
-        let user = UserInfo { name: "system:serviceaccount:kube-system:agent".into(), groups: vec![] };
+        let user = UserInfo { name: "system:serviceaccount:kube-system:agent".into(), ..UserInfo::default() };
         let e = forbidden(&user, &resource("patch", "pods", Some("status"), Some("default"), Some("p")));
         assert_eq!(e.code, 403);
         assert_eq!(

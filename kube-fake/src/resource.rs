@@ -51,6 +51,10 @@ pub enum Kind {
     ClusterRole,
     /// `rbac.authorization.k8s.io/v1` ClusterRoleBinding (cluster-scoped).
     ClusterRoleBinding,
+    /// `admissionregistration.k8s.io/v1` ValidatingAdmissionPolicy (cluster-scoped).
+    ValidatingAdmissionPolicy,
+    /// `admissionregistration.k8s.io/v1` ValidatingAdmissionPolicyBinding (cluster-scoped).
+    ValidatingAdmissionPolicyBinding,
 }
 
 /// How strategic merge patch treats a list field.
@@ -510,6 +514,52 @@ static CLUSTER_ROLE_BINDING: KindSpec = KindSpec {
     validate: None,
 };
 
+static VALIDATING_ADMISSION_POLICY: KindSpec = KindSpec {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    api_version: "admissionregistration.k8s.io/v1",
+    kind: "ValidatingAdmissionPolicy",
+    plural: "validatingadmissionpolicies",
+    singular: "validatingadmissionpolicy",
+    short_names: &[],
+    categories: &[],
+    namespaced: false,
+    status_subresource: true,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>,
+    definition: "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicy",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
+static VALIDATING_ADMISSION_POLICY_BINDING: KindSpec = KindSpec {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    api_version: "admissionregistration.k8s.io/v1",
+    kind: "ValidatingAdmissionPolicyBinding",
+    plural: "validatingadmissionpolicybindings",
+    singular: "validatingadmissionpolicybinding",
+    short_names: &[],
+    categories: &[],
+    namespaced: false,
+    status_subresource: false,
+    scale: None,
+    selectable_fields: &[],
+    pod_spec: None,
+    merge_lists: &[],
+    schema: schema::round_trip::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>,
+    definition: "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicyBinding",
+    printer: None,
+    initial_status: None,
+    defaults: None,
+    validate: None,
+};
+
 static CONFIG_MAP: KindSpec = KindSpec {
     group: "",
     version: "v1",
@@ -604,7 +654,7 @@ const POD_SPEC_LISTS: &[(&str, ListStrategy)] = &[
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
@@ -623,6 +673,8 @@ impl Kind {
         Kind::RoleBinding,
         Kind::ClusterRole,
         Kind::ClusterRoleBinding,
+        Kind::ValidatingAdmissionPolicy,
+        Kind::ValidatingAdmissionPolicyBinding,
     ];
 
     /// This kind's row of the table.
@@ -646,6 +698,8 @@ impl Kind {
             Kind::RoleBinding => &ROLE_BINDING,
             Kind::ClusterRole => &CLUSTER_ROLE,
             Kind::ClusterRoleBinding => &CLUSTER_ROLE_BINDING,
+            Kind::ValidatingAdmissionPolicy => &VALIDATING_ADMISSION_POLICY,
+            Kind::ValidatingAdmissionPolicyBinding => &VALIDATING_ADMISSION_POLICY_BINDING,
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::access::{self, Access, Attributes};
+use crate::access::{self, Access, Attributes, UserInfo};
 use crate::error::ApiError;
 use crate::fault::RequestInfo;
 use crate::openapi;
@@ -338,18 +338,37 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
     let Some(route) = route(&path) else {
         return not_found();
     };
-    if let Access::Rbac { admin_token, anonymous_is_admin } = &context.access {
-        let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-        let checked = access::authenticate(&context.store, admin_token, *anonymous_is_admin, header).and_then(|user| {
-            let attributes = attributes(&route, request.method(), &path, request.uri().query());
-            access::authorize(&context.store, &user, &attributes).inspect_err(|e| {
-                tracing::info!(user = %user.name, "{}", e.message);
-            })
-        });
-        if let Err(error) = checked {
-            return error_response(&error);
+    let user = match &context.access {
+        Access::Rbac { admin_token, anonymous_is_admin } => {
+            let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+            let checked =
+                access::authenticate(&context.store, admin_token, *anonymous_is_admin, header).and_then(|user| {
+                    let attributes = attributes(&route, request.method(), &path, request.uri().query());
+                    access::authorize(&context.store, &user, &attributes).inspect_err(|e| {
+                        tracing::info!(user = %user.name, "{}", e.message);
+                    })?;
+                    Ok(user)
+                });
+            match checked {
+                Ok(user) => user,
+                Err(error) => return error_response(&error),
+            }
         }
-    }
+        // Open access: every request is the administrator's.
+        Access::Open => UserInfo::admin(),
+    };
+    // Admission (ValidatingAdmissionPolicy) judges writes by this user.
+    crate::admission::REQUEST_USER.scope(user, dispatch(request, context, route, path)).await
+}
+
+async fn dispatch(request: Request<Incoming>, context: &ServerContext, route: Route, path: String) -> Response<Body> {
+    let not_found = || {
+        error_response(&ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        ))
+    };
     let aggregated = accepts_aggregated_discovery(&request);
     match route {
         Route::Version => json_response(

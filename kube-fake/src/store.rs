@@ -249,6 +249,38 @@ impl State {
     }
 
     /// Records a change: stamps the resourceVersion, stores, appends to the history, broadcasts.
+    /// Admission of a write made by a request (ValidatingAdmissionPolicies stored here);
+    /// writes that are not requests (the store's own methods) are not admitted.
+    fn admit(
+        &self,
+        kind: Kind,
+        operation: &'static str,
+        subresource: Option<&str>,
+        key: &Key,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let Some(user) = crate::admission::current_user() else { return Ok(()) };
+        let values = |kind: Kind| -> Vec<Value> {
+            self.kind_map(kind).map(|m| m.values().map(|v| (**v).clone()).collect()).unwrap_or_default()
+        };
+        let bindings = values(Kind::ValidatingAdmissionPolicyBinding);
+        if bindings.is_empty() {
+            return Ok(());
+        }
+        let request = crate::admission::Request {
+            operation,
+            kind,
+            subresource,
+            namespace: Some(key.0.as_str()).filter(|n| !n.is_empty()),
+            name: &key.1,
+            object,
+            old_object: old,
+            user: &user,
+        };
+        crate::admission::admit(&values(Kind::ValidatingAdmissionPolicy), &bindings, &request)
+    }
+
     fn commit(
         &mut self,
         changes: &broadcast::Sender<Arc<Change>>,
@@ -762,6 +794,7 @@ impl Store {
             object["status"] = json!({"phase": "Active"});
         }
         state.apply_defaults(kind, &key, &mut object, None)?;
+        state.admit(kind, "CREATE", None, &key, &object, None)?;
         if dry_run {
             return Ok(object);
         }
@@ -1108,6 +1141,8 @@ impl Store {
         if let Some(rv) = old.pointer("/metadata/resourceVersion") {
             metadata_mut(&mut result).insert("resourceVersion".into(), rv.clone());
         }
+        let subresource = (mode == WriteMode::Status).then_some("status");
+        state.admit(kind, "UPDATE", subresource, &key, &result, Some(&old))?;
         // A write that changes nothing is not a change: no new resourceVersion, no event.
         if without_volatile(&result) == without_volatile(&old) || dry_run {
             return Ok(if dry_run { result } else { (*old).clone() });

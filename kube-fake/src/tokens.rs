@@ -191,6 +191,28 @@ pub(crate) fn review_audiences(review: &Value) -> Vec<String> {
 
 /// A successful review of `token`, matching `audiences`.
 pub(crate) fn authenticated(review: &Value, token: &IssuedToken, audiences: Vec<String>) -> Value {
+    let extra = user_extra(token);
+    json!({
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": review.get("spec").cloned().unwrap_or(json!({})),
+        "status": {
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{}:{}", token.namespace, token.service_account),
+                "uid": token.service_account_uid,
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", token.namespace), "system:authenticated"],
+                "extra": extra,
+            },
+            "audiences": audiences,
+        },
+    })
+}
+
+/// The `extra` of the user a token authenticates as: its credential id and the object it is
+/// bound to (a Pod and its Node, or a Node), as the API server's token authenticator gives.
+pub(crate) fn user_extra(token: &IssuedToken) -> serde_json::Map<String, Value> {
     let mut extra = serde_json::Map::new();
     extra.insert(EXTRA_CREDENTIAL_ID.into(), json!([format!("JTI={}", token.id)]));
     if let Some(bound) = &token.bound {
@@ -210,20 +232,5 @@ pub(crate) fn authenticated(review: &Value, token: &IssuedToken, audiences: Vec<
             _ => {}
         }
     }
-    json!({
-        "kind": "TokenReview",
-        "apiVersion": "authentication.k8s.io/v1",
-        "metadata": {"creationTimestamp": null},
-        "spec": review.get("spec").cloned().unwrap_or(json!({})),
-        "status": {
-            "authenticated": true,
-            "user": {
-                "username": format!("system:serviceaccount:{}:{}", token.namespace, token.service_account),
-                "uid": token.service_account_uid,
-                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", token.namespace), "system:authenticated"],
-                "extra": extra,
-            },
-            "audiences": audiences,
-        },
-    })
+    extra
 }

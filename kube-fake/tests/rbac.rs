@@ -1,6 +1,7 @@
 //! RBAC through kube-rs: ServiceAccount tokens authenticate, Roles, ClusterRoles and their
 //! bindings authorize, and what they do not grant is Forbidden with the API server's
-//! wording — also the chart's own RBAC (`manifests/`) for the agent's ServiceAccount.
+//! wording — and the chart's admission policies (`manifests/04-admission-policy.yaml`)
+//! evaluated on the requests of the agent's ServiceAccount.
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
@@ -162,4 +163,38 @@ async fn only_tokens_this_api_issued_for_itself_authenticate() {
     // The administrator may do anything.
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
     Api::<Node>::all(admin).create(&PostParams::default(), &node).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_charts_admission_policies_hold_an_agent_to_its_own_node() {
+    let server = rbac_server().await;
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    for file in ["00-namespace.yaml", "01-serviceaccounts.yaml", "03-rbac-agent.yaml", "04-admission-policy.yaml"] {
+        let text = std::fs::read_to_string(manifests.join(file)).expect("the install manifests");
+        server.insert_yaml(&text).unwrap_or_else(|e| panic!("{file}: {}", e.message));
+    }
+    let admin = server.client();
+    for name in ["n1", "n2"] {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Node>::all(admin.clone()).create(&PostParams::default(), &node).await.unwrap();
+    }
+    // The agent's token as kubelet projects it: bound to its pod's node, n1.
+    let request = json!({"spec": {"boundObjectRef": {"kind": "Node", "apiVersion": "v1", "name": "n1"}}});
+    let answer = server.store().request_token("skein-system", "skein-agent", &request).expect("token issued");
+    let agent = server.client_with_token(Some(answer["status"]["token"].as_str().unwrap()));
+    let nodes: Api<Node> = Api::all(agent);
+    let chassis = Patch::Merge(json!({"metadata": {"annotations": {"skein.dev/chassis": "{\"id\":\"c1\"}"}}}));
+    nodes.patch("n1", &PatchParams::default(), &chassis).await.expect("its own node's chassis annotation");
+    let (code, message) = refusal(nodes.patch("n2", &PatchParams::default(), &chassis).await);
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "nodes \"n2\" is forbidden: ValidatingAdmissionPolicy 'skein-agent-own-node' with binding 'skein-agent-own-node' denied request: skein-agent may change only the Node it runs on, not n2"
+    );
+    let label = Patch::Merge(json!({"metadata": {"labels": {"role": "gpu"}}}));
+    let (code, message) = refusal(nodes.patch("n1", &PatchParams::default(), &label).await);
+    assert_eq!(code, 403);
+    assert!(message.ends_with("skein-agent may not change the labels or spec of Node n1"), "{message}");
+    // The administrator is not the agent: the policy does not apply.
+    Api::<Node>::all(admin).patch("n2", &PatchParams::default(), &label).await.expect("the admin labels nodes");
 }

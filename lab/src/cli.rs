@@ -1460,7 +1460,9 @@ fn check_api_permissions(layout: &Layout, nodes: usize) -> CheckResult {
     let texts: Vec<(String, String)> =
         logs.iter().map(|(who, path)| (who.clone(), std::fs::read_to_string(path).unwrap_or_default())).collect();
     let refused = api_refusals(&texts);
-    let title = "skein-master and skein-agents: every API request allowed (the install manifests' RBAC)".to_owned();
+    let title =
+        "skein-master and skein-agents: every API request allowed (the install manifests' RBAC and admission policies)"
+            .to_owned();
     let detail = match refused.first() {
         None => format!("no refusal in {} component logs", logs.len()),
         Some(first) => format!("{} refusals, the first: {first}", refused.len()),
@@ -1469,10 +1471,11 @@ fn check_api_permissions(layout: &Layout, nodes: usize) -> CheckResult {
 }
 
 /// The lines of components' logs (component, text) that report a request the API refused
-/// (403 Forbidden from RBAC, 401 for a token), each prefixed with its component.
+/// (403 Forbidden from RBAC or an admission policy, 401 for a token), each prefixed with its
+/// component.
 fn api_refusals(logs: &[(String, String)]) -> Vec<String> {
     let refusal =
-        |line: &str| line.contains("is forbidden: User") || line.contains("code: 401") || line.contains("code: 403");
+        |line: &str| line.contains("is forbidden: ") || line.contains("code: 401") || line.contains("code: 403");
     logs.iter()
         .flat_map(|(who, text)| text.lines().filter(|l| refusal(l)).map(move |l| format!("{who}: {}", l.trim())))
         .collect()
@@ -1751,5 +1754,7 @@ mod tests {
         assert!(refused[0].starts_with("skein-master: WARN annotation write refused"));
         assert!(refused[1].starts_with("skein-agent on node1: "));
         assert!(api_refusals(&[("skein-master".to_owned(), "INFO all fine, code: 200".to_owned())]).is_empty());
+        let denied = "WARN nodes \"node2\" is forbidden: ValidatingAdmissionPolicy 'skein-agent-own-node' with binding 'skein-agent-own-node' denied request: skein-agent may change only the Node it runs on, not node2";
+        assert_eq!(api_refusals(&[("skein-agent on node1".to_owned(), denied.to_owned())]).len(), 1);
     }
 }

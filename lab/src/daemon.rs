@@ -350,14 +350,16 @@ const NODE_REGISTRATION_WAIT: Duration = Duration::from_secs(30);
 /// Skein's namespace, as the install manifests name it.
 const SKEIN_NAMESPACE: &str = "skein-system";
 
-/// The install manifests' namespace, ServiceAccounts and RBAC — applied to the lab's API,
-/// which enforces RBAC, so the master and the agents run with exactly the permissions an
-/// install gives them: a verb missing from the chart is refused here as on a cluster.
-const INSTALL_RBAC: [(&str, &str); 4] = [
+/// The install manifests' namespace, ServiceAccounts, RBAC and admission policies — applied
+/// to the lab's API, which enforces RBAC and evaluates the policies, so the master and the
+/// agents run with exactly the permissions and limits an install gives them: a verb missing
+/// from the chart, or a write the policies refuse, is refused here as on a cluster.
+const INSTALL_ACCESS: [(&str, &str); 5] = [
     ("manifests/00-namespace.yaml", include_str!("../../manifests/00-namespace.yaml")),
     ("manifests/01-serviceaccounts.yaml", include_str!("../../manifests/01-serviceaccounts.yaml")),
     ("manifests/02-rbac-master.yaml", include_str!("../../manifests/02-rbac-master.yaml")),
     ("manifests/03-rbac-agent.yaml", include_str!("../../manifests/03-rbac-agent.yaml")),
+    ("manifests/04-admission-policy.yaml", include_str!("../../manifests/04-admission-policy.yaml")),
 ];
 
 /// The kubeconfig of a component (`master`, `node1-agent`, ...): the lab's API with the
@@ -511,7 +513,7 @@ pub async fn run(
         }
     };
     server.write_kubeconfig(&layout.kubeconfig())?;
-    for (file, text) in INSTALL_RBAC {
+    for (file, text) in INSTALL_ACCESS {
         if let Err(error) = server.insert_yaml(text) {
             daemon.phase("failed", format!("applying {file}: {}", error.message));
             anyhow::bail!("applying {file}: {}", error.message);
