@@ -117,9 +117,14 @@ fn context(request: &Request<'_>) -> Result<Context<'static>, String> {
     Ok(context)
 }
 
+/// Compiles and evaluates one expression. A panic inside the CEL library (a policy's text is
+/// user input) is an evaluation error, judged by the failure policy, not a dead request.
 fn run(expression: &str, context: &Context<'_>) -> Result<CelValue, String> {
-    let program = Program::compile(expression).map_err(|e| format!("compilation failed: {e}"))?;
-    program.execute(context).map_err(|e| e.to_string())
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let program = Program::compile(expression).map_err(|e| format!("compilation failed: {e}"))?;
+        program.execute(context).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|_| Err("the CEL evaluator failed on this expression".to_owned()))
 }
 
 /// Evaluates one policy that matches: variables, match conditions, validations.
