@@ -15,7 +15,7 @@ use cel_interpreter::{Context, Program, Value as CelValue};
 use serde_json::{Value, json};
 
 use crate::access::UserInfo;
-use crate::error::ApiError;
+use crate::error::{ApiError, resource_ref};
 use crate::resource::Kind;
 
 tokio::task_local! {
@@ -29,22 +29,29 @@ pub(crate) fn current_user() -> Option<UserInfo> {
 }
 
 /// A write to admit.
-pub(crate) struct Request<'a> {
+pub struct Request<'a> {
     /// `CREATE` or `UPDATE`.
-    pub(crate) operation: &'static str,
-    pub(crate) kind: Kind,
-    pub(crate) subresource: Option<&'a str>,
-    pub(crate) namespace: Option<&'a str>,
-    pub(crate) name: &'a str,
+    pub operation: &'static str,
+    /// The kind written.
+    pub kind: Kind,
+    /// The subresource written (`status`), if any.
+    pub subresource: Option<&'a str>,
+    /// The object's namespace (namespaced kinds).
+    pub namespace: Option<&'a str>,
+    /// The object's name.
+    pub name: &'a str,
     /// The object as it would be stored.
-    pub(crate) object: &'a Value,
+    pub object: &'a Value,
     /// The object as it is (updates).
-    pub(crate) old_object: Option<&'a Value>,
-    pub(crate) user: &'a UserInfo,
+    pub old_object: Option<&'a Value>,
+    /// Who writes.
+    pub user: &'a UserInfo,
 }
 
-/// Admits `request` under `policies` and `bindings` (the stored objects), or says why not.
-pub(crate) fn admit(policies: &[Value], bindings: &[Value], request: &Request<'_>) -> Result<(), ApiError> {
+/// Admits `request` under `policies` and `bindings` (ValidatingAdmissionPolicy and
+/// ValidatingAdmissionPolicyBinding objects, as stored), or says why not. What the server
+/// runs on every write a request makes; public for tests and the fuzz target.
+pub fn admit(policies: &[Value], bindings: &[Value], request: &Request<'_>) -> Result<(), ApiError> {
     for binding in bindings {
         let denies = binding
             .pointer("/spec/validationActions")
@@ -203,11 +210,6 @@ fn evaluate(policy: &Value, policy_name: &str, binding_name: &str, request: &Req
         }
     }
     Ok(())
-}
-
-/// `pods` or `leases.coordination.k8s.io`.
-fn resource_ref(kind: Kind) -> String {
-    if kind.group().is_empty() { kind.plural().to_owned() } else { format!("{}.{}", kind.plural(), kind.group()) }
 }
 
 #[cfg(test)]

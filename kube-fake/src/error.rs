@@ -131,6 +131,6 @@ impl ApiError {
 }
 
 /// `pods` or `leases.coordination.k8s.io`, as the API server names resources in messages.
-fn resource_ref(kind: Kind) -> String {
+pub(crate) fn resource_ref(kind: Kind) -> String {
     if kind.group().is_empty() { kind.plural().to_owned() } else { format!("{}.{}", kind.plural(), kind.group()) }
 }

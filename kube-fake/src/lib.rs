@@ -24,7 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
-mod admission;
+pub mod admission;
 mod defaults;
 mod error;
 mod fault;
