@@ -133,6 +133,98 @@ pub fn authenticate(
     }
 }
 
+/// The user `Impersonate-User` (with `Impersonate-Group`s) names, if `user` may impersonate
+/// (RBAC verb `impersonate` on `users` and `groups`, or on `serviceaccounts` in the named
+/// account's namespace; `system:masters` may), as the API server's impersonation filter
+/// does; otherwise `user` itself. What `kubectl --as` sends.
+pub fn impersonate(store: &Store, user: UserInfo, headers: &hyper::HeaderMap) -> Result<UserInfo, ApiError> {
+    let Some(name) = headers.get("impersonate-user").and_then(|v| v.to_str().ok()) else { return Ok(user) };
+    let groups: Vec<String> =
+        headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+    let account = name.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':'));
+    let mut wanted = vec![match account {
+        Some((namespace, account)) => Attributes::Resource {
+            verb: "impersonate",
+            group: String::new(),
+            resource: "serviceaccounts".into(),
+            subresource: None,
+            namespace: Some(namespace.to_owned()),
+            name: Some(account.to_owned()),
+        },
+        None => Attributes::Resource {
+            verb: "impersonate",
+            group: String::new(),
+            resource: "users".into(),
+            subresource: None,
+            namespace: None,
+            name: Some(name.to_owned()),
+        },
+    }];
+    wanted.extend(groups.iter().map(|g| Attributes::Resource {
+        verb: "impersonate",
+        group: String::new(),
+        resource: "groups".into(),
+        subresource: None,
+        namespace: None,
+        name: Some(g.clone()),
+    }));
+    for attributes in &wanted {
+        authorize(store, &user, attributes)?;
+    }
+    let mut all_groups = groups;
+    if let Some((namespace, _)) = account {
+        all_groups.push("system:serviceaccounts".into());
+        all_groups.push(format!("system:serviceaccounts:{namespace}"));
+    }
+    if name != "system:anonymous" && !all_groups.iter().any(|g| g == "system:authenticated") {
+        all_groups.push("system:authenticated".into());
+    }
+    Ok(UserInfo { name: name.to_owned(), groups: all_groups, ..UserInfo::default() })
+}
+
+/// What a SelfSubjectAccessReview asks about (`spec.resourceAttributes` or
+/// `spec.nonResourceAttributes`), as [`Attributes`].
+pub fn review_attributes(review: &Value) -> Result<Attributes, ApiError> {
+    let text = |v: Option<&Value>, field: &str| v.and_then(|a| a.get(field)).and_then(Value::as_str).map(str::to_owned);
+    let verb = |v: Option<&Value>| -> Result<&'static str, ApiError> {
+        let verb = text(v, "verb").unwrap_or_default();
+        KNOWN_VERBS.iter().find(|k| **k == verb).copied().ok_or_else(|| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("SelfSubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.resourceAttributes.verb: Unsupported value: {verb:?}"),
+            )
+        })
+    };
+    if let Some(r) = review.pointer("/spec/resourceAttributes") {
+        let r = Some(r);
+        return Ok(Attributes::Resource {
+            verb: verb(r)?,
+            group: text(r, "group").unwrap_or_default(),
+            resource: text(r, "resource").unwrap_or_default(),
+            subresource: text(r, "subresource").filter(|s| !s.is_empty()),
+            namespace: text(r, "namespace").filter(|s| !s.is_empty()),
+            name: text(r, "name").filter(|s| !s.is_empty()),
+        });
+    }
+    if let Some(n) = review.pointer("/spec/nonResourceAttributes") {
+        let n = Some(n);
+        return Ok(Attributes::NonResource {
+            verb: text(n, "verb").unwrap_or_default(),
+            path: text(n, "path").unwrap_or_default(),
+        });
+    }
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        "SelfSubjectAccessReview.authorization.k8s.io \"\" is invalid: spec: Invalid value: one of resourceAttributes or nonResourceAttributes is required",
+    ))
+}
+
+/// The verbs a review may ask about.
+const KNOWN_VERBS: [&str; 10] =
+    ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "impersonate", "*"];
+
 /// Allows the request or answers 403 Forbidden, worded as the API server words it.
 pub fn authorize(store: &Store, user: &UserInfo, attributes: &Attributes) -> Result<(), ApiError> {
     if user.in_group("system:masters") || allowed(store, user, attributes) {
@@ -152,6 +244,14 @@ fn allowed(store: &Store, user: &UserInfo, attributes: &Attributes) -> bool {
         if verb == "get" && user.in_group("system:authenticated") && discovery.iter().any(|p| under(p)) {
             return true;
         }
+    }
+    if let Attributes::Resource { verb: "create", group, resource, .. } = attributes
+        && group == "authorization.k8s.io"
+        && resource == "selfsubjectaccessreviews"
+        && user.in_group("system:authenticated")
+    {
+        // system:basic-user: anyone authenticated may ask what they may do.
+        return true;
     }
     let namespace = match attributes {
         Attributes::Resource { namespace, .. } => namespace.as_deref(),

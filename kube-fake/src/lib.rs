@@ -31,6 +31,7 @@ mod fault;
 mod meta;
 mod openapi;
 mod patch;
+pub mod protobuf;
 mod resource;
 mod schema;
 mod selector;

@@ -195,6 +195,8 @@ enum Route {
     Object(Target),
     /// `POST /apis/authentication.k8s.io/v1/tokenreviews` (create-only, nothing stored).
     TokenReview,
+    /// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (`kubectl auth can-i`).
+    SelfSubjectAccessReview,
 }
 
 struct Target {
@@ -226,6 +228,7 @@ fn route(path: &str) -> Option<Route> {
         ["api", "v1"] => Some(Route::Resources("", "v1")),
         ["apis"] => Some(Route::Groups),
         ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Some(Route::TokenReview),
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => Some(Route::SelfSubjectAccessReview),
         ["apis", group] => served_group(group).map(Route::Group),
         ["apis", group, version] => served_group_version(group, version).map(|(g, v)| Route::Resources(g, v)),
         ["api", "v1", rest @ ..] => resource_route("", "v1", rest),
@@ -341,8 +344,9 @@ pub(crate) async fn handle(request: Request<Incoming>, context: &ServerContext) 
     let user = match &context.access {
         Access::Rbac { admin_token, anonymous_is_admin } => {
             let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-            let checked =
-                access::authenticate(&context.store, admin_token, *anonymous_is_admin, header).and_then(|user| {
+            let checked = access::authenticate(&context.store, admin_token, *anonymous_is_admin, header)
+                .and_then(|user| access::impersonate(&context.store, user, request.headers()))
+                .and_then(|user| {
                     let attributes = attributes(&route, request.method(), &path, request.uri().query());
                     access::authorize(&context.store, &user, &attributes).inspect_err(|e| {
                         tracing::info!(user = %user.name, "{}", e.message);
@@ -412,6 +416,10 @@ async fn dispatch(request: Request<Incoming>, context: &ServerContext, route: Ro
             json_response(200, &body)
         }
         Route::Resources(group, version) => json_response(200, &resource_list(group, version)),
+        Route::SelfSubjectAccessReview => match access_review(request, context).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        },
         Route::TokenReview => match token_review(request, context).await {
             Ok(response) => response,
             Err(error) => error_response(&error),
@@ -439,6 +447,7 @@ fn attributes(route: &Route, method: &Method, path: &str, query: Option<&str>) -
     };
     match route {
         Route::TokenReview => resource("create", "authentication.k8s.io", "tokenreviews", None),
+        Route::SelfSubjectAccessReview => resource("create", "authorization.k8s.io", "selfsubjectaccessreviews", None),
         Route::Object(target) => {
             let named = target.name.is_some();
             let verb = match *method {
@@ -456,6 +465,67 @@ fn attributes(route: &Route, method: &Method, path: &str, query: Option<&str>) -
         }
         _ => Attributes::NonResource { verb: method.as_str().to_lowercase(), path: path.to_owned() },
     }
+}
+
+/// 415 for a body that is not JSON.
+fn json_body_only(request: &Request<Incoming>) -> Result<(), ApiError> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_default();
+    match content_type.as_str() {
+        "" | "application/json" | "*/*" => Ok(()),
+        other => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json (got {other:?})"
+            ),
+        )),
+    }
+}
+
+/// A SelfSubjectAccessReview: may the request's user do what `spec` says? (Under open access
+/// everything is allowed.)
+async fn access_review(request: Request<Incoming>, context: &ServerContext) -> Result<Response<Body>, ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} is not supported on selfsubjectaccessreviews: only create",
+            request.method()
+        )));
+    }
+    // kubectl's typed client sends the review as protobuf.
+    let protobuf = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/vnd.kubernetes.protobuf"));
+    if !protobuf {
+        json_body_only(&request)?;
+    }
+    let body = read_body(request).await?;
+    let mut review = if protobuf {
+        crate::protobuf::decode_self_subject_access_review(&body)
+            .map_err(|why| ApiError::bad_request(format!("cannot decode the SelfSubjectAccessReview: {why}")))?
+    } else {
+        parse_json(&body, "SelfSubjectAccessReview")?
+    };
+    let attributes = access::review_attributes(&review)?;
+    let allowed = match &context.access {
+        Access::Open => Ok(()),
+        Access::Rbac { .. } => {
+            let user = crate::admission::current_user().unwrap_or_default();
+            access::authorize(&context.store, &user, &attributes)
+        }
+    };
+    review["status"] = match allowed {
+        Ok(()) => json!({"allowed": true, "reason": "allowed by RBAC"}),
+        // As RBAC answers a review: no reason for what no rule grants (kubectl prints "no").
+        Err(_) => json!({"allowed": false}),
+    };
+    Ok(json_response(201, &review))
 }
 
 async fn token_review(request: Request<Incoming>, context: &ServerContext) -> Result<Response<Body>, ApiError> {

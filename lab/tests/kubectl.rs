@@ -360,3 +360,67 @@ async fn skein_lab_kubeconfig_without_a_lab_says_so() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no lab \"kcfgt9\" is running") && stderr.contains("skein-lab up"), "{stderr}");
 }
+
+/// The lab's API with the install manifests' ServiceAccounts, RBAC and admission policies,
+/// as `skein-lab up` serves it: kubectl (the administrator over plain HTTP) asks what each
+/// component may do with `auth can-i --as`, and acts as one with `--as`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sees_the_install_manifests_rbac_through_impersonation() {
+    use skein_kube_fake::ServerOptions;
+    use skein_kube_fake::access::Access;
+    let Some(binary) = kubectl_binary() else { return };
+    let kubectl = Kubectl { binary, dir: tempfile::tempdir().expect("a temporary directory") };
+    let options = ServerOptions {
+        access: Access::Rbac { admin_token: "lab-admin".into(), anonymous_is_admin: true },
+        ..ServerOptions::default()
+    };
+    let server = FakeApiServer::start_with(options).await.expect("listen on loopback");
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    for file in [
+        "00-namespace.yaml",
+        "01-serviceaccounts.yaml",
+        "02-rbac-master.yaml",
+        "03-rbac-agent.yaml",
+        "04-admission-policy.yaml",
+    ] {
+        let text = std::fs::read_to_string(manifests.join(file)).expect("the install manifests");
+        server.insert_yaml(&text).unwrap_or_else(|e| panic!("{file}: {}", e.message));
+    }
+    server.write_kubeconfig(&kubectl.kubeconfig()).expect("kubeconfig written");
+    register_node(&server.client(), 1).await;
+
+    let agent = "--as=system:serviceaccount:skein-system:skein-agent";
+    let master = "--as=system:serviceaccount:skein-system:skein-master";
+    for (args, answer) in [
+        (vec!["auth", "can-i", "patch", "nodes", agent], "yes"),
+        (vec!["auth", "can-i", "list", "secrets", "-A", agent], "no"),
+        (vec!["auth", "can-i", "create", "events.events.k8s.io", "-n", "default", master], "yes"),
+        (vec!["auth", "can-i", "patch", "pods", "-n", "default", master], "yes"),
+        (vec!["auth", "can-i", "delete", "pods", "-n", "default", master], "no"),
+        (vec!["auth", "can-i", "update", "leases/skein-master", "-n", "skein-system", master], "yes"),
+        (vec!["auth", "can-i", "update", "leases/other", "-n", "skein-system", master], "no"),
+    ] {
+        let outcome = kubectl.run(&args).await;
+        assert_eq!(outcome.stdout.trim(), answer, "kubectl {args:?}: {}{}", outcome.stdout, outcome.stderr);
+        assert_eq!(outcome.ok, answer == "yes", "kubectl {args:?} exits 0 exactly when allowed");
+    }
+    // Acting as the components: what RBAC grants works, the rest is Forbidden.
+    let nodes = kubectl.ok(&["get", "nodes", "-o", "name", master]).await;
+    assert_eq!(nodes.trim(), "node/node1");
+    let refused = kubectl.run(&["get", "secrets", "-n", "skein-system", agent]).await;
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains(
+            "secrets is forbidden: User \"system:serviceaccount:skein-system:skein-agent\" cannot list resource \"secrets\" in API group \"\" in the namespace \"skein-system\""
+        ),
+        "{}",
+        refused.stderr
+    );
+    // The admission policies apply to the impersonated agent: no node-bound token, no node.
+    let labelled = kubectl.run(&["label", "node", "node1", "role=x", agent]).await;
+    assert!(
+        !labelled.ok && labelled.stderr.contains("ValidatingAdmissionPolicy 'skein-agent-own-node'"),
+        "{}",
+        labelled.stderr
+    );
+}
