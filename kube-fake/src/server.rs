@@ -467,15 +467,19 @@ fn attributes(route: &Route, method: &Method, path: &str, query: Option<&str>) -
     }
 }
 
-/// 415 for a body that is not JSON.
-fn json_body_only(request: &Request<Incoming>) -> Result<(), ApiError> {
-    let content_type = request
+/// The request body's media type (`Content-Type` without parameters), or `""`.
+fn media_type(request: &Request<Incoming>) -> String {
+    request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
-        .unwrap_or_default();
-    match content_type.as_str() {
+        .unwrap_or_default()
+}
+
+/// 415 for a body that is not JSON.
+fn json_body_only(request: &Request<Incoming>) -> Result<(), ApiError> {
+    match media_type(request).as_str() {
         "" | "application/json" | "*/*" => Ok(()),
         other => Err(ApiError::new(
             415,
@@ -497,11 +501,7 @@ async fn access_review(request: Request<Incoming>, context: &ServerContext) -> R
         )));
     }
     // kubectl's typed client sends the review as protobuf.
-    let protobuf = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/vnd.kubernetes.protobuf"));
+    let protobuf = media_type(&request) == "application/vnd.kubernetes.protobuf";
     if !protobuf {
         json_body_only(&request)?;
     }
@@ -721,13 +721,7 @@ fn checked_body(
 }
 
 fn patch_type(request: &Request<Incoming>) -> Result<PatchType, ApiError> {
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
-        .unwrap_or_default();
-    match content_type.as_str() {
+    match media_type(request).as_str() {
         "application/merge-patch+json" => Ok(PatchType::Merge),
         "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
         "application/json-patch+json" => Ok(PatchType::Json),
